@@ -1,0 +1,49 @@
+# llm-router: `make demo` and `make test` work on a fresh machine (they create .venv themselves).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+KAFKA_DIR ?= $(CURDIR)/.kafka
+
+.PHONY: venv install test test-unit test-integration test-kafka demo kafka kafka-stop schemas compose-check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration"
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m integration
+
+## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars.
+test-kafka: $(STAMP)
+	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m integration
+
+demo: $(STAMP)
+	$(BIN)/llm-router demo
+
+## Apache Kafka (KRaft) on loopback from Maven Central jars; prints its bootstrap address.
+kafka:
+	scripts/kafka.sh start --dir $(KAFKA_DIR)
+
+kafka-stop:
+	scripts/kafka.sh stop --dir $(KAFKA_DIR)
+
+schemas: $(STAMP)
+	$(BIN)/llm-router schemas
+
+compose-check:
+	docker compose config --quiet
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis $(KAFKA_DIR)

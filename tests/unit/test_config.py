@@ -1,0 +1,85 @@
+"""Configuration: the defaults load; wrong or unknown keys fail with their path; env overrides."""
+
+import tomllib
+
+import pytest
+
+from worker.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+
+
+def raw_default():
+    return tomllib.loads(DEFAULT_CONFIG.read_text())
+
+
+def test_default_config_loads_with_the_reference_prices():
+    config = load_config(env={})
+    assert config.models["gpt-4o"].input_usd_per_mtok == 2.50
+    assert config.models["claude-3-5-sonnet"].output_usd_per_mtok == 15.00
+    assert config.models["gemini-2.5-flash"].context_window == 1_000_000
+    assert config.tasks["code_generation"].models[0] == "claude-3-5-sonnet"
+    assert config.kafka.topics.jobs == "llm.jobs"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda raw: raw["worker"].__setitem__("max_in_fligt", 5), "worker.max_in_fligt: unknown key"),
+        (lambda raw: raw["kafka"]["topics"].__setitem__("extra", "x"), "kafka.topics.extra: unknown key"),
+        (lambda raw: raw["worker"].__setitem__("max_in_flight", 0), "worker.max_in_flight: Expected `int` >= 1"),
+        (lambda raw: raw["models"]["gpt-4o"]["quality"].__setitem__("reasoning", 1.5), "models.gpt-4o.quality.reasoning: Expected `float` <= 1.0"),
+        (lambda raw: raw["models"]["llama-4-70b"].__delitem__("provider"), "models.llama-4-70b.provider: required key is missing"),
+        (lambda raw: raw["models"]["gpt-4o"].__setitem__("provider", "nobody"), "models.gpt-4o.provider: unknown provider 'nobody'"),
+        (lambda raw: raw["tasks"]["summarization"]["models"].append("gpt-5"), "tasks.summarization.models[3]: unknown model 'gpt-5'"),
+        (lambda raw: raw["classifier"]["rules"][1].__setitem__("task", "poetry"), "classifier.rules[1].task: unknown task 'poetry'"),
+        (lambda raw: raw["providers"]["openai"].__setitem__("kind", "carrier-pigeon"), "providers.openai.kind: Invalid enum value 'carrier-pigeon'"),
+    ],
+)
+def test_wrong_or_unknown_keys_name_their_path(mutate, message):
+    raw = raw_default()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, source="router.toml")
+    assert message in str(info.value)
+
+
+def test_environment_overrides_any_key():
+    config = load_config(
+        env={
+            "LLM_ROUTER__WORKER__MAX_IN_FLIGHT": "12",
+            "LLM_ROUTER__KAFKA__TOPICS__RESULTS": "my.results",
+            "LLM_ROUTER__MODELS__GPT_4O__INPUT_USD_PER_MTOK": "2.0",
+            "llm_router__worker__shutdown_grace_s": "1.5",
+            "KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",
+        }
+    )
+    assert config.worker.max_in_flight == 12
+    assert config.worker.shutdown_grace_s == 1.5
+    assert config.kafka.topics.results == "my.results"
+    assert config.models["gpt-4o"].input_usd_per_mtok == 2.0
+    assert config.kafka.bootstrap_servers == "broker-1:9092,broker-2:9092"
+
+
+def test_unknown_environment_key_fails_with_its_path():
+    with pytest.raises(ConfigError, match=r"unknown key worker\.max_inflight"):
+        load_config(env={"LLM_ROUTER__WORKER__MAX_INFLIGHT": "3"})
+
+
+def test_wrongly_typed_environment_value_fails_with_its_path():
+    with pytest.raises(ConfigError, match=r"worker\.max_in_flight: Expected `int`, got `str`"):
+        load_config(env={"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": "many"})
+
+
+def test_a_missing_file_or_bad_toml_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_config(tmp_path / "absent.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[worker\nmax_in_flight = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, env={})
+
+
+def test_dead_letters_must_fit_in_a_request():
+    raw = raw_default()
+    raw["kafka"]["max_request_bytes"] = raw["worker"]["max_job_bytes"]
+    with pytest.raises(ConfigError, match="kafka.max_request_bytes: must exceed worker.max_job_bytes"):
+        parse_config(raw)

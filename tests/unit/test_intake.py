@@ -1,0 +1,83 @@
+"""Intake: every message becomes a job or a dead letter with a reason, never an exception."""
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.intake import Rejection, dead_letter, decode_job
+from worker.messages import DeadLetter, Job
+
+LIMIT = 1024
+
+
+def test_a_valid_job_decodes():
+    job = decode_job(b'{"id": "j1", "prompt": "hi", "tenant": "acme", "metadata": {"k": [1, 2]}}', LIMIT)
+    assert isinstance(job, Job)
+    assert job.id == "j1" and job.text() == "hi" and job.metadata == {"k": [1, 2]}
+
+
+def test_chat_messages_decode():
+    job = decode_job(b'{"id": "j2", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"}]}', LIMIT)
+    assert isinstance(job, Job)
+    assert job.text() == "be brief\nwhy?"
+
+
+def check(value, kind, fragment):
+    rejection = decode_job(value, LIMIT)
+    assert isinstance(rejection, Rejection), rejection
+    assert rejection.kind == kind
+    assert fragment in rejection.message
+
+
+def test_rejections_say_why():
+    check(b"\xff\xfe not json", "not_json", "not JSON")
+    check(b'{"prompt": "x"}', "invalid_job", "missing required field `id`")
+    check(b'{"id": "", "prompt": "x"}', "invalid_job", "$.id")
+    check(b'{"id": "a"}', "invalid_job", "exactly one of `messages` or `prompt`")
+    check(b'{"id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}', "invalid_job", "exactly one")
+    check(b'{"id": "a", "messages": []}', "invalid_job", "must not be empty")
+    check(b'{"id": "a", "prompt": "x", "priority": 3}', "invalid_job", "unknown field `priority`")
+    check(b'{"id": "a", "messages": [{"role": "robot", "content": "y"}]}', "invalid_job", "$.messages[0].role")
+    check(b"[]", "invalid_job", "Expected `object`")
+    check(None, "invalid_job", "tombstone")
+    check(b'{"id": "a", "prompt": "' + b"x" * LIMIT + b'"}', "too_large", f"limit of {LIMIT}")
+
+
+def test_dead_letter_keeps_the_original_bytes_and_the_source():
+    rejection = Rejection("not_json", "not JSON: boom")
+    record, value = dead_letter(rejection, "llm.jobs", 3, 41, b"boom", LIMIT)
+    assert value == b"boom"
+    assert (record.source_topic, record.source_partition, record.source_offset, record.original_size) == ("llm.jobs", 3, 41, 4)
+    assert not record.truncated
+    assert DeadLetter.from_headers(record.to_headers()) == record
+
+
+def test_dead_letter_of_an_oversized_message_is_cut_to_the_limit_and_says_so():
+    record, value = dead_letter(Rejection("too_large", "big"), "llm.jobs", 0, 0, b"y" * (LIMIT + 10), LIMIT)
+    assert len(value) == LIMIT and record.truncated and record.original_size == LIMIT + 10
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_never_raise(value):
+    assert isinstance(decode_job(value, LIMIT), (Job, Rejection))
+
+
+job_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=5), st.integers()),
+        "prompt": st.one_of(st.text(max_size=20), st.none()),
+        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]), "content": st.text(max_size=5)}), max_size=2),
+        "accuracy_floor": st.floats(allow_nan=False, min_value=-1, max_value=2),
+        "max_output_tokens": st.integers(min_value=-5, max_value=5),
+        "unknown": st.integers(),
+    },
+)
+
+
+@given(job_like)
+def test_near_valid_jobs_decode_or_are_rejected(raw):
+    outcome = decode_job(msgspec.json.encode(raw), LIMIT)
+    assert isinstance(outcome, (Job, Rejection))
+    if isinstance(outcome, Job):
+        assert outcome.id and (outcome.prompt is None) != (outcome.messages is None)

@@ -1,0 +1,38 @@
+"""schemas/ matches the Structs, and each sample is valid under both."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import msgspec
+import pytest
+
+from worker.schemas import SCHEMAS, SCHEMAS_DIR, check_schemas, rendered
+
+
+def test_schemas_folder_matches_the_structs():
+    assert check_schemas() == [], "schemas/ drifted from worker/messages.py: run `llm-router schemas`"
+
+
+def test_drift_is_detected(tmp_path):
+    for name, content in rendered().items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "job.schema.json").write_text("{}")
+    assert [line for line in check_schemas(tmp_path) if "job.schema.json" in line]
+
+
+@pytest.mark.parametrize("stem", sorted(SCHEMAS))
+def test_sample_is_valid(stem):
+    struct, _ = SCHEMAS[stem]
+    sample_bytes = (SCHEMAS_DIR / "samples" / f"{stem}.json").read_bytes()
+    schema = json.loads((SCHEMAS_DIR / f"{stem}.schema.json").read_text())
+    jsonschema.validate(json.loads(sample_bytes), schema)
+    msgspec.json.decode(sample_bytes, type=struct)
+
+
+def test_schema_rejects_what_the_struct_rejects():
+    schema = json.loads((SCHEMAS_DIR / "job.schema.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"id": "a", "prompt": "x", "surprise": 1}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"prompt": "x"}, schema)

@@ -1,0 +1,265 @@
+"""Configuration: `config/router.toml` loaded into typed Structs, with environment overrides.
+
+Environment variables named `LLM_ROUTER__<SECTION>__<KEY>` (path segments joined by `__`,
+case-insensitive, `-` and `.` in names written as `_`) override any key of the file; their values
+are read as TOML values where they parse (numbers, booleans, arrays), else as strings.
+`KAFKA_BOOTSTRAP_SERVERS` overrides `kafka.bootstrap_servers`. A wrong or unknown key fails at
+start with its path.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+ENV_PREFIX = "LLM_ROUTER__"
+CONFIG_ENV = "LLM_ROUTER_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "router.toml"
+
+PosInt = Annotated[int, Meta(gt=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key's path."""
+
+
+class Topics(Struct, forbid_unknown_fields=True):
+    jobs: str = "llm.jobs"
+    results: str = "llm.results"
+    costs: str = "llm.costs"
+    dlq: str = "llm.dlq"
+
+
+class KafkaConfig(Struct, forbid_unknown_fields=True):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "llm-router"
+    group_id: str = "llm-router"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username_env: str = "KAFKA_SASL_USERNAME"
+    sasl_password_env: str = "KAFKA_SASL_PASSWORD"
+    linger_ms: Annotated[int, Meta(ge=0)] = 5
+    max_request_bytes: PosInt = 8 * 1024 * 1024
+    session_timeout_ms: PosInt = 10000
+    heartbeat_interval_ms: PosInt = 1000
+    max_poll_interval_ms: PosInt = 300000
+    topics: Topics = msgspec.field(default_factory=Topics)
+
+
+class WorkerConfig(Struct, forbid_unknown_fields=True):
+    max_in_flight: PosInt = 4096
+    batch_max_records: PosInt = 1000
+    poll_timeout_ms: PosInt = 200
+    commit_interval_ms: PosInt = 500
+    shutdown_grace_s: NonNegFloat = 30.0
+    max_job_bytes: PosInt = 1024 * 1024
+    default_max_output_tokens: PosInt = 1024
+    max_retries_per_job: Annotated[int, Meta(ge=0)] = 3
+    retry_base_s: NonNegFloat = 0.5
+    retry_cap_s: NonNegFloat = 8.0
+
+
+class ProviderConfig(Struct, forbid_unknown_fields=True):
+    kind: Literal["echo"]
+    api_key_env: str = ""
+    latency_ms: NonNegFloat = 0.0
+    failure_rate: Probability = 0.0
+
+
+class ModelConfig(Struct, forbid_unknown_fields=True):
+    provider: str
+    input_usd_per_mtok: NonNegFloat
+    output_usd_per_mtok: NonNegFloat
+    context_window: PosInt
+    latency_ms_per_100_output_tokens: NonNegFloat = 1000.0
+    quality: dict[str, Probability] = {}
+
+
+class TaskConfig(Struct, forbid_unknown_fields=True):
+    models: Annotated[list[str], Meta(min_length=1)]
+    quality: str = ""
+    max_output_tokens: PosInt | None = None
+
+
+class ClassifierRule(Struct, forbid_unknown_fields=True):
+    task: str
+    keywords: Annotated[list[str], Meta(min_length=1)]
+
+
+class ClassifierConfig(Struct, forbid_unknown_fields=True):
+    default_task: str
+    long_context_task: str = ""
+    long_context_chars: PosInt = 10000
+    rules: list[ClassifierRule] = []
+
+
+class Config(Struct, forbid_unknown_fields=True):
+    providers: dict[str, ProviderConfig]
+    models: dict[str, ModelConfig]
+    tasks: dict[str, TaskConfig]
+    classifier: ClassifierConfig
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml) with env overrides."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    apply_env_overrides(raw, env)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw mapping into a Config, with errors that name the key's path."""
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc, raw)}") from None
+    _check_references(config, source)
+    return config
+
+
+def _describe(exc: msgspec.ValidationError, raw: dict[str, Any]) -> str:
+    """Turn msgspec's `... - at `$.a[...].b`` into `a.<key>.b: ...`, naming the key itself."""
+    message, _, where = str(exc).partition(" - at `$")
+    tokens = re.findall(r"\.[^.\[`]+|\[[^\]]*\]", where.rstrip("`"))
+    path = _resolve_keys(raw, tokens, message)
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        return f"{'.'.join(path + [unknown.group(1)])}: unknown key"
+    missing = re.fullmatch(r"Object missing required field `(.+)`", message)
+    if missing:
+        return f"{'.'.join(path + [missing.group(1)])}: required key is missing"
+    return f"{'.'.join(path) or '(top level)'}: {message}"
+
+
+def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str) -> list[str]:
+    """Name the dict keys msgspec reports as `[...]`: the one whose entry alone repeats the error."""
+    path: list[str] = []
+    node: Any = raw
+    for i, token in enumerate(tokens):
+        if token.startswith("."):
+            path.append(token[1:])
+            node = node.get(token[1:]) if isinstance(node, dict) else None
+        elif token == "[...]" and isinstance(node, dict):
+            key = next((k for k in node if _fails_alone(raw, path, k, message)), "?")
+            path.append(str(key))
+            node = node.get(key)
+        else:
+            path[-1:] = [f"{path[-1] if path else ''}{token}"]
+            index = token[1:-1]
+            node = node[int(index)] if isinstance(node, list) and index.isdigit() and int(index) < len(node) else None
+    return path
+
+
+def _fails_alone(raw: dict[str, Any], path: list[str], key: str, message: str) -> bool:
+    trial = copy.deepcopy(raw)
+    table = trial
+    for segment in path:
+        table = table[segment.split("[")[0]]
+    for other in [k for k in table if k != key]:
+        del table[other]
+    try:
+        msgspec.convert(trial, Config)
+    except msgspec.ValidationError as exc:
+        return str(exc).startswith(message)
+    return False
+
+
+def _check_references(config: Config, source: str) -> None:
+    errors = []
+    for name, model in config.models.items():
+        if model.provider not in config.providers:
+            errors.append(f"models.{name}.provider: unknown provider {model.provider!r}")
+    for name, task in config.tasks.items():
+        for i, model in enumerate(task.models):
+            if model not in config.models:
+                errors.append(f"tasks.{name}.models[{i}]: unknown model {model!r}")
+    for i, rule in enumerate(config.classifier.rules):
+        if rule.task not in config.tasks:
+            errors.append(f"classifier.rules[{i}].task: unknown task {rule.task!r}")
+    for key in ("default_task", "long_context_task"):
+        task = getattr(config.classifier, key)
+        if task and task not in config.tasks:
+            errors.append(f"classifier.{key}: unknown task {task!r}")
+    if config.kafka.max_request_bytes <= config.worker.max_job_bytes:
+        errors.append("kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)")
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(errors))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-.]", "_", name).lower()
+
+
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Write LLM_ROUTER__A__B=value (and KAFKA_BOOTSTRAP_SERVERS) into the raw mapping, in place."""
+    overrides = [(k[len(ENV_PREFIX):].split("__"), v) for k, v in env.items() if k.upper().startswith(ENV_PREFIX)]
+    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        overrides.append((["kafka", "bootstrap_servers"], env["KAFKA_BOOTSTRAP_SERVERS"]))
+    for segments, value in sorted(overrides):
+        if not all(segments):
+            raise ConfigError(f"{ENV_PREFIX}{'__'.join(segments)}: empty path segment")
+        table = raw
+        path: list[str] = []
+        for i, segment in enumerate(segments):
+            key = next((k for k in table if _norm(k) == _norm(segment)), None)
+            if key is None:
+                key = segment.lower()
+                if not _known_path(path + [key]):
+                    raise ConfigError(f"environment {ENV_PREFIX}{'__'.join(segments)}: unknown key {'.'.join(path + [key])}")
+            path.append(key)
+            if i == len(segments) - 1:
+                table[key] = _parse_env_value(value)
+            else:
+                table = table.setdefault(key, {})
+                if not isinstance(table, dict):
+                    raise ConfigError(f"environment {ENV_PREFIX}{'__'.join(segments)}: {'.'.join(path)} is not a table")
+
+
+def _known_path(path: list[str]) -> bool:
+    """Whether a key absent from the file is still a field of the Config Structs (a default)."""
+    struct: Any = Config
+    for key in path:
+        fields = getattr(struct, "__struct_fields__", None)
+        if fields is None or key not in fields:
+            return False
+        struct = _field_struct(struct, key)
+    return True
+
+
+def _field_struct(struct: Any, key: str) -> Any:
+    hints = msgspec.structs.fields(struct)
+    for field in hints:
+        if field.name == key:
+            return field.type if isinstance(field.type, type) and issubclass(field.type, Struct) else None
+    return None
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def provider_of(config: Config, model: str) -> str:
+    """The provider name that serves a model."""
+    return config.models[model].provider

@@ -1,0 +1,265 @@
+"""The consume loop: Kafka in, many jobs in flight, outputs acknowledged, offsets committed.
+
+Records arrive in batches from `getmany`; each becomes a task. A job's offset is finished only when
+its result and cost events (or its dead letter) are acknowledged by the broker (acks=all), and the
+committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
+partitions are paused rather than buffered. A revoke or a stop lets in-flight jobs finish within
+the grace period, commits, and abandons the rest uncommitted (they are redelivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from collections import defaultdict
+from collections.abc import Iterable
+
+import msgspec
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from worker.attempts import JobOutcome, JobRunner
+from worker.config import Config
+from worker.intake import Rejection, dead_letter, decode_job
+from worker.kafka import make_consumer, make_producer
+from worker.logs import get_logger
+from worker.messages import ErrorInfo, Job, Result, Usage
+from worker.offsets import OffsetTracker
+from worker.providers import Provider, build_providers
+
+log = get_logger("consume")
+
+Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+PUBLISH_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class WorkerStats(msgspec.Struct):
+    """Counters of what this worker did since it started."""
+
+    taken: int = 0
+    results_ok: int = 0
+    results_failed: int = 0
+    dead_lettered: int = 0
+    cost_events: int = 0
+    abandoned: int = 0
+    commits: int = 0
+
+
+class Worker:
+    """One worker replica: a group member of the jobs topic."""
+
+    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
+        self.config = config
+        self.providers = providers if providers is not None else build_providers(config)
+        self.runner = JobRunner(config, self.providers)
+        self.stats = WorkerStats()
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        self._releasing: set[TopicPartition] = set()
+        self._capacity = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._encoder = msgspec.json.Encoder()
+        self._paused = False
+        self.consumer = make_consumer(config.kafka)
+        self.producer = make_producer(config.kafka)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain within the grace period, commit and leave."""
+        topics = self.config.kafka.topics
+        await self.producer.start()
+        try:
+            self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
+            await self.consumer.start()
+            await self._warn_missing_topics()
+            committer = asyncio.create_task(self._commit_every(self.config.worker.commit_interval_ms / 1000))
+            try:
+                await self._intake(stop)
+            finally:
+                await self._release(self.tracker.partitions(), reason="shutdown")
+                committer.cancel()
+                await asyncio.gather(committer, return_exceptions=True)
+                await self.consumer.stop()
+        finally:
+            await self.producer.stop()
+            for provider in self.providers.values():
+                await provider.close()
+        log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
+
+    async def _warn_missing_topics(self) -> None:
+        known = await self.consumer.topics()
+        topics = self.config.kafka.topics
+        missing = [t for t in (topics.jobs, topics.results, topics.costs, topics.dlq) if t not in known]
+        if missing:
+            log.warning(
+                "topics missing: create them with `llm-router topics create`",
+                extra={"topics": missing, "bootstrap_servers": self.config.kafka.bootstrap_servers},
+            )
+
+    async def _intake(self, stop: asyncio.Event) -> None:
+        worker = self.config.worker
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                free = worker.max_in_flight - self.tracker.in_flight
+                if free <= 0:
+                    self._pause()
+                    self._capacity.clear()
+                    capacity = asyncio.ensure_future(self._capacity.wait())
+                    await asyncio.wait({capacity, stopping}, timeout=worker.poll_timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+                    capacity.cancel()
+                    continue
+                self._resume()
+                batch = await self.consumer.getmany(timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free))
+                for tp, records in batch.items():
+                    if tp in self._releasing:
+                        continue  # revoked meanwhile: its new owner takes these from the committed offset
+                    tasks = self._tasks[tp]
+                    for record in records:
+                        self.tracker.add(tp, record.offset)
+                        self.stats.taken += 1
+                        task = asyncio.create_task(self._handle(tp, record))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        task.add_done_callback(_log_crash)
+        finally:
+            stopping.cancel()
+
+    def _pause(self) -> None:
+        assigned = self.consumer.assignment()
+        if assigned:
+            self.consumer.pause(*assigned)
+        self._paused = True
+
+    def _resume(self) -> None:
+        if self._paused:
+            self.consumer.resume(*self.consumer.assignment())
+            self._paused = False
+
+    async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        decoded = decode_job(record.value, self.config.worker.max_job_bytes)
+        if isinstance(decoded, Rejection):
+            outputs = [self._dead_letter(decoded, record)]
+            self.stats.dead_lettered += 1
+        else:
+            outcome = await self._run_job(decoded)
+            outputs = self._job_outputs(outcome)
+            if outcome.result.status == "ok":
+                self.stats.results_ok += 1
+            else:
+                self.stats.results_failed += 1
+            self.stats.cost_events += len(outcome.cost_events)
+        await self._publish(outputs)
+        self.tracker.finish(tp, record.offset)
+        if self.tracker.in_flight < self.config.worker.max_in_flight:
+            self._capacity.set()
+
+    async def _run_job(self, job: Job) -> JobOutcome:
+        try:
+            return await self.runner.run(job)
+        except Exception as exc:  # a bug must still give the job a result, never silence
+            log.exception("job failed inside the worker", extra={"job_id": job.id})
+            result = Result(
+                job_id=job.id, status="failed", attempts=[], usage=Usage(), cost_usd=0.0, latency_ms=0.0,
+                finished_at=_now(), tenant=job.tenant, error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
+            )
+            return JobOutcome(result, [])
+
+    def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
+        topics = self.config.kafka.topics
+        key = outcome.result.job_id.encode()
+        outputs: list[Output] = [(topics.costs, key, self._encoder.encode(event), []) for event in outcome.cost_events]
+        outputs.append((topics.results, key, self._encoder.encode(outcome.result), []))
+        return outputs
+
+    def _dead_letter(self, rejection: Rejection, record) -> Output:  # noqa: ANN001
+        limit = self.config.worker.max_job_bytes
+        letter, value = dead_letter(rejection, record.topic, record.partition, record.offset, record.value, limit)
+        log.warning("dead-lettered", extra={"kind": letter.error_kind, "error": letter.error[:300], "partition": record.partition, "offset": record.offset})
+        return (self.config.kafka.topics.dlq, record.key, value, letter.to_headers())
+
+    async def _publish(self, outputs: list[Output]) -> None:
+        """Send and wait for every output's acknowledgement, retrying until sent or cancelled."""
+        attempt = 0
+        while True:
+            try:
+                futures = [await self.producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in outputs]
+                await asyncio.gather(*futures)
+                return
+            except KafkaError as exc:
+                # Never dropped: the offset stays unfinished until the outputs are acknowledged.
+                delay = PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]
+                level = log.warning if getattr(exc, "retriable", True) else log.error
+                level("publish failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _commit_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.commit()
+
+    async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
+        """Commit the finished prefix of the given partitions (default: all still owned)."""
+        async with self._commit_lock:
+            owned = [tp for tp in (partitions if partitions is not None else self.tracker.partitions())]
+            positions = self.tracker.to_commit(owned)
+            if not positions:
+                return
+            try:
+                await self.consumer.commit(positions)
+            except KafkaError as exc:
+                log.warning("commit failed", extra={"error": repr(exc)})
+                return
+            self.tracker.committed(positions)
+            self.stats.commits += 1
+
+    async def _release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
+        """Stop taking from `partitions`, let their jobs finish within the grace period, commit, forget."""
+        partitions = [tp for tp in partitions]
+        if not partitions:
+            return
+        self._releasing.update(partitions)
+        try:
+            tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
+            started = time.monotonic()
+            if tasks:
+                log.info("draining in-flight jobs", extra={"reason": reason, "jobs": len(tasks)})
+                _, unfinished = await asyncio.wait(tasks, timeout=self.config.worker.shutdown_grace_s)
+                for task in unfinished:
+                    task.cancel()
+                if unfinished:
+                    await asyncio.wait(unfinished)
+                    self.stats.abandoned += len(unfinished)
+                    log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": len(unfinished)})
+            await self.commit(partitions)
+            self.tracker.drop(partitions)
+            for tp in partitions:
+                self._tasks.pop(tp, None)
+            log.info("partitions released", extra={"reason": reason, "partitions": sorted(tp.partition for tp in partitions), "drain_s": round(time.monotonic() - started, 3)})
+        finally:
+            self._releasing.difference_update(partitions)
+        self._capacity.set()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("job task crashed; its offset stays uncommitted", exc_info=task.exception())
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._release(revoked, reason="revoked")
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._worker._paused and assigned:
+            self._worker.consumer.pause(*assigned)
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,219 @@
+"""`llm-router demo`: the whole way of a job, end to end, on the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+
+import msgspec
+
+from worker.broker import BrokerError, EmbeddedBroker
+from worker.config import Config, Topics
+from worker.consume import Worker
+from worker.kafka import create_topics, make_consumer, make_producer
+from worker.messages import CostEvent, DeadLetter, Job, Result
+
+QUESTIONS = [
+    "What is the capital of Australia?",
+    "How many bones are in the adult human body?",
+    "Who wrote The Master and Margarita?",
+    "What does HTTP status 429 mean?",
+]
+PROMPTS = [
+    ("Summarize the key points of this quarter's sales report: revenue up 12%, churn flat, two new regions.", None),
+    ("TLDR: the migration to the new billing system slipped two weeks because of the tax module.", None),
+    ("Implement a function that merges two sorted lists in Python.", None),
+    ("Debug this: my asyncio task never finishes when the queue is empty.", None),
+    ("Analyze the trade-offs between eventual and strong consistency for a shopping cart.", None),
+    ("Compare PostgreSQL logical replication with Debezium CDC for an outbox.", None),
+    ("Write a short poem about a lighthouse keeper who collects storms.", None),
+    ("Draft a friendly blog intro announcing our new API rate limits.", None),
+    ("Explain the difference between a process and a thread.", "complex_reasoning"),
+]
+MALFORMED = [
+    b"this is not json",
+    b'{"prompt": "a job without an id"}',
+    b'{"id": "bad-1", "prompt": "both", "messages": [{"role": "user", "content": "x"}]}',
+    b'{"id": "bad-2", "prompt": "x", "accuracy_floor": 1.5}',
+    b'{"id": "bad-3", "prompt": "x", "temperature": 0.2}',
+    b"[1, 2, 3]",
+    b'{"id": 42, "prompt": "id must be a string"}',
+]
+
+
+def sample_jobs(count: int, run_id: str) -> list[Job]:
+    """A mix of task types, including a long-context prompt, a pinned model and an impossible job."""
+    jobs: list[Job] = []
+    specials = [
+        Job(id=f"{run_id}-long", prompt="Here is a long transcript. " + "The committee met and discussed the budget. " * 300 + "What was decided?"),
+        Job(id=f"{run_id}-pinned", prompt="What is 17 * 23?", model="gpt-4o", tenant="acme"),
+        Job(id=f"{run_id}-pii", prompt="Classify this customer complaint.", allowed_providers=["on-prem-only"], tenant="acme"),
+        Job(id=f"{run_id}-chat", messages=[msgspec.convert({"role": "system", "content": "Answer briefly."}, _Msg), msgspec.convert({"role": "user", "content": "Why is the sky blue?"}, _Msg)]),
+    ]
+    jobs.extend(specials[: max(0, count)])
+    i = 0
+    while len(jobs) < count:
+        if i % 3 == 0:
+            prompt, task = QUESTIONS[(i // 3) % len(QUESTIONS)], None
+        else:
+            prompt, task = PROMPTS[i % len(PROMPTS)]
+        jobs.append(Job(id=f"{run_id}-{i:03d}", prompt=prompt, task=task, tenant=("acme" if i % 2 else "globex")))
+        i += 1
+    return jobs
+
+
+from worker.messages import ChatMessage as _Msg  # noqa: E402
+
+
+def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool) -> Config:
+    """The demo's settings: a visible provider latency and some refusals, so escalation shows."""
+    replace = msgspec.structs.replace
+    topics = config.kafka.topics
+    if suffix_topics:
+        topics = Topics(**{k: f"{v}.demo-{run_id}" for k, v in msgspec.structs.asdict(topics).items()})
+    # A short session timeout: the embedded broker holds a join for about half of it.
+    kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-demo-{run_id}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    providers = {}
+    for name, provider in config.providers.items():
+        cheap = name in ("gemini", "llama")
+        providers[name] = replace(provider, latency_ms=max(provider.latency_ms, 150.0), failure_rate=0.2 if cheap else provider.failure_rate)
+    return replace(config, kafka=kafka, providers=providers)
+
+
+def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
+    """Run the demo; 0 when every job got its result and every malformed message its dead letter."""
+    run_id = uuid.uuid4().hex[:8]
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None
+    if not external:
+        broker = EmbeddedBroker()
+        try:
+            broker.start()
+        except BrokerError as exc:
+            print(f"llm-router demo: {exc}", file=sys.stderr)
+            return 1
+        print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
+    try:
+        config = demo_config(config, external or broker.bootstrap_servers, run_id, suffix_topics=bool(external))  # type: ignore[union-attr]
+        return asyncio.run(_demo(config, sample_jobs(jobs, run_id), timeout_s))
+    finally:
+        if broker:
+            broker.stop()
+
+
+async def _demo(config: Config, jobs: list[Job], timeout_s: float) -> int:
+    topics = config.kafka.topics
+    await create_topics(config.kafka, partitions=4)
+    stop = asyncio.Event()
+    worker = Worker(config)
+    worker_task = asyncio.create_task(worker.run(stop))
+
+    producer = make_producer(config.kafka)
+    await producer.start()
+    encoder = msgspec.json.Encoder()
+    try:
+        sends = [await producer.send(topics.jobs, encoder.encode(job), key=job.id.encode()) for job in jobs]
+        sends += [await producer.send(topics.jobs, bad) for bad in MALFORMED]
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+    print(f"produced {len(jobs)} jobs and {len(MALFORMED)} malformed messages to {topics.jobs}", file=sys.stderr)
+
+    results: dict[str, Result] = {}
+    costs: list[CostEvent] = []
+    letters: list[tuple[DeadLetter, bytes]] = []
+    consumer = make_consumer(config.kafka, group_id=None)
+    consumer.subscribe([topics.results, topics.costs, topics.dlq])
+    await consumer.start()
+    result_decoder, cost_decoder = msgspec.json.Decoder(Result), msgspec.json.Decoder(CostEvent)
+    deadline = time.monotonic() + timeout_s
+    total = len(jobs) + len(MALFORMED)
+    shown = -1
+    try:
+        while (len(results) < len(jobs) or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp.topic == topics.results:
+                        result = result_decoder.decode(record.value)
+                        results[result.job_id] = result
+                    elif tp.topic == topics.costs:
+                        costs.append(cost_decoder.decode(record.value))
+                    else:
+                        letters.append((DeadLetter.from_headers(record.headers), record.value))
+            done = len(results) + len(letters)
+            if done != shown:
+                shown = done
+                _progress(done, total)
+        await asyncio.sleep(0.3)  # cost events of the last results
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            costs.extend(cost_decoder.decode(r.value) for r in records if r.topic == topics.costs)
+    finally:
+        await consumer.stop()
+        stop.set()
+        await worker_task
+    print(file=sys.stderr)
+
+    _print_results(jobs, results)
+    _print_costs(costs)
+    _print_letters(letters)
+    missing = [job.id for job in jobs if job.id not in results]
+    if missing or len(letters) < len(MALFORMED):
+        print(f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s", file=sys.stderr)
+        return 1
+    ok = sum(r.status == "ok" for r in results.values())
+    print(f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost.")
+    return 0
+
+
+def _progress(done: int, total: int) -> None:
+    width = 40
+    filled = width * done // max(total, 1)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} outputs", end="", file=sys.stderr, flush=True)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def _print_results(jobs: list[Job], results: dict[str, Result]) -> None:
+    print("\nResults")
+    rows = []
+    for job in jobs:
+        r = results.get(job.id)
+        if r is None:
+            rows.append([job.id, "MISSING", "", "", "", "", ""])
+            continue
+        path = " > ".join(f"{a.model}{'' if a.outcome == 'ok' else ' x'}" for a in r.attempts) or "-"
+        detail = (r.output or "")[:40] if r.status == "ok" else f"{r.error.kind}: {r.error.message}"[:70]  # type: ignore[union-attr]
+        rows.append([job.id, r.status, r.task or "-", path, f"${r.cost_usd:.6f}", f"{r.latency_ms:.0f}ms", detail])
+    _table(["job", "status", "task", "attempts (x = failed)", "cost", "latency", "output / error"], rows)
+
+
+def _print_costs(costs: list[CostEvent]) -> None:
+    print("\nCost by model")
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0, 0, 0.0])
+    for event in costs:
+        t = totals[event.model]
+        t[0] += 1
+        t[1] += event.outcome == "failed"
+        t[2] += event.input_tokens
+        t[3] += event.output_tokens
+        t[4] += event.cost_usd
+    rows = [[m, str(t[0]), str(t[1]), str(t[2]), str(t[3]), f"${t[4]:.6f}"] for m, t in sorted(totals.items(), key=lambda kv: -kv[1][4])]
+    rows.append(["total", str(sum(t[0] for t in totals.values())), str(sum(t[1] for t in totals.values())), str(sum(t[2] for t in totals.values())), str(sum(t[3] for t in totals.values())), f"${sum(t[4] for t in totals.values()):.6f}"])
+    _table(["model", "attempts", "failed", "input tok", "output tok", "cost"], rows)
+
+
+def _print_letters(letters: list[tuple[DeadLetter, bytes]]) -> None:
+    print("\nDead letters")
+    rows = [[f"{d.source_partition}/{d.source_offset}", d.error_kind, d.error[:70], value[:30].decode(errors="replace")] for d, value in letters]
+    _table(["partition/offset", "kind", "error", "original bytes"], rows)

@@ -1,0 +1,49 @@
+"""Intake: raw Kafka bytes to a typed Job, or the reason they go to the dead-letter topic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from worker.messages import DeadLetter, Job
+
+_decoder = msgspec.json.Decoder(Job)
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """Why a message is not a job."""
+
+    kind: str
+    message: str
+
+
+def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
+    """Decode one message value; never raises."""
+    if value is None:
+        return Rejection("invalid_job", "the message has no value (a tombstone), expected a JSON job")
+    if len(value) > max_bytes:
+        return Rejection("too_large", f"the message is {len(value)} bytes, over the limit of {max_bytes}")
+    try:
+        return _decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        return Rejection("invalid_job", f"not a valid job: {exc}")
+    except msgspec.DecodeError as exc:
+        return Rejection("not_json", f"not JSON: {exc}")
+
+
+def dead_letter(rejection: Rejection, topic: str, partition: int, offset: int, value: bytes | None, limit: int) -> tuple[DeadLetter, bytes]:
+    """The dead-letter record and the value to send: the original bytes, cut to `limit` if larger."""
+    original = value or b""
+    truncated = len(original) > limit
+    record = DeadLetter(
+        error_kind=rejection.kind,  # type: ignore[arg-type]
+        error=rejection.message,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        original_size=len(original),
+        failed_at=datetime.now(UTC),
+        truncated=truncated,
+    )
+    return record, original[:limit] if truncated else original

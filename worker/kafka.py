@@ -1,0 +1,90 @@
+"""Kafka clients built from the configuration, and topic administration."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from worker.config import KafkaConfig
+
+
+def _common(config: KafkaConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "client_id": config.client_id,
+        "security_protocol": config.security_protocol,
+    }
+    if config.security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = config.sasl_mechanism or "PLAIN"
+        options["sasl_plain_username"] = os.environ.get(config.sasl_username_env, "")
+        options["sasl_plain_password"] = os.environ.get(config.sasl_password_env, "")
+    if config.security_protocol.endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context()
+    return options
+
+
+def make_producer(config: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
+    """A producer whose sends are acknowledged by every in-sync replica (acks=all).
+
+    Idempotence stays off: the embedded broker has no idempotent producer, and the worker's
+    delivery is at-least-once anyway (a result carries its job id).
+    """
+    options = _common(config) | {
+        "acks": "all",
+        "enable_idempotence": False,
+        "linger_ms": config.linger_ms,
+        "max_request_size": config.max_request_bytes,
+        "max_batch_size": 256 * 1024,
+    }
+    return AIOKafkaProducer(**(options | overrides))
+
+
+def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A group consumer that never commits by itself."""
+    options = _common(config) | {
+        "group_id": config.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": config.session_timeout_ms,
+        "heartbeat_interval_ms": config.heartbeat_interval_ms,
+        "max_poll_interval_ms": config.max_poll_interval_ms,
+        "fetch_max_bytes": max(52428800, config.max_request_bytes),
+        "max_partition_fetch_bytes": max(1048576, config.max_request_bytes),
+    }
+    return AIOKafkaConsumer(*topics, **(options | overrides))
+
+
+async def create_topics(config: KafkaConfig, partitions: int, replication_factor: int = 1) -> dict[str, str]:
+    """Create the four topics; returns each topic's state: "created" or "exists"."""
+    admin = AIOKafkaAdminClient(**_common(config))
+    await admin.start()
+    try:
+        topics = config.topics
+        names = [topics.jobs, topics.results, topics.costs, topics.dlq]
+        existing = set(await admin.list_topics())
+        missing = [n for n in names if n not in existing]
+        if missing:
+            try:
+                response = await admin.create_topics(
+                    [NewTopic(name, partitions, replication_factor) for name in missing]
+                )
+                _raise_topic_errors(response)
+            except TopicAlreadyExistsError:
+                pass
+        return {name: ("created" if name in missing else "exists") for name in names}
+    finally:
+        await admin.close()
+
+
+def _raise_topic_errors(response: Any) -> None:
+    for topic_error in getattr(response, "topic_errors", ()) or ():
+        name, code = topic_error[0], topic_error[1]
+        message = topic_error[2] if len(topic_error) > 2 else ""
+        if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+            raise RuntimeError(f"creating topic {name} failed: error code {code} {message or ''}".rstrip())

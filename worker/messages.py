@@ -1,0 +1,156 @@
+"""The contract of every topic: typed messages in and out of the worker.
+
+Every message on `llm.jobs`, `llm.results`, `llm.costs` and `llm.dlq` is one of these Structs,
+encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-router schemas`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+JobId = Annotated[str, Meta(min_length=1, max_length=256, description="Unique id of the job.")]
+NonNegInt = Annotated[int, Meta(ge=0)]
+Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
+
+
+class ChatMessage(Struct, forbid_unknown_fields=True):
+    """One message of a chat-form prompt."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A prompt job, as produced to the jobs topic. Exactly one of `messages` or `prompt` is set."""
+
+    id: JobId
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    task: Annotated[str, Meta(min_length=1, description="Task type; classified when absent.")] | None = None
+    accuracy_floor: Annotated[float, Meta(ge=0, le=1, description="Required probability of a correct answer.")] | None = None
+    latency_budget_ms: Annotated[int, Meta(gt=0)] | None = None
+    cost_cap_usd: Usd | None = None
+    max_output_tokens: Annotated[int, Meta(gt=0)] | None = None
+    allowed_providers: list[str] | None = None
+    model: Annotated[str, Meta(min_length=1, description="Pin the job to this model.")] | None = None
+    tenant: str | None = None
+    metadata: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a job needs exactly one of `messages` or `prompt`")
+        if self.messages is not None and not self.messages:
+            raise ValueError("`messages` must not be empty")
+
+    def text(self) -> str:
+        """The whole prompt as one string (for classification and token estimates)."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(m.content for m in self.messages or ())
+
+
+class Usage(Struct):
+    """Tokens summed over every attempt of a job."""
+
+    input_tokens: NonNegInt = 0
+    output_tokens: NonNegInt = 0
+
+
+class ErrorInfo(Struct):
+    """Why a job or an attempt failed: `kind` is machine-readable, `message` is for people."""
+
+    kind: str
+    message: str
+
+
+class Attempt(Struct, omit_defaults=True):
+    """One call to one model for a job."""
+
+    number: Annotated[int, Meta(ge=1)]
+    provider: str
+    model: str
+    outcome: Literal["ok", "failed"]
+    input_tokens: NonNegInt
+    output_tokens: NonNegInt
+    cost_usd: Usd
+    latency_ms: Annotated[float, Meta(ge=0)]
+    error: ErrorInfo | None = None
+
+
+class Result(Struct, omit_defaults=True):
+    """The one result of a job, keyed by job id on the results topic."""
+
+    job_id: JobId
+    status: Literal["ok", "failed"]
+    attempts: list[Attempt]
+    usage: Usage
+    cost_usd: Usd
+    latency_ms: Annotated[float, Meta(ge=0, description="From the worker taking the job to its result.")]
+    finished_at: datetime
+    output: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    task: str | None = None
+    tenant: str | None = None
+    error: ErrorInfo | None = None
+
+
+class CostEvent(Struct, omit_defaults=True):
+    """What one attempt cost, one event per provider attempt, keyed by job id on the costs topic."""
+
+    job_id: JobId
+    attempt: Annotated[int, Meta(ge=1)]
+    provider: str
+    model: str
+    input_tokens: NonNegInt
+    output_tokens: NonNegInt
+    cost_usd: Usd
+    outcome: Literal["ok", "failed"]
+    ts: datetime
+    tenant: str | None = None
+    task: str | None = None
+    error_kind: str | None = None
+
+
+class DeadLetter(Struct, omit_defaults=True):
+    """Why a message went to the dead-letter topic.
+
+    On the wire the dead letter's value is the original message's bytes, unchanged (so it can be
+    produced again as it was), its key the original key, and these fields are its headers, each
+    named `dlq.<field>` with its value as UTF-8 text.
+    """
+
+    error_kind: Literal["not_json", "invalid_job", "too_large"]
+    error: str
+    source_topic: str
+    source_partition: NonNegInt
+    source_offset: NonNegInt
+    original_size: NonNegInt
+    failed_at: datetime
+    truncated: bool = False
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers that carry this record."""
+        raw = msgspec.to_builtins(self)
+        return [(f"dlq.{k}", (v if isinstance(v, str) else msgspec.json.encode(v).decode()).encode()) for k, v in raw.items()]
+
+    @classmethod
+    def from_headers(cls, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> DeadLetter:
+        """Read the record back from a dead letter's headers."""
+        fields: dict[str, Any] = {}
+        for name, value in headers:
+            if name.startswith("dlq."):
+                fields[name[4:]] = value.decode()
+        return msgspec.convert(fields, cls, strict=False)
+
+
+TOPIC_MESSAGES: dict[str, type[Struct]] = {
+    "jobs": Job,
+    "results": Result,
+    "costs": CostEvent,
+    "dlq": DeadLetter,
+}

@@ -1,0 +1,117 @@
+"""Offset tracking: which offsets of each partition are safe to commit.
+
+Jobs of one partition finish out of order; the committed position may only pass offsets whose job
+has finished (its outputs acknowledged by the broker), so it is the first unfinished offset, or one
+past the last offset taken when nothing is unfinished. Pure: no Kafka here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+P = TypeVar("P", bound=Hashable)
+
+
+class PartitionOffsets:
+    """The offsets taken from one partition and not yet known to be committed."""
+
+    __slots__ = ("_order", "_done", "_next", "committed")
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        self._next: int | None = None
+        self.committed: int | None = None
+
+    def add(self, offset: int) -> None:
+        """Record that the job at `offset` was taken. Offsets must increase."""
+        if self._next is not None and offset < self._next:
+            raise ValueError(f"offset {offset} taken after {self._next - 1}: offsets must increase")
+        self._order.append(offset)
+        self._next = offset + 1
+
+    def finish(self, offset: int) -> bool:
+        """Record that the job at `offset` finished; False when it was not pending."""
+        if offset in self._done or not self._order or offset < self._order[0] or offset >= (self._next or 0):
+            return False
+        self._done.add(offset)
+        order, done = self._order, self._done
+        while order and order[0] in done:
+            done.remove(order.popleft())
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Jobs taken and not finished."""
+        return len(self._order) - len(self._done)
+
+    @property
+    def position(self) -> int | None:
+        """The offset to commit: everything below it has finished. None before any offset is taken."""
+        if self._order:
+            return self._order[0]
+        return self._next
+
+    def to_commit(self) -> int | None:
+        """The position, when it is past what was last committed."""
+        position = self.position
+        if position is None or (self.committed is not None and position <= self.committed):
+            return None
+        return position
+
+
+class OffsetTracker(Generic[P]):
+    """Per-partition offset tracking across the partitions this worker owns."""
+
+    def __init__(self) -> None:
+        self._partitions: dict[P, PartitionOffsets] = {}
+        self.in_flight = 0
+
+    def add(self, partition: P, offset: int) -> None:
+        """A job was taken."""
+        offsets = self._partitions.get(partition)
+        if offsets is None:
+            offsets = self._partitions[partition] = PartitionOffsets()
+        offsets.add(offset)
+        self.in_flight += 1
+
+    def finish(self, partition: P, offset: int) -> None:
+        """A job finished; a partition dropped meanwhile (revoked) is ignored."""
+        offsets = self._partitions.get(partition)
+        if offsets is not None and offsets.finish(offset):
+            self.in_flight -= 1
+
+    def pending(self, partition: P) -> int:
+        offsets = self._partitions.get(partition)
+        return offsets.pending if offsets else 0
+
+    def to_commit(self, partitions: Iterable[P] | None = None) -> dict[P, int]:
+        """Positions that advanced since the last commit, for the given partitions (default all)."""
+        keys = self._partitions.keys() if partitions is None else partitions
+        out = {}
+        for partition in keys:
+            offsets = self._partitions.get(partition)
+            if offsets is not None:
+                position = offsets.to_commit()
+                if position is not None:
+                    out[partition] = position
+        return out
+
+    def committed(self, positions: dict[P, int]) -> None:
+        """The broker acknowledged a commit of these positions."""
+        for partition, position in positions.items():
+            offsets = self._partitions.get(partition)
+            if offsets is not None and (offsets.committed is None or position > offsets.committed):
+                offsets.committed = position
+
+    def drop(self, partitions: Iterable[P]) -> None:
+        """Forget partitions (revoked); their unfinished jobs no longer count as in flight."""
+        for partition in partitions:
+            offsets = self._partitions.pop(partition, None)
+            if offsets is not None:
+                self.in_flight -= offsets.pending
+
+    def partitions(self) -> list[P]:
+        return list(self._partitions)
