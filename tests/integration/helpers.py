@@ -1,0 +1,193 @@
+"""Helpers for integration tests: unique topics per test, producing, collecting, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import orjson
+
+from worker.config import Config, load_config
+from worker.kafka import create_topics, make_consumer, make_producer
+from worker.messages import CostEvent, DeadLetter, Job, Result
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Setup:
+    """Topics and a group of their own for one test, as env overrides and a loaded Config."""
+
+    def __init__(self, bootstrap: str, **overrides: object) -> None:
+        self.run_id = uuid.uuid4().hex[:10]
+        base = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "LLM_ROUTER__KAFKA__GROUP_ID": f"test-{self.run_id}",
+            "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
+            "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+            **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in ("jobs", "results", "costs", "dlq")},
+        }
+        self.env = base | {k: str(v) for k, v in overrides.items()}
+        self.config: Config = load_config(env=self.env)
+
+    @property
+    def topics(self):
+        return self.config.kafka.topics
+
+    def process_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER__")}
+        return env | self.env | {"PYTHONUNBUFFERED": "1"}
+
+
+async def make_topics(setup: Setup, partitions: int = 4) -> None:
+    await create_topics(setup.config.kafka, partitions)
+
+
+def job_bytes(job_id: str, prompt: str = "What is the capital of France?", **fields: object) -> bytes:
+    return msgspec.json.encode(Job(id=job_id, prompt=prompt, **fields))
+
+
+async def produce(setup: Setup, messages: list[tuple[bytes | None, bytes]]) -> dict[int, int]:
+    """Produce (key, value) pairs to the jobs topic, wait for every acknowledgement; returns partition -> end offset."""
+    producer = make_producer(setup.config.kafka)
+    await producer.start()
+    try:
+        futures = [await producer.send(setup.topics.jobs, value, key=key) for key, value in messages]
+        ends: dict[int, int] = {}
+        for metadata in await asyncio.gather(*futures):
+            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+        return ends
+    finally:
+        await producer.stop()
+
+
+class Outputs:
+    """Everything the worker published, read from the beginning of the output topics."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.costs: list[CostEvent] = []
+        self.letters: list[tuple[DeadLetter, bytes | None, bytes | None]] = []
+        self.result_headers: list = []
+
+    @property
+    def result_ids(self) -> set[str]:
+        return {r.job_id for r in self.results}
+
+    def duplicates(self) -> int:
+        return len(self.results) - len(self.result_ids)
+
+
+async def collect(setup: Setup, until: Callable[[Outputs], bool], timeout_s: float, settle_s: float = 0.0, outputs: Outputs | None = None) -> Outputs:
+    """Read the results, costs and dlq topics until `until(outputs)` holds (then `settle_s` more) or time runs out."""
+    outputs = outputs if outputs is not None else Outputs()
+    topics = setup.topics
+    consumer = make_consumer(setup.config.kafka, group_id=None)
+    consumer.subscribe([topics.results, topics.costs, topics.dlq])
+    await consumer.start()
+    result_decoder, cost_decoder = msgspec.json.Decoder(Result), msgspec.json.Decoder(CostEvent)
+    deadline = time.monotonic() + timeout_s
+    settle_until = None
+    try:
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp.topic == topics.results:
+                        outputs.results.append(result_decoder.decode(record.value))
+                    elif tp.topic == topics.costs:
+                        outputs.costs.append(cost_decoder.decode(record.value))
+                    else:
+                        outputs.letters.append((DeadLetter.from_headers(record.headers), record.key, record.value))
+            if settle_until is None and until(outputs):
+                settle_until = time.monotonic() + settle_s
+            if settle_until is not None and time.monotonic() >= settle_until:
+                break
+    finally:
+        await consumer.stop()
+    return outputs
+
+
+async def committed(setup: Setup, partitions: list[int]) -> dict[int, int | None]:
+    """The group's committed offset of each partition of the jobs topic."""
+    from aiokafka import TopicPartition
+
+    consumer = make_consumer(setup.config.kafka)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(setup.topics.jobs, p)) for p in partitions}
+    finally:
+        await consumer.stop()
+
+
+class WorkerProcess:
+    """`llm-router worker` in a process of its own, its JSON logs in a file."""
+
+    def __init__(self, setup: Setup, log_dir: Path, name: str, **overrides: object) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        env = setup.process_env() | {k: str(v) for k, v in overrides.items()}
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "worker"], env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    def events(self) -> list[dict]:
+        lines = self.log_path.read_bytes().splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                out.append({"event": "(not json)", "text": line.decode(errors="replace")})
+        return out
+
+    def assigned(self) -> list[int]:
+        """The partitions of the latest assignment in the log."""
+        latest: list[int] = []
+        for event in self.events():
+            if event.get("event") == "partitions assigned":
+                latest = event["partitions"]
+            elif event.get("event") == "partitions released" and event.get("reason") == "revoked":
+                latest = []
+        return latest
+
+    async def wait_assigned(self, timeout_s: float = 60) -> list[int]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+            if partitions := self.assigned():
+                return partitions
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} got no partitions in {timeout_s} s: {self.log_path.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout_s)
+        finally:
+            self._log.flush()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()

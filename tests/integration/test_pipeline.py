@@ -1,0 +1,201 @@
+"""Jobs in, results and cost events out, offsets committed, bad input dead-lettered (real broker)."""
+
+import asyncio
+import signal
+import time
+
+import msgspec
+
+from tests.integration.helpers import Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
+from worker.consume import Worker
+
+
+def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
+    setup = Setup(
+        bootstrap,
+        LLM_ROUTER__WORKER__MAX_IN_FLIGHT=20,
+        LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=100,
+        LLM_ROUTER__PROVIDERS__GEMINI__LATENCY_MS=30,
+        LLM_ROUTER__PROVIDERS__GEMINI__FAILURE_RATE=0.3,
+    )
+    prompts = ["What is 2+2?", "Implement a queue", "Summarize the report", "Write a poem"]
+    jobs = [(f"j{i}", prompts[i % 4]) for i in range(300)]
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        worker = Worker(setup.config)
+        run = asyncio.create_task(worker.run(stop))
+        watch = {"max_in_flight": 0, "paused": False}
+
+        async def watcher():
+            while not stop.is_set():
+                watch["max_in_flight"] = max(watch["max_in_flight"], worker.tracker.in_flight)
+                watch["paused"] |= bool(worker.consumer.paused())
+                await asyncio.sleep(0.002)
+
+        watching = asyncio.create_task(watcher())
+        ends = await produce(setup, [(job_id.encode(), job_bytes(job_id, prompt, tenant="acme")) for job_id, prompt in jobs])
+        outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=90, settle_s=0.5)
+        await asyncio.sleep(0.3)  # one more commit interval
+        stop.set()
+        await run
+        await watching
+        return outputs, worker, watch, ends, await committed(setup, list(ends))
+
+    outputs, worker, watch, ends, positions = asyncio.run(scenario())
+    assert outputs.result_ids == {job_id for job_id, _ in jobs}
+    assert outputs.duplicates() == 0
+    assert all(r.status == "ok" for r in outputs.results)
+    attempts = {(r.job_id, a.number, a.model, a.cost_usd) for r in outputs.results for a in r.attempts}
+    events = {(e.job_id, e.attempt, e.model, e.cost_usd) for e in outputs.costs}
+    assert attempts == events and len(outputs.costs) == len(events)
+    escalated = [r for r in outputs.results if len(r.attempts) > 1]
+    assert escalated, "a 30% failure rate on the cheap model must escalate some jobs"
+    assert all(e.tenant == "acme" for e in outputs.costs)
+    assert watch["max_in_flight"] <= 20 and watch["paused"], watch
+    assert positions == ends, "every partition committed up to its end"
+    assert worker.stats.results_ok == len(jobs) and worker.stats.abandoned == 0
+
+
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(bootstrap, tmp_path):
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__MAX_JOB_BYTES=4096)
+    bad_kinds = [
+        (b"not json at all", "not_json"),
+        (b'{"prompt": "no id"}', "invalid_job"),
+        (b'{"id": "", "prompt": "empty id"}', "invalid_job"),
+        (b'{"id": "x", "prompt": "p", "unknown_field": 1}', "invalid_job"),
+        (b'{"id": "x", "messages": [{"role": "user"}]}', "invalid_job"),
+        (b'{"id": "x", "prompt": "' + b"y" * 5000 + b'"}', "too_large"),
+        (b"\x00\x01\x02", "not_json"),
+        (b"null", "invalid_job"),
+    ]
+    messages, expected_letters, good = [], [], []
+    for i in range(400):
+        if i % 2:
+            value, kind = bad_kinds[(i // 2) % len(bad_kinds)]
+            messages.append((f"bad-{i}".encode(), value))
+            expected_letters.append((f"bad-{i}".encode(), value, kind))
+        else:
+            messages.append((f"good-{i}".encode(), job_bytes(f"good-{i}")))
+            good.append(f"good-{i}")
+    worker = WorkerProcess(setup, tmp_path, "w1")
+    try:
+
+        async def scenario():
+            await make_topics(setup)
+            await worker.wait_assigned()
+            ends = await produce(setup, messages)
+            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters), timeout_s=90, settle_s=1.0)
+            return outputs, ends, await committed(setup, list(ends))
+
+        outputs, ends, positions = asyncio.run(scenario())
+        assert worker.process.poll() is None, "the worker must not exit on bad input"
+        starts = [e for e in worker.events() if e.get("event") == "worker starting"]
+        assert len(starts) == 1
+    finally:
+        worker.stop()
+    assert outputs.result_ids == set(good)
+    assert len(expected_letters) == 200 and len(outputs.letters) == 200
+    by_key = {key: (letter, value) for letter, key, value in outputs.letters}
+    for key, value, kind in expected_letters:
+        letter, sent_back = by_key[key]
+        assert letter.error_kind == kind and letter.error
+        assert letter.source_topic == setup.topics.jobs and letter.original_size == len(value)
+        assert sent_back == value[:4096]
+        assert letter.truncated == (len(value) > 4096)
+    assert positions == ends, "the offsets of dead letters are committed too"
+
+
+def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, tmp_path):
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=20)
+    slow = {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 1500 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    ids = [f"t{i}" for i in range(300)]
+    first = WorkerProcess(setup, tmp_path, "first", **slow)
+
+    async def scenario():
+        await make_topics(setup)
+        await first.wait_assigned()
+        await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
+        await asyncio.sleep(0.7)  # the jobs are now in flight: each call takes 1.5 s
+        first.signal(signal.SIGTERM)
+        sent = time.monotonic()
+        code = await asyncio.to_thread(first.wait, 40)
+        elapsed = time.monotonic() - sent
+        before = await collect(setup, until=lambda o: False, timeout_s=3)
+        second = WorkerProcess(setup, tmp_path, "second")
+        try:
+            await second.wait_assigned()
+            after = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=2)
+        finally:
+            second.stop()
+        return code, elapsed, before, after
+
+    try:
+        code, elapsed, before, after = asyncio.run(scenario())
+    finally:
+        first.stop()
+    drained = [e for e in first.events() if e.get("event") == "draining in-flight jobs"]
+    assert code == 0
+    assert elapsed < 20, f"exit took {elapsed:.1f} s, over the grace period"
+    assert drained and drained[0]["jobs"] > 0, "SIGTERM must find jobs in flight"
+    assert len(before.result_ids) >= drained[0]["jobs"], "every in-flight job finished before exit"
+    assert after.result_ids == set(ids), "no job lost"
+    assert after.duplicates() == 0, "no job redone after the restart: the drained offsets were committed"
+
+
+def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redelivered(bootstrap, tmp_path):
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=0.5)
+    ids = [f"a{i}" for i in range(100)]
+    slow = {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 10000 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    first = WorkerProcess(setup, tmp_path, "first", **slow)
+
+    async def scenario():
+        await make_topics(setup)
+        await first.wait_assigned()
+        await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
+        await asyncio.sleep(1.0)
+        first.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(first.wait, 30)
+        second = WorkerProcess(setup, tmp_path, "second")
+        try:
+            await second.wait_assigned()
+            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=1)
+        finally:
+            second.stop()
+        return code, outputs
+
+    try:
+        code, outputs = asyncio.run(scenario())
+    finally:
+        first.stop()
+    abandoned = [e for e in first.events() if e.get("event") == "abandoned unfinished jobs uncommitted"]
+    assert code == 0 and abandoned and abandoned[0]["jobs"] > 0
+    assert outputs.result_ids == set(ids) and outputs.duplicates() == 0
+
+
+def test_failed_jobs_get_a_failed_result_with_the_reason(bootstrap):
+    setup = Setup(bootstrap, LLM_ROUTER__PROVIDERS__GEMINI__FAILURE_RATE=1.0)
+    jobs = [
+        ("pii", job_bytes("pii", allowed_providers=["on-prem"])),
+        ("only-gemini", job_bytes("only-gemini", allowed_providers=["gemini"])),
+        ("ok", job_bytes("ok")),
+    ]
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        run = asyncio.create_task(Worker(setup.config).run(stop))
+        await produce(setup, [(k.encode(), v) for k, v in jobs])
+        outputs = await collect(setup, until=lambda o: len(o.result_ids) >= 3, timeout_s=60)
+        stop.set()
+        await run
+        return outputs
+
+    results = {r.job_id: r for r in asyncio.run(scenario()).results}
+    assert results["pii"].status == "failed" and results["pii"].error.kind == "no_route"
+    assert "allowed_providers" in results["pii"].error.message
+    assert results["only-gemini"].status == "failed" and results["only-gemini"].error.kind == "refused"
+    assert len(results["only-gemini"].attempts) == 1
+    assert results["ok"].status == "ok" and results["ok"].model == "llama-4-70b"
+    assert msgspec.json.encode(results["pii"])  # round-trips
