@@ -42,8 +42,9 @@ kafka-stop:
 schemas: $(STAMP)
 	$(BIN)/llm-router schemas
 
+## Validates docker-compose.yml (Debian's docker-compose is installed when no compose is at hand).
 compose-check:
-	docker compose config --quiet
+	scripts/compose-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(KAFKA_DIR)
