@@ -112,8 +112,9 @@ class Worker:
                     continue
                 self._resume()
                 batch = await self.consumer.getmany(timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free))
+                assigned = self.consumer.assignment() if batch else frozenset()
                 for tp, records in batch.items():
-                    if tp in self._releasing:
+                    if tp in self._releasing or tp not in assigned:
                         continue  # revoked meanwhile: its new owner takes these from the committed offset
                     tasks = self._tasks[tp]
                     for record in records:
