@@ -46,6 +46,11 @@ class Setup:
         return env | self.env | {"PYTHONUNBUFFERED": "1"}
 
 
+def provider_latency(ms: float) -> dict[str, str]:
+    """Env overrides that make every echo provider call take `ms` milliseconds."""
+    return {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": str(ms) for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+
+
 async def make_topics(setup: Setup, partitions: int = 4) -> None:
     await create_topics(setup.config.kafka, partitions)
 

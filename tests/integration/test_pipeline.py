@@ -6,7 +6,7 @@ import time
 
 import msgspec
 
-from tests.integration.helpers import Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
+from tests.integration.helpers import provider_latency, Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
 from worker.consume import Worker
 
 
@@ -109,7 +109,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
 
 def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, tmp_path):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=20)
-    slow = {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 1500 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    slow = provider_latency(1500)
     ids = [f"t{i}" for i in range(300)]
     first = WorkerProcess(setup, tmp_path, "first", **slow)
 
@@ -147,7 +147,7 @@ def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(boot
 def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redelivered(bootstrap, tmp_path):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=0.5)
     ids = [f"a{i}" for i in range(100)]
-    slow = {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 10000 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    slow = provider_latency(10000)
     first = WorkerProcess(setup, tmp_path, "first", **slow)
 
     async def scenario():

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import provider_latency, Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce
 
 JOBS = 2000
 MAX_IN_FLIGHT = 40
@@ -15,7 +15,7 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
         bootstrap,
         LLM_ROUTER__WORKER__MAX_IN_FLIGHT=MAX_IN_FLIGHT,
         LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=COMMIT_INTERVAL_MS,
-        **{f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": LATENCY_MS for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")},
+        **provider_latency(LATENCY_MS),
     )
     ids = [f"k{i:05d}" for i in range(JOBS)]
     replicas: list[WorkerProcess] = []
@@ -73,7 +73,7 @@ async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60
 
 
 def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, tmp_path, report):
-    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **{f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": 1000 for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")})
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **provider_latency(1000))
     ids = [f"r{i}" for i in range(400)]
     first = WorkerProcess(setup, tmp_path, "first")
     second = None
