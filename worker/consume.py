@@ -62,6 +62,8 @@ class Worker:
         self._commit_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._paused = False
+        # Paused partitions resume once a tenth of the limit is free, not at every finished job.
+        self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 10)
         self.consumer = make_consumer(config.kafka)
         self.producer = make_producer(config.kafka)
 
@@ -103,7 +105,7 @@ class Worker:
         try:
             while not stop.is_set():
                 free = worker.max_in_flight - self.tracker.in_flight
-                if free <= 0:
+                if free <= 0 or (self._paused and self.tracker.in_flight > self._resume_at):
                     self._pause()
                     self._capacity.clear()
                     capacity = asyncio.ensure_future(self._capacity.wait())
@@ -153,7 +155,7 @@ class Worker:
             self.stats.cost_events += len(outcome.cost_events)
         await self._publish(outputs)
         self.tracker.finish(tp, record.offset)
-        if self.tracker.in_flight < self.config.worker.max_in_flight:
+        if self.tracker.in_flight <= self._resume_at:
             self._capacity.set()
 
     async def _run_job(self, job: Job) -> JobOutcome:
