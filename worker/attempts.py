@@ -57,11 +57,13 @@ class JobRunner:
         self,
         config: Config,
         providers: dict[str, Provider],
+        unavailable: dict[str, str] | None = None,
         classifier: Classifier | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
         self._config = config
         self._providers = providers
+        self._unavailable = unavailable or {}
         self._classifier = classifier or Classifier(config.classifier)
         self._sleep = sleep
 
@@ -74,7 +76,7 @@ class JobRunner:
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
         try:
-            plan = make_plan(job, task, self._config, input_estimate)
+            plan = make_plan(job, task, self._config, input_estimate, self._unavailable)
         except NoRoute as exc:
             return JobOutcome(self._result(job, task, started, attempts, error=ErrorInfo("no_route", str(exc))), events)
 
@@ -89,7 +91,7 @@ class JobRunner:
             provider = self._providers[provider_name]
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                attempt, completion = await self._attempt(provider, request, len(attempts) + 1)
+                attempt, completion, retry_after = await self._attempt(provider, request, len(attempts) + 1)
                 attempts.append(attempt)
                 events.append(self._cost_event(job, task, attempt))
                 if attempt.error is None:
@@ -98,7 +100,8 @@ class JobRunner:
                 last_error = attempt.error
                 decision = disposition(attempt.error.kind)
                 if decision is Disposition.RETRY and retries < worker.max_retries_per_job:
-                    await self._sleep(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s))
+                    # The provider's own retry delay, when it gave one, is the least we wait.
+                    await self._sleep(max(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s), retry_after or 0.0))
                     retries += 1
                     continue
                 if decision is Disposition.FAIL:
@@ -107,7 +110,7 @@ class JobRunner:
         message = f"all {len(attempts)} attempt(s) failed; last: {last_error.message}"
         return JobOutcome(self._result(job, task, started, attempts, error=ErrorInfo(last_error.kind, message)), events)
 
-    async def _attempt(self, provider: Provider, request: CompletionRequest, number: int) -> tuple[Attempt, Completion | None]:
+    async def _attempt(self, provider: Provider, request: CompletionRequest, number: int) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
         started = time.monotonic()
         try:
@@ -115,7 +118,7 @@ class JobRunner:
         except ProviderError as exc:
             latency = (time.monotonic() - started) * 1000
             error = ErrorInfo(exc.kind, exc.message)
-            return Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, latency, error), None
+            return Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, latency, error), None, exc.retry_after_s
         latency = (time.monotonic() - started) * 1000
         cost = attempt_cost(model, completion.input_tokens, completion.output_tokens)
         error = check_answer(completion)
@@ -123,7 +126,7 @@ class JobRunner:
             number, provider.name, request.model, "failed" if error else "ok",
             completion.input_tokens, completion.output_tokens, cost, latency, error,
         )
-        return attempt, completion
+        return attempt, completion, None
 
     def _cost_event(self, job: Job, task: str, attempt: Attempt) -> CostEvent:
         return CostEvent(

@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
     broker.set_defaults(func=_cmd_broker)
 
+    simulate = commands.add_parser("simulate", help="run the provider simulator", description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.")
+    simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    simulate.add_argument("--port", type=int, default=8900, help="port (default 8900)")
+    simulate.add_argument("--config", dest="simulator_config", default=None, help="simulator configuration (default config/simulator.toml)")
+    simulate.add_argument("--latency-scale", type=float, default=None, help="multiply every latency (0: answer at once)")
+    simulate.set_defaults(func=_cmd_simulate)
+
     schemas = commands.add_parser("schemas", help="write or check the JSON Schemas of the topics", description="Write schemas/ from the message Structs, or with --check fail when they differ.")
     schemas.add_argument("--check", action="store_true", help="exit 1 if schemas/ differs from the Structs")
     schemas.add_argument("--dir", default=None, help="the schemas folder (default: the repo's schemas/)")
@@ -242,6 +249,17 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
         broker.stop()
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from worker.simulator.server import run_simulator
+    from worker.simulator.settings import load_simulator_config
+
+    config = load_simulator_config(args.simulator_config)
+    if args.latency_scale is not None:
+        config = msgspec.structs.replace(config, latency_scale=args.latency_scale)
+    run_simulator(config, args.host, args.port)
     return 0
 
 

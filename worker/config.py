@@ -70,14 +70,25 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):
-    kind: Literal["echo"]
+    kind: Literal["openai", "anthropic", "gemini", "openai_compatible", "echo"]
+    # The environment variable holding the API key; "" for a server that takes none (self-hosted).
     api_key_env: str = ""
+    base_url: str = ""
+    # OpenAI-compatible servers' quirks: "vllm", "ollama", "together", "groq" (or "" for OpenAI itself).
+    compat: Literal["", "vllm", "ollama", "together", "groq"] = ""
+    anthropic_version: str = "2023-06-01"
+    timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    max_connections: PosInt = 1000
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # echo only: simulated call time and share of refused attempts.
     latency_ms: NonNegFloat = 0.0
     failure_rate: Probability = 0.0
 
 
-class ModelConfig(Struct, forbid_unknown_fields=True):
+class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     provider: str
+    # The provider's own name for the model (default: the name in this table).
+    api_model: str = ""
     input_usd_per_mtok: NonNegFloat
     output_usd_per_mtok: NonNegFloat
     context_window: PosInt
@@ -131,16 +142,16 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_describe(exc, raw)}") from None
+        raise ConfigError(f"{source}: {describe_validation_error(exc, raw, Config)}") from None
     _check_references(config, source)
     return config
 
 
-def _describe(exc: msgspec.ValidationError, raw: dict[str, Any]) -> str:
+def describe_validation_error(exc: msgspec.ValidationError, raw: dict[str, Any], root: type | None = None) -> str:
     """Turn msgspec's `... - at `$.a[...].b`` into `a.<key>.b: ...`, naming the key itself."""
     message, _, where = str(exc).partition(" - at `$")
     tokens = re.findall(r"\.[^.\[`]+|\[[^\]]*\]", where.rstrip("`"))
-    path = _resolve_keys(raw, tokens, message)
+    path = _resolve_keys(raw, tokens, message, root or Config)
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
     if unknown:
         return f"{'.'.join(path + [unknown.group(1)])}: unknown key"
@@ -150,7 +161,7 @@ def _describe(exc: msgspec.ValidationError, raw: dict[str, Any]) -> str:
     return f"{'.'.join(path) or '(top level)'}: {message}"
 
 
-def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str) -> list[str]:
+def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str, root: type) -> list[str]:
     """Name the dict keys msgspec reports as `[...]`: the one whose entry alone repeats the error."""
     path: list[str] = []
     node: Any = raw
@@ -159,7 +170,7 @@ def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str) -> list[
             path.append(token[1:])
             node = node.get(token[1:]) if isinstance(node, dict) else None
         elif token == "[...]" and isinstance(node, dict):
-            key = next((k for k in node if _fails_alone(raw, path, k, message)), "?")
+            key = next((k for k in node if _fails_alone(raw, path, k, message, root)), "?")
             path.append(str(key))
             node = node.get(key)
         else:
@@ -169,7 +180,7 @@ def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str) -> list[
     return path
 
 
-def _fails_alone(raw: dict[str, Any], path: list[str], key: str, message: str) -> bool:
+def _fails_alone(raw: dict[str, Any], path: list[str], key: str, message: str, root: type) -> bool:
     trial = copy.deepcopy(raw)
     table = trial
     for segment in path:
@@ -177,7 +188,7 @@ def _fails_alone(raw: dict[str, Any], path: list[str], key: str, message: str) -
     for other in [k for k in table if k != key]:
         del table[other]
     try:
-        msgspec.convert(trial, Config)
+        msgspec.convert(trial, root)
     except msgspec.ValidationError as exc:
         return str(exc).startswith(message)
     return False
@@ -199,6 +210,9 @@ def _check_references(config: Config, source: str) -> None:
         task = getattr(config.classifier, key)
         if task and task not in config.tasks:
             errors.append(f"classifier.{key}: unknown task {task!r}")
+    for name, provider in config.providers.items():
+        if provider.kind not in ("echo",) and not provider.base_url:
+            errors.append(f"providers.{name}.base_url: required for kind {provider.kind!r}")
     if config.kafka.max_request_bytes <= config.worker.max_job_bytes:
         errors.append("kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)")
     if errors:

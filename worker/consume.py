@@ -26,7 +26,7 @@ from worker.kafka import make_consumer, make_producer
 from worker.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
-from worker.providers import Provider, build_providers
+from worker.providers import Providers, build_providers
 
 log = get_logger("consume")
 
@@ -50,10 +50,13 @@ class WorkerStats(msgspec.Struct):
 class Worker:
     """One worker replica: a group member of the jobs topic."""
 
-    def __init__(self, config: Config, providers: dict[str, Provider] | None = None) -> None:
+    def __init__(self, config: Config, providers: Providers | None = None) -> None:
         self.config = config
-        self.providers = providers if providers is not None else build_providers(config)
-        self.runner = JobRunner(config, self.providers)
+        providers = providers if providers is not None else build_providers(config)
+        self.providers = providers.clients
+        for name, reason in providers.unavailable.items():
+            log.warning("provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason})
+        self.runner = JobRunner(config, self.providers, providers.unavailable)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)

@@ -1,4 +1,8 @@
-"""Error kinds and what the attempt loop does with each, decided in one place."""
+"""Error kinds, how a provider's HTTP error maps to one, and what the attempt loop does with each.
+
+Everything that decides an error's kind is here, so adapters only extract the status, the error
+type/code and message from their wire format and call `classify_http_error`.
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,46 @@ def disposition(kind: str) -> Disposition:
 class ProviderError(Exception):
     """A provider call failed with an error kind from this module."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, retry_after_s: float | None = None, status: int | None = None, rate_limits: object | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.retry_after_s = retry_after_s
+        self.status = status
+        self.rate_limits = rate_limits
+
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "prompt is too long",
+    "maximum context length",
+    "context length",
+    "exceeds the maximum number of tokens",
+    "input token count",
+    "too many tokens",
+)
+_AUTH_MARKERS = ("api key not valid", "api_key_invalid", "invalid api key", "invalid x-api-key", "incorrect api key")
+
+
+def classify_http_error(status: int, error_type: str = "", code: str = "", message: str = "") -> str:
+    """The error kind of a provider's non-2xx answer, from its status, error type/code and message.
+
+    `error_type` and `code` are the provider's own (OpenAI `type`/`code`, Anthropic `error.type`,
+    Gemini `status`), compared case-insensitively.
+    """
+    kind, code_l, text = error_type.lower(), str(code or "").lower(), message.lower()
+    if "insufficient_quota" in (kind, code_l) or "billing" in text and status in (402, 429):
+        return "quota"
+    if status == 429 or kind in ("rate_limit_error", "resource_exhausted") or code_l == "rate_limit_exceeded":
+        return "rate_limited"
+    if status in (529, 503) or kind in ("overloaded_error", "unavailable"):
+        return "overloaded"
+    if status in (408, 504) or kind == "deadline_exceeded":
+        return "timeout"
+    if status >= 500:
+        return "server"
+    if any(marker in code_l or marker in text for marker in _CONTEXT_MARKERS):
+        return "context_too_long"
+    if status in (401, 403) or kind in ("authentication_error", "permission_error", "unauthenticated", "permission_denied") or any(m in text for m in _AUTH_MARKERS):
+        return "auth"
+    return "bad_request"

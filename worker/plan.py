@@ -6,6 +6,8 @@ job's constraints; a job no model can serve gets `NoRoute` naming the constraint
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from msgspec import Struct
 
 from worker.config import Config
@@ -22,7 +24,7 @@ class Plan(Struct, frozen=True):
     max_output_tokens: int
 
 
-def make_plan(job: Job, task: str, config: Config, input_tokens: int) -> Plan:
+def make_plan(job: Job, task: str, config: Config, input_tokens: int, unavailable: Mapping[str, str] | None = None) -> Plan:
     """The models to try for `job`, cheapest route first, each meeting every constraint of the job."""
     task_config = config.tasks.get(task)
     if job.model is not None:
@@ -37,6 +39,7 @@ def make_plan(job: Job, task: str, config: Config, input_tokens: int) -> Plan:
 
     checks = [
         ("allowed_providers", _allowed(job, config)),
+        ("available", lambda m: config.models[m].provider not in (unavailable or {})),
         ("context window", lambda m: input_tokens + max_output <= config.models[m].context_window),
         ("accuracy_floor", _meets_floor(job, task_config.quality if task_config else "", config)),
         ("latency_budget_ms", _fits_budget(job, max_output, config)),
@@ -45,7 +48,7 @@ def make_plan(job: Job, task: str, config: Config, input_tokens: int) -> Plan:
     for constraint, keep in checks:
         remaining = [m for m in candidates if keep(m)]
         if not remaining:
-            raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output))
+            raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output, config, unavailable or {}))
         candidates = remaining
     return Plan(task=task, models=candidates, max_output_tokens=max_output)
 
@@ -76,8 +79,11 @@ def _under_cap(job: Job, input_tokens: int, max_output: int, config: Config):
     return keep
 
 
-def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int, max_output: int) -> str:
+def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int, max_output: int, config: Config, unavailable: Mapping[str, str]) -> str:
     names = ", ".join(candidates)
+    if constraint == "available":
+        reasons = sorted({f"{config.models[m].provider}: {unavailable[config.models[m].provider]}" for m in candidates})
+        return f"no candidate model's provider can be called ({'; '.join(reasons)})"
     if constraint == "allowed_providers":
         return f"allowed_providers {job.allowed_providers} excludes every candidate model ({names})"
     if constraint == "context window":

@@ -20,6 +20,9 @@ from worker.kafka import create_topics, make_consumer, make_producer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 
 REPO = Path(__file__).resolve().parents[2]
+PROVIDERS = ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")
+# The in-process echo provider behind every configured provider (tests of the HTTP adapters set their own).
+ECHO_PROVIDERS = {f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in PROVIDERS}
 
 
 class Setup:
@@ -33,6 +36,7 @@ class Setup:
             "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in ("jobs", "results", "costs", "dlq")},
+            **ECHO_PROVIDERS,
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}
         self.config: Config = load_config(env=self.env)
@@ -48,7 +52,7 @@ class Setup:
 
 def provider_latency(ms: float) -> dict[str, str]:
     """Env overrides that make every echo provider call take `ms` milliseconds."""
-    return {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": str(ms) for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    return {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": str(ms) for p in PROVIDERS}
 
 
 async def make_topics(setup: Setup, partitions: int = 4) -> None:

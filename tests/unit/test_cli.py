@@ -31,7 +31,7 @@ def test_format_result_shows_the_output_or_the_error():
     assert "no_route: why" in format_result(failed)
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["produce"], ["results"], ["topics", "create"], ["demo"], ["schemas"], ["broker"]])
+@pytest.mark.parametrize("command", [[], ["worker"], ["produce"], ["results"], ["topics", "create"], ["demo"], ["schemas"], ["broker"], ["simulate"]])
 def test_every_command_has_help(command):
     out = subprocess.run([sys.executable, "-m", "worker", *command, "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

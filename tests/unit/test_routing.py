@@ -17,8 +17,8 @@ from worker.providers.base import Completion, CompletionRequest
 
 
 @pytest.fixture(scope="module")
-def config():
-    return load_config(env={})
+def config(echo_config):
+    return echo_config
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_a_refused_attempt_is_paid_and_escalates(config):
     failing = msgspec.structs.replace(
         config, providers={**config.providers, "gemini": msgspec.structs.replace(config.providers["gemini"], failure_rate=1.0)}
     )
-    outcome = run(JobRunner(failing, build_providers(failing)), Job(id="esc", prompt="What is 2+2?", tenant="t1"))
+    outcome = run(JobRunner(failing, build_providers(failing).clients), Job(id="esc", prompt="What is 2+2?", tenant="t1"))
     result = outcome.result
     assert result.status == "ok" and result.model == "llama-4-70b"
     assert [a.outcome for a in result.attempts] == ["failed", "ok"]
@@ -173,7 +173,7 @@ def test_a_job_whose_every_attempt_fails_gets_a_failed_result_with_the_reason(co
 
 
 def test_echo_rejects_prompts_over_the_context_window(config):
-    provider = build_providers(config)["openai"]
+    provider = build_providers(config).clients["openai"]
     request = CompletionRequest("j", "gpt-4o", [ChatMessage("user", "x" * 600_000)], 100)
     with pytest.raises(ProviderError) as info:
         asyncio.run(provider.complete(request))

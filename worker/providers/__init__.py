@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
+from msgspec import Struct
+
 from worker.config import Config
+from worker.providers.anthropic import AnthropicProvider
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.providers.echo import EchoProvider
+from worker.providers.gemini import GeminiProvider
+from worker.providers.http import make_transport
+from worker.providers.openai import OpenAIProvider
 
-__all__ = ["Completion", "CompletionRequest", "Provider", "build_providers"]
+__all__ = ["Completion", "CompletionRequest", "Provider", "Providers", "build_providers"]
+
+_ADAPTERS = {"openai": OpenAIProvider, "openai_compatible": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}
 
 
-def build_providers(config: Config) -> dict[str, Provider]:
-    """One provider client per configured provider, created once."""
-    providers: dict[str, Provider] = {}
+class Providers(Struct):
+    """The provider clients that can be called, and why the others cannot."""
+
+    clients: dict[str, Provider]
+    unavailable: dict[str, str]
+
+
+def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Providers:
+    """One client per configured provider, created once; a provider whose API key is missing is left out."""
+    env = os.environ if env is None else env
+    clients: dict[str, Provider] = {}
+    unavailable: dict[str, str] = {}
     for name, provider in config.providers.items():
+        models = {m: c for m, c in config.models.items() if c.provider == name}
         if provider.kind == "echo":
-            models = {m: c for m, c in config.models.items() if c.provider == name}
-            providers[name] = EchoProvider(name, provider, models)
-    return providers
+            clients[name] = EchoProvider(name, provider, models)
+            continue
+        key = env.get(provider.api_key_env, "") if provider.api_key_env else None
+        if provider.api_key_env and not key:
+            unavailable[name] = f"no API key: set {provider.api_key_env}"
+            continue
+        transport = make_transport(provider.http_client, provider.timeout_s, provider.max_connections)
+        clients[name] = _ADAPTERS[provider.kind](name, provider, models, key, transport)
+    return Providers(clients, unavailable)

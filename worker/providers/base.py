@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
+import msgspec
 from msgspec import Struct
 
+from worker.errors import ProviderError, classify_http_error
 from worker.messages import ChatMessage
+from worker.providers.ratelimits import RateLimitState
 
 FinishReason = Literal["stop", "length", "refusal", "other"]
 
 
 class CompletionRequest(Struct, frozen=True):
-    """One call to one model."""
+    """One call to one model (`model` is the router's model name)."""
 
     job_id: str
     model: str
@@ -21,13 +24,20 @@ class CompletionRequest(Struct, frozen=True):
 
 
 class Completion(Struct, frozen=True):
-    """A provider's answer, normalised across wire APIs."""
+    """A provider's answer, normalised across wire APIs.
+
+    Token counts follow the OpenTelemetry GenAI conventions: input includes cached tokens (and
+    Anthropic's cache reads and writes), output includes reasoning/thinking tokens.
+    """
 
     text: str
     finish_reason: FinishReason
     input_tokens: int
     output_tokens: int
     request_id: str = ""
+    latency_ms: float = 0.0
+    response_model: str = ""
+    rate_limits: RateLimitState | None = None
 
 
 class Provider(Protocol):
@@ -38,3 +48,21 @@ class Provider(Protocol):
     async def complete(self, request: CompletionRequest) -> Completion: ...
 
     async def close(self) -> None: ...
+
+
+def decode_json(body: bytes, what: str) -> dict:
+    """A provider's JSON answer, or ProviderError("server") when it is not JSON."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise ProviderError("server", f"{what}: the answer is not JSON: {body[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise ProviderError("server", f"{what}: the answer is not a JSON object: {body[:200]!r}")
+    return data
+
+
+def http_error(status: int, error_type: str, code: str, message: str, retry_after_s: float | None, rate_limits: RateLimitState | None) -> ProviderError:
+    """The ProviderError for a non-2xx answer: its kind decided by `worker.errors.classify_http_error`."""
+    kind = classify_http_error(status, error_type, code, message)
+    detail = " ".join(part for part in (f"HTTP {status}", error_type or "", str(code or "") if code != error_type else "") if part)
+    return ProviderError(kind, f"{detail}: {message}".strip(), retry_after_s=retry_after_s, status=status, rate_limits=rate_limits)

@@ -1,0 +1,76 @@
+"""Anthropic Messages: `POST {base_url}/v1/messages` with `x-api-key` and `anthropic-version`."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+
+from worker.config import ModelConfig, ProviderConfig
+from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
+from worker.providers.http import HttpResponse, Transport
+from worker.providers.ratelimits import anthropic_rate_limits, retry_after_from_headers
+
+_FINISH: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "refusal"}
+
+
+class AnthropicProvider:
+    def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig], api_key: str | None, transport: Transport) -> None:
+        self.name = name
+        self._url = config.base_url.rstrip("/") + "/v1/messages"
+        self._models = {m: c.api_model or m for m, c in models.items()}
+        self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._transport = transport
+        self._encoder = msgspec.json.Encoder()
+
+    def request_body(self, request: CompletionRequest) -> dict:
+        """System messages go to the top-level `system`; the rest stay in order."""
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        body: dict = {
+            "model": self._models.get(request.model, request.model),
+            "max_tokens": request.max_output_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        }
+        if system:
+            body["system"] = system
+        return body
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        started = time.monotonic()
+        response = await self._transport.post(self._url, self._headers, self._encoder.encode(self.request_body(request)))
+        return parse_response(response, (time.monotonic() - started) * 1000, self.name)
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthropic") -> Completion:
+    """A Messages answer (or error) as a Completion (or ProviderError)."""
+    now = datetime.now(UTC)
+    limits = anthropic_rate_limits(response.headers, now)
+    if response.status >= 300:
+        error_type, message = "", response.body[:300].decode(errors="replace")
+        try:
+            data = msgspec.json.decode(response.body)
+            error = data.get("error") or {}
+            error_type, message = str(error.get("type") or ""), str(error.get("message") or message)
+        except (msgspec.DecodeError, AttributeError):
+            pass
+        raise http_error(response.status, error_type, "", message, retry_after_from_headers(response.headers, now), limits)
+    data = decode_json(response.body, what)
+    text = "".join(block.get("text", "") for block in data.get("content") or () if block.get("type") == "text")
+    usage = data.get("usage") or {}
+    input_tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    return Completion(
+        text=text,
+        finish_reason=_FINISH.get(data.get("stop_reason") or "", "other"),
+        input_tokens=input_tokens,
+        output_tokens=int(usage.get("output_tokens") or 0),
+        request_id=response.headers.get("request-id") or str(data.get("id") or ""),
+        latency_ms=latency_ms,
+        response_model=str(data.get("model") or ""),
+        rate_limits=limits,
+    )

@@ -1,0 +1,73 @@
+"""Per-minute limits as the providers enforce them: buckets that refill continuously."""
+
+from __future__ import annotations
+
+import math
+
+from msgspec import Struct
+
+
+class Bucket:
+    """`per_minute` units a minute, refilled continuously, never above `per_minute`."""
+
+    __slots__ = ("per_minute", "level", "updated")
+
+    def __init__(self, per_minute: int, now: float) -> None:
+        self.per_minute = per_minute
+        self.level = float(per_minute)
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.per_minute, self.level + (now - self.updated) * self.per_minute / 60)
+        self.updated = now
+
+    def wait_s(self, amount: int) -> float:
+        """Seconds until `amount` fits (after a refill); inf when it never can."""
+        if amount > self.per_minute:
+            return math.inf
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60 / self.per_minute
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again."""
+        return (self.per_minute - self.level) * 60 / self.per_minute
+
+
+class LimitState(Struct, frozen=True):
+    name: str  # requests, tokens, input_tokens, output_tokens
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+class Limits:
+    """The buckets of one API key and model."""
+
+    def __init__(self, limits: dict[str, int], now: float) -> None:
+        self.buckets = {name: Bucket(per_minute, now) for name, per_minute in limits.items() if per_minute > 0}
+
+    def reconfigure(self, limits: dict[str, int], now: float) -> None:
+        """New per-minute limits (the simulator's settings changed)."""
+        for name, per_minute in limits.items():
+            bucket = self.buckets.get(name)
+            if per_minute <= 0:
+                self.buckets.pop(name, None)
+            elif bucket is None or bucket.per_minute != per_minute:
+                self.buckets[name] = Bucket(per_minute, now)
+
+    def admit(self, amounts: dict[str, int], now: float) -> tuple[bool, float, str]:
+        """Take `amounts` if all fit: (admitted, seconds to wait otherwise, the binding limit's name)."""
+        worst, binding = 0.0, ""
+        for name, bucket in self.buckets.items():
+            bucket.refill(now)
+            wait = bucket.wait_s(amounts.get(name, 0))
+            if wait > worst:
+                worst, binding = wait, name
+        if worst > 0:
+            return False, worst, binding
+        for name, bucket in self.buckets.items():
+            bucket.level -= amounts.get(name, 0)
+        return True, 0.0, ""
+
+    def state(self) -> list[LimitState]:
+        return [LimitState(name, b.per_minute, max(0, math.floor(b.level)), b.reset_s()) for name, b in self.buckets.items()]

@@ -1,0 +1,287 @@
+"""The simulator's HTTP server (aiohttp): the providers' paths, its counts and its controls.
+
+  POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
+  POST /v1/messages                              Anthropic
+  POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
+  GET  /_sim/stats                               what it served, as JSON
+  POST /_sim/reset                               zero the counts
+  GET  /_sim/models                              every model's behaviour
+  PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from worker.simulator import wire
+from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
+from worker.simulator.limits import Limits
+from worker.simulator.settings import ModelBehaviour, SimulatorConfig
+
+class ModelStats(msgspec.Struct):
+    requests: int = 0
+    ok: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    correct: int = 0
+    wrong: int = 0
+    statuses: dict[str, int] = {}
+
+
+class Stats(msgspec.Struct):
+    """What the simulator served since it started (or was reset)."""
+
+    requests: int = 0
+    ok: int = 0
+    rate_limited_sent: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    statuses: dict[str, int] = {}
+    models: dict[str, ModelStats] = {}
+
+
+class Simulator:
+    """The request handling, independent of how the server is run."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+        self._rng = random.Random(config.seed)
+        self._limits: dict[tuple[str, str], Limits] = {}
+        self._decoder = msgspec.json.Decoder()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_post(r"/{version:v1beta|v1}/models/{target}", self._gemini)
+        app.router.add_get("/_sim/stats", self._get_stats)
+        app.router.add_post("/_sim/reset", self._reset)
+        app.router.add_get("/_sim/models", self._get_models)
+        app.router.add_patch("/_sim/models/{model}", self._patch_model)
+        return app
+
+    async def _openai(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        model = str(body.get("model") or "") if isinstance(body, dict) else ""
+        behaviour = self.config.models.get(model)
+        wire_name = behaviour.wire if behaviour and behaviour.wire in ("openai", "openai_compatible") else "openai"
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if isinstance(body, dict) else None
+        texts = [m.get("content") if isinstance(m.get("content"), str) else "" for m in body.get("messages") or []] if isinstance(body, dict) else None
+        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body)
+
+    async def _anthropic(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        model = str(body.get("model") or "") if isinstance(body, dict) else ""
+        texts = None
+        if isinstance(body, dict):
+            system = body.get("system")
+            texts = ([system] if isinstance(system, str) else [b.get("text", "") for b in system or []]) + [
+                m["content"] if isinstance(m.get("content"), str) else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
+                for m in body.get("messages") or []
+            ]
+            if not request.headers.get("anthropic-version"):
+                return self._reply(wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model)
+            if "max_tokens" not in body:
+                return self._reply(wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model)
+        # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
+        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body)
+
+    async def _gemini(self, request: web.Request) -> web.Response:
+        model, _, action = request.match_info["target"].partition(":")
+        if action != "generateContent":
+            return self._reply(wire.error("gemini", "", "not_found", model), model)
+        body = await self._body(request)
+        texts = None
+        max_tokens = 8192
+        if isinstance(body, dict):
+            system = body.get("systemInstruction") or body.get("system_instruction") or {}
+            contents = body.get("contents") or []
+            if isinstance(contents, dict):
+                contents = [contents]
+            texts = [p.get("text", "") for p in system.get("parts") or []] + [p.get("text", "") for c in contents for p in c.get("parts") or [] if isinstance(p, dict)]
+            config = body.get("generationConfig") or body.get("generation_config") or {}
+            max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
+        key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
+        return await self._serve("gemini", model, texts, max_tokens, key, body)
+
+    async def _body(self, request: web.Request) -> Any:
+        try:
+            return self._decoder.decode(await request.read())
+        except msgspec.DecodeError:
+            return None
+
+    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any) -> web.Response:
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            return await self._answer(wire_name, model, texts, max_tokens, key, body)
+        finally:
+            stats.in_flight -= 1
+
+    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any) -> web.Response:
+        behaviour = self.config.models.get(model)
+        if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
+            return self._reply(wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model)
+        if behaviour is None or behaviour.wire != wire_name:
+            return self._reply(wire.error(wire_name, "", "not_found", model), model)
+        flavor = behaviour.flavor
+        if not key:
+            return self._reply(wire.error(wire_name, flavor, "auth", model), model)
+        input_tokens = count_input_tokens(texts)
+        too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
+        if too_long:
+            return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
+        request = SimRequest(model, texts, max_tokens)
+        reply = answer(behaviour, request, self.config.seed, self._rng)
+        output_tokens = reply.output_tokens + behaviour.thinking_tokens
+        limits = self._limits_for(key, model, behaviour)
+        now = time.monotonic()
+        admitted, wait, binding = limits.admit({"requests": 1, "tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens}, now)
+        headers = wire.rate_limit_headers(wire_name, limits.state())
+        if not admitted:
+            state = next(s for s in limits.state() if s.name == binding)
+            detail = f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on {wire._LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. Please try again in {wire.go_duration(wait)}."
+            return self._reply(wire.error(wire_name, flavor, "rate_limited", model, detail, retry_after_s=wait if wait != float("inf") else 60.0, headers=headers), model)
+        injected = pick_error(behaviour, self._rng)
+        if injected == "timeout":
+            await asyncio.sleep(self.config.timeout_hang_s)
+        if injected:
+            retry = behaviour.retry_after_s if injected == "rate_limited" else None
+            return self._reply(wire.error(wire_name, flavor, injected, model, retry_after_s=retry, headers=headers), model)
+        delay = latency_s(behaviour, output_tokens, self.config.latency_scale, self._rng)
+        if delay:
+            await asyncio.sleep(delay)
+        model_stats = self._model_stats(model)
+        model_stats.input_tokens += input_tokens
+        model_stats.output_tokens += output_tokens
+        self.stats.input_tokens += input_tokens
+        self.stats.output_tokens += output_tokens
+        if reply.correct is not None:
+            if reply.correct:
+                model_stats.correct += 1
+            else:
+                model_stats.wrong += 1
+        return self._reply(wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers), model)
+
+    @staticmethod
+    def _context_error(wire_name: str, behaviour: ModelBehaviour, input_tokens: int, max_tokens: int) -> str:
+        window = behaviour.context_window
+        if wire_name == "anthropic":
+            return f"prompt is too long: {input_tokens} tokens > {window} maximum" if input_tokens + max_tokens > window else ""
+        if wire_name == "gemini":
+            return f"The input token count ({input_tokens}) exceeds the maximum number of tokens allowed ({window})." if input_tokens > window else ""
+        if input_tokens + max_tokens > window:
+            if behaviour.flavor == "vllm":
+                return f"This model's maximum context length is {window} tokens. However, you requested {input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion."
+            return f"This model's maximum context length is {window} tokens. However, your messages resulted in {input_tokens} tokens and {max_tokens} completion tokens were requested. Please reduce the length of the messages."
+        return ""
+
+    def _limits_for(self, key: str, model: str, behaviour: ModelBehaviour) -> Limits:
+        wanted = {
+            "requests": behaviour.requests_per_minute,
+            "tokens": behaviour.tokens_per_minute,
+            "input_tokens": behaviour.input_tokens_per_minute,
+            "output_tokens": behaviour.output_tokens_per_minute,
+        }
+        limits = self._limits.get((key, model))
+        if limits is None:
+            limits = self._limits[(key, model)] = Limits(wanted, time.monotonic())
+        else:
+            limits.reconfigure(wanted, time.monotonic())
+        return limits
+
+    def _model_stats(self, model: str) -> ModelStats:
+        stats = self.stats.models.get(model)
+        if stats is None:
+            stats = self.stats.models[model] = ModelStats(statuses=defaultdict(int))
+        return stats
+
+    def _reply(self, reply: wire.Reply, model: str) -> web.Response:
+        status, headers, body = reply
+        key = str(status)
+        self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
+        model_stats = self._model_stats(model or "(none)")
+        model_stats.requests += 1
+        model_stats.statuses[key] = model_stats.statuses.get(key, 0) + 1
+        if status == 200:
+            self.stats.ok += 1
+            model_stats.ok += 1
+        elif status == 429:
+            self.stats.rate_limited_sent += 1
+        return web.Response(status=status, headers=headers, body=body)
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        in_flight = self.stats.in_flight
+        self.stats = Stats(in_flight=in_flight)
+        self._limits.clear()
+        return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
+
+    async def _get_models(self, request: web.Request) -> web.Response:
+        return web.Response(body=msgspec.json.encode(self.config.models), content_type="application/json")
+
+    async def _patch_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        current = self.config.models.get(name)
+        if current is None:
+            return web.json_response({"error": f"no model {name!r}"}, status=404)
+        try:
+            patch = msgspec.json.decode(await request.read())
+            merged = msgspec.to_builtins(current) | patch
+            if isinstance(patch.get("errors"), dict):
+                merged["errors"] = msgspec.to_builtins(current.errors) | patch["errors"]
+            updated = msgspec.convert(merged, ModelBehaviour)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        self.config.models[name] = updated
+        return web.Response(body=msgspec.json.encode(updated), content_type="application/json")
+
+
+class SimulatorServer:
+    """The simulator on host:port inside the running event loop (for the demo and tests)."""
+
+    def __init__(self, config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.simulator = Simulator(config)
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.simulator.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port when 0 was asked
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
+    """Serve until interrupted (`llm-router simulate`)."""
+    web.run_app(Simulator(config).app(), host=host, port=port, access_log=None, print=lambda text: print(f"simulator listening on http://{host}:{port}", flush=True), backlog=4096)

@@ -1,0 +1,73 @@
+"""The simulator's configuration (`config/simulator.toml`): how each model behaves."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from worker.config import ConfigError, describe_validation_error
+
+DEFAULT_SIMULATOR_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "simulator.toml"
+
+Rate = Annotated[float, Meta(ge=0, le=1)]
+PerMinute = Annotated[int, Meta(ge=0)]
+
+
+class ErrorMix(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The share of requests answered with each error (checked in this order, before serving)."""
+
+    rate_limited: Rate = 0.0  # 429 with the provider's own retry hint (retry_after_s)
+    quota: Rate = 0.0  # 429 insufficient_quota (OpenAI) / RESOURCE_EXHAUSTED billing (Gemini)
+    server: Rate = 0.0  # 500
+    unavailable: Rate = 0.0  # 503
+    overloaded: Rate = 0.0  # 529 on the Anthropic wire, 503 on the others
+    timeout: Rate = 0.0  # holds the request for `timeout_hang_s`, then 504
+    refused: Rate = 0.0  # 200 with the provider's refusal shape
+
+
+class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One model as the simulator serves it, under the name clients send."""
+
+    wire: Literal["openai", "anthropic", "gemini", "openai_compatible"]
+    # "vllm": errors in vLLM's flat shape {"object": "error", ...} on the OpenAI-compatible wire.
+    flavor: Literal["", "vllm"] = ""
+    context_window: Annotated[int, Meta(gt=0)] = 128000
+    latency_ms: Annotated[float, Meta(ge=0)] = 1000.0  # median for 100 output tokens
+    latency_jitter: Annotated[float, Meta(ge=0)] = 0.25  # sigma of the log-normal around the median
+    output_tokens: Annotated[int, Meta(gt=0)] = 100
+    # Reasoning tokens billed as output on top of the answer (Gemini's thoughts, OpenAI's reasoning).
+    thinking_tokens: Annotated[int, Meta(ge=0)] = 0
+    accuracy: dict[str, Rate] = {}
+    default_accuracy: Rate = 0.9
+    errors: ErrorMix = msgspec.field(default_factory=ErrorMix)
+    retry_after_s: Annotated[float, Meta(ge=0)] = 1.0
+    requests_per_minute: PerMinute = 0  # 0: no limit
+    tokens_per_minute: PerMinute = 0
+    input_tokens_per_minute: PerMinute = 0
+    output_tokens_per_minute: PerMinute = 0
+
+
+class SimulatorConfig(Struct, forbid_unknown_fields=True):
+    models: dict[str, ModelBehaviour]
+    seed: int = 7
+    latency_scale: Annotated[float, Meta(ge=0)] = 1.0  # multiplies every latency (0: answer at once)
+    timeout_hang_s: Annotated[float, Meta(ge=0)] = 120.0
+
+
+def load_simulator_config(path: str | Path | None = None) -> SimulatorConfig:
+    """Load the simulator's TOML file (default config/simulator.toml)."""
+    path = Path(path or DEFAULT_SIMULATOR_CONFIG)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such simulator configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, SimulatorConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {describe_validation_error(exc, raw, SimulatorConfig)}") from None
