@@ -13,6 +13,7 @@ import copy
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -250,21 +251,16 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
 
 def _known_path(path: list[str]) -> bool:
     """Whether a key absent from the file is still a field of the Config Structs (a default)."""
-    struct: Any = Config
+    node: Any = Config
     for key in path:
-        fields = getattr(struct, "__struct_fields__", None)
+        if typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]  # any key of a table of Structs
+            continue
+        fields = {f.name: f.type for f in msgspec.structs.fields(node)} if isinstance(node, type) and issubclass(node, Struct) else None
         if fields is None or key not in fields:
             return False
-        struct = _field_struct(struct, key)
+        node = fields[key]
     return True
-
-
-def _field_struct(struct: Any, key: str) -> Any:
-    hints = msgspec.structs.fields(struct)
-    for field in hints:
-        if field.name == key:
-            return field.type if isinstance(field.type, type) and issubclass(field.type, Struct) else None
-    return None
 
 
 def _parse_env_value(value: str) -> Any:

@@ -62,7 +62,7 @@ def classify_http_error(status: int, error_type: str = "", code: str = "", messa
     Gemini `status`), compared case-insensitively.
     """
     kind, code_l, text = error_type.lower(), str(code or "").lower(), message.lower()
-    if "insufficient_quota" in (kind, code_l) or "billing" in text and status in (402, 429):
+    if "insufficient_quota" in (kind, code_l) or ("billing" in text and status in (400, 402, 429)) or "credit balance is too low" in text:
         return "quota"
     if status == 429 or kind in ("rate_limit_error", "resource_exhausted") or code_l == "rate_limit_exceeded":
         return "rate_limited"

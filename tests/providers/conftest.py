@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -52,5 +51,4 @@ def sim(simulator):
     before = httpx.get(f"{simulator.url}/_sim/models").json()
     yield simulator
     for model, behaviour in before.items():
-        httpx.patch(f"{simulator.url}/_sim/models/{model}", json=behaviour | {"errors": {k: behaviour.get("errors", {}).get(k, 0.0) for k in ("rate_limited", "quota", "server", "unavailable", "overloaded", "timeout", "refused")}})
-    time.sleep(0)
+        httpx.put(f"{simulator.url}/_sim/models/{model}", json=behaviour).raise_for_status()

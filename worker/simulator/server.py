@@ -7,6 +7,7 @@
   POST /_sim/reset                               zero the counts
   GET  /_sim/models                              every model's behaviour
   PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
+  PUT  /_sim/models/{model}                      replace a model's behaviour (unnamed fields: defaults)
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Simulator:
         app.router.add_post("/_sim/reset", self._reset)
         app.router.add_get("/_sim/models", self._get_models)
         app.router.add_patch("/_sim/models/{model}", self._patch_model)
+        app.router.add_put("/_sim/models/{model}", self._put_model)
         return app
 
     async def _openai(self, request: web.Request) -> web.Response:
@@ -237,17 +239,23 @@ class Simulator:
         return web.Response(body=msgspec.json.encode(self.config.models), content_type="application/json")
 
     async def _patch_model(self, request: web.Request) -> web.Response:
+        return await self._update_model(request, merge=True)
+
+    async def _put_model(self, request: web.Request) -> web.Response:
+        return await self._update_model(request, merge=False)
+
+    async def _update_model(self, request: web.Request, merge: bool) -> web.Response:
         name = request.match_info["model"]
         current = self.config.models.get(name)
-        if current is None:
+        if current is None and merge:
             return web.json_response({"error": f"no model {name!r}"}, status=404)
         try:
-            patch = msgspec.json.decode(await request.read())
-            merged = msgspec.to_builtins(current) | patch
-            if isinstance(patch.get("errors"), dict):
-                merged["errors"] = msgspec.to_builtins(current.errors) | patch["errors"]
-            updated = msgspec.convert(merged, ModelBehaviour)
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+            fields = msgspec.json.decode(await request.read())
+            if merge:
+                errors = msgspec.to_builtins(current.errors) | fields.get("errors", {})
+                fields = msgspec.to_builtins(current) | fields | {"errors": errors}
+            updated = msgspec.convert(fields, ModelBehaviour)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError, AttributeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         self.config.models[name] = updated
         return web.Response(body=msgspec.json.encode(updated), content_type="application/json")
@@ -284,4 +292,4 @@ class SimulatorServer:
 
 def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
     """Serve until interrupted (`llm-router simulate`)."""
-    web.run_app(Simulator(config).app(), host=host, port=port, access_log=None, print=lambda text: print(f"simulator listening on http://{host}:{port}", flush=True), backlog=4096)
+    web.run_app(Simulator(config).app(), host=host, port=port, access_log=None, print=lambda text: print(f"simulator listening on http://{host}:{port}", flush=True), backlog=4096, shutdown_timeout=1.0)

@@ -1,0 +1,167 @@
+"""The worker's adapters against the simulator: outcomes, usage and cost, every error kind, retry hints."""
+
+import asyncio
+
+import pytest
+
+from worker.config import load_config
+from worker.errors import ProviderError
+from worker.messages import ChatMessage
+from worker.pricing import attempt_cost
+from worker.providers import build_providers
+from worker.providers.base import CompletionRequest
+
+KEYS = {"OPENAI_API_KEY": "sk-sim", "ANTHROPIC_API_KEY": "sk-ant-sim", "GEMINI_API_KEY": "gm-sim", "LLAMA_API_KEY": "llama-sim"}
+# router model -> (provider, the simulator's name for it)
+MODELS = {
+    "gpt-4o": ("openai", "gpt-4o"),
+    "claude-3-5-sonnet": ("anthropic", "claude-3-5-sonnet-20241022"),
+    "gemini-2.5-flash": ("gemini", "gemini-2.5-flash"),
+    "llama-4-70b": ("llama", "llama-4-70b"),
+}
+
+
+def sim_config(sim, client="aiohttp"):
+    env = {
+        "LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL": f"{sim.url}/v1",
+        "LLM_ROUTER__PROVIDERS__ANTHROPIC__BASE_URL": sim.url,
+        "LLM_ROUTER__PROVIDERS__GEMINI__BASE_URL": f"{sim.url}/v1beta",
+        "LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL": f"{sim.url}/v1",
+    }
+    env |= {f"LLM_ROUTER__PROVIDERS__{p}__HTTP_CLIENT": client for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    env |= {f"LLM_ROUTER__PROVIDERS__{p}__TIMEOUT_S": "2" for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+    return load_config(env=env)
+
+
+def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="aiohttp"):
+    config = sim_config(sim, client)
+    providers = build_providers(config, env=KEYS)
+    provider = providers.clients[MODELS[model][0]]
+    messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
+
+    async def run():
+        try:
+            return await provider.complete(CompletionRequest("job-1", model, messages, max_tokens))
+        finally:
+            await provider.close()
+
+    return asyncio.run(run()), config
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_text_finish_usage_and_cost_match_what_the_simulator_served(sim, model, client):
+    completion, config = call(sim, model, "Capital of France? [[expect: Paris]] [[task: simple_qa]]", system="Answer in one word.", client=client)
+    served = sim.stats()["models"][MODELS[model][1]]
+    assert completion.finish_reason == "stop"
+    assert completion.text == "Paris" or served["wrong"] == 1
+    assert (completion.input_tokens, completion.output_tokens) == (served["input_tokens"], served["output_tokens"])
+    assert completion.latency_ms > 0 and completion.request_id
+    cost = attempt_cost(config.models[model], completion.input_tokens, completion.output_tokens)
+    expected = (served["input_tokens"] * config.models[model].input_usd_per_mtok + served["output_tokens"] * config.models[model].output_usd_per_mtok) / 1e6
+    assert cost == pytest.approx(expected)
+
+
+def test_system_messages_reach_each_wire_format_as_its_own_field(sim):
+    for model in MODELS:
+        sim.reset()
+        completion, _ = call(sim, model, "x" * 400, system="s" * 4000)
+        assert completion.input_tokens >= 1100, f"{model}: the system prompt was not sent"
+
+
+def test_gemini_thinking_tokens_count_as_output(sim):
+    sim.patch("gemini-2.5-flash", thinking_tokens=250)
+    completion, _ = call(sim, "gemini-2.5-flash", "hi")
+    assert completion.output_tokens == sim.stats()["models"]["gemini-2.5-flash"]["output_tokens"]
+    assert completion.output_tokens > 250
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_truncation_and_refusal(sim, model):
+    completion, _ = call(sim, model, "tell me a long story", max_tokens=5)
+    assert completion.finish_reason == "length" and completion.output_tokens == 5
+    sim.patch(MODELS[model][1], errors={"refused": 1.0})
+    completion, _ = call(sim, model, "something forbidden")
+    assert completion.finish_reason == "refusal"
+
+
+def error_of(sim, model, **kwargs) -> ProviderError:
+    with pytest.raises(ProviderError) as info:
+        call(sim, model, **kwargs)
+    return info.value
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_injected_errors_map_to_their_kinds(sim, model):
+    name = MODELS[model][1]
+    expected = {
+        "rate_limited": "rate_limited",
+        "server": "server",
+        "unavailable": "overloaded",
+        "overloaded": "overloaded",
+        "quota": "quota",
+    }
+    for injected, kind in expected.items():
+        if model == "llama-4-70b" and injected == "quota":
+            continue  # vLLM has no quota
+        sim.patch(name, errors={injected: 1.0})
+        error = error_of(sim, model)
+        assert error.kind == kind, (model, injected, error.message)
+        sim.patch(name, errors={injected: 0.0})
+
+
+def test_anthropic_overload_is_529(sim):
+    sim.patch("claude-3-5-sonnet-20241022", errors={"overloaded": 1.0})
+    error = error_of(sim, "claude-3-5-sonnet")
+    assert error.status == 529 and error.kind == "overloaded" and "overloaded_error" in error.message
+
+
+@pytest.mark.parametrize("model, retry_after_s, expected", [
+    ("gpt-4o", 2.5, 2.5),  # retry-after-ms
+    ("claude-3-5-sonnet", 2.5, 3.0),  # retry-after, whole seconds
+    ("gemini-2.5-flash", 2.5, 2.5),  # RetryInfo.retryDelay in the body
+    ("llama-4-70b", 0.25, 0.25),
+])
+def test_the_retry_delay_comes_from_the_right_header_or_body_field(sim, model, retry_after_s, expected):
+    sim.patch(MODELS[model][1], errors={"rate_limited": 1.0}, retry_after_s=retry_after_s)
+    error = error_of(sim, model)
+    assert error.kind == "rate_limited" and error.retry_after_s == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_context_too_long(sim, model):
+    error = error_of(sim, model, prompt="word " * 1_000_000, max_tokens=100)
+    assert error.kind == "context_too_long", error.message
+
+
+def test_vllm_errors_in_the_flat_shape_are_read(sim):
+    error = error_of(sim, "llama-4-70b", prompt="word " * 200_000, max_tokens=100)
+    assert error.kind == "context_too_long" and "maximum context length is 128000" in error.message
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_timeouts(sim, model):
+    sim.patch(MODELS[model][1], errors={"timeout": 1.0})
+    error = error_of(sim, model)  # the simulator holds the request; the adapter's 2 s timeout fires
+    assert error.kind == "timeout"
+
+
+def test_rate_limit_headers_give_the_remaining_allowance(sim):
+    sim.patch("gpt-4o", requests_per_minute=600, tokens_per_minute=100000)
+    sim.patch("claude-3-5-sonnet-20241022", requests_per_minute=50, input_tokens_per_minute=40000, output_tokens_per_minute=8000)
+    openai_answer, _ = call(sim, "gpt-4o")
+    limits = openai_answer.rate_limits
+    assert limits.requests.limit == 600 and limits.requests.remaining == 599 and 0 < limits.requests.reset_s <= 0.2
+    assert limits.tokens.limit == 100000 and limits.tokens.remaining < 100000
+    anthropic_answer, _ = call(sim, "claude-3-5-sonnet")
+    limits = anthropic_answer.rate_limits
+    assert limits.requests.limit == 50 and limits.requests.remaining == 49
+    assert limits.input_tokens.limit == 40000 and limits.output_tokens.limit == 8000 and limits.output_tokens.remaining < 8000
+    assert 0 <= limits.requests.reset_s <= 2
+
+
+def test_a_provider_without_its_key_is_left_out_and_never_called(sim):
+    config = sim_config(sim)
+    providers = build_providers(config, env={k: v for k, v in KEYS.items() if k != "ANTHROPIC_API_KEY"})
+    assert "anthropic" not in providers.clients
+    assert providers.unavailable == {"anthropic": "no API key: set ANTHROPIC_API_KEY"}
