@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install test test-unit test-integration test-kafka demo kafka kafka-stop schemas compose-check clean
+.PHONY: venv install test test-unit test-integration test-kafka demo bench kafka kafka-stop schemas compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-kafka: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/llm-router demo
+
+## Benchmarks: JSON lines on stdout (key `bench`), a readable table on stderr.
+bench: $(STAMP)
+	$(BIN)/python -m bench
 
 ## Apache Kafka (KRaft) on loopback from Maven Central jars; prints its bootstrap address.
 kafka:

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(args.log_level or ("WARNING" if args.func is _cmd_demo else "INFO"))
+    setup_logging(args.log_level or ("ERROR" if args.func is _cmd_demo else "INFO"))
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-router", description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar.")
     parser.add_argument("--config", help="configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml)")
-    parser.add_argument("--log-level", default=None, help="level of the JSON logs on stderr (default INFO; WARNING for the demo)")
+    parser.add_argument("--log-level", default=None, help="level of the JSON logs on stderr (default INFO; ERROR for the demo)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     worker = commands.add_parser("worker", help="run a worker replica", description="Consume jobs, route and call models, publish results and cost events. SIGTERM drains and exits 0.")

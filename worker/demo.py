@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 
 import msgspec
 
@@ -16,12 +17,15 @@ from worker.config import Config, Topics
 from worker.consume import Worker
 from worker.kafka import create_topics, make_consumer, make_producer
 from worker.messages import CostEvent, DeadLetter, Job, Result
+from worker.providers import build_providers
+from worker.simulator.server import SimulatorServer
+from worker.simulator.settings import ErrorMix, SimulatorConfig, load_simulator_config
 
 QUESTIONS = [
-    "What is the capital of Australia?",
-    "How many bones are in the adult human body?",
-    "Who wrote The Master and Margarita?",
-    "What does HTTP status 429 mean?",
+    "What is the capital of Australia? [[expect: Canberra]] [[task: simple_qa]]",
+    "How many bones are in the adult human body? [[expect: 206]] [[task: simple_qa]]",
+    "Who wrote The Master and Margarita? [[expect: Mikhail Bulgakov]] [[task: simple_qa]]",
+    "What does HTTP status 429 mean? [[expect: Too Many Requests]] [[task: simple_qa]]",
 ]
 PROMPTS = [
     ("Summarize the key points of this quarter's sales report: revenue up 12%, churn flat, two new regions.", None),
@@ -69,19 +73,36 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
 from worker.messages import ChatMessage as _Msg  # noqa: E402
 
 
-def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool) -> Config:
-    """The demo's settings: a visible provider latency and some refusals, so escalation shows."""
+def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool, simulator_url: str, env: Mapping[str, str]) -> tuple[Config, dict[str, str], list[str]]:
+    """The demo's settings: its own group (and topics on a shared broker), and every provider whose
+    API key is not set pointed at the simulator. Returns the config, the keys to use, and the
+    providers left on their real endpoints."""
     replace = msgspec.structs.replace
     topics = config.kafka.topics
     if suffix_topics:
         topics = Topics(**{k: f"{v}.demo-{run_id}" for k, v in msgspec.structs.asdict(topics).items()})
     # A short session timeout: the embedded broker holds a join for about half of it.
     kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-demo-{run_id}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
-    providers = {}
+    providers, keys, real = {}, dict(env), []
+    paths = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "gemini": "/v1beta"}
     for name, provider in config.providers.items():
-        cheap = name in ("gemini", "llama")
-        providers[name] = replace(provider, latency_ms=max(provider.latency_ms, 150.0), failure_rate=0.2 if cheap else provider.failure_rate)
-    return replace(config, kafka=kafka, providers=providers)
+        if provider.kind == "echo" or (provider.api_key_env and env.get(provider.api_key_env)):
+            providers[name] = provider
+            real.append(name)
+            continue
+        providers[name] = replace(provider, base_url=simulator_url + paths[provider.kind], api_key_env=provider.api_key_env or f"{name.upper()}_API_KEY")
+        keys[providers[name].api_key_env] = "simulator"
+    return replace(config, kafka=kafka, providers=providers), keys, real
+
+
+def simulator_weather() -> SimulatorConfig:
+    """The simulator as the demo runs it: a visible latency, and refusals and 429s on the cheap
+    models so that retries and escalation show."""
+    config = load_simulator_config()
+    models = dict(config.models)
+    models["gemini-2.5-flash"] = msgspec.structs.replace(models["gemini-2.5-flash"], errors=ErrorMix(refused=0.15, rate_limited=0.05), retry_after_s=0.2)
+    models["llama-4-70b"] = msgspec.structs.replace(models["llama-4-70b"], errors=ErrorMix(refused=0.15))
+    return msgspec.structs.replace(config, models=models, latency_scale=0.5)
 
 
 def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
@@ -98,18 +119,29 @@ def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
             return 1
         print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
     try:
-        config = demo_config(config, external or broker.bootstrap_servers, run_id, suffix_topics=bool(external))  # type: ignore[union-attr]
-        return asyncio.run(_demo(config, sample_jobs(jobs, run_id), timeout_s))
+        return asyncio.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s))  # type: ignore[union-attr]
     finally:
         if broker:
             broker.stop()
 
 
-async def _demo(config: Config, jobs: list[Job], timeout_s: float) -> int:
+async def _demo(config: Config, bootstrap: str, run_id: str, shared_broker: bool, count: int, timeout_s: float) -> int:
+    simulator = SimulatorServer(simulator_weather())
+    url = await simulator.start()
+    try:
+        config, keys, real = demo_config(config, bootstrap, run_id, shared_broker, url, os.environ)
+        simulated = sorted(set(config.providers) - set(real))
+        print(f"provider simulator on {url} for {', '.join(simulated) or 'no provider'}" + (f"; real endpoints for {', '.join(real)}" if real else ""), file=sys.stderr)
+        return await _run(config, keys, sample_jobs(count, run_id), timeout_s)
+    finally:
+        await simulator.stop()
+
+
+async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s: float) -> int:
     topics = config.kafka.topics
     await create_topics(config.kafka, partitions=4)
     stop = asyncio.Event()
-    worker = Worker(config)
+    worker = Worker(config, build_providers(config, env=keys))
     worker_task = asyncio.create_task(worker.run(stop))
 
     producer = make_producer(config.kafka)

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (python -m bench). Figures as JSON lines on stdout, a table on stderr."""

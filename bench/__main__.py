@@ -1,0 +1,34 @@
+"""`python -m bench [SECTION ...]`: JSON lines on stdout (one object a figure, key `bench`), a table on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+import orjson
+
+from bench import http_clients
+
+SECTIONS = {"http_client": http_clients.run}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("sections", nargs="*", help=f"sections to run (default all: {', '.join(SECTIONS)})")
+    args = parser.parse_args()
+    unknown = [s for s in args.sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    machine = {"bench": "machine", "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    print(orjson.dumps(machine).decode(), flush=True)
+    for name in args.sections or SECTIONS:
+        for figure in SECTIONS[name]():
+            print(orjson.dumps(figure).decode(), flush=True)
+            print("  ".join(f"{k}={v}" for k, v in figure.items()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
