@@ -2,6 +2,7 @@
 
 import asyncio
 
+import msgspec
 import pytest
 
 from worker.config import load_config
@@ -165,3 +166,33 @@ def test_a_provider_without_its_key_is_left_out_and_never_called(sim):
     providers = build_providers(config, env={k: v for k, v in KEYS.items() if k != "ANTHROPIC_API_KEY"})
     assert "anthropic" not in providers.clients
     assert providers.unavailable == {"anthropic": "no API key: set ANTHROPIC_API_KEY"}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "llama"])
+def test_auth_and_bad_request_kinds(sim, provider):
+    config = sim_config(sim)
+    # A server configured to take no key (api_key_env = "") sends none: the simulator answers 401/403.
+    keyless = msgspec.structs.replace(config, providers={**config.providers, provider: msgspec.structs.replace(config.providers[provider], api_key_env="")})
+    model = next(m for m, (p, _) in MODELS.items() if p == provider)
+
+    async def attempt(cfg, model_name, env):
+        client = build_providers(cfg, env=env).clients[provider]
+        try:
+            with pytest.raises(ProviderError) as info:
+                await client.complete(CompletionRequest("j", model_name, [ChatMessage("user", "hi")], 10))
+            return info.value
+        finally:
+            await client.close()
+
+    assert asyncio.run(attempt(keyless, model, {})).kind == "auth"
+    assert asyncio.run(attempt(config, "no-such-model", KEYS)).kind == "bad_request"
+
+
+@pytest.mark.parametrize("compat, field", [("", "max_completion_tokens"), ("groq", "max_completion_tokens"), ("vllm", "max_tokens"), ("ollama", "max_tokens"), ("together", "max_tokens")])
+def test_openai_compatible_quirks(compat, field):
+    from worker.providers.openai import OpenAIProvider
+
+    config = load_config(env={"LLM_ROUTER__PROVIDERS__LLAMA__COMPAT": compat})
+    provider = OpenAIProvider("llama", config.providers["llama"], {"llama-4-70b": config.models["llama-4-70b"]}, "k", transport=None)
+    body = provider.request_body(CompletionRequest("j", "llama-4-70b", [ChatMessage("system", "s"), ChatMessage("user", "u")], 77))
+    assert body == {"model": "llama-4-70b", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], field: 77}

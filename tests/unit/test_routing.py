@@ -178,3 +178,10 @@ def test_echo_rejects_prompts_over_the_context_window(config):
     with pytest.raises(ProviderError) as info:
         asyncio.run(provider.complete(request))
     assert info.value.kind == "context_too_long"
+
+
+def test_models_of_a_provider_without_a_key_are_left_out(config):
+    unavailable = {"gemini": "no API key: set GEMINI_API_KEY"}
+    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == ["llama-4-70b", "gpt-4o"]
+    with pytest.raises(NoRoute, match="gemini: no API key: set GEMINI_API_KEY"):
+        make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, unavailable)
