@@ -1,12 +1,17 @@
 """The attempt loop: run a job's plan, model by model, until one answer passes.
 
-A transient error retries the same model after a backoff; a capability failure (refused, truncated,
-empty, context too long) escalates to the next model; a fatal one (quota, auth, bad request) skips
-the rest of that provider's models. Every attempt is recorded with its tokens and cost.
+A transient error (rate limited, overloaded, 5xx, timeout) retries the same model after an
+exponential backoff with full jitter, at least the provider's own retry delay, within the job's
+retry budget. A capability failure (refused, truncated, empty, failed verification) escalates to the
+next model; context too long jumps to the next model whose window is larger. Quota and auth errors
+take the provider out of rotation; consecutive failures open its circuit breaker. The job deadline
+bounds it all. Every attempt is recorded with its tokens and cost, and verified outcomes teach the
+learned success rates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -15,13 +20,18 @@ from datetime import UTC, datetime
 import anyio
 from msgspec import Struct
 
+from worker.breaker import Breakers
 from worker.classify import Classifier
 from worker.config import Config
 from worker.errors import Disposition, ProviderError, disposition
+from worker.learning import QualityModel
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
-from worker.plan import NoRoute, make_plan
+from worker.plan import NoRoute, Plan, make_plan
 from worker.pricing import attempt_cost, estimate_tokens
 from worker.providers.base import Completion, CompletionRequest, Provider
+from worker.verify import verify
+
+OUT_OF_ROTATION = frozenset({"quota", "auth"})
 
 
 class JobOutcome(Struct):
@@ -51,7 +61,7 @@ def backoff_s(retry: int, base: float, cap: float, rng: random.Random = _RNG) ->
 
 
 class JobRunner:
-    """Classifies, plans and attempts one job at a time; safe to run many jobs concurrently."""
+    """Classifies, plans and attempts jobs; many run concurrently and share what is learned."""
 
     def __init__(
         self,
@@ -60,72 +70,123 @@ class JobRunner:
         unavailable: dict[str, str] | None = None,
         classifier: Classifier | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._providers = providers
-        self._unavailable = unavailable or {}
+        self._unavailable = dict(unavailable or {})
         self._classifier = classifier or Classifier(config.classifier)
         self._sleep = sleep
+        self._clock = clock
+        self.quality = QualityModel(config)
+        self.breakers = Breakers(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
+        self._plans: dict[tuple, Plan] = {}
 
     async def run(self, job: Job) -> JobOutcome:
         """Run `job` to its result. Never raises for a provider's failure: that is a failed result."""
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
-        input_estimate = sum(estimate_tokens(m.content) for m in messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
         try:
-            plan = make_plan(job, task, self._config, input_estimate, self._unavailable)
+            plan = self._plan(job, task, sum(estimate_tokens(m.content) for m in messages))
         except NoRoute as exc:
             return JobOutcome(self._result(job, task, started, attempts, error=ErrorInfo("no_route", str(exc))), events)
+        output = None
+        error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._config.routing.job_deadline_s:g} s passed")
+        with anyio.move_on_after(self._config.routing.job_deadline_s):
+            output, error = await self._attempts(job, plan, messages, attempts, events)
+        if output is None and error.kind == "deadline_exceeded" and attempts:
+            error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
+        return JobOutcome(self._result(job, task, started, attempts, output=output, error=None if output is not None else error), events)
 
+    def _plan(self, job: Job, task: str, input_tokens: int) -> Plan:
+        blocked = frozenset(self.breakers.blocked(self._clock()))
+        key = (
+            task, job.model, job.accuracy_floor, job.latency_budget_ms, job.cost_cap_usd, tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
+            job.verifiable, job.max_output_tokens, input_tokens.bit_length(), blocked, frozenset(self._unavailable), self.quality.version // 16,
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 4096:
+                self._plans.clear()
+            plan = self._plans[key] = make_plan(job, task, self._config, input_tokens, self._unavailable, self.quality.rate, blocked)
+        return plan
+
+    async def _attempts(
+        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], jumped: bool = False
+    ) -> tuple[str | None, ErrorInfo]:
         worker = self._config.worker
+        models = self._config.models
         retries = 0
-        skipped_providers: set[str] = set()
         last_error = ErrorInfo("no_route", "no model of the plan could be tried")
+        too_long_window = 0
         for model in plan.models:
-            provider_name = self._config.models[model].provider
-            if provider_name in skipped_providers:
+            provider_name = models[model].provider
+            if provider_name in self._unavailable or models[model].context_window <= too_long_window:
                 continue
             provider = self._providers[provider_name]
+            breaker = self.breakers.of(provider_name)
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                attempt, completion, retry_after = await self._attempt(provider, request, len(attempts) + 1)
+                breaker.start_call(self._clock())
+                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events)
                 attempts.append(attempt)
-                events.append(self._cost_event(job, task, attempt))
                 if attempt.error is None:
-                    assert completion is not None
-                    return JobOutcome(self._result(job, task, started, attempts, output=completion.text), events)
+                    breaker.succeeded()
+                    return completion.text if completion else "", last_error
                 last_error = attempt.error
                 decision = disposition(attempt.error.kind)
-                if decision is Disposition.RETRY and retries < worker.max_retries_per_job:
-                    # The provider's own retry delay, when it gave one, is the least we wait.
-                    await self._sleep(max(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s), retry_after or 0.0))
-                    retries += 1
-                    continue
-                if decision is Disposition.FAIL:
-                    skipped_providers.add(provider_name)
+                if decision is Disposition.RETRY:
+                    breaker.failed(self._clock())
+                    if retries < worker.max_retries_per_job and breaker.allows(self._clock()):
+                        # The provider's own retry delay, when it gave one, is the least we wait.
+                        await self._sleep(max(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s), retry_after or 0.0))
+                        retries += 1
+                        continue
+                else:
+                    breaker.succeeded()  # the provider answered; the model could not
+                if attempt.error.kind in OUT_OF_ROTATION:
+                    self._unavailable[provider_name] = f"out of rotation after {attempt.error.kind}: {attempt.error.message}"
+                if attempt.error.kind == "context_too_long":
+                    too_long_window = max(too_long_window, models[model].context_window)
                 break
-        message = f"all {len(attempts)} attempt(s) failed; last: {last_error.message}"
-        return JobOutcome(self._result(job, task, started, attempts, error=ErrorInfo(last_error.kind, message)), events)
+        if last_error.kind == "context_too_long" and not jumped:
+            # No model of the chain has a larger window: jump to the cheapest one that has.
+            wider = sorted(
+                (n for n, m in models.items() if m.context_window > too_long_window and m.provider not in self._unavailable and n not in plan.models),
+                key=lambda n: models[n].input_usd_per_mtok,
+            )
+            if wider:
+                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, jumped=True)
+        return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
-    async def _attempt(self, provider: Provider, request: CompletionRequest, number: int) -> tuple[Attempt, Completion | None, float | None]:
+    async def _attempt(self, job: Job, task: str, provider: Provider, request: CompletionRequest, number: int, events: list[CostEvent]) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
         started = time.monotonic()
         try:
             completion = await provider.complete(request)
         except ProviderError as exc:
-            latency = (time.monotonic() - started) * 1000
-            error = ErrorInfo(exc.kind, exc.message)
-            return Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, latency, error), None, exc.retry_after_s
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message))
+            events.append(self._cost_event(job, task, attempt))
+            return attempt, None, exc.retry_after_s
+        except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
+            # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"))
+            events.append(self._cost_event(job, task, attempt))
+            raise
         latency = (time.monotonic() - started) * 1000
         cost = attempt_cost(model, completion.input_tokens, completion.output_tokens)
         error = check_answer(completion)
-        attempt = Attempt(
-            number, provider.name, request.model, "failed" if error else "ok",
-            completion.input_tokens, completion.output_tokens, cost, latency, error,
-        )
+        if error is None:
+            error = verify(job, completion.text)
+            if job.verifiable:
+                self.quality.record(task, request.model, error is None)
+        elif error.kind in ("refused", "truncated", "empty_output"):
+            self.quality.record(task, request.model, False)
+        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error)
+        events.append(self._cost_event(job, task, attempt))
         return attempt, completion, None
 
     def _cost_event(self, job: Job, task: str, attempt: Attempt) -> CostEvent:
@@ -144,15 +205,7 @@ class JobRunner:
             error_kind=attempt.error.kind if attempt.error else None,
         )
 
-    def _result(
-        self,
-        job: Job,
-        task: str,
-        started: float,
-        attempts: list[Attempt],
-        output: str | None = None,
-        error: ErrorInfo | None = None,
-    ) -> Result:
+    def _result(self, job: Job, task: str, started: float, attempts: list[Attempt], output: str | None = None, error: ErrorInfo | None = None) -> Result:
         last = attempts[-1] if attempts else None
         return Result(
             job_id=job.id,

@@ -39,6 +39,7 @@ class Topics(Struct, forbid_unknown_fields=True):
     results: str = "llm.results"
     costs: str = "llm.costs"
     dlq: str = "llm.dlq"
+    state: str = "llm.router-state"
 
 
 class KafkaConfig(Struct, forbid_unknown_fields=True):
@@ -115,6 +116,28 @@ class ClassifierConfig(Struct, forbid_unknown_fields=True):
     rules: list[ClassifierRule] = []
 
 
+class RoutingConfig(Struct, forbid_unknown_fields=True):
+    # cheapest_correct: the chain with the lowest expected cost per correct answer; fixed: the task's
+    # first model only (the reference router); single: `single_model` for every job.
+    policy: Literal["cheapest_correct", "fixed", "single"] = "cheapest_correct"
+    single_model: str = "gpt-4o"
+    # Floors for jobs that set none, soft (when no chain reaches one, the most reliable chain is used):
+    # one for jobs whose wrong answers cannot be caught, one for verifiable jobs (checks, JSON), which
+    # reach a high floor cheaply through a chain.
+    default_accuracy_floor: Probability = 0.85
+    default_verified_floor: Probability = 0.95
+    max_chain: Annotated[int, Meta(ge=1, le=5)] = 3
+    # Output tokens expected, as a share of the job's output cap, for cost and latency estimates.
+    expected_output_share: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    prior_strength: Annotated[float, Meta(gt=0)] = 20.0
+    decay: Annotated[float, Meta(gt=0, le=1)] = 0.98
+    unknown_quality: Probability = 0.5
+    breaker_failures: PosInt = 5
+    breaker_cooldown_s: NonNegFloat = 10.0
+    job_deadline_s: Annotated[float, Meta(gt=0)] = 600.0
+    state_publish_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+
+
 class Config(Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -122,6 +145,7 @@ class Config(Struct, forbid_unknown_fields=True):
     classifier: ClassifierConfig
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
@@ -214,6 +238,8 @@ def _check_references(config: Config, source: str) -> None:
     for name, provider in config.providers.items():
         if provider.kind not in ("echo",) and not provider.base_url:
             errors.append(f"providers.{name}.base_url: required for kind {provider.kind!r}")
+    if config.routing.single_model not in config.models:
+        errors.append(f"routing.single_model: unknown model {config.routing.single_model!r}")
     if config.kafka.max_request_bytes <= config.worker.max_job_bytes:
         errors.append("kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)")
     if errors:

@@ -6,6 +6,7 @@ encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,28 @@ class ChatMessage(Struct, forbid_unknown_fields=True):
     content: str
 
 
+class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What an answer must satisfy to count as correct; a failed check escalates to the next model."""
+
+    expected: Annotated[str, Meta(description="The right answer (evaluation sets): compared ignoring case, surrounding spaces and final punctuation.")] | None = None
+    regex: Annotated[str, Meta(description="A Python regular expression the answer must contain a match of.")] | None = None
+    json_schema: Annotated[dict[str, Any], Meta(description="The answer must be JSON valid under this JSON Schema.")] | None = None
+
+    def __post_init__(self) -> None:
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"checks.regex is not a valid regular expression: {exc}") from None
+        if self.json_schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.Draft202012Validator.check_schema(self.json_schema)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"checks.json_schema is not a valid JSON Schema: {exc.message}") from None
+
+
 class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A prompt job, as produced to the jobs topic. Exactly one of `messages` or `prompt` is set."""
 
@@ -38,6 +61,8 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
     allowed_providers: list[str] | None = None
     model: Annotated[str, Meta(min_length=1, description="Pin the job to this model.")] | None = None
     tenant: str | None = None
+    checks: Checks | None = None
+    response_format: Annotated[Literal["text", "json"], Meta(description="json: the answer must parse as JSON.")] = "text"
     metadata: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
@@ -45,6 +70,11 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
             raise ValueError("a job needs exactly one of `messages` or `prompt`")
         if self.messages is not None and not self.messages:
             raise ValueError("`messages` must not be empty")
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether a wrong answer can be told from a right one (checks or structured output)."""
+        return self.checks is not None or self.response_format == "json"
 
     def text(self) -> str:
         """The whole prompt as one string (for classification and token estimates)."""

@@ -1,12 +1,25 @@
-"""The plan of a job: the ordered chain of models to try, and the output-token cap.
+"""The plan of a job: the ordered chain of models to try, and the output-token cap. Pure.
 
-This is the reference router's plan (the task type's configured models in order) narrowed by the
-job's constraints; a job no model can serve gets `NoRoute` naming the constraint that failed.
+The `cheapest_correct` policy picks, among the chains of up to `routing.max_chain` models that meet
+the job's constraints, the one with the lowest expected cost per correct answer, counting that a
+failed attempt is paid for and followed by the next model:
+
+    E[cost]    = c1 + (1-p1)(c2 + (1-p2)(c3 + ...))
+    P(success) = 1 - (1-p1)(1-p2)(1-p3)...
+    E[latency] = l1 + (1-p1)(l2 + (1-p2)(l3 + ...))
+
+where c is one attempt's expected cost, p the learned probability of a correct answer for the
+task type and l the expected latency. A wrong answer is only caught when the job can be verified
+(checks or JSON output), so for other jobs the chain's success is its first model's p and the rest
+of the chain only serves refusals and errors. The job's `accuracy_floor` is hard (no chain: a failed
+result saying so); the defaults (`routing.default_accuracy_floor`, `default_verified_floor` for
+verifiable jobs) are soft (no chain: the most reliable one).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
+from itertools import permutations
 
 from msgspec import Struct
 
@@ -22,61 +35,97 @@ class Plan(Struct, frozen=True):
     task: str
     models: list[str]
     max_output_tokens: int
+    expected_cost_usd: float = 0.0
+    success_probability: float = 0.0
 
 
-def make_plan(job: Job, task: str, config: Config, input_tokens: int, unavailable: Mapping[str, str] | None = None) -> Plan:
-    """The models to try for `job`, cheapest route first, each meeting every constraint of the job."""
+Rate = Callable[[str, str], float]
+
+
+def make_plan(
+    job: Job,
+    task: str,
+    config: Config,
+    input_tokens: int,
+    unavailable: Mapping[str, str] | None = None,
+    rate: Rate | None = None,
+    blocked: Collection[str] = (),
+) -> Plan:
+    """The chain of models to try for `job` under the routing policy and every constraint of the job."""
     task_config = config.tasks.get(task)
+    routing = config.routing
     if job.model is not None:
         if job.model not in config.models:
             raise NoRoute(f"pinned model {job.model!r} is not configured (known: {', '.join(sorted(config.models))})")
         candidates = [job.model]
     elif task_config is None:
         raise NoRoute(f"unknown task type {task!r} (known: {', '.join(sorted(config.tasks))})")
+    elif routing.policy == "fixed":
+        candidates = [task_config.models[0]]
+    elif routing.policy == "single":
+        candidates = [routing.single_model]
     else:
-        candidates = list(task_config.models)
+        candidates = list(config.models)
     max_output = job.max_output_tokens or (task_config and task_config.max_output_tokens) or config.worker.default_max_output_tokens
+    unavailable = unavailable or {}
+    rate = rate or (lambda t, m: config.models[m].quality.get(task_config.quality if task_config else "", routing.unknown_quality))
 
-    checks = [
-        ("allowed_providers", _allowed(job, config)),
-        ("available", lambda m: config.models[m].provider not in (unavailable or {})),
+    allowed = set(job.allowed_providers) if job.allowed_providers is not None else None
+    filters = [
+        ("allowed_providers", lambda m: allowed is None or config.models[m].provider in allowed),
+        ("available", lambda m: config.models[m].provider not in unavailable),
         ("context window", lambda m: input_tokens + max_output <= config.models[m].context_window),
-        ("accuracy_floor", _meets_floor(job, task_config.quality if task_config else "", config)),
-        ("latency_budget_ms", _fits_budget(job, max_output, config)),
-        ("cost_cap_usd", _under_cap(job, input_tokens, max_output, config)),
     ]
-    for constraint, keep in checks:
+    for constraint, keep in filters:
         remaining = [m for m in candidates if keep(m)]
         if not remaining:
-            raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output, config, unavailable or {}))
+            raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output, config, unavailable))
         candidates = remaining
-    return Plan(task=task, models=candidates, max_output_tokens=max_output)
+    # Providers whose circuit is open are routed around, unless nothing else is left.
+    candidates = [m for m in candidates if config.models[m].provider not in blocked] or candidates
 
-
-def _allowed(job: Job, config: Config):
-    allowed = set(job.allowed_providers) if job.allowed_providers is not None else None
-    return lambda m: allowed is None or config.models[m].provider in allowed
-
-
-def _meets_floor(job: Job, quality: str, config: Config):
-    floor = job.accuracy_floor
-    return lambda m: floor is None or not quality or config.models[m].quality.get(quality, 0.0) >= floor
-
-
-def _fits_budget(job: Job, max_output: int, config: Config):
+    expected_output = max(1, int(max_output * routing.expected_output_share))
+    costs = {m: (input_tokens * config.models[m].input_usd_per_mtok + expected_output * config.models[m].output_usd_per_mtok) / 1e6 for m in candidates}
+    worst = {m: (input_tokens * config.models[m].input_usd_per_mtok + max_output * config.models[m].output_usd_per_mtok) / 1e6 for m in candidates}
+    latency = {m: config.models[m].latency_ms_per_100_output_tokens * expected_output / 100 for m in candidates}
+    p = {m: min(max(rate(task, m), 1e-6), 1 - 1e-6) for m in candidates}
+    default_floor = routing.default_verified_floor if job.verifiable else routing.default_accuracy_floor
+    floor = job.accuracy_floor if job.accuracy_floor is not None else default_floor
     budget = job.latency_budget_ms
-    return lambda m: budget is None or config.models[m].latency_ms_per_100_output_tokens * max_output / 100 <= budget
-
-
-def _under_cap(job: Job, input_tokens: int, max_output: int, config: Config):
     cap = job.cost_cap_usd
 
-    def keep(m: str) -> bool:
-        model = config.models[m]
-        worst = (input_tokens * model.input_usd_per_mtok + max_output * model.output_usd_per_mtok) / 1_000_000
-        return cap is None or worst <= cap
+    chains = []
+    longest = routing.max_chain if job.verifiable else 1
+    for length in range(1, min(longest, len(candidates)) + 1):
+        for chain in permutations(candidates, length):
+            expected_cost = expected_latency = 0.0
+            reach = 1.0  # probability that the chain gets this far
+            for m in chain:
+                expected_cost += reach * costs[m]
+                expected_latency += reach * latency[m]
+                reach *= 1 - p[m]
+            chains.append((chain, expected_cost, 1 - reach, expected_latency, sum(worst[m] for m in chain)))
 
-    return keep
+    fits_budget = [c for c in chains if budget is None or c[3] <= budget]
+    if not fits_budget:
+        raise NoRoute(_explain("latency_budget_ms", candidates, job, input_tokens, max_output, config, unavailable))
+    fits_cap = [c for c in fits_budget if cap is None or c[4] <= cap]
+    if not fits_cap:
+        raise NoRoute(_explain("cost_cap_usd", candidates, job, input_tokens, max_output, config, unavailable))
+    clears = [c for c in fits_cap if c[2] >= floor]
+    if clears:
+        best = min(clears, key=lambda c: (c[1] / c[2], len(c[0])))
+    elif job.accuracy_floor is not None:
+        top = max(c[2] for c in fits_cap)
+        raise NoRoute(f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches within the other constraints (best {top:.3f})")
+    else:
+        best = max(fits_cap, key=lambda c: (c[2], -c[1]))
+    chain = list(best[0])
+    if not job.verifiable:
+        # Fallbacks for refusals and errors, by cost per correct answer.
+        fallbacks = [m for m in candidates if m not in chain and p[m] >= min(floor, p[chain[0]])]
+        chain += sorted(fallbacks, key=lambda m: costs[m] / p[m])[: routing.max_chain - 1]
+    return Plan(task=task, models=chain, max_output_tokens=max_output, expected_cost_usd=best[1], success_probability=best[2])
 
 
 def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int, max_output: int, config: Config, unavailable: Mapping[str, str]) -> str:
@@ -88,8 +137,6 @@ def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int
         return f"allowed_providers {job.allowed_providers} excludes every candidate model ({names})"
     if constraint == "context window":
         return f"about {input_tokens} input + {max_output} output tokens fit no candidate model's context window ({names})"
-    if constraint == "accuracy_floor":
-        return f"accuracy_floor {job.accuracy_floor} is above every candidate model's quality ({names})"
     if constraint == "latency_budget_ms":
-        return f"latency_budget_ms {job.latency_budget_ms} is below every candidate model's latency for {max_output} tokens ({names})"
+        return f"latency_budget_ms {job.latency_budget_ms} is below every candidate model's expected latency ({names})"
     return f"cost_cap_usd {job.cost_cap_usd} is below one attempt's cost on every candidate model ({names})"

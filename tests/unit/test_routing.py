@@ -9,7 +9,7 @@ from worker.attempts import JobRunner, backoff_s, check_answer
 from worker.classify import Classifier
 from worker.config import load_config
 from worker.errors import ProviderError
-from worker.messages import ChatMessage, Job
+from worker.messages import ChatMessage, Checks, Job
 from worker.plan import NoRoute, make_plan
 from worker.pricing import attempt_cost
 from worker.providers import build_providers
@@ -43,13 +43,70 @@ def test_the_jobs_own_task_wins(config):
     assert Classifier(config.classifier).classify(Job(id="j", prompt="summarize", task="creative_writing")) == "creative_writing"
 
 
-def test_plan_follows_the_route_and_narrows_by_constraints(config):
-    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10).models == ["gemini-2.5-flash", "llama-4-70b", "gpt-4o"]
-    plan = make_plan(Job(id="j", prompt="q", allowed_providers=["llama", "openai"]), "simple_qa", config, 10)
-    assert plan.models == ["llama-4-70b", "gpt-4o"] and plan.max_output_tokens == 256
-    assert make_plan(Job(id="j", prompt="q", accuracy_floor=0.93), "simple_qa", config, 10).models == ["gpt-4o"]
+def test_unverifiable_jobs_get_the_cheapest_model_over_the_floor_then_fallbacks(config):
+    # No checks: a wrong answer cannot be caught, so the first model's prior must clear the floor (0.85).
+    plan = make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10)
+    assert plan.models == ["gemini-2.5-flash", "llama-4-70b", "gpt-4o"] and plan.success_probability == pytest.approx(0.90)
+    assert make_plan(Job(id="j", prompt="q"), "code_generation", config, 10).models[0] == "llama-4-70b"  # gemini 0.84 < 0.85
+    plan = make_plan(Job(id="j", prompt="q", accuracy_floor=0.93), "simple_qa", config, 10)
+    assert plan.models == ["gpt-4o", "claude-3-5-sonnet"], "fallbacks clear the floor too"
+
+
+def test_verifiable_jobs_get_the_chain_with_the_lowest_cost_per_correct_answer(config):
+    job = Job(id="j", prompt="q", checks=Checks(expected="a"))
+    plan = make_plan(job, "code_generation", config, 1000)
+    assert plan.models == ["gemini-2.5-flash", "llama-4-70b"]
+    out = 2048 // 2
+    c_g = (1000 * 0.075 + out * 0.30) / 1e6
+    c_l = (1000 * 0.20 + out * 0.60) / 1e6
+    assert plan.expected_cost_usd == pytest.approx(c_g + (1 - 0.84) * c_l)
+    assert plan.success_probability == pytest.approx(1 - (1 - 0.84) * (1 - 0.89))
+
+
+def test_expected_cost_counts_paid_failures(config):
+    # E[cost] = c1 + (1-p1)(c2 + (1-p2) c3) for the chain the planner chose, checked by hand.
+    rates = {"gemini-2.5-flash": 0.5, "llama-4-70b": 0.5, "gpt-4o": 0.95, "claude-3-5-sonnet": 0.96}
+    job = Job(id="j", prompt="q", checks=Checks(expected="a"), accuracy_floor=0.99)
+    plan = make_plan(job, "simple_qa", config, 100, rate=lambda t, m: rates[m])
+    cost = {m: (100 * config.models[m].input_usd_per_mtok + 128 * config.models[m].output_usd_per_mtok) / 1e6 for m in rates}
+    expected, reach = 0.0, 1.0
+    for m in plan.models:
+        expected += reach * cost[m]
+        reach *= 1 - rates[m]
+    assert plan.expected_cost_usd == pytest.approx(expected) and 1 - reach >= 0.99
+
+
+def test_learned_rates_move_the_plan(config):
+    job = Job(id="j", prompt="q", checks=Checks(expected="a"))
+    assert make_plan(job, "simple_qa", config, 10).models[0] == "gemini-2.5-flash"
+    worse = {"gemini-2.5-flash": 0.2}
+    plan = make_plan(job, "simple_qa", config, 10, rate=lambda t, m: worse.get(m, config.models[m].quality["instruction_following"]))
+    assert plan.models[0] == "llama-4-70b"
+
+
+def test_policies(config):
+    fixed = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, policy="fixed"))
+    assert make_plan(Job(id="j", prompt="q"), "code_generation", fixed, 10).models == ["claude-3-5-sonnet"]
+    single = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, policy="single"))
+    assert make_plan(Job(id="j", prompt="q", checks=Checks(expected="a")), "summarization", single, 10).models == ["gpt-4o"]
+
+
+def test_open_breakers_are_routed_around_unless_nothing_is_left(config):
+    job = Job(id="j", prompt="q")
+    assert "gemini-2.5-flash" not in make_plan(job, "simple_qa", config, 10, blocked={"gemini"}).models
+    assert make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, blocked={"gemini"}).models == ["gemini-2.5-flash"]
+
+
+def test_constraints(config):
+    assert make_plan(Job(id="j", prompt="q", allowed_providers=["llama", "openai"]), "simple_qa", config, 10).models == ["llama-4-70b", "gpt-4o"]
     assert make_plan(Job(id="j", prompt="q", model="claude-3-5-sonnet", max_output_tokens=9), "simple_qa", config, 10).models == ["claude-3-5-sonnet"]
     assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 200_000).models == ["gemini-2.5-flash"]
+    # a 300 ms budget for 128 expected output tokens: only gemini (400 ms per 100 tokens -> 512 ms) is too slow too
+    plan = make_plan(Job(id="j", prompt="q", latency_budget_ms=1200), "simple_qa", config, 10)
+    assert plan.models[0] == "gemini-2.5-flash"
+    with pytest.raises(NoRoute, match="accuracy_floor 0.99 is above what any chain"):
+        make_plan(Job(id="j", prompt="q", accuracy_floor=0.99), "simple_qa", config, 10)
+    assert make_plan(Job(id="j", prompt="q", accuracy_floor=0.99, checks=Checks(regex="a")), "simple_qa", config, 10).success_probability >= 0.99
 
 
 @pytest.mark.parametrize(
@@ -58,7 +115,6 @@ def test_plan_follows_the_route_and_narrows_by_constraints(config):
         (Job(id="j", prompt="q", allowed_providers=["on-prem"]), "simple_qa", "allowed_providers ['on-prem'] excludes every candidate"),
         (Job(id="j", prompt="q", model="gpt-9"), "simple_qa", "pinned model 'gpt-9' is not configured"),
         (Job(id="j", prompt="q", task="astrology"), "astrology", "unknown task type 'astrology'"),
-        (Job(id="j", prompt="q", accuracy_floor=0.99), "simple_qa", "accuracy_floor 0.99 is above every candidate"),
         (Job(id="j", prompt="q", latency_budget_ms=1), "simple_qa", "latency_budget_ms 1 is below"),
         (Job(id="j", prompt="q", cost_cap_usd=0.0), "code_generation", "cost_cap_usd 0.0 is below"),
     ],
@@ -158,10 +214,92 @@ def test_the_retry_budget_is_per_job_then_escalates(config):
     assert len(providers["gemini"].calls) == config.worker.max_retries_per_job + 1
 
 
-def test_fatal_errors_skip_the_provider(config):
-    runner, providers, _ = scripted_runner(config, anthropic=["auth"])
-    result = run(runner, Job(id="t", prompt="implement a stack")).result
-    assert result.model == "gpt-4o" and providers["anthropic"].calls == ["claude-3-5-sonnet"]
+def test_quota_and_auth_take_the_provider_out_of_rotation(config):
+    runner, providers, _ = scripted_runner(config, llama=["auth"])
+    result = run(runner, Job(id="t", prompt="q", allowed_providers=["llama", "openai"])).result
+    assert result.model == "gpt-4o" and providers["llama"].calls == ["llama-4-70b"]
+    second = run(runner, Job(id="u", prompt="q", allowed_providers=["llama", "openai"])).result
+    assert second.model == "gpt-4o" and len(second.attempts) == 1 and providers["llama"].calls == ["llama-4-70b"]
+
+
+@pytest.mark.parametrize(
+    "kind, decision",
+    [
+        ("rate_limited", "retry"), ("overloaded", "retry"), ("server", "retry"), ("timeout", "retry"),
+        ("verification_failed", "escalate"), ("truncated", "escalate"), ("refused", "escalate"), ("empty_output", "escalate"), ("context_too_long", "escalate"),
+        ("quota", "fail"), ("auth", "fail"), ("bad_request", "fail"),
+    ],
+)
+def test_retry_or_escalate_for_every_error_kind(kind, decision):
+    from worker.errors import disposition
+
+    assert disposition(kind).value == decision
+
+
+def test_context_too_long_jumps_to_a_model_whose_window_fits(config):
+    runner, providers, _ = scripted_runner(config, llama=["context_too_long"])
+    result = run(runner, Job(id="t", prompt="q", allowed_providers=["llama", "openai", "gemini"], task="code_generation", accuracy_floor=0.88)).result
+    # llama (128K) said too long: gpt-4o (128K) is skipped, gemini (1M) is tried
+    assert [a.model for a in result.attempts] == ["llama-4-70b", "gemini-2.5-flash"] and result.status == "ok"
+    assert providers["openai"].calls == []
+
+
+def test_the_job_deadline_bounds_every_attempt(config):
+    short = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, job_deadline_s=0.2))
+
+    class Hanging(ScriptedProvider):
+        async def complete(self, request):
+            self.calls.append(request.model)
+            await asyncio.sleep(10)
+
+    providers = {name: Hanging(name, []) for name in config.providers}
+    outcome = run(JobRunner(short, providers), Job(id="t", prompt="q"))
+    assert outcome.result.status == "failed" and outcome.result.error.kind == "deadline_exceeded"
+    assert len(outcome.cost_events) == 1 and outcome.cost_events[0].error_kind == "deadline_exceeded"
+
+
+def test_verified_outcomes_teach_the_rates(config):
+    runner = JobRunner(config, build_providers(config).clients)
+    before = runner.quality.rate("simple_qa", "gemini-2.5-flash")
+    outcome = run(runner, Job(id="t", prompt="What is 2+2?", checks=Checks(expected="4")))
+    # the echo answer is never "4": every model of the chain fails verification and learns it
+    assert outcome.result.status == "failed" and outcome.result.error.kind == "verification_failed"
+    assert runner.quality.rate("simple_qa", "gemini-2.5-flash") < before
+    assert {(c.model, c.error_kind) for c in outcome.cost_events} >= {("gemini-2.5-flash", "verification_failed")}
+
+
+def test_circuit_breaker_states():
+    from worker.breaker import Breaker, BreakerState
+
+    breaker = Breaker(threshold=3, cooldown_s=10)
+    for t in (0, 1):
+        breaker.failed(t)
+        assert breaker.state(t) is BreakerState.CLOSED
+    breaker.failed(2)
+    assert breaker.state(2) is BreakerState.OPEN and not breaker.allows(5)
+    assert breaker.state(12) is BreakerState.HALF_OPEN and breaker.allows(12)
+    breaker.start_call(12)
+    assert not breaker.allows(12), "one probe at a time"
+    breaker.failed(13)
+    assert breaker.state(13) is BreakerState.OPEN, "a failed probe opens it again"
+    breaker.start_call(24)
+    breaker.succeeded()
+    assert breaker.state(24) is BreakerState.CLOSED and breaker.allows(24)
+
+
+def test_a_failing_provider_opens_its_breaker_and_is_routed_around(config):
+    clock = [0.0]
+    runner, providers, _ = scripted_runner(config, gemini=["server"] * 100)
+    runner._clock = lambda: clock[0]
+    for i in range(6):
+        run(runner, Job(id=f"j{i}", prompt="q"))
+    calls = len(providers["gemini"].calls)
+    for i in range(20):
+        assert run(runner, Job(id=f"k{i}", prompt="q")).result.model == "llama-4-70b"
+    assert len(providers["gemini"].calls) == calls, "no call while the breaker is open"
+    clock[0] = 100.0
+    run(runner, Job(id="probe", prompt="q"))
+    assert len(providers["gemini"].calls) == calls + 1, "one probe after the cooldown"
 
 
 def test_a_job_whose_every_attempt_fails_gets_a_failed_result_with_the_reason(config):
@@ -182,6 +320,6 @@ def test_echo_rejects_prompts_over_the_context_window(config):
 
 def test_models_of_a_provider_without_a_key_are_left_out(config):
     unavailable = {"gemini": "no API key: set GEMINI_API_KEY"}
-    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == ["llama-4-70b", "gpt-4o"]
+    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == ["llama-4-70b", "gpt-4o", "claude-3-5-sonnet"]
     with pytest.raises(NoRoute, match="gemini: no API key: set GEMINI_API_KEY"):
         make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, unavailable)

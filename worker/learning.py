@@ -1,0 +1,87 @@
+"""Learned success rates per task type and model: Beta counts started from the config priors.
+
+Each verified outcome adds to the counts after every count is multiplied by `decay`, so recent
+outcomes weigh more and a model whose quality drops is noticed within a few hundred jobs. Pure:
+the worker publishes snapshots to a compacted topic and restores them at start.
+"""
+
+from __future__ import annotations
+
+import time
+
+from msgspec import Struct
+
+from worker.config import Config
+
+
+class RateState(Struct, frozen=True):
+    """The counts behind one task type and model (what the state topic carries, keyed `task|model`)."""
+
+    task: str
+    model: str
+    successes: float
+    failures: float
+    updated_at: float
+
+
+class QualityModel:
+    """Beta(successes, failures) per (task, model); the prior comes from the model's quality table."""
+
+    def __init__(self, config: Config) -> None:
+        routing = config.routing
+        self._strength = routing.prior_strength
+        self._decay = routing.decay
+        self._counts: dict[tuple[str, str], list[float]] = {}
+        self._priors: dict[tuple[str, str], float] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        for task, task_config in config.tasks.items():
+            for model, model_config in config.models.items():
+                self._priors[(task, model)] = model_config.quality.get(task_config.quality, routing.unknown_quality)
+        self._default_prior = routing.unknown_quality
+        self.version = 0
+
+    def prior(self, task: str, model: str) -> float:
+        return self._priors.get((task, model), self._default_prior)
+
+    def _counts_of(self, task: str, model: str) -> list[float]:
+        counts = self._counts.get((task, model))
+        if counts is None:
+            p = self.prior(task, model)
+            counts = self._counts[(task, model)] = [p * self._strength, (1 - p) * self._strength]
+        return counts
+
+    def rate(self, task: str, model: str) -> float:
+        """The expected probability that `model` answers a `task` job correctly."""
+        counts = self._counts.get((task, model))
+        if counts is None:
+            return self.prior(task, model)
+        return counts[0] / (counts[0] + counts[1])
+
+    def record(self, task: str, model: str, success: bool) -> None:
+        """One verified outcome: correct, or wrong / refused / truncated (an escalation)."""
+        counts = self._counts_of(task, model)
+        counts[0] *= self._decay
+        counts[1] *= self._decay
+        counts[0 if success else 1] += 1.0
+        self._dirty.add((task, model))
+        self.version += 1
+
+    def take_changes(self) -> list[RateState]:
+        """The states changed since the last call (to publish)."""
+        now = time.time()
+        changed = [RateState(task, model, *self._counts[(task, model)], updated_at=now) for task, model in sorted(self._dirty)]
+        self._dirty.clear()
+        return changed
+
+    def restore(self, states: list[RateState]) -> None:
+        """Load published states (the latest per key wins)."""
+        for state in sorted(states, key=lambda s: s.updated_at):
+            self._counts[(state.task, state.model)] = [state.successes, state.failures]
+        self.version += 1
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """task -> model -> learned rate, for every pair with counts."""
+        out: dict[str, dict[str, float]] = {}
+        for (task, model) in self._counts:
+            out.setdefault(task, {})[model] = round(self.rate(task, model), 4)
+        return out
