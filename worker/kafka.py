@@ -61,18 +61,19 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
 
 
 async def create_topics(config: KafkaConfig, partitions: int, replication_factor: int = 1) -> dict[str, str]:
-    """Create the four topics; returns each topic's state: "created" or "exists"."""
+    """Create the jobs, results, costs, dead-letter and learned-state topics; each one's state: "created" or "exists"."""
     admin = AIOKafkaAdminClient(**_common(config))
     await admin.start()
     try:
         topics = config.topics
-        names = [topics.jobs, topics.results, topics.costs, topics.dlq]
+        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state]
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
             try:
+                # The learned-rates topic keeps the latest value per key: compacted.
                 response = await admin.create_topics(
-                    [NewTopic(name, partitions, replication_factor) for name in missing]
+                    [NewTopic(name, partitions, replication_factor, topic_configs={"cleanup.policy": "compact"} if name == topics.state else {}) for name in missing]
                 )
                 _raise_topic_errors(response)
             except TopicAlreadyExistsError:

@@ -35,7 +35,7 @@ class Setup:
             "LLM_ROUTER__KAFKA__GROUP_ID": f"test-{self.run_id}",
             "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-            **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in ("jobs", "results", "costs", "dlq")},
+            **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
             **ECHO_PROVIDERS,
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}
