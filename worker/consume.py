@@ -19,6 +19,7 @@ import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from worker import state
 from worker.attempts import JobOutcome, JobRunner
 from worker.config import Config
 from worker.intake import Rejection, dead_letter, decode_job
@@ -78,19 +79,46 @@ class Worker:
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
             await self._warn_missing_topics()
+            await self._restore_learned_rates()
             committer = asyncio.create_task(self._commit_every(self.config.worker.commit_interval_ms / 1000))
+            publisher = asyncio.create_task(self._publish_rates_every(self.config.routing.state_publish_interval_s))
             try:
                 await self._intake(stop)
             finally:
                 await self._release(self.tracker.partitions(), reason="shutdown")
-                committer.cancel()
-                await asyncio.gather(committer, return_exceptions=True)
+                for task in (committer, publisher):
+                    task.cancel()
+                await asyncio.gather(committer, publisher, return_exceptions=True)
+                await self._publish_rates()
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
             for provider in self.providers.values():
                 await provider.close()
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
+
+    async def _restore_learned_rates(self) -> None:
+        try:
+            states = await state.load(self.config.kafka)
+        except KafkaError as exc:
+            log.warning("learned rates not restored: starting from the priors", extra={"error": repr(exc)})
+            return
+        self.runner.quality.restore(states)
+        if states:
+            log.info("learned rates restored", extra={"pairs": len({(s.task, s.model) for s in states}), "rates": self.runner.quality.snapshot()})
+
+    async def _publish_rates_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._publish_rates()
+
+    async def _publish_rates(self) -> None:
+        changes = self.runner.quality.take_changes()
+        if changes:
+            try:
+                await state.publish(self.producer, self.config.kafka.topics.state, changes)
+            except KafkaError as exc:
+                log.warning("learned rates not published", extra={"error": repr(exc)})
 
     async def _warn_missing_topics(self) -> None:
         known = await self.consumer.topics()

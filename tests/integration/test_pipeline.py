@@ -5,9 +5,11 @@ import signal
 import time
 
 import msgspec
+import pytest
 
 from tests.integration.helpers import provider_latency, Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
 from worker.consume import Worker
+from worker.messages import Checks
 
 
 def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
@@ -199,3 +201,29 @@ def test_failed_jobs_get_a_failed_result_with_the_reason(bootstrap):
     assert len(results["only-gemini"].attempts) == 1
     assert results["ok"].status == "ok" and results["ok"].model == "llama-4-70b"
     assert msgspec.json.encode(results["pii"])  # round-trips
+
+
+def test_learned_rates_survive_a_restart_through_the_state_topic(bootstrap):
+    setup = Setup(bootstrap, LLM_ROUTER__ROUTING__STATE_PUBLISH_INTERVAL_S=0.2)
+    # The echo answer is never "42": every verified attempt fails and teaches the rates.
+    jobs = [(f"v{i}", job_bytes(f"v{i}", "What is six times seven?", checks=Checks(expected="42"))) for i in range(30)]
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        first = Worker(setup.config)
+        run = asyncio.create_task(first.run(stop))
+        await produce(setup, [(k.encode(), v) for k, v in jobs])
+        await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=60)
+        stop.set()
+        await run
+        second = Worker(setup.config)
+        await second._restore_learned_rates()
+        await second.producer.stop()
+        return first.runner.quality, second.runner.quality
+
+    learned, restored = asyncio.run(scenario())
+    rate = learned.rate("simple_qa", "gemini-2.5-flash")
+    assert rate < learned.prior("simple_qa", "gemini-2.5-flash") - 0.2
+    assert restored.rate("simple_qa", "gemini-2.5-flash") == pytest.approx(rate)
+    assert restored.snapshot() == learned.snapshot()
