@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(args.log_level or ("ERROR" if args.func is _cmd_demo else "INFO"))
+    setup_logging(args.log_level or ("ERROR" if args.func in (_cmd_demo, _cmd_eval) else "INFO"))
     try:
         return args.func(args)
     except ConfigError as exc:
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     broker = commands.add_parser("broker", help="run the embedded broker in the foreground", description="Run the embedded Kafka-protocol broker (Tansu, in memory) on loopback until interrupted.")
     broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
     broker.set_defaults(func=_cmd_broker)
+
+    evaluate = commands.add_parser("eval", help="compare routing policies on a workload", description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by side.")
+    evaluate.add_argument("workload", help="JSON-lines file of jobs with checks.expected (see bench/workload.jsonl)")
+    evaluate.add_argument("--json", action="store_true", help="one JSON object a line per policy")
+    evaluate.add_argument("--simulator-config", default=None, help="the simulated models (default config/simulator.toml)")
+    evaluate.add_argument("--policies", default="always-gpt-4o,reference,router", help="comma-separated (default: all three)")
+    evaluate.add_argument("--latency-scale", type=float, default=None, help="multiply the simulated latencies (default: the simulator config's)")
+    evaluate.set_defaults(func=_cmd_eval)
 
     simulate = commands.add_parser("simulate", help="run the provider simulator", description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.")
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -250,6 +258,25 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from worker.evaluate import POLICIES, run_eval
+    from worker.simulator.settings import load_simulator_config
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"llm-router eval: unknown policy {', '.join(unknown)} (known: {', '.join(POLICIES)})", file=sys.stderr)
+        return 2
+    sim_config = load_simulator_config(args.simulator_config)
+    if args.latency_scale is not None:
+        sim_config = msgspec.structs.replace(sim_config, latency_scale=args.latency_scale)
+    try:
+        return run_eval(_config(args), sim_config, args.workload, policies, args.json)
+    except ValueError as exc:
+        print(f"llm-router eval: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
