@@ -34,18 +34,3 @@ def bootstrap():
     yield broker.bootstrap_servers
     broker.stop()
 
-
-_REPORT: list[str] = []
-
-
-@pytest.fixture
-def report():
-    """Lines a test wants in the run's summary (measured figures, not assertions)."""
-    return _REPORT.append
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _REPORT:
-        terminalreporter.section("integration figures")
-        for line in _REPORT:
-            terminalreporter.write_line(line)
