@@ -55,14 +55,18 @@ _CONTEXT_MARKERS = (
 _AUTH_MARKERS = ("api key not valid", "api_key_invalid", "invalid api key", "invalid x-api-key", "incorrect api key")
 
 
-def classify_http_error(status: int, error_type: str = "", code: str = "", message: str = "") -> str:
+def classify_http_error(status: int, error_type: str = "", code: str = "", message: str = "", retry_hint: bool = False) -> str:
     """The error kind of a provider's non-2xx answer, from its status, error type/code and message.
 
     `error_type` and `code` are the provider's own (OpenAI `type`/`code`, Anthropic `error.type`,
-    Gemini `status`), compared case-insensitively.
+    Gemini `status`), compared case-insensitively. `retry_hint`: the answer said when to retry. A
+    429 that says when to retry is a rate limit even when its message speaks of quota and billing
+    (Gemini's per-minute limits do).
     """
     kind, code_l, text = error_type.lower(), str(code or "").lower(), message.lower()
-    if "insufficient_quota" in (kind, code_l) or ("billing" in text and status in (400, 402, 429)) or "credit balance is too low" in text:
+    if "insufficient_quota" in (kind, code_l) or "credit balance is too low" in text:
+        return "quota"
+    if "billing" in text and status in (400, 402, 429) and not retry_hint:
         return "quota"
     if status == 429 or kind in ("rate_limit_error", "resource_exhausted") or code_l == "rate_limit_exceeded":
         return "rate_limited"

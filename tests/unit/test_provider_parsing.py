@@ -70,3 +70,10 @@ def test_gemini_retry_info():
     error = {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "36s"}]}
     assert gemini_retry_delay(error) == 36
     assert gemini_retry_delay({"details": []}) is None
+
+
+def test_a_429_that_says_when_to_retry_is_a_rate_limit_whatever_its_wording():
+    message = "You exceeded your current quota, please check your plan and billing details."
+    assert classify_http_error(429, "RESOURCE_EXHAUSTED", "", message, retry_hint=True) == "rate_limited"
+    assert classify_http_error(429, "RESOURCE_EXHAUSTED", "", message) == "quota"
+    assert classify_http_error(429, "insufficient_quota", "insufficient_quota", message, retry_hint=True) == "quota"
