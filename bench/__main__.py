@@ -9,9 +9,9 @@ import sys
 
 import orjson
 
-from bench import http_clients
+from bench import classifier, http_clients
 
-SECTIONS = {"http_client": http_clients.run}
+SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run}
 
 
 def main() -> int:

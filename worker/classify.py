@@ -1,16 +1,31 @@
-"""Classifier: the task type of a job, from its own `task` or the configured rules."""
+"""Classifier: the task type of a job, from its own `task` or the configured rules.
+
+Any object with `classify(job) -> str` can take its place (a learned classifier, say): the job
+runner takes it as an argument.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Protocol
 
 from worker.config import ClassifierConfig
 from worker.messages import Job
 
 
+class TaskClassifier(Protocol):
+    def classify(self, job: Job) -> str: ...
+
+
 class Classifier:
-    """The reference rules: first keyword match in rule order, then prompt length, then the default."""
+    """The reference rules: the first rule (in order) whose keyword the lower-cased prompt contains or
+    whose pattern matches, then prompt length (long context), then the default. Deterministic."""
 
     def __init__(self, config: ClassifierConfig) -> None:
-        self._rules = [(rule.task, tuple(k.lower() for k in rule.keywords)) for rule in config.rules]
+        self._rules = [
+            (rule.task, tuple(k.lower() for k in rule.keywords), tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns))
+            for rule in config.rules
+        ]
         self._default = config.default_task
         self._long_task = config.long_context_task
         self._long_chars = config.long_context_chars
@@ -23,9 +38,12 @@ class Classifier:
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()
-        for task, keywords in self._rules:
+        for task, keywords, patterns in self._rules:
             for keyword in keywords:
                 if keyword in lowered:
+                    return task
+            for pattern in patterns:
+                if pattern.search(text):
                     return task
         if self._long_task and len(text) > self._long_chars:
             return self._long_task

@@ -106,7 +106,9 @@ class TaskConfig(Struct, forbid_unknown_fields=True):
 
 class ClassifierRule(Struct, forbid_unknown_fields=True):
     task: str
-    keywords: Annotated[list[str], Meta(min_length=1)]
+    keywords: list[str] = []
+    # Python regular expressions, searched in the prompt (case-insensitive).
+    patterns: list[str] = []
 
 
 class ClassifierConfig(Struct, forbid_unknown_fields=True):
@@ -231,6 +233,13 @@ def _check_references(config: Config, source: str) -> None:
     for i, rule in enumerate(config.classifier.rules):
         if rule.task not in config.tasks:
             errors.append(f"classifier.rules[{i}].task: unknown task {rule.task!r}")
+        if not rule.keywords and not rule.patterns:
+            errors.append(f"classifier.rules[{i}]: needs keywords or patterns")
+        for j, pattern in enumerate(rule.patterns):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                errors.append(f"classifier.rules[{i}].patterns[{j}]: not a valid regular expression: {exc}")
     for key in ("default_task", "long_context_task"):
         task = getattr(config.classifier, key)
         if task and task not in config.tasks:

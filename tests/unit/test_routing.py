@@ -323,3 +323,11 @@ def test_models_of_a_provider_without_a_key_are_left_out(config):
     assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == ["llama-4-70b", "gpt-4o", "claude-3-5-sonnet"]
     with pytest.raises(NoRoute, match="gemini: no API key: set GEMINI_API_KEY"):
         make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, unavailable)
+
+
+def test_rules_can_be_patterns(config):
+    from worker.config import ClassifierConfig, ClassifierRule
+
+    classifier = Classifier(ClassifierConfig(default_task="simple_qa", rules=[ClassifierRule(task="code_generation", patterns=[r"\bdef \w+\(", r"```"])]))
+    assert classifier.classify(Job(id="j", prompt="why does def f(x): fail?")) == "code_generation"
+    assert classifier.classify(Job(id="j", prompt="what is a closure")) == "simple_qa"
