@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install test test-unit test-integration test-kafka demo bench kafka kafka-stop schemas compose-check clean
+.PHONY: venv install test test-unit test-integration test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ demo: $(STAMP)
 ## Benchmarks: JSON lines on stdout (key `bench`), a readable table on stderr.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## The routing policies compared on the shipped workload (Kafka, worker, simulator).
+eval: $(STAMP)
+	$(BIN)/llm-router eval bench/workload.jsonl
 
 ## Apache Kafka (KRaft) on loopback from Maven Central jars; prints its bootstrap address.
 kafka:
