@@ -186,7 +186,8 @@ def print_table(results: list[PolicyFigures]) -> None:
         other = by.get(base)
         if other is None or other is r or not other.correct or not r.correct:
             return "-"
-        return f"{(1 - r.cost_per_correct_usd / other.cost_per_correct_usd) * 100:.1f}%"
+        saving = (1 - r.cost_per_correct_usd / other.cost_per_correct_usd) * 100
+        return f"{saving:.1f}%" if saving >= 0 else f"no ({-saving:.0f}% dearer)"
 
     headers = ["policy", "jobs", "accuracy", "cost / 1K jobs", "cost / correct", "cheaper than always-gpt-4o", "cheaper than reference", "p50", "p99", "attempts / job"]
     rows = [
