@@ -21,7 +21,7 @@ import anyio
 from msgspec import Struct
 
 from worker.breaker import Breakers
-from worker.classify import Classifier
+from worker.classify import Classifier, TaskClassifier
 from worker.config import Config
 from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
@@ -68,7 +68,7 @@ class JobRunner:
         config: Config,
         providers: dict[str, Provider],
         unavailable: dict[str, str] | None = None,
-        classifier: Classifier | None = None,
+        classifier: TaskClassifier | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

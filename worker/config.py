@@ -304,7 +304,3 @@ def _parse_env_value(value: str) -> Any:
     except tomllib.TOMLDecodeError:
         return value
 
-
-def provider_of(config: Config, model: str) -> str:
-    """The provider name that serves a model."""
-    return config.models[model].provider

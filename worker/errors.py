@@ -28,7 +28,7 @@ def disposition(kind: str) -> Disposition:
         return Disposition.RETRY
     if kind in FATAL:
         return Disposition.FAIL
-    return Disposition.ESCALATE
+    return Disposition.ESCALATE  # CAPABILITY, and any kind not named here
 
 
 class ProviderError(Exception):

@@ -177,10 +177,3 @@ class DeadLetter(Struct, omit_defaults=True):
                 fields[name[4:]] = value.decode()
         return msgspec.convert(fields, cls, strict=False)
 
-
-TOPIC_MESSAGES: dict[str, type[Struct]] = {
-    "jobs": Job,
-    "results": Result,
-    "costs": CostEvent,
-    "dlq": DeadLetter,
-}

@@ -156,7 +156,7 @@ class Simulator:
         headers = wire.rate_limit_headers(wire_name, limits.state())
         if not admitted:
             state = next(s for s in limits.state() if s.name == binding)
-            detail = f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on {wire._LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. Please try again in {wire.go_duration(wait)}."
+            detail = f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on {wire.LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. Please try again in {wire.go_duration(wait)}."
             return self._reply(wire.error(wire_name, flavor, "rate_limited", model, detail, retry_after_s=wait if wait != float("inf") else 60.0, headers=headers), model)
         injected = pick_error(behaviour, self._rng)
         if injected == "timeout":

@@ -16,7 +16,7 @@ from worker.simulator.limits import LimitState
 Reply = tuple[int, dict[str, str], bytes]
 _json = msgspec.json.Encoder()
 
-_LIMIT_WORDS = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)", "input_tokens": "input tokens per min", "output_tokens": "output tokens per min"}
+LIMIT_WORDS = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)", "input_tokens": "input tokens per min", "output_tokens": "output tokens per min"}
 
 
 def go_duration(seconds: float) -> str:
