@@ -154,14 +154,19 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     """Load the configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml) with env overrides."""
     env = os.environ if env is None else env
     path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    raw = read_toml(path)
+    apply_env_overrides(raw, env)
+    return parse_config(raw, source=str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a mapping; ConfigError naming the file when it is missing or not TOML."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such configuration file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    apply_env_overrides(raw, env)
-    return parse_config(raw, source=str(path))
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:

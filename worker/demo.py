@@ -18,6 +18,7 @@ from worker.consume import Worker
 from worker.kafka import create_topics, make_consumer, make_producer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 from worker.providers import build_providers
+from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, SimulatorConfig, load_simulator_config
 
@@ -84,14 +85,13 @@ def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool
     # A short session timeout: the embedded broker holds a join for about half of it.
     kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-demo-{run_id}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
     providers, keys, real = {}, dict(env), []
-    paths = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "gemini": "/v1beta"}
     for name, provider in config.providers.items():
         if provider.kind == "echo" or (provider.api_key_env and env.get(provider.api_key_env)):
             providers[name] = provider
             real.append(name)
             continue
-        providers[name] = replace(provider, base_url=simulator_url + paths[provider.kind], api_key_env=provider.api_key_env or f"{name.upper()}_API_KEY")
-        keys[providers[name].api_key_env] = "simulator"
+        providers[name], key_env = on_simulator(name, provider, simulator_url)
+        keys[key_env] = SIMULATOR_KEY
     return replace(config, kafka=kafka, providers=providers), keys, real
 
 

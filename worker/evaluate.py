@@ -27,6 +27,7 @@ from worker.consume import Worker
 from worker.kafka import create_topics, make_consumer, make_producer
 from worker.messages import Job, Result
 from worker.providers import build_providers
+from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import SimulatorConfig
 
@@ -35,7 +36,6 @@ POLICIES = {
     "reference": {"policy": "fixed"},
     "router": {"policy": "cheapest_correct"},
 }
-_PATHS = {"openai": "/v1", "openai_compatible": "/v1", "anthropic": "", "gemini": "/v1beta"}
 
 
 class PolicyFigures(msgspec.Struct):
@@ -86,9 +86,8 @@ def policy_config(config: Config, policy: str, bootstrap: str, run_id: str, simu
     kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-eval-{run_id}-{policy}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
     providers, keys = {}, {}
     for name, provider in config.providers.items():
-        key_env = provider.api_key_env or f"{name.upper()}_API_KEY"
-        providers[name] = replace(provider, kind=provider.kind if provider.kind != "echo" else "openai", base_url=simulator_url + _PATHS[provider.kind if provider.kind != "echo" else "openai"], api_key_env=key_env)
-        keys[key_env] = "simulator"
+        providers[name], key_env = on_simulator(name, provider, simulator_url)
+        keys[key_env] = SIMULATOR_KEY
     routing = replace(config.routing, **POLICIES[policy])
     return replace(config, kafka=kafka, providers=providers, routing=routing), keys
 

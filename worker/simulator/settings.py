@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from worker.config import ConfigError, describe_validation_error
+from worker.config import ConfigError, describe_validation_error, read_toml
 
 DEFAULT_SIMULATOR_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "simulator.toml"
 
@@ -61,12 +60,7 @@ class SimulatorConfig(Struct, forbid_unknown_fields=True):
 def load_simulator_config(path: str | Path | None = None) -> SimulatorConfig:
     """Load the simulator's TOML file (default config/simulator.toml)."""
     path = Path(path or DEFAULT_SIMULATOR_CONFIG)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such simulator configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path)
     try:
         return msgspec.convert(raw, SimulatorConfig)
     except msgspec.ValidationError as exc:
