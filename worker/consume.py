@@ -119,6 +119,8 @@ class Worker:
                 await state.publish(self.producer, self.config.kafka.topics.state, changes)
             except KafkaError as exc:
                 log.warning("learned rates not published", extra={"error": repr(exc)})
+                return
+            log.info("learned rates", extra={"rates": self.runner.quality.snapshot()})
 
     async def _warn_missing_topics(self) -> None:
         known = await self.consumer.topics()
