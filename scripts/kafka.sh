@@ -1,137 +1,356 @@
 #!/usr/bin/env bash
-# Apache Kafka (KRaft, one combined broker+controller node) on loopback, from Maven Central jars.
+# Apache Kafka 4.x (KRaft: one combined broker+controller node) on loopback, run from the jars
+# that Maven resolves from Maven Central (scripts/kafka-pom.xml); nothing else is downloaded.
 #
-#   scripts/kafka.sh fetch                          fetch the jars (once; cached)
-#   scripts/kafka.sh start [--port N] --dir DIR     format DIR if new, start, wait, print host:port
-#   scripts/kafka.sh stop --dir DIR                 stop the broker started in DIR
+#   scripts/kafka.sh fetch                        resolve the jars once into the cache (idempotent)
+#   scripts/kafka.sh start [--port N] --dir DIR   format DIR if new, start the broker in the
+#                                                 background, wait until it serves metadata, and
+#                                                 print its bootstrap address (127.0.0.1:N) as the
+#                                                 last line of stdout
+#   scripts/kafka.sh stop --dir DIR               stop the broker started from DIR (TERM, then KILL
+#                                                 after 20 s)
 #
-# Data stays in DIR, so a stop and a start on the same DIR keep topics, messages and offsets.
+# Topics, messages and committed offsets live in DIR/data, so stop then start on the same DIR
+# keeps them; without --port a restart reuses the previous port when it is still free.
+# The broker's log is DIR/logs/server.log (log4j2), its JVM stdout/stderr DIR/logs/kafka.out.
+#
+# Environment:
+#   KAFKA_VERSION      Kafka version to fetch (default: kafka.version in scripts/kafka-pom.xml)
+#   KAFKA_HOME_CACHE   where the jars go (default ~/.cache/llm-router/kafka-<version>; the jars
+#                      are in its libs/); KAFKA_JARS_CACHE is read too, for older callers
+#   KAFKA_HEAP_OPTS    JVM heap options (default -Xms256m -Xmx512m)
+#   KAFKA_START_TIMEOUT  seconds start waits for the broker (default 90)
 set -euo pipefail
 
-here="$(cd "$(dirname "$0")" && pwd)"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pom="$here/kafka-pom.xml"
-version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")"
-cache="${KAFKA_JARS_CACHE:-$HOME/.cache/llm-router/kafka-$version}"
-libs="$cache/libs"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
+say() { echo "kafka.sh: $*" >&2; }
 
+[ -f "$pom" ] || die "missing $pom"
+version="${KAFKA_VERSION:-$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$pom")}"
+[ -n "$version" ] || die "no kafka.version in $pom (or set KAFKA_VERSION)"
+cache="${KAFKA_HOME_CACHE:-${KAFKA_JARS_CACHE:-$HOME/.cache/llm-router/kafka-$version}}"
+libs="$cache/libs"
+
+need_python() {
+  command -v python3 >/dev/null || die "python3 is needed (free ports, cluster id, readiness probe)"
+}
+
+java_bin() {
+  local j
+  if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then j="$JAVA_HOME/bin/java"
+  else j="$(command -v java || true)"; fi
+  [ -n "$j" ] || die "java 17 or later is needed to run Kafka $version (apt-get install openjdk-17-jre-headless)"
+  local major
+  major="$("$j" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p')"
+  [ -n "$major" ] && [ "$major" -ge 17 ] || die "Kafka $version needs java 17 or later; $j is ${major:-of unknown version}"
+  echo "$j"
+}
+
+# ---------------------------------------------------------------------------------------- fetch
 fetch() {
   [ -f "$libs/.complete" ] && return 0
   command -v mvn >/dev/null || die "mvn is needed to fetch the Kafka jars from Maven Central (apt-get install maven)"
-  command -v java >/dev/null || die "java (17 or later) is needed to run Kafka (apt-get install openjdk-17-jre-headless)"
-  echo "kafka.sh: fetching Apache Kafka $version jars from Maven Central into $libs" >&2
-  rm -rf "$libs"
-  mkdir -p "$libs"
-  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$libs" >&2 \
-    || die "mvn could not fetch the Kafka jars"
-  touch "$libs/.complete"
+  mkdir -p "$cache"
+  # One fetch at a time per cache (parallel CI jobs); the jars land in a temporary folder that is
+  # renamed into place only when Maven succeeded, so an interrupted fetch leaves nothing half done.
+  exec 9>"$cache/.lock"
+  command -v flock >/dev/null && flock 9
+  if [ -f "$libs/.complete" ]; then exec 9>&-; return 0; fi
+  say "fetching Apache Kafka $version and its dependencies from Maven Central into $libs"
+  local tmp="$cache/libs.tmp.$$" log="$cache/fetch.log" t0=$SECONDS
+  rm -rf "$tmp" "$libs"
+  if ! mvn -q -B -f "$pom" -Dkafka.version="$version" \
+        org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    rm -rf "$tmp"
+    die "mvn could not fetch org.apache.kafka:kafka_2.13:$version (full output: $log)"
+  fi
+  ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || { rm -rf "$tmp"; die "mvn ran but kafka_2.13 is not among the jars in $tmp"; }
+  echo "$version" > "$tmp/.complete"
+  mv "$tmp" "$libs"
+  exec 9>&-
+  say "fetched $(ls "$libs"/*.jar | wc -l) jars ($(du -sh "$libs" | cut -f1)) in $((SECONDS - t0)) s"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# ---------------------------------------------------------------------------------------- helpers
+# Prints N distinct free loopback TCP ports.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+}
 
-start() {
-  local port="" dir=""
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      --port) port="$2"; shift 2 ;;
-      --dir) dir="$2"; shift 2 ;;
-      *) die "unknown option $1" ;;
-    esac
+port_free() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+
+# Exit 0 when the broker on 127.0.0.1:$1 answers a Metadata request that lists a broker on that
+# port (in KRaft a broker lists itself only once the controller unfenced it); exit 1 otherwise.
+probe() {
+  python3 - "$1" <<'PY'
+import socket, struct, sys
+
+port = int(sys.argv[1])
+
+def call(sock, api_key, version, body, corr):
+    client = b"kafka.sh"
+    header = struct.pack(">hhih", api_key, version, corr, len(client)) + client
+    msg = header + body
+    sock.sendall(struct.pack(">i", len(msg)) + msg)
+    def read(n):
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise EOFError("connection closed")
+            buf += chunk
+        return buf
+    size = struct.unpack(">i", read(4))[0]
+    data = read(size)
+    if struct.unpack(">i", data[:4])[0] != corr:
+        raise ValueError("correlation id mismatch")
+    return data[4:]
+
+try:
+    s = socket.create_connection(("127.0.0.1", port), timeout=3)
+    # ApiVersions v0: which Metadata versions the broker takes.
+    r = call(s, 18, 0, b"", 1)
+    err, n = struct.unpack(">hi", r[:6])
+    if err != 0:
+        sys.exit(1)
+    ranges = {}
+    for i in range(n):
+        key, lo, hi = struct.unpack(">hhh", r[6 + 6 * i: 12 + 6 * i])
+        ranges[key] = (lo, hi)
+    lo, hi = ranges[3]
+    v = max(lo, 4)
+    if v > min(hi, 8):           # v4..v8 are the non-flexible versions parsed below
+        sys.exit(1)
+    body = struct.pack(">i", 0) + b"\x00"   # no topics, allow_auto_topic_creation=false
+    if v >= 8:
+        body += b"\x00\x00"                 # no authorized operations
+    r = call(s, 3, v, body, 2)
+    off = 4                                 # throttle_time_ms
+    (count,) = struct.unpack(">i", r[off:off + 4]); off += 4
+    ports = []
+    for _ in range(count):
+        off += 4                            # node_id
+        (hl,) = struct.unpack(">h", r[off:off + 2]); off += 2 + hl
+        (bport,) = struct.unpack(">i", r[off:off + 4]); off += 4
+        (rl,) = struct.unpack(">h", r[off:off + 2]); off += 2 + max(rl, 0)
+        ports.append(bport)
+    sys.exit(0 if port in ports else 1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+# The pid in DIR/kafka.pid when that process is alive and is a Kafka broker; empty otherwise.
+running_pid() {
+  local pidfile="$1/kafka.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  kill -0 "$pid" 2>/dev/null || return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 0
+  echo "$pid"
+}
+
+show_logs() {
+  local dir="$1"
+  for f in "$dir/logs/kafka.out" "$dir/logs/server.log"; do
+    [ -s "$f" ] || continue
+    echo "----- last lines of $f -----" >&2
+    tail -n 40 "$f" >&2
   done
-  [ -n "$dir" ] || die "start needs --dir DIR"
-  fetch
-  mkdir -p "$dir"
-  dir="$(cd "$dir" && pwd)"
-  if [ -f "$dir/kafka.pid" ] && kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
-    die "a broker already runs from $dir (pid $(cat "$dir/kafka.pid"))"
-  fi
-  if [ -f "$dir/server.properties" ]; then
-    port="$(sed -n 's/^advertised.listeners=PLAINTEXT:\/\/127.0.0.1:\([0-9]*\)$/\1/p' "$dir/server.properties")"
-  else
-    [ -n "$port" ] || port="$(free_port)"
-    local controller_port
-    controller_port="$(free_port)"
-    cat > "$dir/server.properties" <<PROPS
+}
+
+# Sends TERM, waits up to 20 s, then KILL and waits until the process is gone.
+terminate() {
+  local pid="$1" i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+  say "pid $pid still runs 20 s after TERM: sending KILL"
+  kill -KILL "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  die "pid $pid survived KILL"
+}
+
+prop() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
+
+write_config() {
+  local dir="$1" port="$2" cport="$3"
+  cat >"$dir/server.properties" <<PROPS
+# Written by scripts/kafka.sh: one KRaft node that is both broker and controller, on loopback.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
-controller.quorum.voters=1@127.0.0.1:$controller_port
 log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=true
+default.replication.factor=1
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=8
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-num.partitions=1
-auto.create.topics.enable=true
 PROPS
-    cat > "$dir/log4j2.xml" <<XML
-<Configuration status="WARN">
-  <Appenders><File name="file" fileName="$dir/broker.log"><PatternLayout pattern="%d %p %c{1} %m%n"/></File></Appenders>
-  <Loggers><Root level="info"><AppenderRef ref="file"/></Root></Loggers>
-</Configuration>
-XML
+  cat >"$dir/log4j2.properties" <<LOG
+# Written by scripts/kafka.sh: the broker logs to a file, not to the terminal.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = $dir/logs/server.log
+appender.file.filePattern = $dir/logs/server.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 2
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+LOG
+}
+
+# ---------------------------------------------------------------------------------------- start
+start() {
+  local port="" dir=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --port) [ $# -ge 2 ] || die "--port needs a value"; port="$2"; shift 2 ;;
+      --port=*) port="${1#--port=}"; shift ;;
+      --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir="$2"; shift 2 ;;
+      --dir=*) dir="${1#--dir=}"; shift ;;
+      *) die "start: unknown argument '$1' (usage: start [--port N] --dir DIR)" ;;
+    esac
+  done
+  [ -n "$dir" ] || die "start needs --dir DIR"
+  [ -z "$port" ] || [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || die "--port must be a TCP port number, not '$port'"
+  need_python
+  local java
+  java="$(java_bin)"
+  fetch
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  mkdir -p "$dir/logs"
+
+  local pid
+  pid="$(running_pid "$dir")"
+  [ -z "$pid" ] || die "a broker already runs from $dir (pid $pid, 127.0.0.1:$(prop 'advertised.listeners' "$dir/server.properties" | sed 's/.*://')); stop it first"
+  rm -f "$dir/kafka.pid"
+
+  # Ports: --port wins; else the previous port of this DIR if still free; else a free one.
+  # The controller port is kept across restarts when free (it names the quorum's one voter).
+  local old_port="" cport=""
+  if [ -f "$dir/server.properties" ]; then
+    old_port="$(prop advertised.listeners "$dir/server.properties" | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p')"
+    cport="$(prop controller.quorum.voters "$dir/server.properties" | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p')"
+  fi
+  if [ -z "$port" ]; then
+    if [ -n "$old_port" ] && port_free "$old_port"; then port="$old_port"; else port="$(free_ports 1)"; fi
+  else
+    port_free "$port" || die "port $port on 127.0.0.1 is already in use"
+  fi
+  if [ -z "$cport" ] || [ "$cport" = "$port" ] || ! port_free "$cport"; then
+    local p
+    for p in $(free_ports 2); do [ "$p" != "$port" ] && { cport="$p"; break; }; done
+  fi
+  write_config "$dir" "$port" "$cport"
+
+  local log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties"
+  if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
     cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
-    java -cp "$libs/*" -Dlog4j2.configurationFile="$dir/log4j2.xml" kafka.tools.StorageTool \
-      format -t "$cluster_id" -c "$dir/server.properties" >"$dir/format.log" 2>&1 \
-      || { cat "$dir/format.log" >&2; die "formatting the storage in $dir failed"; }
+    "$java" -Xmx256m "$log4j" -cp "$libs/*" kafka.tools.StorageTool \
+      format --cluster-id "$cluster_id" --config "$dir/server.properties" >"$dir/logs/format.out" 2>&1 \
+      || { cat "$dir/logs/format.out" >&2; die "formatting the storage in $dir/data failed"; }
   fi
-  nohup java -Xms256m -Xmx768m -XX:+UseG1GC -cp "$libs/*" -Dlog4j2.configurationFile="$dir/log4j2.xml" \
-    kafka.Kafka "$dir/server.properties" >"$dir/stdout.log" 2>&1 </dev/null &
-  echo $! > "$dir/kafka.pid"
-  local deadline=$((SECONDS + 90))
-  until python3 - "$port" <<'PY' 2>/dev/null
-import socket, struct, sys
-# An ApiVersions request (key 18, v0): the broker answers only once it serves requests.
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
-body = struct.pack(">hhih", 18, 0, 1, 4) + b"test"
-s.sendall(struct.pack(">i", len(body)) + body)
-size = struct.unpack(">i", s.recv(4))[0]
-data = b""
-while len(data) < size:
-    data += s.recv(size - len(data))
-sys.exit(0 if struct.unpack(">h", data[4:6])[0] == 0 else 1)
-PY
-  do
-    if ! kill -0 "$(cat "$dir/kafka.pid")" 2>/dev/null; then
-      tail -n 30 "$dir/stdout.log" "$dir/broker.log" >&2 || true
-      die "the broker exited during start"
+
+  echo "===== kafka.sh start $(date -u +%FT%TZ): Kafka $version on 127.0.0.1:$port, controller 127.0.0.1:$cport" >>"$dir/logs/kafka.out"
+  # shellcheck disable=SC2086
+  nohup "$java" ${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true "$log4j" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$libs/*" kafka.Kafka "$dir/server.properties" >>"$dir/logs/kafka.out" 2>&1 </dev/null &
+  pid=$!
+  echo "$pid" >"$dir/kafka.pid"
+
+  local timeout="${KAFKA_START_TIMEOUT:-90}" t0=$SECONDS
+  until probe "$port"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      show_logs "$dir"
+      rm -f "$dir/kafka.pid"
+      die "the broker (pid $pid) exited during start; logs in $dir/logs"
     fi
-    [ $SECONDS -lt $deadline ] || { tail -n 30 "$dir/broker.log" >&2 || true; die "the broker did not answer on 127.0.0.1:$port within 90 s"; }
-    sleep 0.3
+    if [ $((SECONDS - t0)) -ge "$timeout" ]; then
+      show_logs "$dir"
+      terminate "$pid" || true
+      rm -f "$dir/kafka.pid"
+      die "the broker did not serve metadata on 127.0.0.1:$port within $timeout s (stopped it); logs in $dir/logs"
+    fi
+    sleep 0.25
   done
+  say "Apache Kafka $version ready on 127.0.0.1:$port in $((SECONDS - t0)) s (pid $pid, data $dir/data, log $dir/logs/server.log)"
   echo "127.0.0.1:$port"
 }
 
+# ---------------------------------------------------------------------------------------- stop
 stop() {
   local dir=""
   while [ $# -gt 0 ]; do
     case "$1" in
-      --dir) dir="$2"; shift 2 ;;
-      *) die "unknown option $1" ;;
+      --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir="$2"; shift 2 ;;
+      --dir=*) dir="${1#--dir=}"; shift ;;
+      *) die "stop: unknown argument '$1' (usage: stop --dir DIR)" ;;
     esac
   done
   [ -n "$dir" ] || die "stop needs --dir DIR"
-  [ -f "$dir/kafka.pid" ] || return 0
+  [ -d "$dir" ] || { say "no $dir: nothing to stop"; return 0; }
   local pid
-  pid="$(cat "$dir/kafka.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid"
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  pid="$(running_pid "$dir")"
+  if [ -z "$pid" ]; then
+    [ -f "$dir/kafka.pid" ] && say "no broker runs from $dir (stale pid file removed)"
+    rm -f "$dir/kafka.pid"
+    return 0
   fi
+  terminate "$pid"
   rm -f "$dir/kafka.pid"
+  say "stopped the broker from $dir (pid $pid)"
 }
 
 case "${1:-}" in
-  fetch) fetch ;;
+  fetch) shift; [ $# -eq 0 ] || die "fetch takes no arguments"; fetch ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
+  -h|--help|help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "usage: $0 fetch | start [--port N] --dir DIR | stop --dir DIR" >&2; exit 2 ;;
 esac

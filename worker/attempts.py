@@ -25,9 +25,11 @@ from worker.classify import Classifier, TaskClassifier
 from worker.config import Config
 from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
+from worker.limits import RateLimits, Usage as Allowance
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
 from worker.plan import NoRoute, Plan, make_plan
 from worker.pricing import attempt_cost, estimate_tokens
+from worker.providers.echo import MESSAGE_OVERHEAD_TOKENS
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.verify import verify
 
@@ -80,6 +82,7 @@ class JobRunner:
         self._clock = clock
         self.quality = QualityModel(config)
         self.breakers = Breakers(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
+        self.limits = RateLimits(config)
         self._plans: dict[tuple, Plan] = {}
 
     async def run(self, job: Job) -> JobOutcome:
@@ -164,19 +167,33 @@ class JobRunner:
 
     async def _attempt(self, job: Job, task: str, provider: Provider, request: CompletionRequest, number: int, events: list[CostEvent]) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
+        gates = self.limits.gates(request.model)
+        # Reserved before the call: the prompt's estimated tokens and the whole output cap.
+        reserved = Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages), request.max_output_tokens)
+        waited = 0.0
+        for gate in gates:
+            waited += await gate.acquire(reserved, job.priority)
         started = time.monotonic()
         try:
             completion = await provider.complete(request)
         except ProviderError as exc:
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message))
+            for gate in gates:
+                gate.correct(reserved, Allowance(1, 0, 0))
+                gate.observe(exc.rate_limits)  # type: ignore[arg-type]
+                if exc.kind == "rate_limited":
+                    gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000)
             events.append(self._cost_event(job, task, attempt))
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"))
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000)
             events.append(self._cost_event(job, task, attempt))
             raise
         latency = (time.monotonic() - started) * 1000
+        for gate in gates:
+            gate.correct(reserved, Allowance(1, completion.input_tokens, completion.output_tokens))
+            gate.observe(completion.rate_limits)
         cost = attempt_cost(model, completion.input_tokens, completion.output_tokens)
         error = check_answer(completion)
         if error is None:
@@ -185,7 +202,7 @@ class JobRunner:
                 self.quality.record(task, request.model, error is None)
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
-        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error)
+        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000)
         events.append(self._cost_event(job, task, attempt))
         return attempt, completion, None
 

@@ -82,6 +82,11 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     max_connections: PosInt = 1000
     http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    # Rate limits per minute (0: none), for this provider's key across every replica.
+    requests_per_minute: Annotated[int, Meta(ge=0)] = 0
+    tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     # echo only: simulated call time and share of refused attempts.
     latency_ms: NonNegFloat = 0.0
     failure_rate: Probability = 0.0
@@ -96,6 +101,11 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     context_window: PosInt
     latency_ms_per_100_output_tokens: NonNegFloat = 1000.0
     quality: dict[str, Probability] = {}
+    # Rate limits per minute (0: none), for this model on its provider's key across every replica.
+    requests_per_minute: Annotated[int, Meta(ge=0)] = 0
+    tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
 
 
 class TaskConfig(Struct, forbid_unknown_fields=True):
@@ -140,6 +150,11 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
     state_publish_interval_s: Annotated[float, Meta(gt=0)] = 5.0
 
 
+class RateLimitsConfig(Struct, forbid_unknown_fields=True):
+    # A share of every limit kept unused, for the jitter between our clock and the provider's.
+    margin: Annotated[float, Meta(ge=0, lt=1)] = 0.02
+
+
 class Config(Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -148,6 +163,7 @@ class Config(Struct, forbid_unknown_fields=True):
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

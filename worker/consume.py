@@ -24,6 +24,7 @@ from worker.attempts import JobOutcome, JobRunner
 from worker.config import Config
 from worker.intake import Rejection, dead_letter, decode_job
 from worker.kafka import make_consumer, make_producer
+from worker.limits import partition_share
 from worker.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
@@ -292,9 +293,14 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._worker._release(revoked, reason="revoked")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if self._worker._paused and assigned:
-            self._worker.consumer.pause(*assigned)
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)})
+        worker = self._worker
+        if worker._paused and assigned:
+            worker.consumer.pause(*assigned)
+        total = len(worker.consumer.partitions_for_topic(worker.config.kafka.topics.jobs) or ())
+        share = partition_share(len(assigned), total)
+        if share > 0:
+            worker.runner.limits.set_share(share)
+        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned), "rate_limit_share": round(share, 4)})
 
 
 def _now() -> datetime:

@@ -61,6 +61,7 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
     allowed_providers: list[str] | None = None
     model: Annotated[str, Meta(min_length=1, description="Pin the job to this model.")] | None = None
     tenant: str | None = None
+    priority: Annotated[int, Meta(description="Under contention for a rate limit, higher goes first.")] = 0
     checks: Checks | None = None
     response_format: Annotated[Literal["text", "json"], Meta(description="json: the answer must parse as JSON.")] = "text"
     metadata: dict[str, Any] = {}
@@ -109,6 +110,7 @@ class Attempt(Struct, omit_defaults=True):
     cost_usd: Usd
     latency_ms: Annotated[float, Meta(ge=0)]
     error: ErrorInfo | None = None
+    rate_limit_wait_ms: Annotated[float, Meta(ge=0, description="Time spent waiting for the rate limits before the call.")] = 0.0
 
 
 class Result(Struct, omit_defaults=True):

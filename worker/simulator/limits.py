@@ -1,4 +1,4 @@
-"""Per-minute limits as the providers enforce them: buckets that refill continuously."""
+"""Per-minute limits as the providers enforce them, per API key and model."""
 
 from __future__ import annotations
 
@@ -6,31 +6,7 @@ import math
 
 from msgspec import Struct
 
-
-class Bucket:
-    """`per_minute` units a minute, refilled continuously, never above `per_minute`."""
-
-    __slots__ = ("per_minute", "level", "updated")
-
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.per_minute = per_minute
-        self.level = float(per_minute)
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.per_minute, self.level + (now - self.updated) * self.per_minute / 60)
-        self.updated = now
-
-    def wait_s(self, amount: int) -> float:
-        """Seconds until `amount` fits (after a refill); inf when it never can."""
-        if amount > self.per_minute:
-            return math.inf
-        missing = amount - self.level
-        return 0.0 if missing <= 0 else missing * 60 / self.per_minute
-
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again."""
-        return (self.per_minute - self.level) * 60 / self.per_minute
+from worker.buckets import Bucket
 
 
 class LimitState(Struct, frozen=True):
@@ -70,4 +46,4 @@ class Limits:
         return True, 0.0, ""
 
     def state(self) -> list[LimitState]:
-        return [LimitState(name, b.per_minute, max(0, math.floor(b.level)), b.reset_s()) for name, b in self.buckets.items()]
+        return [LimitState(name, int(b.per_minute), max(0, math.floor(b.level)), b.reset_s()) for name, b in self.buckets.items()]
