@@ -171,8 +171,14 @@ class JobRunner:
         # Reserved before the call: the prompt's estimated tokens and the whole output cap.
         reserved = Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages), request.max_output_tokens)
         waited = 0.0
-        for gate in gates:
-            waited += await gate.acquire(reserved, job.priority)
+        started = time.monotonic()
+        try:
+            for gate in gates:
+                waited += await gate.acquire(reserved, job.priority)
+        except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)))
+            events.append(self._cost_event(job, task, attempt))
+            return attempt, None, None
         started = time.monotonic()
         try:
             completion = await provider.complete(request)

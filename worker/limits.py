@@ -65,6 +65,7 @@ class Gate:
         self._used = {k: 0.0 for k in KINDS}
         self.rate_limited = 0
         self.waited_s = 0.0
+        self.in_flight = 0  # calls that passed the gate and have not been corrected yet
 
     @property
     def limited(self) -> bool:
@@ -86,11 +87,13 @@ class Gate:
     async def acquire(self, usage: Usage, priority: int = 0) -> float:
         """Wait until `usage` fits, take it; returns the seconds waited."""
         if not self._limits and self._blocked_until <= self._clock():
+            self.in_flight += 1
             return 0.0
         amounts = usage.amounts()
         now = self._clock()
         if not self._waiters and self._wait_s(amounts, now) == 0.0:
             self._take(amounts)
+            self.in_flight += 1
             return 0.0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (-priority, next(self._order), amounts, future))
@@ -104,6 +107,7 @@ class Gate:
             raise
         waited = self._clock() - now
         self.waited_s += waited
+        self.in_flight += 1
         return waited
 
     def _schedule(self, delay: float) -> None:
@@ -133,7 +137,8 @@ class Gate:
             future.set_result(None)
 
     def correct(self, reserved: Usage, actual: Usage) -> None:
-        """Give back what was reserved and not used, or take what was used beyond it."""
+        """The call is over: give back what was reserved and not used, or take what was used beyond it."""
+        self.in_flight -= 1
         reserved_amounts, actual_amounts = reserved.amounts(), actual.amounts()
         for kind, bucket in self._buckets.items():
             difference = reserved_amounts.get(kind, 0.0) - actual_amounts.get(kind, 0.0)
