@@ -1,0 +1,137 @@
+"""Rate limits against the simulator enforcing the same limits (real broker, simulator process)."""
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import httpx
+import msgspec
+
+from tests.integration.helpers import PROVIDERS, REPO, Setup, job_bytes, make_topics, produce
+from worker.broker import free_port, wait_for_port
+from worker.consume import Worker
+from worker.providers import build_providers
+from worker.simulator.settings import load_simulator_config
+
+KEYS = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k", "LLAMA_API_KEY": "k"}
+RPM = 1200  # 20 a second
+
+
+def start_simulator(tmp_path, **gpt4o):
+    """A simulator process whose gpt-4o takes 0.5 s a call and enforces the given limits."""
+    config = load_simulator_config()
+    models = dict(config.models)
+    models["gpt-4o"] = msgspec.structs.replace(models["gpt-4o"], latency_ms=500, latency_jitter=0.0, output_tokens=100, **gpt4o)
+    path = tmp_path / "simulator.toml"
+    path.write_text(_toml(msgspec.to_builtins(msgspec.structs.replace(config, models=models))))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, 30, process)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _toml(value, prefix=""):
+    import orjson
+
+    lines, tables = [], []
+    for key, item in value.items():
+        if isinstance(item, dict) and key in ("models",):
+            for name, model in item.items():
+                tables.append(f'[models."{name}"]\n' + "".join(f"{k} = {orjson.dumps(v).decode() if not isinstance(v, dict) else _inline(v)}\n" for k, v in model.items()))
+        else:
+            lines.append(f"{key} = {orjson.dumps(item).decode()}\n")
+    return "".join(lines) + "\n" + "\n".join(tables)
+
+
+def _inline(table):
+    import orjson
+
+    return "{ " + ", ".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in table.items()) + " }"
+
+
+def worker_setup(bootstrap, url, **extra):
+    overrides = {
+        "LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL": f"{url}/v1",
+        "LLM_ROUTER__PROVIDERS__ANTHROPIC__BASE_URL": url,
+        "LLM_ROUTER__PROVIDERS__GEMINI__BASE_URL": f"{url}/v1beta",
+        "LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL": f"{url}/v1",
+        "LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE": RPM,
+        "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": 1,  # jobs still waiting for the allowance are abandoned, not drained
+        **{f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"))},
+    }
+    return Setup(bootstrap, **(overrides | extra))
+
+
+def slope(points):
+    """Least-squares slope of (time, count): the served rate, less noisy than two end points."""
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_c = sum(c for _, c in points) / n
+    return sum((t - mean_t) * (c - mean_c) for t, c in points) / sum((t - mean_t) ** 2 for t, _ in points)
+
+
+def stats(url):
+    return httpx.get(f"{url}/_sim/stats").json()
+
+
+def test_one_replica_uses_the_request_allowance_without_a_single_429(bootstrap, tmp_path, report):
+    process, url = start_simulator(tmp_path, requests_per_minute=RPM)
+    setup = worker_setup(bootstrap, url)
+    jobs = 1200 + 20 * 25
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
+        running = asyncio.create_task(worker.run(stop))
+        await produce(setup, [(f"r{i}".encode(), job_bytes(f"r{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
+        samples = []
+        for _ in range(40):
+            await asyncio.sleep(0.5)
+            samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {}).get("ok", 0)))
+        stop.set()
+        await running
+        return samples, await asyncio.to_thread(stats, url)
+
+    try:
+        samples, served = asyncio.run(scenario())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # The steady part: after the first burst (the allowance starts full) has been served.
+    steady = [s for s in samples if 1300 < s[1] < jobs]
+    rate = slope(steady)
+    report(f"rate limit, one replica: {RPM} requests/min limit, 0.5 s calls: steady served rate {rate * 60:.0f}/min = {rate * 60 / RPM:.1%} of the limit over {steady[-1][0] - steady[0][0]:.1f} s; 429s from the simulator: {served['rate_limited_sent']}")
+    assert served["rate_limited_sent"] == 0
+    assert rate * 60 >= 0.97 * RPM
+
+
+def test_after_a_429_with_a_retry_delay_nobody_calls_the_provider_until_it_has_passed(bootstrap, tmp_path, report):
+    process, url = start_simulator(tmp_path)
+    setup = worker_setup(bootstrap, url, LLM_ROUTER__WORKER__MAX_RETRIES_PER_JOB=10)
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
+        running = asyncio.create_task(worker.run(stop))
+        await produce(setup, [(f"t{i}".encode(), job_bytes(f"t{i}", f"question {i}", model="gpt-4o")) for i in range(3000)])
+        while (await asyncio.to_thread(stats, url))["requests"] < 1400:  # past the first burst: 20 a second
+            await asyncio.sleep(0.05)
+        in_flight = worker.runner.limits.models["gpt-4o"].in_flight
+        before = (await asyncio.to_thread(stats, url))["requests"]
+        await asyncio.to_thread(httpx.patch, f"{url}/_sim/models/gpt-4o", json={"errors": {"rate_limited": 1.0}, "retry_after_s": 5})
+        await asyncio.sleep(4.8)
+        after = (await asyncio.to_thread(stats, url))["requests"]
+        stop.set()
+        await running
+        return in_flight, after - before
+
+    try:
+        in_flight, sent = asyncio.run(scenario())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    report(f"429 with a 5 s retry delay: calls in flight when it began {in_flight}; requests to the provider in the next 4.8 s: {sent}")
+    assert sent <= in_flight + 1, "only the calls already under way (and the one that met the first 429)"
