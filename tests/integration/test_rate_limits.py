@@ -135,3 +135,41 @@ def test_after_a_429_with_a_retry_delay_nobody_calls_the_provider_until_it_has_p
         process.wait(timeout=10)
     report(f"429 with a 5 s retry delay: calls in flight when it began {in_flight}; requests to the provider in the next 4.8 s: {sent}")
     assert sent <= in_flight + 1, "only the calls already under way (and the one that met the first 429)"
+
+
+TPM = 60000  # about 9 calls a second of ~110 tokens: binds long before 1,200 requests a minute
+
+
+def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(bootstrap, tmp_path, report):
+    process, url = start_simulator(tmp_path, requests_per_minute=RPM, tokens_per_minute=TPM)
+    setup = worker_setup(bootstrap, url, LLM_ROUTER__MODELS__GPT_4O__TOKENS_PER_MINUTE=TPM)
+    jobs = 900
+
+    async def scenario():
+        await make_topics(setup)
+        stop = asyncio.Event()
+        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
+        running = asyncio.create_task(worker.run(stop))
+        await produce(setup, [(f"k{i}".encode(), job_bytes(f"k{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
+        samples = []
+        for _ in range(50):
+            await asyncio.sleep(0.5)
+            served = (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {})
+            samples.append((time.monotonic(), served.get("input_tokens", 0) + served.get("output_tokens", 0), served.get("ok", 0)))
+        stop.set()
+        await running
+        return samples, await asyncio.to_thread(stats, url)
+
+    try:
+        samples, served = asyncio.run(scenario())
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    # The steady part: after the first minute's allowance (the bucket starts full) has been used.
+    steady = [s for s in samples if s[1] > TPM * 1.1 and s[2] < jobs]
+    token_rate = slope([(t, tokens) for t, tokens, _ in steady]) * 60
+    request_rate = slope([(t, ok) for t, _, ok in steady]) * 60
+    report(f"rate limit, tokens: {TPM} tokens/min and {RPM} requests/min: steady {token_rate:.0f} tokens/min = {token_rate / TPM:.1%} of the token limit at {request_rate:.0f} requests/min; 429s: {served['rate_limited_sent']}")
+    assert served["rate_limited_sent"] == 0
+    assert token_rate >= 0.97 * TPM
+    assert request_rate < 0.8 * RPM, "the token limit binds first"
