@@ -173,3 +173,40 @@ def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(boot
     assert served["rate_limited_sent"] == 0
     assert token_rate >= 0.97 * TPM
     assert request_rate < 0.8 * RPM, "the token limit binds first"
+
+
+def test_three_replicas_share_one_key_by_their_partitions(bootstrap, tmp_path, report):
+    from tests.integration.helpers import WorkerProcess
+    from tests.integration.test_replicas import settle_assignment
+
+    process, url = start_simulator(tmp_path, requests_per_minute=RPM)
+    setup = worker_setup(bootstrap, url)
+    replicas = []
+    jobs = 2400
+
+    async def scenario():
+        await make_topics(setup, partitions=12)
+        replicas.extend(WorkerProcess(setup, tmp_path, f"replica-{n}", **KEYS) for n in range(3))
+        for replica in replicas:
+            await replica.wait_assigned()
+        await settle_assignment(replicas, partitions=12)
+        await produce(setup, [(f"s{i}".encode(), job_bytes(f"s{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
+        samples = []
+        for _ in range(50):
+            await asyncio.sleep(0.5)
+            samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {}).get("ok", 0)))
+        return samples, await asyncio.to_thread(stats, url)
+
+    try:
+        samples, served = asyncio.run(scenario())
+    finally:
+        for replica in replicas:
+            replica.stop()
+        process.terminate()
+        process.wait(timeout=10)
+    shares = [e.get("rate_limit_share") for r in replicas for e in r.events() if e.get("event") == "partitions assigned"][-3:]
+    steady = [s for s in samples if RPM * 1.1 < s[1] < jobs * 0.95]
+    rate = slope(steady) * 60
+    report(f"rate limit, 3 replicas by partition share ({shares}): combined {rate:.0f}/min = {rate / RPM:.1%} of {RPM}/min; 429s: {served['rate_limited_sent']}")
+    assert served["rate_limited_sent"] == 0
+    assert rate >= 0.90 * RPM

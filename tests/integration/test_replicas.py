@@ -60,13 +60,13 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     assert all(r.status == "ok" for r in outputs.results)
 
 
-async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60) -> None:
+async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60, partitions: int = 4) -> None:
     """Wait until the group's partitions are spread over every replica (no rebalance pending)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         owned = [r.assigned() for r in replicas]
-        if all(owned) and sorted(p for ps in owned for p in ps) == [0, 1, 2, 3]:
+        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
