@@ -193,6 +193,8 @@ class JobRunner:
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
+            for gate in gates:
+                gate.correct(reserved, Allowance(1, 0, 0))
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000)
             events.append(self._cost_event(job, task, attempt))
             raise
