@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import msgspec
@@ -10,8 +11,9 @@ from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.providers.http import HttpResponse, Transport
-from worker.providers.ratelimits import openai_rate_limits, retry_after_from_headers
+from worker.providers.ratelimits import openai_rate_limits, parse_duration, retry_after_from_headers
 
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "refusal"}
 # Servers that take the older `max_tokens` rather than `max_completion_tokens`.
 _MAX_TOKENS_FIELD = {"": "max_completion_tokens", "groq": "max_completion_tokens", "vllm": "max_tokens", "ollama": "max_tokens", "together": "max_tokens"}
@@ -56,7 +58,11 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
     limits = openai_rate_limits(response.headers)
     if response.status >= 300:
         error_type, code, message = _error_fields(response.body)
-        raise http_error(response.status, error_type, code, message, retry_after_from_headers(response.headers, datetime.now(UTC)), limits)
+        retry = retry_after_from_headers(response.headers, datetime.now(UTC))
+        if retry is None and response.status == 429:
+            hint = _TRY_AGAIN.search(message)  # "Please try again in 579ms."
+            retry = parse_duration(hint.group(1)) if hint else None
+        raise http_error(response.status, error_type, code, message, retry, limits)
     data = decode_json(response.body, what)
     choices = data.get("choices") or []
     if not choices:
