@@ -9,9 +9,9 @@ import sys
 
 import orjson
 
-from bench import classifier, http_clients
+from bench import classifier, http_clients, rate_limit
 
-SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run}
+SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run}
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from tests.integration.helpers import PROVIDERS, REPO, Setup, job_bytes, make_to
 from worker.broker import free_port, wait_for_port
 from worker.consume import Worker
 from worker.providers import build_providers
-from worker.simulator.settings import load_simulator_config
+from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
 KEYS = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k", "LLAMA_API_KEY": "k"}
 RPM = 1200  # 20 a second
@@ -24,30 +24,11 @@ def start_simulator(tmp_path, **gpt4o):
     models = dict(config.models)
     models["gpt-4o"] = msgspec.structs.replace(models["gpt-4o"], latency_ms=500, latency_jitter=0.0, output_tokens=100, **gpt4o)
     path = tmp_path / "simulator.toml"
-    path.write_text(_toml(msgspec.to_builtins(msgspec.structs.replace(config, models=models))))
+    path.write_text(dump_simulator_config(msgspec.structs.replace(config, models=models)))
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port, 30, process)
     return process, f"http://127.0.0.1:{port}"
-
-
-def _toml(value, prefix=""):
-    import orjson
-
-    lines, tables = [], []
-    for key, item in value.items():
-        if isinstance(item, dict) and key in ("models",):
-            for name, model in item.items():
-                tables.append(f'[models."{name}"]\n' + "".join(f"{k} = {orjson.dumps(v).decode() if not isinstance(v, dict) else _inline(v)}\n" for k, v in model.items()))
-        else:
-            lines.append(f"{key} = {orjson.dumps(item).decode()}\n")
-    return "".join(lines) + "\n" + "\n".join(tables)
-
-
-def _inline(table):
-    import orjson
-
-    return "{ " + ", ".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in table.items()) + " }"
 
 
 def worker_setup(bootstrap, url, **extra):
@@ -78,7 +59,7 @@ def stats(url):
 def test_one_replica_uses_the_request_allowance_without_a_single_429(bootstrap, tmp_path, report):
     process, url = start_simulator(tmp_path, requests_per_minute=RPM)
     setup = worker_setup(bootstrap, url)
-    jobs = 1200 + 20 * 25
+    jobs = 1200 + 20 * 40  # a steady part of about 25 s: the rate is measured to a few tenths of a percent
 
     async def scenario():
         await make_topics(setup)
@@ -87,7 +68,7 @@ def test_one_replica_uses_the_request_allowance_without_a_single_429(bootstrap, 
         running = asyncio.create_task(worker.run(stop))
         await produce(setup, [(f"r{i}".encode(), job_bytes(f"r{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
         samples = []
-        for _ in range(40):
+        for _ in range(64):
             await asyncio.sleep(0.5)
             samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {}).get("ok", 0)))
         stop.set()

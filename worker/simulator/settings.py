@@ -57,6 +57,22 @@ class SimulatorConfig(Struct, forbid_unknown_fields=True):
     timeout_hang_s: Annotated[float, Meta(ge=0)] = 120.0
 
 
+def dump_simulator_config(config: SimulatorConfig) -> str:
+    """The configuration as TOML that `load_simulator_config` reads back (for a simulator process)."""
+    encode = msgspec.json.encode  # JSON strings, numbers and booleans are TOML too
+
+    def value(v: object) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return encode(v).decode()
+
+    raw = msgspec.to_builtins(config)
+    lines = [f"{k} = {value(v)}" for k, v in raw.items() if k != "models"]
+    for name, model in raw["models"].items():
+        lines += ["", f"[models.{encode(name).decode()}]"] + [f"{k} = {value(v)}" for k, v in model.items()]
+    return "\n".join(lines) + "\n"
+
+
 def load_simulator_config(path: str | Path | None = None) -> SimulatorConfig:
     """Load the simulator's TOML file (default config/simulator.toml)."""
     path = Path(path or DEFAULT_SIMULATOR_CONFIG)
