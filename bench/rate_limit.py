@@ -21,10 +21,10 @@ import msgspec
 
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.config import load_config
-from worker.consume import Worker
-from worker.kafka import create_topics, make_producer
+from worker.kafka import create_topics
 from worker.messages import Job
 from worker.providers import build_providers
+from worker.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
@@ -57,26 +57,17 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
         keys[key_env] = SIMULATOR_KEY
     config = msgspec.structs.replace(config, providers=providers)
     await create_topics(config.kafka, partitions=4)
-    stop = asyncio.Event()
-    worker = Worker(config, build_providers(config, env=keys))
-    running = asyncio.create_task(worker.run(stop))
-    producer = make_producer(config.kafka)
-    await producer.start()
     encoder = msgspec.json.Encoder()
     jobs = LIMIT + LIMIT // 60 * (SECONDS + 10)
-    sends = [await producer.send(config.kafka.topics.jobs, encoder.encode(Job(id=f"b{i}", prompt=f"question {i}", model="gpt-4o"))) for i in range(jobs)]
-    await asyncio.gather(*sends)
-    await producer.stop()
     samples: list[tuple[float, int]] = []
-    async with httpx.AsyncClient() as client:
+    async with running_worker(config, build_providers(config, env=keys)), httpx.AsyncClient() as client:
+        await produce(config.kafka, [(None, encoder.encode(Job(id=f"b{i}", prompt=f"question {i}", model="gpt-4o"))) for i in range(jobs)])
         end = time.monotonic() + SECONDS + 8
         while time.monotonic() < end:
             await asyncio.sleep(0.5)
             stats = (await client.get(f"{url}/_sim/stats")).json()
             samples.append((time.monotonic(), stats["models"].get("gpt-4o", {}).get("ok", 0)))
         stats = (await client.get(f"{url}/_sim/stats")).json()
-    stop.set()
-    await running
     return samples, stats
 
 

@@ -14,10 +14,10 @@ import msgspec
 
 from worker.broker import BrokerError, EmbeddedBroker
 from worker.config import Config, Topics
-from worker.consume import Worker
-from worker.kafka import create_topics, make_consumer, make_producer
+from worker.kafka import create_topics, make_consumer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 from worker.providers import build_providers
+from worker.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, SimulatorConfig, load_simulator_config
@@ -140,21 +140,28 @@ async def _demo(config: Config, bootstrap: str, run_id: str, shared_broker: bool
 async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s: float) -> int:
     topics = config.kafka.topics
     await create_topics(config.kafka, partitions=4)
-    stop = asyncio.Event()
-    worker = Worker(config, build_providers(config, env=keys))
-    worker_task = asyncio.create_task(worker.run(stop))
-
-    producer = make_producer(config.kafka)
-    await producer.start()
     encoder = msgspec.json.Encoder()
-    try:
-        sends = [await producer.send(topics.jobs, encoder.encode(job), key=job.id.encode()) for job in jobs]
-        sends += [await producer.send(topics.jobs, bad) for bad in MALFORMED]
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-    print(f"produced {len(jobs)} jobs and {len(MALFORMED)} malformed messages to {topics.jobs}", file=sys.stderr)
+    async with running_worker(config, build_providers(config, env=keys)):
+        await produce(config.kafka, [(job.id.encode(), encoder.encode(job)) for job in jobs] + [(None, bad) for bad in MALFORMED])
+        print(f"produced {len(jobs)} jobs and {len(MALFORMED)} malformed messages to {topics.jobs}", file=sys.stderr)
+        results, costs, letters = await _follow(config, len(jobs), timeout_s)
+    print(file=sys.stderr)
 
+    _print_results(jobs, results)
+    _print_costs(costs)
+    _print_letters(letters)
+    missing = [job.id for job in jobs if job.id not in results]
+    if missing or len(letters) < len(MALFORMED):
+        print(f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s", file=sys.stderr)
+        return 1
+    ok = sum(r.status == "ok" for r in results.values())
+    print(f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost.")
+    return 0
+
+
+async def _follow(config: Config, expected: int, timeout_s: float) -> tuple[dict[str, Result], list[CostEvent], list[tuple[DeadLetter, bytes]]]:
+    """Read the output topics until every job has its result and every malformed message its dead letter."""
+    topics = config.kafka.topics
     results: dict[str, Result] = {}
     costs: list[CostEvent] = []
     letters: list[tuple[DeadLetter, bytes]] = []
@@ -163,10 +170,10 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
     await consumer.start()
     result_decoder, cost_decoder = msgspec.json.Decoder(Result), msgspec.json.Decoder(CostEvent)
     deadline = time.monotonic() + timeout_s
-    total = len(jobs) + len(MALFORMED)
+    total = expected + len(MALFORMED)
     shown = -1
     try:
-        while (len(results) < len(jobs) or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
+        while (len(results) < expected or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
@@ -186,20 +193,7 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
             costs.extend(cost_decoder.decode(r.value) for r in records if r.topic == topics.costs)
     finally:
         await consumer.stop()
-        stop.set()
-        await worker_task
-    print(file=sys.stderr)
-
-    _print_results(jobs, results)
-    _print_costs(costs)
-    _print_letters(letters)
-    missing = [job.id for job in jobs if job.id not in results]
-    if missing or len(letters) < len(MALFORMED):
-        print(f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s", file=sys.stderr)
-        return 1
-    ok = sum(r.status == "ok" for r in results.values())
-    print(f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost.")
-    return 0
+    return results, costs, letters
 
 
 def _progress(done: int, total: int) -> None:

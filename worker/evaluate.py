@@ -23,10 +23,10 @@ import orjson
 from worker.broker import EmbeddedBroker
 from worker.classify import Classifier
 from worker.config import Config, Topics
-from worker.consume import Worker
-from worker.kafka import create_topics, make_consumer, make_producer
+from worker.kafka import create_topics, make_consumer
 from worker.messages import Job, Result
 from worker.providers import build_providers
+from worker.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import SimulatorConfig
@@ -99,20 +99,10 @@ async def run_policy(config: Config, sim_config: SimulatorConfig, policy: str, j
         config, keys = policy_config(config, policy, bootstrap, run_id, url)
         classifier = Classifier(config.classifier)
         await create_topics(config.kafka, partitions=4)
-        stop = asyncio.Event()
-        worker = Worker(config, build_providers(config, env=keys))
-        running = asyncio.create_task(worker.run(stop))
-        producer = make_producer(config.kafka)
-        await producer.start()
         encoder = msgspec.json.Encoder()
-        try:
-            sends = [await producer.send(config.kafka.topics.jobs, encoder.encode(with_directives(job, classifier.classify(job))), key=job.id.encode()) for job in jobs]
-            await asyncio.gather(*sends)
-        finally:
-            await producer.stop()
-        results = await _collect(config, {job.id for job in jobs}, timeout_s)
-        stop.set()
-        await running
+        async with running_worker(config, build_providers(config, env=keys)):
+            await produce(config.kafka, [(job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job)))) for job in jobs])
+            results = await _collect(config, {job.id for job in jobs}, timeout_s)
     finally:
         await simulator.stop()
     return figures(policy, jobs, results)

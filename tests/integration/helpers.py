@@ -16,7 +16,8 @@ import msgspec
 import orjson
 
 from worker.config import Config, load_config
-from worker.kafka import create_topics, make_consumer, make_producer
+from worker import runs
+from worker.kafka import create_topics, make_consumer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,17 +65,8 @@ def job_bytes(job_id: str, prompt: str = "What is the capital of France?", **fie
 
 
 async def produce(setup: Setup, messages: list[tuple[bytes | None, bytes]]) -> dict[int, int]:
-    """Produce (key, value) pairs to the jobs topic, wait for every acknowledgement; returns partition -> end offset."""
-    producer = make_producer(setup.config.kafka)
-    await producer.start()
-    try:
-        futures = [await producer.send(setup.topics.jobs, value, key=key) for key, value in messages]
-        ends: dict[int, int] = {}
-        for metadata in await asyncio.gather(*futures):
-            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
-        return ends
-    finally:
-        await producer.stop()
+    """Produce (key, value) pairs to the test's jobs topic; returns partition -> end offset."""
+    return await runs.produce(setup.config.kafka, messages)
 
 
 class Outputs:

@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from tests.integration.helpers import PROVIDERS, Setup, collect, job_bytes, make_topics, produce
-from worker.consume import Worker
 from worker.providers import build_providers
+from worker.runs import running_worker
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, load_simulator_config
 
@@ -49,13 +49,9 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
         )
         try:
             await make_topics(setup)
-            stop = asyncio.Event()
-            worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
-            running = asyncio.create_task(worker.run(stop))
-            await produce(setup, [(i.encode(), job_bytes(i, p, tenant="acme")) for i, p in jobs])
-            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=120, settle_s=1)
-            stop.set()
-            await running
+            async with running_worker(setup.config, build_providers(setup.config, env=KEYS)):
+                await produce(setup, [(i.encode(), job_bytes(i, p, tenant="acme")) for i, p in jobs])
+                outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=120, settle_s=1)
             return setup, outputs, msgspec.to_builtins(server.simulator.stats)
         finally:
             await server.stop()

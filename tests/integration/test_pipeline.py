@@ -10,6 +10,7 @@ import pytest
 from tests.integration.helpers import provider_latency, Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
 from worker.consume import Worker
 from worker.messages import Checks
+from worker.runs import running_worker
 
 
 def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
@@ -186,13 +187,9 @@ def test_failed_jobs_get_a_failed_result_with_the_reason(bootstrap):
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        run = asyncio.create_task(Worker(setup.config).run(stop))
-        await produce(setup, [(k.encode(), v) for k, v in jobs])
-        outputs = await collect(setup, until=lambda o: len(o.result_ids) >= 3, timeout_s=60)
-        stop.set()
-        await run
-        return outputs
+        async with running_worker(setup.config):
+            await produce(setup, [(k.encode(), v) for k, v in jobs])
+            return await collect(setup, until=lambda o: len(o.result_ids) >= 3, timeout_s=60)
 
     results = {r.job_id: r for r in asyncio.run(scenario()).results}
     assert results["pii"].status == "failed" and results["pii"].error.kind == "no_route"
@@ -210,13 +207,9 @@ def test_learned_rates_survive_a_restart_through_the_state_topic(bootstrap):
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        first = Worker(setup.config)
-        run = asyncio.create_task(first.run(stop))
-        await produce(setup, [(k.encode(), v) for k, v in jobs])
-        await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=60)
-        stop.set()
-        await run
+        async with running_worker(setup.config) as first:
+            await produce(setup, [(k.encode(), v) for k, v in jobs])
+            await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=60)
         second = Worker(setup.config)
         await second._restore_learned_rates()
         await second.producer.stop()

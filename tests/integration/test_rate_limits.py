@@ -10,8 +10,8 @@ import msgspec
 
 from tests.integration.helpers import PROVIDERS, REPO, Setup, job_bytes, make_topics, produce
 from worker.broker import free_port, wait_for_port
-from worker.consume import Worker
 from worker.providers import build_providers
+from worker.runs import running_worker
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
 KEYS = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k", "LLAMA_API_KEY": "k"}
@@ -52,6 +52,15 @@ def slope(points):
     return sum((t - mean_t) * (c - mean_c) for t, c in points) / sum((t - mean_t) ** 2 for t, _ in points)
 
 
+async def sample(url: str, count: int, every_s: float = 0.5) -> list[tuple[float, dict]]:
+    """The simulator's gpt-4o counts every `every_s` seconds, `count` times."""
+    samples = []
+    for _ in range(count):
+        await asyncio.sleep(every_s)
+        samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {})))
+    return samples
+
+
 def stats(url):
     return httpx.get(f"{url}/_sim/stats").json()
 
@@ -63,16 +72,9 @@ def test_one_replica_uses_the_request_allowance_without_a_single_429(bootstrap, 
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
-        running = asyncio.create_task(worker.run(stop))
-        await produce(setup, [(f"r{i}".encode(), job_bytes(f"r{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
-        samples = []
-        for _ in range(64):
-            await asyncio.sleep(0.5)
-            samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {}).get("ok", 0)))
-        stop.set()
-        await running
+        async with running_worker(setup.config, build_providers(setup.config, env=KEYS)):
+            await produce(setup, [(f"r{i}".encode(), job_bytes(f"r{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
+            samples = [(t, served.get("ok", 0)) for t, served in await sample(url, 64)]
         return samples, await asyncio.to_thread(stats, url)
 
     try:
@@ -94,19 +96,15 @@ def test_after_a_429_with_a_retry_delay_nobody_calls_the_provider_until_it_has_p
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
-        running = asyncio.create_task(worker.run(stop))
-        await produce(setup, [(f"t{i}".encode(), job_bytes(f"t{i}", f"question {i}", model="gpt-4o")) for i in range(3000)])
-        while (await asyncio.to_thread(stats, url))["requests"] < 1400:  # past the first burst: 20 a second
-            await asyncio.sleep(0.05)
-        in_flight = worker.runner.limits.models["gpt-4o"].in_flight
-        before = (await asyncio.to_thread(stats, url))["requests"]
-        await asyncio.to_thread(httpx.patch, f"{url}/_sim/models/gpt-4o", json={"errors": {"rate_limited": 1.0}, "retry_after_s": 5})
-        await asyncio.sleep(4.8)
-        after = (await asyncio.to_thread(stats, url))["requests"]
-        stop.set()
-        await running
+        async with running_worker(setup.config, build_providers(setup.config, env=KEYS)) as worker:
+            await produce(setup, [(f"t{i}".encode(), job_bytes(f"t{i}", f"question {i}", model="gpt-4o")) for i in range(3000)])
+            while (await asyncio.to_thread(stats, url))["requests"] < 1400:  # past the first burst: 20 a second
+                await asyncio.sleep(0.05)
+            in_flight = worker.runner.limits.models["gpt-4o"].in_flight
+            before = (await asyncio.to_thread(stats, url))["requests"]
+            await asyncio.to_thread(httpx.patch, f"{url}/_sim/models/gpt-4o", json={"errors": {"rate_limited": 1.0}, "retry_after_s": 5})
+            await asyncio.sleep(4.8)
+            after = (await asyncio.to_thread(stats, url))["requests"]
         return in_flight, after - before
 
     try:
@@ -128,17 +126,9 @@ def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(boot
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        worker = Worker(setup.config, build_providers(setup.config, env=KEYS))
-        running = asyncio.create_task(worker.run(stop))
-        await produce(setup, [(f"k{i}".encode(), job_bytes(f"k{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
-        samples = []
-        for _ in range(50):
-            await asyncio.sleep(0.5)
-            served = (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {})
-            samples.append((time.monotonic(), served.get("input_tokens", 0) + served.get("output_tokens", 0), served.get("ok", 0)))
-        stop.set()
-        await running
+        async with running_worker(setup.config, build_providers(setup.config, env=KEYS)):
+            await produce(setup, [(f"k{i}".encode(), job_bytes(f"k{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
+            samples = [(t, s.get("input_tokens", 0) + s.get("output_tokens", 0), s.get("ok", 0)) for t, s in await sample(url, 50)]
         return samples, await asyncio.to_thread(stats, url)
 
     try:
@@ -172,10 +162,7 @@ def test_three_replicas_share_one_key_by_their_partitions(bootstrap, tmp_path, r
             await replica.wait_assigned()
         await settle_assignment(replicas, partitions=12)
         await produce(setup, [(f"s{i}".encode(), job_bytes(f"s{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
-        samples = []
-        for _ in range(50):
-            await asyncio.sleep(0.5)
-            samples.append((time.monotonic(), (await asyncio.to_thread(stats, url))["models"].get("gpt-4o", {}).get("ok", 0)))
+        samples = [(t, served.get("ok", 0)) for t, served in await sample(url, 50)]
         return samples, await asyncio.to_thread(stats, url)
 
     try:

@@ -1,0 +1,39 @@
+"""Running a worker in-process and feeding it: what the demo, the eval and the benchmarks share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+from worker.config import Config, KafkaConfig
+from worker.consume import Worker
+from worker.kafka import make_producer
+from worker.providers import Providers
+
+
+@asynccontextmanager
+async def running_worker(config: Config, providers: Providers | None = None) -> AsyncIterator[Worker]:
+    """A worker consuming in the background; on exit it is stopped (drained, committed) and awaited."""
+    stop = asyncio.Event()
+    worker = Worker(config, providers)
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await running
+
+
+async def produce(kafka: KafkaConfig, messages: Iterable[tuple[bytes | None, bytes]]) -> dict[int, int]:
+    """Produce (key, value) pairs to the jobs topic, wait for every acknowledgement; partition -> end offset."""
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        futures = [await producer.send(kafka.topics.jobs, value, key=key) for key, value in messages]
+        ends: dict[int, int] = {}
+        for metadata in await asyncio.gather(*futures):
+            ends[metadata.partition] = max(ends.get(metadata.partition, 0), metadata.offset + 1)
+        return ends
+    finally:
+        await producer.stop()
