@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install test test-unit test-integration test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
+.PHONY: venv install redis-server test test-unit test-integration test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,22 @@ $(STAMP): pyproject.toml
 venv install: $(STAMP)
 
 ## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS).
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m "not integration"
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m integration
 
 ## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars.
-test-kafka: $(STAMP)
+test-kafka: $(STAMP) redis-server
 	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m integration
+
+## Debian's redis-server, which the shared rate limiter's tests start on loopback.
+redis-server:
+	scripts/redis.sh install
 
 demo: $(STAMP)
 	$(BIN)/llm-router demo

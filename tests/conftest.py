@@ -1,6 +1,11 @@
-"""Shared: measured figures that tests report in the run's summary."""
+"""Shared: measured figures that tests report in the run's summary, and a Redis server on loopback."""
+
+import shutil
+import subprocess
 
 import pytest
+
+from worker.broker import free_port, wait_for_port
 
 
 _REPORT: list[str] = []
@@ -17,3 +22,25 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured figures")
         for line in _REPORT:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A Redis server (Debian's redis-server) on loopback for the shared rate limiter; fails, never skips, without it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `scripts/redis.sh install` (apt-get install redis-server) or `make test`, which runs it", pytrace=False)
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 20, process)
+    except Exception as exc:  # noqa: BLE001
+        process.kill()
+        pytest.fail(f"redis-server did not start on 127.0.0.1:{port}: {exc}", pytrace=False)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)

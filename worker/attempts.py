@@ -27,7 +27,7 @@ from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
 from worker.limits import RateLimits, Usage as Allowance
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
-from worker.plan import NoRoute, Plan, make_plan
+from worker.plan import NoRoute, Plan, first_instead, make_plan
 from worker.pricing import attempt_cost, estimate_tokens
 from worker.providers.echo import MESSAGE_OVERHEAD_TOKENS
 from worker.providers.base import Completion, CompletionRequest, Provider
@@ -57,6 +57,11 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
 _RNG = random.Random()
 
 
+def reservation(messages: list[ChatMessage], max_output_tokens: int) -> Allowance:
+    """What a call reserves from the allowance before it is made: the prompt's estimated tokens and the whole output cap."""
+    return Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in messages), max_output_tokens)
+
+
 def backoff_s(retry: int, base: float, cap: float, rng: random.Random = _RNG) -> float:
     """Exponential backoff with full jitter for the `retry`-th retry (0-based)."""
     return rng.uniform(0, min(cap, base * 2**retry))
@@ -84,6 +89,7 @@ class JobRunner:
         self.breakers = Breakers(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
         self.limits = RateLimits(config)
         self._plans: dict[tuple, Plan] = {}
+        self.rerouted = 0  # jobs sent to another model of their chain for want of capacity
 
     async def run(self, job: Job) -> JobOutcome:
         """Run `job` to its result. Never raises for a provider's failure: that is a failed result."""
@@ -125,7 +131,8 @@ class JobRunner:
         retries = 0
         last_error = ErrorInfo("no_route", "no model of the plan could be tried")
         too_long_window = 0
-        for model in plan.models:
+        chain, rerouted_from = self._chain(plan, reservation(messages, plan.max_output_tokens))
+        for model in chain:
             provider_name = models[model].provider
             if provider_name in self._unavailable or models[model].context_window <= too_long_window:
                 continue
@@ -134,7 +141,8 @@ class JobRunner:
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
                 breaker.start_call(self._clock())
-                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events)
+                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events, rerouted_from)
+                rerouted_from = None
                 attempts.append(attempt)
                 if attempt.error is None:
                     breaker.succeeded()
@@ -165,18 +173,34 @@ class JobRunner:
                 return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, jumped=True)
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
-    async def _attempt(self, job: Job, task: str, provider: Provider, request: CompletionRequest, number: int, events: list[CostEvent]) -> tuple[Attempt, Completion | None, float | None]:
+    def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
+        """The plan's chain, or, when too many jobs wait for its first model's allowance, the chain led
+        by the first alternate that has capacity now (and the model it replaces)."""
+        threshold = self._config.rate_limits.reroute_waiting
+        first = plan.models[0]
+        if not threshold or not plan.alternates or self.limits.waiting(first) < threshold:
+            return plan.models, None
+        now = self._clock()
+        for model in plan.alternates:
+            provider = self._config.models[model].provider
+            if provider not in self._unavailable and self.breakers.of(provider).allows(now) and self.limits.has_capacity(model, reserved):
+                self.rerouted += 1
+                return first_instead(plan.models, model), first
+        return plan.models, None
+
+    async def _attempt(
+        self, job: Job, task: str, provider: Provider, request: CompletionRequest, number: int, events: list[CostEvent], rerouted_from: str | None = None
+    ) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
         gates = self.limits.gates(request.model)
-        # Reserved before the call: the prompt's estimated tokens and the whole output cap.
-        reserved = Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages), request.max_output_tokens)
+        reserved = reservation(request.messages, request.max_output_tokens)
         waited = 0.0
         started = time.monotonic()
         try:
             for gate in gates:
                 waited += await gate.acquire(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)))
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
             events.append(self._cost_event(job, task, attempt))
             return attempt, None, None
         started = time.monotonic()
@@ -188,14 +212,14 @@ class JobRunner:
                 gate.observe(exc.rate_limits)  # type: ignore[arg-type]
                 if exc.kind == "rate_limited":
                     gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000)
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000, rerouted_from)
             events.append(self._cost_event(job, task, attempt))
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
             for gate in gates:
                 gate.correct(reserved, Allowance(1, 0, 0))
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000)
+            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000, rerouted_from)
             events.append(self._cost_event(job, task, attempt))
             raise
         latency = (time.monotonic() - started) * 1000
@@ -210,7 +234,7 @@ class JobRunner:
                 self.quality.record(task, request.model, error is None)
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
-        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000)
+        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000, rerouted_from)
         events.append(self._cost_event(job, task, attempt))
         return attempt, completion, None
 

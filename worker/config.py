@@ -153,6 +153,20 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
 class RateLimitsConfig(Struct, forbid_unknown_fields=True):
     # A share of every limit kept unused, for the jitter between our clock and the provider's.
     margin: Annotated[float, Meta(ge=0, lt=1)] = 0.02
+    # "local": each replica takes its share of every limit by its partitions of the jobs topic (no
+    # extra infrastructure). "redis://host:port/db": one exact limiter in Redis for all replicas.
+    backend: str = "local"
+    # With Redis: the allowance is taken in blocks of this many seconds' worth of each limit.
+    block_s: Annotated[float, Meta(gt=0, le=5)] = 0.1
+    redis_prefix: str = "llm-router:rate-limits:"
+    # When this many jobs wait for a model's allowance, a job goes to the next model of its chain that
+    # has capacity now, if the reordered chain still clears its floor and budget (0: never). Beyond
+    # that, jobs wait, and worker.max_in_flight pauses the partitions rather than buffer more.
+    reroute_waiting: Annotated[int, Meta(ge=0)] = 50
+
+    def __post_init__(self) -> None:
+        if self.backend != "local" and not self.backend.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"backend must be \"local\" or a redis://, rediss:// or unix:// URL, not {self.backend!r}")
 
 
 class Config(Struct, forbid_unknown_fields=True):

@@ -75,6 +75,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain within the grace period, commit and leave."""
         topics = self.config.kafka.topics
+        await self.runner.limits.start()
         await self.producer.start()
         try:
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
@@ -94,6 +95,7 @@ class Worker:
                 await self.consumer.stop()
         finally:
             await self.producer.stop()
+            await self.runner.limits.close()
             for provider in self.providers.values():
                 await provider.close()
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})

@@ -71,6 +71,15 @@ class Gate:
     def limited(self) -> bool:
         return bool(self._limits)
 
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting at this gate (cheap: cancelled waiters still count until they are dropped)."""
+        return len(self._waiters)
+
+    def has_capacity(self, usage: Usage) -> bool:
+        """Whether `usage` would pass now, with nobody waiting before it."""
+        return not self._waiters and self._wait_s(usage.amounts(), self._clock()) == 0.0
+
     def _wait_s(self, amounts: dict[str, float], now: float) -> float:
         wait = max(0.0, self._blocked_until - now)
         for kind, bucket in self._buckets.items():
@@ -200,21 +209,50 @@ class RateLimits:
     """The gates of every provider and model in the configuration."""
 
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
-        margin = config.rate_limits.margin
-        self.providers = {name: Gate(name, _limits_of(p), margin=margin, clock=clock) for name, p in config.providers.items()}
-        self.models = {name: Gate(name, _limits_of(m), margin=margin, clock=clock) for name, m in config.models.items()}
+        settings = config.rate_limits
+        margin = settings.margin
+        self.backend = settings.backend
+        self._shared = None
+        if settings.backend == "local":
+            def gate(name: str, limits: dict[str, int]) -> Gate:
+                return Gate(name, limits, margin=margin, clock=clock)
+        else:
+            from worker.shared_limits import SharedAllowance, SharedGate
+
+            shared = self._shared = SharedAllowance(settings.backend, settings.redis_prefix)
+
+            def gate(name: str, limits: dict[str, int]) -> Gate:
+                return SharedGate(name, limits, shared, margin=margin, block_s=settings.block_s, clock=clock)
+        self.providers = {name: gate(f"provider:{name}", _limits_of(p)) for name, p in config.providers.items()}
+        self.models = {name: gate(f"model:{name}", _limits_of(m)) for name, m in config.models.items()}
         self._provider_of = {name: m.provider for name, m in config.models.items()}
+
+    async def start(self) -> None:
+        """With the Redis backend: fail at start, with its address, when Redis cannot be reached."""
+        if self._shared is not None:
+            await self._shared.check()
+
+    async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.close()
 
     def gates(self, model: str) -> list[Gate]:
         """The gates an attempt on `model` passes: the model's, then its provider's."""
         return [self.models[model], self.providers[self._provider_of[model]]]
+
+    def waiting(self, model: str) -> int:
+        """The most jobs waiting at any gate of `model`."""
+        return max(gate.waiting for gate in self.gates(model))
+
+    def has_capacity(self, model: str, usage: Usage) -> bool:
+        return all(gate.has_capacity(usage) for gate in self.gates(model))
 
     def set_share(self, share: float) -> None:
         for gate in (*self.providers.values(), *self.models.values()):
             gate.set_share(share)
 
     def stats(self) -> dict[str, GateStats]:
-        return {name: gate.stats() for name, gate in {**{f"provider:{k}": v for k, v in self.providers.items()}, **{f"model:{k}": v for k, v in self.models.items()}}.items() if gate.limited or gate.rate_limited}
+        return {gate.name: gate.stats() for gate in (*self.providers.values(), *self.models.values()) if gate.limited or gate.rate_limited}
 
 
 def _limits_of(config) -> dict[str, int]:  # noqa: ANN001 - ProviderConfig or ModelConfig

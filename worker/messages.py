@@ -111,6 +111,9 @@ class Attempt(Struct, omit_defaults=True):
     latency_ms: Annotated[float, Meta(ge=0)]
     error: ErrorInfo | None = None
     rate_limit_wait_ms: Annotated[float, Meta(ge=0, description="Time spent waiting for the rate limits before the call.")] = 0.0
+    rerouted_from: Annotated[
+        str | None, Meta(description="The model planned first, when too many jobs waited for its allowance and this attempt went to the next model of the chain with capacity.")
+    ] = None
 
 
 class Result(Struct, omit_defaults=True):

@@ -37,6 +37,9 @@ class Plan(Struct, frozen=True):
     max_output_tokens: int
     expected_cost_usd: float = 0.0
     success_probability: float = 0.0
+    # Models of the chain that may go first instead when the first one has no capacity now: the chain
+    # reordered still clears the floor and the latency budget (the cost cap holds for any order).
+    alternates: tuple[str, ...] = ()
 
 
 Rate = Callable[[str, str], float]
@@ -125,7 +128,25 @@ def make_plan(
         # Fallbacks for refusals and errors, by cost per correct answer.
         fallbacks = [m for m in candidates if m not in chain and p[m] >= min(floor, p[chain[0]])]
         chain += sorted(fallbacks, key=lambda m: costs[m] / p[m])[: routing.max_chain - 1]
-    return Plan(task=task, models=chain, max_output_tokens=max_output, expected_cost_usd=best[1], success_probability=best[2])
+    alternates = tuple(m for m in chain[1:] if _may_go_first(m, chain, job.verifiable, p, latency, floor, budget))
+    return Plan(task=task, models=chain, max_output_tokens=max_output, expected_cost_usd=best[1], success_probability=best[2], alternates=alternates)
+
+
+def first_instead(chain: list[str], model: str) -> list[str]:
+    """The chain with `model` moved to the front."""
+    return [model, *(m for m in chain if m != model)]
+
+
+def _may_go_first(model: str, chain: list[str], verifiable: bool, p: Mapping[str, float], latency: Mapping[str, float], floor: float, budget: float | None) -> bool:
+    """Whether the chain led by `model` still clears the floor and the latency budget."""
+    reordered = first_instead(chain, model)
+    if not verifiable and p[model] < floor:  # unverifiable: the first answer is the answer
+        return False
+    expected_latency, reach = 0.0, 1.0
+    for m in reordered:
+        expected_latency += reach * latency[m]
+        reach *= 1 - p[m]
+    return budget is None or expected_latency <= budget
 
 
 def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int, max_output: int, config: Config, unavailable: Mapping[str, str]) -> str:

@@ -331,3 +331,52 @@ def test_rules_can_be_patterns(config):
     classifier = Classifier(ClassifierConfig(default_task="simple_qa", rules=[ClassifierRule(task="code_generation", patterns=[r"\bdef \w+\(", r"```"])]))
     assert classifier.classify(Job(id="j", prompt="why does def f(x): fail?")) == "code_generation"
     assert classifier.classify(Job(id="j", prompt="what is a closure")) == "simple_qa"
+
+
+def test_alternates_are_the_chain_models_that_may_go_first(config):
+    plan = make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10)
+    assert plan.alternates == ("llama-4-70b", "gpt-4o")
+    # Unverifiable: the first answer is the answer, so an alternate must clear the floor alone.
+    plan = make_plan(Job(id="j", prompt="q", accuracy_floor=0.93), "simple_qa", config, 10)
+    assert plan.models == ["gpt-4o", "claude-3-5-sonnet"] and plan.alternates == ("claude-3-5-sonnet",)
+    # Verifiable: reordering keeps the chain's P(success); the latency budget still binds:
+    # llama first expects 1,800 ms per 100 output tokens, over an 800 ms budget that gemini first meets.
+    plan = make_plan(Job(id="j", prompt="q", checks=Checks(expected="a")), "simple_qa", config, 10)
+    assert plan.models == ["gemini-2.5-flash", "llama-4-70b"] and plan.alternates == ("llama-4-70b",)
+    plan = make_plan(Job(id="j", prompt="q", checks=Checks(expected="a"), latency_budget_ms=800), "simple_qa", config, 10)
+    assert plan.models == ["gemini-2.5-flash", "llama-4-70b"] and plan.alternates == ()
+
+
+def rerouting_config(config, waiting):
+    models = {**config.models, "gemini-2.5-flash": msgspec.structs.replace(config.models["gemini-2.5-flash"], requests_per_minute=60)}
+    return msgspec.structs.replace(config, models=models, rate_limits=msgspec.structs.replace(config.rate_limits, reroute_waiting=waiting))
+
+
+async def run_many(runner, count, timeout_s):
+    tasks = [asyncio.create_task(runner.run(Job(id=f"j{i}", prompt="What is the capital of France?"))) for i in range(count)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [t.result().result for t in done]
+
+
+def test_when_too_many_jobs_wait_for_a_model_they_go_to_the_next_model_with_capacity(config):
+    rerouting = rerouting_config(config, waiting=3)
+    runner = JobRunner(rerouting, build_providers(rerouting).clients)
+    results = asyncio.run(run_many(runner, 300, timeout_s=10))
+    assert len(results) == 300 and all(r.status == "ok" for r in results)
+    by_model = {m: sum(1 for r in results if r.model == m) for m in {r.model for r in results}}
+    # gemini's bucket holds 58.8 requests (60/min less the margin), then one a second; 3 wait for it; the rest go on.
+    assert 58 + 3 <= by_model["gemini-2.5-flash"] <= 58 + 3 + 5 and by_model["llama-4-70b"] >= 230, by_model
+    rerouted = [r for r in results if r.attempts[0].rerouted_from]
+    assert len(rerouted) == runner.rerouted == by_model["llama-4-70b"]
+    assert {r.attempts[0].rerouted_from for r in rerouted} == {"gemini-2.5-flash"}
+
+
+def test_without_rerouting_jobs_wait_for_their_planned_model(config):
+    waiting = rerouting_config(config, waiting=0)
+    runner = JobRunner(waiting, build_providers(waiting).clients)
+    results = asyncio.run(run_many(runner, 100, timeout_s=2))
+    assert {r.model for r in results} == {"gemini-2.5-flash"} and 58 <= len(results) <= 61, len(results)
+    assert runner.rerouted == 0
