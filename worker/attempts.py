@@ -16,9 +16,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import anyio
+import orjson
 from msgspec import Struct
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from worker.breaker import Breakers
 from worker.classify import Classifier, TaskClassifier
@@ -26,11 +30,13 @@ from worker.config import Config
 from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
 from worker.limits import RateLimits, Usage as Allowance
+from worker.metrics import Metrics
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
 from worker.plan import NoRoute, Plan, first_instead, make_plan
 from worker.pricing import attempt_cost, estimate_tokens
 from worker.providers.echo import MESSAGE_OVERHEAD_TOKENS
 from worker.providers.base import Completion, CompletionRequest, Provider
+from worker.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.verify import verify
 
 OUT_OF_ROTATION = frozenset({"quota", "auth"})
@@ -57,6 +63,16 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
 _RNG = random.Random()
 
 
+def _reason(previous: Attempt | None, model: str, rerouted_from: str | None) -> tuple[str, str | None]:
+    """Why an attempt is made: planned, rerouted, a retry, or an escalation (and the failure behind it)."""
+    if rerouted_from:
+        return "rerouted", None
+    if previous is None:
+        return "planned", None
+    kind = previous.error.kind if previous.error else None
+    return ("retry" if previous.model == model else "escalation"), kind
+
+
 def reservation(messages: list[ChatMessage], max_output_tokens: int) -> Allowance:
     """What a call reserves from the allowance before it is made: the prompt's estimated tokens and the whole output cap."""
     return Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in messages), max_output_tokens)
@@ -78,8 +94,12 @@ class JobRunner:
         classifier: TaskClassifier | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry = OFF,
     ) -> None:
         self._config = config
+        self._telemetry = telemetry
+        self.metrics = Metrics(telemetry.meter)
+        self._gen_ai = {name: (PROVIDER_NAMES.get(p.kind, name), urlsplit(p.base_url).hostname if p.base_url else None) for name, p in config.providers.items()}
         self._providers = providers
         self._unavailable = dict(unavailable or {})
         self._classifier = classifier or Classifier(config.classifier)
@@ -98,17 +118,49 @@ class JobRunner:
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
+        spans: list[tuple[Span, int]] = []
+        job_span = trace.get_current_span() if self._telemetry.tracing else None
+        if job_span is not None:
+            job_span.set_attribute("llm_router.task", task)
         try:
             plan = self._plan(job, task, sum(estimate_tokens(m.content) for m in messages))
         except NoRoute as exc:
-            return JobOutcome(self._result(job, task, started, attempts, error=ErrorInfo("no_route", str(exc))), events)
+            return self._finish(job, task, started, attempts, events, spans, None, ErrorInfo("no_route", str(exc)))
+        if job_span is not None:
+            job_span.set_attribute("llm_router.route", plan.models)
         output = None
         error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._config.routing.job_deadline_s:g} s passed")
-        with anyio.move_on_after(self._config.routing.job_deadline_s):
-            output, error = await self._attempts(job, plan, messages, attempts, events)
+        try:
+            with anyio.move_on_after(self._config.routing.job_deadline_s):
+                output, error = await self._attempts(job, plan, messages, attempts, events, spans)
+        except BaseException:
+            self._end_spans(spans, None)
+            raise
         if output is None and error.kind == "deadline_exceeded" and attempts:
             error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
-        return JobOutcome(self._result(job, task, started, attempts, output=output, error=None if output is not None else error), events)
+        return self._finish(job, task, started, attempts, events, spans, output, None if output is not None else error)
+
+    def _finish(
+        self, job: Job, task: str, started: float, attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]], output: str | None, error: ErrorInfo | None
+    ) -> JobOutcome:
+        result = self._result(job, task, started, attempts, output=output, error=error)
+        self._end_spans(spans, error)
+        self.metrics.job(result)
+        if error is not None and self._telemetry.tracing:
+            span = trace.get_current_span()
+            span.set_attribute("error.type", error.kind)
+            span.set_status(Status(StatusCode.ERROR, error.message[:500]))
+        return JobOutcome(result, events)
+
+    @staticmethod
+    def _end_spans(spans: list[tuple[Span, int]], error: ErrorInfo | None) -> None:
+        """End the attempt spans at the times their calls ended; only the final failure carries error.type."""
+        for i, (span, end_ns) in enumerate(spans):
+            if error is not None and i == len(spans) - 1:
+                span.set_attribute("error.type", error.kind)
+                span.set_status(Status(StatusCode.ERROR, error.message[:500]))
+            span.end(end_time=end_ns)
+        spans.clear()
 
     def _plan(self, job: Job, task: str, input_tokens: int) -> Plan:
         blocked = frozenset(self.breakers.blocked(self._clock()))
@@ -124,7 +176,7 @@ class JobRunner:
         return plan
 
     async def _attempts(
-        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], jumped: bool = False
+        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]], jumped: bool = False
     ) -> tuple[str | None, ErrorInfo]:
         worker = self._config.worker
         models = self._config.models
@@ -141,7 +193,8 @@ class JobRunner:
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
                 breaker.start_call(self._clock())
-                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events, rerouted_from)
+                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
+                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events, rerouted_from, spans, reason)
                 rerouted_from = None
                 attempts.append(attempt)
                 if attempt.error is None:
@@ -170,7 +223,7 @@ class JobRunner:
                 key=lambda n: models[n].input_usd_per_mtok,
             )
             if wider:
-                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, jumped=True)
+                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, spans, jumped=True)
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
     def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
@@ -189,10 +242,29 @@ class JobRunner:
         return plan.models, None
 
     async def _attempt(
-        self, job: Job, task: str, provider: Provider, request: CompletionRequest, number: int, events: list[CostEvent], rerouted_from: str | None = None
+        self,
+        job: Job,
+        task: str,
+        provider: Provider,
+        request: CompletionRequest,
+        number: int,
+        events: list[CostEvent],
+        rerouted_from: str | None = None,
+        spans: list[tuple[Span, int]] | None = None,
+        reason: tuple[str, str | None] = ("planned", None),
     ) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
         gates = self.limits.gates(request.model)
+        span = self._attempt_span(provider.name, request, number, reason) if self._telemetry.tracing else None
+
+        def record(attempt: Attempt, completion: Completion | None = None) -> None:
+            events.append(self._cost_event(job, task, attempt))
+            gen_ai_provider, server = self._gen_ai[provider.name]
+            self.metrics.attempt(attempt, model.api_model or request.model, gen_ai_provider, server, task, job.tenant)
+            if span is not None and spans is not None:
+                self._describe(span, request, attempt, completion)
+                spans.append((span, time.time_ns()))
+
         reserved = reservation(request.messages, request.max_output_tokens)
         waited = 0.0
         started = time.monotonic()
@@ -201,7 +273,7 @@ class JobRunner:
                 waited += await gate.acquire(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
-            events.append(self._cost_event(job, task, attempt))
+            record(attempt)
             return attempt, None, None
         started = time.monotonic()
         try:
@@ -213,14 +285,14 @@ class JobRunner:
                 if exc.kind == "rate_limited":
                     gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000, rerouted_from)
-            events.append(self._cost_event(job, task, attempt))
+            record(attempt)
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
             for gate in gates:
                 gate.correct(reserved, Allowance(1, 0, 0))
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000, rerouted_from)
-            events.append(self._cost_event(job, task, attempt))
+            record(attempt)
             raise
         latency = (time.monotonic() - started) * 1000
         for gate in gates:
@@ -235,8 +307,49 @@ class JobRunner:
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
         attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000, rerouted_from)
-        events.append(self._cost_event(job, task, attempt))
+        record(attempt, completion)
         return attempt, completion, None
+
+    def _attempt_span(self, provider: str, request: CompletionRequest, number: int, reason: tuple[str, str | None]) -> Span:
+        """The attempt's span (`chat {model}`, CLIENT), a child of the job's process span; ended by the job."""
+        gen_ai_provider, server = self._gen_ai[provider]
+        api_model = self._config.models[request.model].api_model or request.model
+        attributes: dict[str, object] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": gen_ai_provider,
+            "gen_ai.request.model": api_model,
+            "gen_ai.request.max_tokens": request.max_output_tokens,
+            "llm_router.provider": provider,
+            "llm_router.model": request.model,
+            "llm_router.attempt": number,
+            "llm_router.attempt.reason": reason[0],
+        }
+        if server:
+            attributes["server.address"] = server
+        if reason[1]:
+            attributes["llm_router.escalation.reason"] = reason[1]
+        if self._telemetry.capture_content:
+            attributes["gen_ai.input.messages"] = orjson.dumps([{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in request.messages]).decode()
+        return self._telemetry.tracer.start_span(f"chat {api_model}", kind=SpanKind.CLIENT, attributes=attributes)  # type: ignore[arg-type]
+
+    def _describe(self, span: Span, request: CompletionRequest, attempt: Attempt, completion: Completion | None) -> None:
+        """What the attempt came to: the response, its tokens, cost and wait (error.type only on the job's final failure)."""
+        span.set_attribute("llm_router.outcome", attempt.outcome)
+        span.set_attribute("llm_router.cost_usd", attempt.cost_usd)
+        span.set_attribute("llm_router.rate_limit_wait_ms", attempt.rate_limit_wait_ms)
+        if attempt.rerouted_from:
+            span.set_attribute("llm_router.rerouted_from", attempt.rerouted_from)
+        if attempt.error is not None:
+            span.set_attribute("llm_router.error.kind", attempt.error.kind)
+        if completion is not None:
+            span.set_attribute("gen_ai.response.model", completion.response_model or self._config.models[request.model].api_model or request.model)
+            if completion.request_id:
+                span.set_attribute("gen_ai.response.id", completion.request_id)
+            span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
+            span.set_attribute("gen_ai.usage.input_tokens", completion.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", completion.output_tokens)
+            if self._telemetry.capture_content:
+                span.set_attribute("gen_ai.output.messages", orjson.dumps([{"role": "assistant", "parts": [{"type": "text", "content": completion.text}], "finish_reason": completion.finish_reason}]).decode())
 
     def _cost_event(self, job: Job, task: str, attempt: Attempt) -> CostEvent:
         return CostEvent(

@@ -110,10 +110,23 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("worker starting", extra={"bootstrap_servers": config.kafka.bootstrap_servers, "group_id": config.kafka.group_id, "jobs_topic": config.kafka.topics.jobs})
-        await Worker(config).run(stop)
+        await Worker(config, telemetry=telemetry).run(stop)
 
-    asyncio.run(run())
+    telemetry = _telemetry(config)
+    try:
+        asyncio.run(run())
+    finally:
+        telemetry.shutdown()
     return 0
+
+
+def _telemetry(config: Config):  # noqa: ANN202 - worker.telemetry.Telemetry
+    from worker.telemetry import telemetry_from_env
+
+    try:
+        return telemetry_from_env(process_parent=config.telemetry.process_parent)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _read_lines(path: str) -> Iterator[tuple[int, bytes]]:
@@ -142,9 +155,13 @@ def parse_job_line(line: bytes) -> Job:
 
 
 def _cmd_produce(args: argparse.Namespace) -> int:
+    from opentelemetry import trace
+
     from worker.kafka import make_producer
+    from worker.telemetry import inject, start_send_span
 
     config = _config(args)
+    telemetry = _telemetry(config)
 
     async def run() -> int:
         producer = make_producer(config.kafka)
@@ -152,6 +169,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         bad = 0
         pending = []
         encoder = msgspec.json.Encoder()
+        topic = config.kafka.topics.jobs
         try:
             for number, line in _read_lines(args.file):
                 if args.raw:
@@ -164,7 +182,11 @@ def _cmd_produce(args: argparse.Namespace) -> int:
                         bad += 1
                         continue
                     key, value, job_id = job.id.encode(), encoder.encode(job), job.id
-                pending.append((await producer.send(config.kafka.topics.jobs, value, key=key), job_id or f"line {number}"))
+                span, headers = None, []
+                if telemetry.tracing:  # a traced producer: each job carries its send span's context
+                    span = start_send_span(telemetry, topic, key)
+                    inject(headers, trace.set_span_in_context(span))
+                pending.append((await producer.send(topic, value, key=key, headers=headers or None), job_id or f"line {number}", span))
                 if len(pending) >= 1000:
                     await _print_acked(pending)
             await _print_acked(pending)
@@ -172,12 +194,19 @@ def _cmd_produce(args: argparse.Namespace) -> int:
             await producer.stop()
         return 1 if bad else 0
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    finally:
+        telemetry.shutdown()
 
 
 async def _print_acked(pending: list) -> None:
-    for future, label in pending:
-        await future
+    from worker.telemetry import sent
+
+    for future, label, span in pending:
+        metadata = await future
+        if span is not None:
+            sent(span, metadata)
         print(label, flush=False)
     sys.stdout.flush()
     pending.clear()

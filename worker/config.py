@@ -169,6 +169,13 @@ class RateLimitsConfig(Struct, forbid_unknown_fields=True):
             raise ValueError(f"backend must be \"local\" or a redis://, rediss:// or unix:// URL, not {self.backend!r}")
 
 
+class TelemetryConfig(Struct, forbid_unknown_fields=True):
+    # A job's process span is a child of the producer's send span ("producer": one trace from the
+    # producer to the result) or the root of a trace of its own ("link"); it links to the producer's
+    # span either way. Exporters, sampling and endpoints come from the standard OTEL_* variables.
+    process_parent: Literal["producer", "link"] = "producer"
+
+
 class Config(Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -178,6 +185,7 @@ class Config(Struct, forbid_unknown_fields=True):
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from worker import state
 from worker.attempts import JobOutcome, JobRunner
@@ -29,6 +31,7 @@ from worker.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
 from worker.providers import Providers, build_providers
+from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, sent, start_send_span
 
 log = get_logger("consume")
 
@@ -52,13 +55,14 @@ class WorkerStats(msgspec.Struct):
 class Worker:
     """One worker replica: a group member of the jobs topic."""
 
-    def __init__(self, config: Config, providers: Providers | None = None) -> None:
+    def __init__(self, config: Config, providers: Providers | None = None, telemetry: Telemetry = OFF) -> None:
         self.config = config
+        self.telemetry = telemetry
         providers = providers if providers is not None else build_providers(config)
         self.providers = providers.clients
         for name, reason in providers.unavailable.items():
             log.warning("provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason})
-        self.runner = JobRunner(config, self.providers, providers.unavailable)
+        self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
@@ -71,6 +75,37 @@ class Worker:
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 10)
         self.consumer = make_consumer(config.kafka)
         self.producer = make_producer(config.kafka)
+        self._observe()
+
+    def _observe(self) -> None:
+        """Gauges read when the metric reader collects: in flight, lag, the rate-limit gates, learned rates."""
+        metrics = self.runner.metrics
+        metrics.gauge("llm_router.jobs.in_flight", "{job}", "Jobs taken and not yet finished", lambda: [(self.tracker.in_flight, {})])
+        metrics.gauge("llm_router.consumer.lag", "{message}", "Messages of each owned partition of the jobs topic not yet committed", self._lag)
+        gates = lambda: [(g, s) for g, s in self.runner.limits.stats().items()]  # noqa: E731
+        metrics.gauge(
+            "llm_router.rate_limit.allowance", "1/min", "Each gate's allowance a minute (this replica's share)",
+            lambda: [(v, {"llm_router.gate": g, "llm_router.limit": k}) for g, s in gates() for k, v in s.allowance.items()],
+        )
+        metrics.gauge(
+            "llm_router.rate_limit.used", "1", "What each gate let through since start, by limit (requests, tokens)",
+            lambda: [(v, {"llm_router.gate": g, "llm_router.limit": k}) for g, s in gates() for k, v in s.used.items()],
+        )
+        metrics.gauge("llm_router.rate_limit.waiting", "{job}", "Jobs waiting at each gate", lambda: [(s.waiting, {"llm_router.gate": g}) for g, s in gates()])
+        metrics.gauge("llm_router.rate_limit.rate_limited", "{response}", "429s each gate received since start", lambda: [(s.rate_limited, {"llm_router.gate": g}) for g, s in gates()])
+        metrics.gauge(
+            "llm_router.learned_success_rate", "1", "The learned probability of a correct answer, by task type and model",
+            lambda: [(rate, {"llm_router.task": task, "llm_router.model": model}) for task, rates in self.runner.quality.snapshot().items() for model, rate in rates.items()],
+        )
+
+    def _lag(self) -> list[tuple[float, dict[str, str | int]]]:
+        committed = self.tracker.committed_positions()
+        out = []
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                out.append((highwater - committed.get(tp, 0), {"messaging.destination.name": tp.topic, "messaging.destination.partition.id": str(tp.partition)}))
+        return out
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain within the grace period, commit and leave."""
@@ -177,22 +212,50 @@ class Worker:
             self._paused = False
 
     async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        decoded = decode_job(record.value, self.config.worker.max_job_bytes)
-        if isinstance(decoded, Rejection):
-            outputs = [self._dead_letter(decoded, record)]
-            self.stats.dead_lettered += 1
+        telemetry = self.telemetry
+        if telemetry.tracing:
+            parent, links = telemetry.process_context(record.headers)
+            attributes = {
+                "messaging.system": "kafka",
+                "messaging.operation.name": "process",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": record.topic,
+                "messaging.destination.partition.id": str(record.partition),
+                "messaging.kafka.offset": record.offset,
+                "messaging.consumer.group.name": self.config.kafka.group_id,
+            }
+            if record.key is not None:
+                attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+            with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes):
+                await self._publish(await self._process(record))
         else:
-            outcome = await self._run_job(decoded)
-            outputs = self._job_outputs(outcome)
-            if outcome.result.status == "ok":
-                self.stats.results_ok += 1
-            else:
-                self.stats.results_failed += 1
-            self.stats.cost_events += len(outcome.cost_events)
-        await self._publish(outputs)
+            # No spans of ours: the producer's context still reaches the outputs as it came.
+            carried = [(k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS]
+            await self._publish([(topic, key, value, headers + carried) for topic, key, value, headers in await self._process(record)])
         self.tracker.finish(tp, record.offset)
         if self.tracker.in_flight <= self._resume_at:
             self._capacity.set()
+
+    async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """A record's outputs: its result and cost events, or its dead letter."""
+        decoded = decode_job(record.value, self.config.worker.max_job_bytes)
+        if isinstance(decoded, Rejection):
+            self.stats.dead_lettered += 1
+            self.runner.metrics.dead_letter(decoded.kind)
+            if self.telemetry.tracing:
+                span = trace.get_current_span()
+                span.set_attribute("error.type", "dead_lettered")
+                span.set_status(Status(StatusCode.ERROR, decoded.kind))
+            return [self._dead_letter(decoded, record)]
+        if self.telemetry.tracing:
+            trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
+        outcome = await self._run_job(decoded)
+        if outcome.result.status == "ok":
+            self.stats.results_ok += 1
+        else:
+            self.stats.results_failed += 1
+        self.stats.cost_events += len(outcome.cost_events)
+        return self._job_outputs(outcome)
 
     async def _run_job(self, job: Job) -> JobOutcome:
         try:
@@ -222,17 +285,38 @@ class Worker:
         """Send and wait for every output's acknowledgement, retrying until sent or cancelled."""
         attempt = 0
         while True:
+            spans = []
             try:
-                futures = [await self.producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in outputs]
-                await asyncio.gather(*futures)
+                if self.telemetry.tracing:
+                    futures = []
+                    for topic, key, value, headers in outputs:
+                        span = start_send_span(self.telemetry, topic, key)
+                        spans.append(span)
+                        traced = list(headers)
+                        inject(traced, trace.set_span_in_context(span))
+                        futures.append(await self.producer.send(topic, value, key=key, headers=traced))
+                else:
+                    futures = [await self.producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in outputs]
+                acknowledged = await asyncio.gather(*futures)
+                for span, metadata in zip(spans, acknowledged):
+                    sent(span, metadata)
                 return
             except KafkaError as exc:
+                for span in spans:
+                    span.set_attribute("error.type", type(exc).__name__)
+                    span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
+                    span.end()
+                spans = []
                 # Never dropped: the offset stays unfinished until the outputs are acknowledged.
                 delay = PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]
                 level = log.warning if getattr(exc, "retriable", True) else log.error
                 level("publish failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
                 attempt += 1
                 await asyncio.sleep(delay)
+            except BaseException:
+                for span in spans:
+                    span.end()
+                raise
 
     async def _commit_every(self, interval: float) -> None:
         while True:

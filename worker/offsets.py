@@ -115,3 +115,7 @@ class OffsetTracker(Generic[P]):
 
     def partitions(self) -> list[P]:
         return list(self._partitions)
+
+    def committed_positions(self) -> dict[P, int]:
+        """The last committed position of each partition that has one."""
+        return {p: o.committed for p, o in self._partitions.items() if o.committed is not None}

@@ -10,13 +10,14 @@ from worker.config import Config, KafkaConfig
 from worker.consume import Worker
 from worker.kafka import make_producer
 from worker.providers import Providers
+from worker.telemetry import OFF, Telemetry
 
 
 @asynccontextmanager
-async def running_worker(config: Config, providers: Providers | None = None) -> AsyncIterator[Worker]:
+async def running_worker(config: Config, providers: Providers | None = None, telemetry: Telemetry = OFF) -> AsyncIterator[Worker]:
     """A worker consuming in the background; on exit it is stopped (drained, committed) and awaited."""
     stop = asyncio.Event()
-    worker = Worker(config, providers)
+    worker = Worker(config, providers, telemetry)
     running = asyncio.create_task(worker.run(stop))
     try:
         yield worker

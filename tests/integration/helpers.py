@@ -77,6 +77,8 @@ class Outputs:
         self.costs: list[CostEvent] = []
         self.letters: list[tuple[DeadLetter, bytes | None, bytes | None]] = []
         self.result_headers: list = []
+        self.cost_headers: list = []
+        self.letter_headers: list = []
 
     @property
     def result_ids(self) -> set[str]:
@@ -103,10 +105,13 @@ async def collect(setup: Setup, until: Callable[[Outputs], bool], timeout_s: flo
                 for record in records:
                     if tp.topic == topics.results:
                         outputs.results.append(result_decoder.decode(record.value))
+                        outputs.result_headers.append(list(record.headers))
                     elif tp.topic == topics.costs:
                         outputs.costs.append(cost_decoder.decode(record.value))
+                        outputs.cost_headers.append(list(record.headers))
                     else:
                         outputs.letters.append((DeadLetter.from_headers(record.headers), record.key, record.value))
+                        outputs.letter_headers.append(list(record.headers))
             if settle_until is None and until(outputs):
                 settle_until = time.monotonic() + settle_s
             if settle_until is not None and time.monotonic() >= settle_until:
