@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install redis-server test test-unit test-integration test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
+.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test-unit: $(STAMP) redis-server
 
 test-integration: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m integration
+
+## The reliability suite alone: on the embedded broker, then on Apache Kafka.
+test-reliability: $(STAMP) redis-server
+	$(BIN)/python -m pytest -m reliability
+	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m reliability
 
 ## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars.
 test-kafka: $(STAMP) redis-server

@@ -8,4 +8,5 @@ cleanup() { "$here/kafka.sh" stop --dir "$dir" || true; rm -rf "$dir"; }
 trap cleanup EXIT
 bootstrap="$("$here/kafka.sh" start --dir "$dir" | tail -n 1)"
 echo "Apache Kafka on $bootstrap" >&2
-KAFKA_BOOTSTRAP_SERVERS="$bootstrap" "$@"
+# LLM_ROUTER_TEST_KAFKA_DIR lets the reliability suite restart this broker (scripts/kafka.sh stop/start --dir).
+KAFKA_BOOTSTRAP_SERVERS="$bootstrap" LLM_ROUTER_TEST_KAFKA_DIR="$dir" "$@"

