@@ -73,7 +73,7 @@ async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60
 
 
 def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, tmp_path, report):
-    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **provider_latency(1000))
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **provider_latency(6000))
     ids = [f"r{i}" for i in range(400)]
     first = WorkerProcess(setup, tmp_path, "first")
     second = None
@@ -83,7 +83,7 @@ def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(b
         await make_topics(setup, partitions=4)
         assert sorted(await first.wait_assigned()) == [0, 1, 2, 3]
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(0.5)  # all 400 are in flight on the first replica (each call takes 1 s)
+        await asyncio.sleep(0.5)  # all 400 are in flight on the first replica (each call takes 6 s: longer than the second one takes to start and join)
         second = WorkerProcess(setup, tmp_path, "second")
         await settle_assignment([first, second])
         return await collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=90, settle_s=2)
