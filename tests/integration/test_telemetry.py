@@ -1,7 +1,11 @@
 """OpenTelemetry from `llm-router produce` to the result: one trace, metrics equal to the cost events, a dead collector."""
 
 import asyncio
+import subprocess
+import sys
 import time
+
+import httpx
 
 import orjson
 import pytest
@@ -12,9 +16,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.integration.helpers import Setup, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import REPO, Setup, collect, job_bytes, make_topics, produce
 from worker import cli
-from worker.broker import free_port
+from worker.broker import free_port, wait_for_port
 from worker.runs import running_worker
 from worker.telemetry import Telemetry, telemetry_from_env
 
@@ -172,13 +176,12 @@ def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, rep
 
 
 def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap, monkeypatch, capfd, report):
-    port = free_port()  # nothing listens here
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    """Three runs of the same jobs: untraced, traced to a live OTLP sink, traced to a closed port."""
     count = 2000
+    for key, value in {"OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}.items():
+        monkeypatch.setenv(key, value)
 
-    def run(telemetry):
+    def run(telemetry, linger_s=0.0):
         setup = Setup(bootstrap)
 
         async def scenario():
@@ -189,19 +192,34 @@ def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap,
                 outputs = await collect(setup, lambda o: len(o.results) >= count, timeout_s=180)
             return outputs, time.monotonic() - start
 
-        return asyncio.run(scenario())
+        try:
+            return asyncio.run(scenario())
+        finally:
+            time.sleep(linger_s)
+            telemetry.shutdown(timeout_s=3)
 
     from worker.logs import setup_logging
 
     setup_logging("INFO")
+    sink_port = free_port()
+    sink = subprocess.Popen([sys.executable, str(REPO / "scripts" / "otlp_sink.py"), str(sink_port)])
+    try:
+        wait_for_port("127.0.0.1", sink_port, 20, sink)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{sink_port}")
+        live_outputs, live_s = run(telemetry_from_env())
+        exported = httpx.get(f"http://127.0.0.1:{sink_port}/stats").json()
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     telemetry = telemetry_from_env()
     assert telemetry.tracing
-    traced_outputs, traced_s = run(telemetry)
-    time.sleep(1.5)  # the metric reader's export fails too, at least once
-    telemetry.shutdown(timeout_s=3)
+
+    dead_outputs, dead_s = run(telemetry, linger_s=1.5)  # the metric reader's export fails too, at least once
     plain_outputs, plain_s = run(Telemetry())
     logged = capfd.readouterr().err
-    assert len(traced_outputs.result_ids) == count and len(plain_outputs.result_ids) == count
+    assert exported["requests"] > 0, "the live run exported to the sink"
+    assert len(dead_outputs.result_ids) == count and len(live_outputs.result_ids) == count and len(plain_outputs.result_ids) == count
     failing = [line for line in logged.splitlines() if "telemetry export failing" in line]
     signals = sorted(orjson.loads(line)["signal"] for line in failing)
     assert signals == ["metrics", "spans"], f"one report per signal, not one per span or batch: {failing}"
@@ -209,6 +227,7 @@ def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap,
     sdk_lines = [line for line in logged.splitlines() if '"logger":"opentelemetry' in line]
     assert len(sdk_lines) <= 5, sdk_lines
     report(
-        f"dead collector: {count} jobs in {traced_s:.1f} s traced vs {plain_s:.1f} s untraced ({plain_s / traced_s:.0%} of the untraced speed); "
-        f"export failures reported {len(failing)} times; SDK log lines {len(sdk_lines)}"
+        f"dead collector: {count} jobs in {dead_s:.1f} s with the collector dead, {live_s:.1f} s with it alive "
+        f"(dead/alive speed {live_s / dead_s:.0%}), {plain_s:.1f} s untraced; export failures reported {len(failing)} times "
+        f"(once per signal); SDK log lines {len(sdk_lines)}; the live sink took {exported['requests']} requests"
     )
