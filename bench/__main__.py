@@ -9,9 +9,9 @@ import sys
 
 import orjson
 
-from bench import classifier, http_clients, rate_limit
+from bench import classifier, http_clients, rate_limit, throughput
 
-SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run}
+SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run, "throughput": throughput.run}
 
 
 def main() -> int:

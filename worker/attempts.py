@@ -128,16 +128,21 @@ class JobRunner:
             return self._finish(job, task, started, attempts, events, spans, None, ErrorInfo("no_route", str(exc)))
         if job_span is not None:
             job_span.set_attribute("llm_router.route", plan.models)
-        output = None
-        error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._config.routing.job_deadline_s:g} s passed")
+        deadline = asyncio.timeout(self._config.routing.job_deadline_s)
         try:
-            with anyio.move_on_after(self._config.routing.job_deadline_s):
+            async with deadline:
                 output, error = await self._attempts(job, plan, messages, attempts, events, spans)
+        except TimeoutError:
+            if not deadline.expired():
+                self._end_spans(spans, None)
+                raise
+            output = None
+            error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._config.routing.job_deadline_s:g} s passed")
+            if attempts:
+                error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
         except BaseException:
             self._end_spans(spans, None)
             raise
-        if output is None and error.kind == "deadline_exceeded" and attempts:
-            error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
         return self._finish(job, task, started, attempts, events, spans, output, None if output is not None else error)
 
     def _finish(
@@ -145,7 +150,8 @@ class JobRunner:
     ) -> JobOutcome:
         result = self._result(job, task, started, attempts, output=output, error=error)
         self._end_spans(spans, error)
-        self.metrics.job(result)
+        if self._telemetry.metering:
+            self.metrics.job(result)
         if error is not None and self._telemetry.tracing:
             span = trace.get_current_span()
             span.set_attribute("error.type", error.kind)
@@ -259,8 +265,9 @@ class JobRunner:
 
         def record(attempt: Attempt, completion: Completion | None = None) -> None:
             events.append(self._cost_event(job, task, attempt))
-            gen_ai_provider, server = self._gen_ai[provider.name]
-            self.metrics.attempt(attempt, model.api_model or request.model, gen_ai_provider, server, task, job.tenant)
+            if self._telemetry.metering:
+                gen_ai_provider, server = self._gen_ai[provider.name]
+                self.metrics.attempt(attempt, model.api_model or request.model, gen_ai_provider, server, task, job.tenant)
             if span is not None and spans is not None:
                 self._describe(span, request, attempt, completion)
                 spans.append((span, time.time_ns()))

@@ -148,6 +148,9 @@ class Gate:
     def correct(self, reserved: Usage, actual: Usage) -> None:
         """The call is over: give back what was reserved and not used, or take what was used beyond it."""
         self.in_flight -= 1
+        if not self._buckets:  # no limits: only the requests are counted
+            self._used["requests"] += actual.requests - reserved.requests
+            return
         reserved_amounts, actual_amounts = reserved.amounts(), actual.amounts()
         for kind, bucket in self._buckets.items():
             difference = reserved_amounts.get(kind, 0.0) - actual_amounts.get(kind, 0.0)

@@ -59,6 +59,7 @@ class Telemetry:
         self.tracer_provider = tracer_provider or NoOpTracerProvider()
         self.meter_provider = meter_provider or NoOpMeterProvider()
         self.tracing = tracer_provider is not None
+        self.metering = meter_provider is not None
         self.tracer: Tracer = self.tracer_provider.get_tracer(SCOPE)
         self.meter: Meter = self.meter_provider.get_meter(SCOPE)
         self.capture_content = capture_content

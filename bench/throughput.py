@@ -1,0 +1,461 @@
+"""Throughput: a trivial aiokafka consumer beside our worker, on one broker, in one run.
+
+Figures (the embedded broker, or KAFKA_BOOTSTRAP_SERVERS; fresh topics and group for each):
+
+- `raw_floor`: a plain aiokafka loop: `getmany`, decode each job (msgspec, into the Job Struct),
+  produce one small result per job, await the acknowledgements, commit the batch. The best a
+  trivial at-least-once consumer does on this broker.
+- `worker_echo`: our Worker (`running_worker`, whose telemetry is off) with every provider the
+  in-process echo provider (latency 0): decode, classify, plan, attempt, result and cost event, commit.
+- `worker_http`: our Worker against the simulator (a process of its own) answering every call in
+  1 s, without errors or limits, jobs pinned to one model, `max_in_flight` and the pool raised.
+- `latency`: what the worker adds to a job beyond the provider call, from a paced run at moderate
+  load (PACED_PER_S jobs a second) on the same worker once `worker_http`'s backlog is done; the
+  same paced jobs go through the raw floor after its backlog, for the Kafka hops alone.
+
+How `raw_floor` and `worker_echo` are measured, the same way: WARMUP + JOBS jobs are produced to
+the jobs topic *before* the consumer starts, so producing costs the consumer nothing and it drains
+a backlog as fast as it can. The consumer runs in a process of its own (multiprocessing, spawn) and
+samples its own CPU time (`time.process_time`) every 50 ms; this process reads the results topic
+back, counting distinct job ids until every job has one. Times are the results' Kafka timestamps
+(CreateTime: when the consumer produced the result), so the reader's lag does not count. The first
+WARMUP results (group join, connections, first fetches, caches) are the warm-up; the timed part
+runs from the WARMUP-th result to the last: jobs_per_s = its results / its span, cpu_us_per_job =
+the consumer's CPU time over the span / its results. It is timed from a result, not from the end of
+producing, because producing is over before the consumer starts and joining the group takes
+seconds that are no part of a job's cost. The reader, broker and simulator use the same cores:
+their share (`*_cores`: CPU seconds per second over the span) is reported beside each figure.
+
+`worker_http` drains HTTP_JOBS jobs the same way and takes the middle 60% of their results (no
+ramp up, no draining tail) as the steady state. The worker's process samples its jobs in flight
+(`worker.tracker.in_flight`) and its RSS (/proc/self/statm) every 50 ms: `in_flight` is the most
+reached, `in_flight_mean` the mean over the steady state, against which jobs_per_s is compared
+(Little's law: jobs/s = in flight / time a job is in flight, ideally the 1 s call);
+mb_per_1000_in_flight = (peak RSS - RSS at start) / in_flight * 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+
+from worker.broker import EmbeddedBroker, free_port, wait_for_port
+from worker.config import Config, KafkaConfig, load_config
+from worker.kafka import create_topics, make_consumer, make_producer
+from worker.messages import Job, Result
+from worker.providers import Providers, build_providers
+from worker.runs import produce, running_worker
+from worker.telemetry import OFF, telemetry_from_env
+from worker.simulator.behaviour import SimRequest, answer
+from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
+from worker.simulator.settings import dump_simulator_config, load_simulator_config
+
+REPO = Path(__file__).resolve().parent.parent
+PARTITIONS = 4
+WARMUP = 500
+JOBS = 30_000
+MODEL = "gpt-4o"  # worker_http's jobs are pinned to it (the simulator's OpenAI wire)
+CALL_S = 1.0
+HTTP_JOBS = 40_000
+HTTP_MAX_IN_FLIGHT = 6_000
+PACED_PER_S = 500
+PACED_S = 6
+SAMPLE_S = 0.05
+TIMEOUT_S = 240.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_RESULT = msgspec.json.Decoder(Result)
+
+Figure = dict[str, Any]
+# (wall time, consumer CPU seconds, jobs in flight, RSS MiB), sampled in the consumer's process.
+Sample = tuple[float, float, int, float]
+
+
+# --- the consumer's process ------------------------------------------------------------------
+
+
+def _child(mode: str, env: dict[str, str], url: str, stop: MpEvent, conn: Connection) -> None:
+    """The consumer's process: `raw` (the plain loop), `echo` or `http` (the worker); sends its samples."""
+    conn.send(asyncio.run(_consume(mode, load_config(env=env), env, url, stop)))
+    conn.close()
+
+
+async def _consume(mode: str, config: Config, env: dict[str, str], url: str, stop: MpEvent) -> list[Sample]:
+    """Run the consumer, sampling it every SAMPLE_S, until `stop` is set."""
+    samples: list[Sample] = []
+
+    async def sample(in_flight: Callable[[], int]) -> None:
+        while not stop.is_set():
+            samples.append((time.time(), time.process_time(), in_flight(), _rss_mb()))
+            await asyncio.sleep(SAMPLE_S)
+
+    if mode == "raw":
+        done = asyncio.Event()
+        loop = asyncio.create_task(_raw_loop(config.kafka, done))
+        await sample(lambda: 0)
+        done.set()
+        await loop
+    else:
+        if mode == "http":
+            config, providers = _on_simulator(config, url)
+        else:
+            providers = build_providers(config)
+        telemetry = OFF
+        if any(k.startswith("OTEL_") for k in env):  # the traced variants: the SDK reads os.environ
+            os.environ.update({k: v for k, v in env.items() if k.startswith("OTEL_")})
+            telemetry = telemetry_from_env(env)
+        try:
+            async with running_worker(config, providers, telemetry) as worker:
+                await sample(lambda: worker.tracker.in_flight)
+        finally:
+            telemetry.shutdown()
+    return samples
+
+
+class _RawResult(msgspec.Struct):
+    job_id: str
+    status: str
+    output: str | None
+
+
+async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event) -> None:
+    """The floor: per batch, decode every job, send one result each, await the acks, commit."""
+    consumer = make_consumer(kafka, kafka.topics.jobs)
+    producer = make_producer(kafka)
+    decoder, encoder = msgspec.json.Decoder(Job), msgspec.json.Encoder()
+    await producer.start()
+    await consumer.start()
+    try:
+        while not done.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            sent = []
+            for records in batch.values():
+                for record in records:
+                    job = decoder.decode(record.value)
+                    sent.append(await producer.send(kafka.topics.results, encoder.encode(_RawResult(job.id, "ok", job.prompt)), key=record.key))
+            await asyncio.gather(*sent)
+            if batch:
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _on_simulator(config: Config, url: str) -> tuple[Config, Providers]:
+    providers, keys = {}, {}
+    for name, provider in config.providers.items():
+        providers[name], key_env = on_simulator(name, provider, url)
+        keys[key_env] = SIMULATOR_KEY
+    config = msgspec.structs.replace(config, providers=providers)
+    return config, build_providers(config, env=keys)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _cpu_s(pid: int) -> float:
+    """A process's CPU time (user + system) from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+# --- this process: topics, jobs, the reader ----------------------------------------------------
+
+
+class _Results:
+    """The results topic read from its start: each job id's first result record."""
+
+    def __init__(self, kafka: KafkaConfig) -> None:
+        self.records: dict[bytes, ConsumerRecord] = {}
+        self._consumer: AIOKafkaConsumer = make_consumer(kafka, kafka.topics.results, group_id=None)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=100, max_records=10_000)).values():
+                for record in records:
+                    self.records.setdefault(record.key, record)
+
+    async def until(self, count: int, alive: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + TIMEOUT_S
+        while len(self.records) < count:
+            if not alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{len(self.records)} of {count} results (consumer alive: {alive()})")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+
+class _Phase(msgspec.Struct):
+    results: dict[bytes, ConsumerRecord]
+    samples: list[Sample]
+    others: list[tuple[float, dict[str, float]]]  # (wall time, CPU seconds of the reader, broker, simulator)
+    sent_ms: dict[bytes, float]  # paced jobs: when each was sent
+
+
+Then = Callable[[KafkaConfig, _Results], Awaitable[dict[bytes, float]]]
+
+
+async def _phase(mode: str, env: dict[str, str], url: str, jobs: list[Job], pids: dict[str, int], then: Then | None = None) -> _Phase:
+    """Produce the jobs, start the consumer's process, read results until each job has one (then `then`)."""
+    kafka = load_config(env=env).kafka
+    await create_topics(kafka, PARTITIONS)
+    encoder = msgspec.json.Encoder()
+    await produce(kafka, [(job.id.encode(), encoder.encode(job)) for job in jobs])
+    reader = _Results(kafka)
+    await reader.start()
+    others: list[tuple[float, dict[str, float]]] = []
+
+    async def sample_others() -> None:
+        while True:
+            others.append((time.time(), {name: _cpu_s(pid) for name, pid in pids.items()}))
+            await asyncio.sleep(SAMPLE_S * 2)
+
+    sampler = asyncio.create_task(sample_others())
+    context = mp.get_context("spawn")
+    stop = context.Event()
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child, args=(mode, env, url, stop, send), daemon=True)
+    child.start()
+    send.close()
+    sent: dict[bytes, float] = {}
+    try:
+        await reader.until(len(jobs), child.is_alive)
+        if then:
+            sent = await then(kafka, reader)
+    finally:
+        stop.set()
+        samples = await asyncio.to_thread(lambda: receive.recv() if receive.poll(60) else [])
+        await asyncio.to_thread(child.join, 30)
+        sampler.cancel()
+        await reader.stop()
+    return _Phase(reader.records, samples, others, sent)
+
+
+async def _paced(kafka: KafkaConfig, reader: _Results) -> dict[bytes, float]:
+    """PACED_PER_S jobs a second for PACED_S seconds; when each was sent (ms), once all have results."""
+    producer = make_producer(kafka)
+    encoder = msgspec.json.Encoder()
+    sent: dict[bytes, float] = {}
+    waiting = len(reader.records)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for tick in range(PACED_S * 10):
+            await asyncio.sleep(max(0.0, started + tick / 10 - time.monotonic()))
+            for i in range(PACED_PER_S // 10):
+                key = f"p{tick}-{i}".encode()
+                sent[key] = time.time() * 1000
+                await producer.send(kafka.topics.jobs, encoder.encode(Job(id=key.decode(), prompt=f"What is the capital of France? ({tick}-{i})", model=MODEL)), key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await reader.until(waiting + len(sent), lambda: True)
+    return sent
+
+
+def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str, str]:
+    run_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "LLM_ROUTER__KAFKA__GROUP_ID": f"bench-{run_id}",
+        "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
+        **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
+    } | {k: str(v) for k, v in overrides.items()}
+
+
+def _jobs(prefix: str, count: int, **fields: object) -> list[Job]:
+    return [Job(id=f"{prefix}{i}", prompt=f"What is the capital of France? ({i})", **fields) for i in range(count)]  # type: ignore[arg-type]
+
+
+# --- figures -------------------------------------------------------------------------------------
+
+
+def _at(points: list[tuple[float, float]], t: float) -> float:
+    """The value at time t, interpolated between the samples around it."""
+    before = max((p for p in points if p[0] <= t), default=points[0])
+    after = min((p for p in points if p[0] >= t), default=points[-1])
+    if after[0] == before[0]:
+        return before[1]
+    return before[1] + (after[1] - before[1]) * (t - before[0]) / (after[0] - before[0])
+
+
+def _cores(phase: _Phase, t0: float, t1: float) -> dict[str, float]:
+    """CPU seconds per second over [t0, t1]: the consumer's, and the reader's, broker's, simulator's."""
+    series = {"consumer": [(s[0], s[1]) for s in phase.samples]}
+    series |= {name: [(t, cpu[name]) for t, cpu in phase.others] for name in phase.others[0][1]}
+    return {f"{name}_cores": round((_at(points, t1) - _at(points, t0)) / (t1 - t0), 2) for name, points in series.items()}
+
+
+def _drain(name: str, phase: _Phase) -> Figure:
+    """The backlog from the WARMUP-th result to the last (see the module's docstring)."""
+    times = sorted(r.timestamp / 1000 for k, r in phase.results.items() if k not in phase.sent_ms)
+    t0, t1 = times[WARMUP], times[-1]
+    jobs = len(times) - 1 - WARMUP
+    cpu = [(s[0], s[1]) for s in phase.samples]
+    rss = [(s[0], s[3]) for s in phase.samples]
+    rss_start, rss_end = _at(rss, t0), _at(rss, t1)
+    return {
+        "bench": name,
+        "jobs": jobs,
+        "seconds": round(t1 - t0, 2),
+        "jobs_per_s": round(jobs / (t1 - t0), 1),
+        "cpu_us_per_job": round((_at(cpu, t1) - _at(cpu, t0)) / jobs * 1e6, 1),
+        "rss_mb_start": round(rss_start, 1),
+        "rss_mb_end": round(rss_end, 1),
+        "rss_growth_pct": round((rss_end / rss_start - 1) * 100, 1),
+    } | _cores(phase, t0, t1)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def _provider_ms(result: Result) -> float:
+    """A job's time in the provider: its attempts' calls, as the worker timed them."""
+    return sum(a.latency_ms for a in result.attempts)
+
+
+def _http(phase: _Phase) -> Figure:
+    """The backlog's steady state: the middle 60% of its results (no ramp up, no draining tail)."""
+    backlog = sorted((r for k, r in phase.results.items() if k not in phase.sent_ms), key=lambda r: r.timestamp)
+    steady = backlog[len(backlog) // 5 : len(backlog) * 4 // 5]
+    t0, t1 = steady[0].timestamp / 1000, steady[-1].timestamp / 1000
+    rate = (len(steady) - 1) / (t1 - t0)
+    in_flight_mean = statistics.fmean(s[2] for s in phase.samples if t0 <= s[0] <= t1)
+    in_flight_max = max(s[2] for s in phase.samples)
+    provider = [_provider_ms(_RESULT.decode(r.value)) for r in steady]
+    cpu = [(s[0], s[1]) for s in phase.samples]
+    rss_start, rss_peak = phase.samples[0][3], max(s[3] for s in phase.samples)
+    return {
+        "bench": "worker_http",
+        "jobs": len(backlog),
+        "steady_s": round(t1 - t0, 1),
+        "max_in_flight_setting": HTTP_MAX_IN_FLIGHT,
+        "in_flight": in_flight_max,
+        "in_flight_mean": round(in_flight_mean),
+        "jobs_per_s": round(rate, 1),
+        "ratio_to_in_flight_per_latency": round(rate / (in_flight_mean / CALL_S), 3),
+        "cpu_us_per_job": round((_at(cpu, t1) - _at(cpu, t0)) / (len(steady) - 1) * 1e6, 1),
+        "provider_ms_p50": _pct(provider, 0.5),
+        "provider_ms_p99": _pct(provider, 0.99),
+        "failed": sum(_RESULT.decode(r.value).status != "ok" for r in backlog),
+        "rss_mb_start": round(rss_start, 1),
+        "rss_mb_peak": round(rss_peak, 1),
+        "mb_per_1000_in_flight": round((rss_peak - rss_start) / in_flight_max * 1000, 2),
+    } | _cores(phase, t0, t1)
+
+
+def _latency(http: _Phase, raw: _Phase) -> Figure:
+    """The paced jobs (moderate load, no backlog) after worker_http, and the same through the raw floor.
+
+    p50_ms/p99_ms: a result's latency_ms (the worker's runner, from taking the job to its result)
+    minus its attempts' latency_ms (the provider calls). kafka_to_kafka: from the job's send to the
+    result's Kafka timestamp, minus the provider calls: everything the router adds, both Kafka hops
+    (linger, broker, fetch) included; raw_kafka_to_kafka is that for the raw floor, the hops alone.
+    """
+    paced = [(record, _RESULT.decode(record.value)) for key, record in http.results.items() if key in http.sent_ms]
+    provider = [_provider_ms(result) for _, result in paced]
+    inside = [result.latency_ms - p for (_, result), p in zip(paced, provider)]
+    end_to_end = [record.timestamp - http.sent_ms[record.key] - p for (record, _), p in zip(paced, provider)]
+    floor = [rec.timestamp - raw.sent_ms[key] for key, rec in raw.results.items() if key in raw.sent_ms]
+    return {
+        "bench": "latency",
+        "source": f"paced {PACED_PER_S} jobs/s for {PACED_S} s after worker_http, calls of {CALL_S:g} s",
+        "jobs": len(paced),
+        "provider_ms_p50": _pct(provider, 0.5),
+        "p50_ms": _pct(inside, 0.5),
+        "p99_ms": _pct(inside, 0.99),
+        "kafka_to_kafka_p50_ms": _pct(end_to_end, 0.5),
+        "kafka_to_kafka_p99_ms": _pct(end_to_end, 0.99),
+        "raw_kafka_to_kafka_p50_ms": _pct(floor, 0.5),
+        "raw_kafka_to_kafka_p99_ms": _pct(floor, 0.99),
+    }
+
+
+def _simulator_config(folder: Path) -> Path:
+    """The simulator's models, MODEL answering in exactly CALL_S: no jitter, errors or limits."""
+    config = load_simulator_config()
+    model = msgspec.structs.replace(config.models[MODEL], latency_jitter=0.0, output_tokens=1, requests_per_minute=0, tokens_per_minute=0)
+    # With one output token the filler answer has a fixed length; the latency is per 100 output tokens.
+    tokens = answer(model, SimRequest(MODEL, ["x"], 1024), config.seed, Random(0)).output_tokens
+    model = msgspec.structs.replace(model, latency_ms=CALL_S * 1000 * 100 / tokens)
+    path = folder / "simulator.toml"
+    path.write_text(dump_simulator_config(msgspec.structs.replace(config, latency_scale=1.0, models=config.models | {MODEL: model})))
+    return path
+
+
+async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> list[Figure]:
+    providers = load_config(env={}).providers
+    echo = {f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in providers}
+    raw = await _phase("raw", _env(bootstrap, "raw", {}), url, _jobs("r", WARMUP + JOBS), pids, then=_paced)
+    # Telemetry off: the long run (its RSS at the start and the end of LONG_JOBS is the memory figure).
+    worker = await _phase("echo", _env(bootstrap, "echo", echo), url, _jobs("e", WARMUP + LONG_JOBS), pids)
+    traced = {}
+    for name, ratio in (("worker_echo_traced", "1.0"), ("worker_echo_traced_1pct", "0.01")):
+        # Traces and metrics over OTLP/HTTP to a stand-in collector that answers 200 (scripts/otlp_sink.py).
+        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_SERVICE_NAME": "llm-router-bench"}
+        traced[name] = await _phase("echo", _env(bootstrap, name, echo | otel), url, _jobs("t", WARMUP + JOBS), pids)
+    http_env = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": HTTP_MAX_IN_FLIGHT} | {f"LLM_ROUTER__PROVIDERS__{n.upper()}__MAX_CONNECTIONS": HTTP_MAX_IN_FLIGHT + 500 for n in providers}
+    http = await _phase("http", _env(bootstrap, "http", http_env), url, _jobs("h", HTTP_JOBS, model=MODEL), pids, then=_paced)
+    floor = _drain("raw_floor", raw)
+    echo_figures = [_drain("worker_echo", worker)] + [_drain(name, phase) for name, phase in traced.items()]
+    for figure in echo_figures:
+        figure["ratio_to_raw_floor"] = round(figure["jobs_per_s"] / floor["jobs_per_s"], 3)
+        figure["ratio_to_untraced"] = round(figure["jobs_per_s"] / echo_figures[0]["jobs_per_s"], 3)
+    return [floor, *echo_figures, _http(http), _latency(http, raw)]
+
+
+def run() -> list[Figure]:
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(_simulator_config(Path(folder)))],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        sink_port = free_port()
+        sink = subprocess.Popen([sys.executable, str(REPO / "scripts" / "otlp_sink.py"), str(sink_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker()
+        try:
+            wait_for_port("127.0.0.1", port, 30, simulator)
+            wait_for_port("127.0.0.1", sink_port, 30, sink)
+            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
+            pids = {"reader": os.getpid(), "simulator": simulator.pid}
+            if broker and broker._process:  # noqa: SLF001 - its CPU share is part of the picture
+                pids["broker"] = broker._process.pid  # noqa: SLF001
+            return asyncio.run(_all(bootstrap, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sink_port}", pids))
+        finally:
+            for process in (simulator, sink):
+                process.terminate()
+                process.wait(timeout=10)
+            if broker:
+                broker.stop()
