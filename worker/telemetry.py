@@ -20,6 +20,7 @@ exporter). An exporter that fails is reported once per outage, not once per batc
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -147,12 +148,12 @@ def telemetry_from_env(env: Mapping[str, str] | None = None, process_parent: str
 
         tracer_provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)  # shut down by Telemetry.shutdown, bounded
         for name in traces:
-            tracer_provider.add_span_processor(BatchSpanProcessor(ReportedSpanExporter(_span_exporter(name, env), name)))
+            tracer_provider.add_span_processor(BatchSpanProcessor(ReportedSpanExporter(_exporter("TRACES", name, env), name)))
     if metrics:
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        readers = [PeriodicExportingMetricReader(ReportedMetricExporter(_metric_exporter(name, env), name)) for name in metrics]
+        readers = [PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name)) for name in metrics]
         meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_sdk_logs()
     log.info("telemetry on", extra={"traces": traces, "metrics": metrics, "capture_content": capture})
@@ -178,40 +179,24 @@ def _protocol(env: Mapping[str, str], signal: str) -> str:
     return protocol
 
 
-def _grpc_missing(exc: ImportError) -> ValueError:
-    return ValueError(f"OTLP over gRPC needs the grpc exporter: pip install 'llm-router[grpc]' ({exc})")
+# The exporter class for each signal and protocol (or the console), imported only when chosen.
+_EXPORTERS = {
+    ("TRACES", "console"): "opentelemetry.sdk.trace.export:ConsoleSpanExporter",
+    ("TRACES", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http.trace_exporter:OTLPSpanExporter",
+    ("TRACES", "grpc"): "opentelemetry.exporter.otlp.proto.grpc.trace_exporter:OTLPSpanExporter",
+    ("METRICS", "console"): "opentelemetry.sdk.metrics.export:ConsoleMetricExporter",
+    ("METRICS", "http/protobuf"): "opentelemetry.exporter.otlp.proto.http.metric_exporter:OTLPMetricExporter",
+    ("METRICS", "grpc"): "opentelemetry.exporter.otlp.proto.grpc.metric_exporter:OTLPMetricExporter",
+}
 
 
-def _span_exporter(name: str, env: Mapping[str, str]):  # noqa: ANN202
-    if name == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    if _protocol(env, "TRACES") == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        except ImportError as exc:
-            raise _grpc_missing(exc) from None
-        return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    return OTLPSpanExporter()
-
-
-def _metric_exporter(name: str, env: Mapping[str, str]):  # noqa: ANN202
-    if name == "console":
-        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
-
-        return ConsoleMetricExporter()
-    if _protocol(env, "METRICS") == "grpc":
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        except ImportError as exc:
-            raise _grpc_missing(exc) from None
-        return OTLPMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-    return OTLPMetricExporter()
+def _exporter(signal: str, name: str, env: Mapping[str, str]):  # noqa: ANN202 - a span or metric exporter
+    """The `name` exporter (console or otlp) of `signal`; OTLP's endpoint, headers and timeout come from the environment."""
+    module, _, cls = _EXPORTERS[(signal, "console" if name == "console" else _protocol(env, signal))].partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls)()
+    except ImportError as exc:
+        raise ValueError(f"OTLP over gRPC needs the grpc exporter: pip install 'llm-router[grpc]' ({exc})") from None
 
 
 class _Outage:

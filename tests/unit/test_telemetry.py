@@ -33,6 +33,8 @@ def test_an_otlp_endpoint_turns_on_traces_and_metrics_over_http():
     [
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER: unknown exporter"),
         ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "http/protobuf or grpc"),
+        # The test environment has no grpc extra: the error says how to get it.
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, r"pip install 'llm-router\[grpc\]'"),
     ],
 )
 def test_settings_it_cannot_honour_are_refused_with_the_variable_named(env, message):
