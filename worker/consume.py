@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.protocol.commit import OffsetCommitRequest
 from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -395,6 +396,11 @@ class Worker:
             positions = self.tracker.to_commit(owned)
             if not positions:
                 return
+            if not self._member():
+                # The coordinator forgot this member (its session expired, or the broker lost its state):
+                # the partitions are lost, not revoked. Their finished jobs are redone by the next owner.
+                log.warning("not committed: this worker lost its membership of the group", extra={"partitions": sorted(tp.partition for tp in positions)})
+                return
             if self.exactly_once:
                 if not await self._commit_transaction(positions):
                     return
@@ -406,6 +412,17 @@ class Worker:
                     return
             self.tracker.committed(positions)
             self.stats.commits += 1
+
+    def _member(self) -> bool:
+        """Whether the consumer still holds a generation of the group.
+
+        When the coordinator answers UnknownMemberId or IllegalGeneration, aiokafka resets the
+        generation to -1 before it calls the revoke listener, and a commit sent then goes out as a
+        standalone commit, which a group without members accepts: it would write offsets of partitions
+        this worker no longer owns, or of a topic that was since recreated (a broker that lost its
+        data), where they skip the new jobs below them, or leave the partition stuck past its end."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return coordinator is None or coordinator.generation != OffsetCommitRequest.DEFAULT_GENERATION_ID
 
     async def _commit_transaction(self, positions: dict[TopicPartition, int]) -> bool:
         """One transaction: the outputs of every job below `positions`, and the positions as the group's offsets."""

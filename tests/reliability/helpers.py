@@ -1,0 +1,88 @@
+"""Helpers of the reliability suite (the integration helpers cover topics, producing and collecting)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import TopicPartition
+
+from tests.integration.helpers import Setup, WorkerProcess
+from worker.kafka import make_consumer
+
+CRASH_EVENTS = {"job task crashed; its offset stays uncommitted", "job failed inside the worker"}
+CRASH_TEXT = ("Traceback (most recent call last)", "Task exception was never retrieved", "Fatal error")
+
+
+def crashes(worker: WorkerProcess) -> list[dict]:
+    """What in a worker's log says something crashed: a job task, a job inside the runner, an uncaught traceback."""
+    found = []
+    for event in worker.events():
+        if event.get("event") in CRASH_EVENTS:
+            found.append(event)
+        elif event.get("event") == "(not json)" and any(t in event.get("text", "") for t in CRASH_TEXT):
+            found.append(event)
+    return found
+
+
+def starts(worker: WorkerProcess) -> int:
+    """How many times the worker in this log started (a restart inside the process would show twice)."""
+    return sum(1 for e in worker.events() if e.get("event") == "worker starting")
+
+
+async def wait_committed(setup: Setup, ends: dict[int, int], timeout_s: float, interval_s: float = 0.1) -> tuple[dict[int, int | None], float | None]:
+    """Poll the group's committed offsets of the jobs topic until they reach `ends` (partition -> end offset).
+
+    Returns the last positions seen and the loop time they reached the ends (None if they did not).
+    One consumer that joins no group (it only reads the group's offsets) serves every poll."""
+    consumer = make_consumer(setup.config.kafka)
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    partitions = [TopicPartition(setup.topics.jobs, p) for p in ends]
+    try:
+        while True:
+            positions = {tp.partition: await consumer.committed(tp) for tp in partitions}
+            if all((positions[p] or 0) >= end for p, end in ends.items()):
+                return positions, loop.time()
+            if loop.time() >= deadline:
+                return positions, None
+            await asyncio.sleep(interval_s)
+    finally:
+        await consumer.stop()
+
+
+async def wait_progress(setup: Setup, partitions: list[int], at_least: int, timeout_s: float, interval_s: float = 0.1) -> int:
+    """Wait until the group has committed at least `at_least` jobs over `partitions` of the jobs topic
+    (the worker's progress, behind it by at most a commit interval); returns the count committed."""
+    consumer = make_consumer(setup.config.kafka)
+    await consumer.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    tps = [TopicPartition(setup.topics.jobs, p) for p in partitions]
+    try:
+        while True:
+            done = sum([(await consumer.committed(tp)) or 0 for tp in tps])
+            if done >= at_least:
+                return done
+            if loop.time() >= deadline:
+                raise AssertionError(f"the worker committed {done} jobs in {timeout_s} s, not the {at_least} awaited")
+            await asyncio.sleep(interval_s)
+    finally:
+        await consumer.stop()
+
+
+def all_or_stalled(ids: set[str], stall_s: float):
+    """An `until` for collect: every id has a result, or results stopped coming for `stall_s` seconds
+    (a worker stuck for good: the test fails on what is missing without waiting out its timeout)."""
+    seen = {"count": -1, "since": time.monotonic()}
+
+    def until(outputs) -> bool:
+        have = outputs.result_ids
+        if have >= ids:
+            return True
+        if len(outputs.results) != seen["count"]:
+            seen["count"], seen["since"] = len(outputs.results), time.monotonic()
+        return time.monotonic() - seen["since"] > stall_s
+
+    return until
