@@ -71,6 +71,8 @@ REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 WARMUP = 500
 JOBS = 30_000
+LONG_WARMUP = 10_000
+LONG_JOBS = 50_000  # telemetry off: also the memory figure (RSS after LONG_WARMUP results, and at the end)
 MODEL = "gpt-4o"  # worker_http's jobs are pinned to it (the simulator's OpenAI wire)
 CALL_S = 1.0
 HTTP_JOBS = 40_000
@@ -321,18 +323,29 @@ def _drain(name: str, phase: _Phase) -> Figure:
     t0, t1 = times[WARMUP], times[-1]
     jobs = len(times) - 1 - WARMUP
     cpu = [(s[0], s[1]) for s in phase.samples]
-    rss = [(s[0], s[3]) for s in phase.samples]
-    rss_start, rss_end = _at(rss, t0), _at(rss, t1)
     return {
         "bench": name,
         "jobs": jobs,
         "seconds": round(t1 - t0, 2),
         "jobs_per_s": round(jobs / (t1 - t0), 1),
         "cpu_us_per_job": round((_at(cpu, t1) - _at(cpu, t0)) / jobs * 1e6, 1),
-        "rss_mb_start": round(rss_start, 1),
-        "rss_mb_end": round(rss_end, 1),
-        "rss_growth_pct": round((rss_end / rss_start - 1) * 100, 1),
     } | _cores(phase, t0, t1)
+
+
+def _memory(phase: _Phase) -> Figure:
+    """RSS after LONG_WARMUP results (buffers, caches and the collector's generations filled) and at the
+    end of the LONG_JOBS after them: growth there would be a leak."""
+    times = sorted(r.timestamp / 1000 for r in phase.results.values())
+    rss = [(s[0], s[3]) for s in phase.samples]
+    start, end = _at(rss, times[LONG_WARMUP]), _at(rss, times[-1])
+    return {
+        "bench": "worker_echo_memory",
+        "jobs": len(times) - 1 - LONG_WARMUP,
+        "rss_mb_first_result": round(_at(rss, times[0]), 1),
+        "rss_mb_start": round(start, 1),
+        "rss_mb_end": round(end, 1),
+        "rss_growth_pct": round((end / start - 1) * 100, 1),
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -418,8 +431,8 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
     providers = load_config(env={}).providers
     echo = {f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in providers}
     raw = await _phase("raw", _env(bootstrap, "raw", {}), url, _jobs("r", WARMUP + JOBS), pids, then=_paced)
-    # Telemetry off: the long run (its RSS at the start and the end of LONG_JOBS is the memory figure).
-    worker = await _phase("echo", _env(bootstrap, "echo", echo), url, _jobs("e", WARMUP + LONG_JOBS), pids)
+    # Telemetry off: the long run (also the memory figure).
+    worker = await _phase("echo", _env(bootstrap, "echo", echo), url, _jobs("e", LONG_WARMUP + LONG_JOBS), pids)
     traced = {}
     for name, ratio in (("worker_echo_traced", "1.0"), ("worker_echo_traced_1pct", "0.01")):
         # Traces and metrics over OTLP/HTTP to a stand-in collector that answers 200 (scripts/otlp_sink.py).
@@ -432,7 +445,7 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
     for figure in echo_figures:
         figure["ratio_to_raw_floor"] = round(figure["jobs_per_s"] / floor["jobs_per_s"], 3)
         figure["ratio_to_untraced"] = round(figure["jobs_per_s"] / echo_figures[0]["jobs_per_s"], 3)
-    return [floor, *echo_figures, _http(http), _latency(http, raw)]
+    return [floor, *echo_figures, _memory(worker), _http(http), _latency(http, raw)]
 
 
 def run() -> list[Figure]:

@@ -118,8 +118,10 @@ class JobRunner:
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
-        spans: list[tuple[Span, int]] = []
         job_span = trace.get_current_span() if self._telemetry.tracing else None
+        if job_span is not None and not job_span.is_recording():
+            job_span = None  # not sampled: no spans of its attempts either (the context still travels)
+        spans: list[tuple[Span, int]] | None = [] if job_span is not None else None
         if job_span is not None:
             job_span.set_attribute("llm_router.task", task)
         try:
@@ -146,21 +148,23 @@ class JobRunner:
         return self._finish(job, task, started, attempts, events, spans, output, None if output is not None else error)
 
     def _finish(
-        self, job: Job, task: str, started: float, attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]], output: str | None, error: ErrorInfo | None
+        self, job: Job, task: str, started: float, attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]] | None, output: str | None, error: ErrorInfo | None
     ) -> JobOutcome:
         result = self._result(job, task, started, attempts, output=output, error=error)
         self._end_spans(spans, error)
         if self._telemetry.metering:
             self.metrics.job(result)
-        if error is not None and self._telemetry.tracing:
+        if error is not None and spans is not None:
             span = trace.get_current_span()
             span.set_attribute("error.type", error.kind)
             span.set_status(Status(StatusCode.ERROR, error.message[:500]))
         return JobOutcome(result, events)
 
     @staticmethod
-    def _end_spans(spans: list[tuple[Span, int]], error: ErrorInfo | None) -> None:
+    def _end_spans(spans: list[tuple[Span, int]] | None, error: ErrorInfo | None) -> None:
         """End the attempt spans at the times their calls ended; only the final failure carries error.type."""
+        if not spans:
+            return
         for i, (span, end_ns) in enumerate(spans):
             if error is not None and i == len(spans) - 1:
                 span.set_attribute("error.type", error.kind)
@@ -182,7 +186,7 @@ class JobRunner:
         return plan
 
     async def _attempts(
-        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]], jumped: bool = False
+        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]] | None, jumped: bool = False
     ) -> tuple[str | None, ErrorInfo]:
         worker = self._config.worker
         models = self._config.models
@@ -261,7 +265,7 @@ class JobRunner:
     ) -> tuple[Attempt, Completion | None, float | None]:
         model = self._config.models[request.model]
         gates = self.limits.gates(request.model)
-        span = self._attempt_span(provider.name, request, number, reason) if self._telemetry.tracing else None
+        span = self._attempt_span(provider.name, request, number, reason) if spans is not None else None
 
         def record(attempt: Attempt, completion: Completion | None = None) -> None:
             events.append(self._cost_event(job, task, attempt))
@@ -341,22 +345,21 @@ class JobRunner:
 
     def _describe(self, span: Span, request: CompletionRequest, attempt: Attempt, completion: Completion | None) -> None:
         """What the attempt came to: the response, its tokens, cost and wait (error.type only on the job's final failure)."""
-        span.set_attribute("llm_router.outcome", attempt.outcome)
-        span.set_attribute("llm_router.cost_usd", attempt.cost_usd)
-        span.set_attribute("llm_router.rate_limit_wait_ms", attempt.rate_limit_wait_ms)
+        attributes: dict[str, object] = {"llm_router.outcome": attempt.outcome, "llm_router.cost_usd": attempt.cost_usd, "llm_router.rate_limit_wait_ms": attempt.rate_limit_wait_ms}
         if attempt.rerouted_from:
-            span.set_attribute("llm_router.rerouted_from", attempt.rerouted_from)
+            attributes["llm_router.rerouted_from"] = attempt.rerouted_from
         if attempt.error is not None:
-            span.set_attribute("llm_router.error.kind", attempt.error.kind)
+            attributes["llm_router.error.kind"] = attempt.error.kind
         if completion is not None:
-            span.set_attribute("gen_ai.response.model", completion.response_model or self._config.models[request.model].api_model or request.model)
+            attributes["gen_ai.response.model"] = completion.response_model or self._config.models[request.model].api_model or request.model
             if completion.request_id:
-                span.set_attribute("gen_ai.response.id", completion.request_id)
-            span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
-            span.set_attribute("gen_ai.usage.input_tokens", completion.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", completion.output_tokens)
+                attributes["gen_ai.response.id"] = completion.request_id
+            attributes["gen_ai.response.finish_reasons"] = (completion.finish_reason,)
+            attributes["gen_ai.usage.input_tokens"] = completion.input_tokens
+            attributes["gen_ai.usage.output_tokens"] = completion.output_tokens
             if self._telemetry.capture_content:
-                span.set_attribute("gen_ai.output.messages", orjson.dumps([{"role": "assistant", "parts": [{"type": "text", "content": completion.text}], "finish_reason": completion.finish_reason}]).decode())
+                attributes["gen_ai.output.messages"] = orjson.dumps([{"role": "assistant", "parts": [{"type": "text", "content": completion.text}], "finish_reason": completion.finish_reason}]).decode()
+        span.set_attributes(attributes)  # type: ignore[arg-type]
 
     def _cost_event(self, job: Job, task: str, attempt: Attempt) -> CostEvent:
         return CostEvent(

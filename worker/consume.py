@@ -261,10 +261,15 @@ class Worker:
             }
             if record.key is not None:
                 attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-            with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes):
+            with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
                 outputs = await self._process(record)
-                if self.exactly_once:  # sent later, in a transaction: they carry the process span's context
-                    outputs = [(topic, key, value, _traced(headers)) for topic, key, value, headers in outputs]
+                if self.exactly_once or not span.is_recording():
+                    # Sent later in a transaction, or not sampled: the outputs carry the process span's context.
+                    context: list[tuple[str, bytes]] = []
+                    inject(context)
+                    outputs = [(topic, key, value, headers + context) for topic, key, value, headers in outputs]
+                    if not self.exactly_once:
+                        await self._publish(outputs, traced=False)
                 else:
                     await self._publish(outputs)
         else:
@@ -326,8 +331,9 @@ class Worker:
         log.warning("dead-lettered", extra={"kind": letter.error_kind, "error": letter.error[:300], "partition": record.partition, "offset": record.offset})
         return (self.config.kafka.topics.dlq, record.key, value, letter.to_headers())
 
-    async def _publish(self, outputs: list[Output]) -> None:
+    async def _publish(self, outputs: list[Output], traced: bool = True) -> None:
         """Send and wait for every output's acknowledgement, retrying until sent or cancelled."""
+        traced = traced and self.telemetry.tracing
         attempt = 0
         partition = self._partitioner()
         while True:
@@ -338,7 +344,7 @@ class Worker:
                 # waits for it to drain, not every job in flight (aiokafka wakes all its waiters).
                 async with self._send_lock:
                     for topic, key, value, headers in outputs:
-                        if self.telemetry.tracing:
+                        if traced:
                             span = start_send_span(self.telemetry, topic, key)
                             spans.append(span)
                             headers = list(headers)
@@ -480,12 +486,6 @@ class Worker:
         finally:
             self._releasing.difference_update(partitions)
         self._capacity.set()
-
-
-def _traced(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    traced = list(headers)
-    inject(traced)
-    return traced
 
 
 def _tune_gc() -> None:

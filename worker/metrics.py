@@ -22,6 +22,22 @@ WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 Observer = Callable[[], Iterable[tuple[float, dict[str, str | int]]]]
 
 
+class Sums:
+    """A cumulative counter summed in a dict by attribute values, observed by the metric reader."""
+
+    __slots__ = ("_keys", "_sums")
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._keys = keys
+        self._sums: dict[tuple[str, ...], float] = {}
+
+    def add(self, amount: float, values: tuple[str, ...]) -> None:
+        self._sums[values] = self._sums.get(values, 0) + amount
+
+    def observe(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(total, {k: v for k, v in zip(self._keys, values) if v}) for values, total in list(self._sums.items())]
+
+
 class Metrics:
     """The instruments of one worker."""
 
@@ -33,11 +49,13 @@ class Metrics:
         self.operation_duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="Duration of each call to a model", explicit_bucket_boundaries_advisory=DURATION_BUCKETS
         )
-        self.jobs = meter.create_counter("llm_router.jobs", unit="{job}", description="Jobs finished, by outcome (ok, failed, dead_lettered)")
-        self.cost = meter.create_counter("llm_router.cost", unit="USD", description="Cost of the attempts, by provider, model and tenant")
+        # Counters are summed here, per attribute set, and read by the reader when it collects: a
+        # dict update per job instead of the SDK's per-measurement work (measured: about 100 us a job).
+        self.jobs = self._counter("llm_router.jobs", "{job}", "Jobs finished, by outcome (ok, failed, dead_lettered)", ("llm_router.outcome", "llm_router.task", "llm_router.reason"))
+        self.cost = self._counter("llm_router.cost", "USD", "Cost of the attempts, by provider, model, tenant and task", ("llm_router.provider", "llm_router.model", "llm_router.tenant", "llm_router.task"))
+        self.escalations = self._counter("llm_router.escalations", "{escalation}", "Moves to the next model of a chain, by the failure that caused them", ("llm_router.reason", "llm_router.model"))
+        self.reroutes = self._counter("llm_router.reroutes", "{job}", "Jobs sent to another model of their chain for want of capacity", ("llm_router.model",))
         self.attempts = meter.create_histogram("llm_router.job.attempts", unit="{attempt}", description="Attempts a job took", explicit_bucket_boundaries_advisory=ATTEMPT_BUCKETS)
-        self.escalations = meter.create_counter("llm_router.escalations", unit="{escalation}", description="Moves to the next model of a chain, by the failure that caused them")
-        self.reroutes = meter.create_counter("llm_router.reroutes", unit="{job}", description="Jobs sent to another model of their chain for want of capacity")
         self.rate_limit_wait = meter.create_histogram(
             "llm_router.rate_limit.wait", unit="s", description="Time an attempt waited for the rate limits", explicit_bucket_boundaries_advisory=WAIT_BUCKETS
         )
@@ -53,20 +71,26 @@ class Metrics:
             self.token_usage.record(attempt.input_tokens, {**attributes, "gen_ai.token.type": "input"})
             self.token_usage.record(attempt.output_tokens, {**attributes, "gen_ai.token.type": "output"})
             self.operation_duration.record(attempt.latency_ms / 1000, attributes)
-        self.cost.add(attempt.cost_usd, {"llm_router.provider": attempt.provider, "llm_router.model": attempt.model, "llm_router.tenant": tenant or "", "llm_router.task": task})
-        self.rate_limit_wait.record(attempt.rate_limit_wait_ms / 1000, {"llm_router.provider": attempt.provider, "llm_router.model": attempt.model})
+        self.cost.add(attempt.cost_usd, (attempt.provider, attempt.model, tenant or "", task))
+        if attempt.rate_limit_wait_ms:  # the attempts that waited for the allowance
+            self.rate_limit_wait.record(attempt.rate_limit_wait_ms / 1000, {"llm_router.provider": attempt.provider, "llm_router.model": attempt.model})
 
     def job(self, result: Result) -> None:
-        self.jobs.add(1, {"llm_router.outcome": result.status, "llm_router.task": result.task or ""})
+        self.jobs.add(1, (result.status, result.task or "", ""))
         self.attempts.record(len(result.attempts), {"llm_router.task": result.task or ""})
         for attempt in result.attempts[:-1]:
             if attempt.error is not None and attempt.model != result.attempts[attempt.number].model:
-                self.escalations.add(1, {"llm_router.reason": attempt.error.kind, "llm_router.model": attempt.model})
+                self.escalations.add(1, (attempt.error.kind, attempt.model))
         if result.attempts and result.attempts[0].rerouted_from:
-            self.reroutes.add(1, {"llm_router.model": result.attempts[0].rerouted_from})
+            self.reroutes.add(1, (result.attempts[0].rerouted_from,))
 
     def dead_letter(self, kind: str) -> None:
-        self.jobs.add(1, {"llm_router.outcome": "dead_lettered", "llm_router.reason": kind})
+        self.jobs.add(1, ("dead_lettered", "", kind))
+
+    def _counter(self, name: str, unit: str, description: str, keys: tuple[str, ...]) -> Sums:
+        sums = Sums(keys)
+        self._meter.create_observable_counter(name, callbacks=[sums.observe], unit=unit, description=description)
+        return sums
 
     def gauge(self, name: str, unit: str, description: str, observe: Observer) -> None:
         """A gauge read from `observe` (value, attributes) pairs whenever the reader collects."""

@@ -112,6 +112,27 @@ def test_a_job_from_llm_router_produce_is_one_trace_to_its_result(bootstrap, tmp
     assert not [s.name for s in spans if any("2+2" in str(v) for v in s.attributes.values())]
 
 
+def test_a_job_not_sampled_makes_no_spans_but_its_outputs_still_carry_its_trace(bootstrap):
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    setup = Setup(bootstrap)
+
+    async def scenario():
+        await make_topics(setup)
+        async with running_worker(setup.config, telemetry=Telemetry(provider)):
+            await produce(setup, [(b"u1", job_bytes("u1", "What is 2+2?"))])
+            return await collect(setup, lambda o: len(o.results) == 1 and len(o.costs) == 1, timeout_s=60)
+
+    outputs = asyncio.run(scenario())
+    assert exporter.get_finished_spans() == ()
+    result_trace = dict(outputs.result_headers[0])["traceparent"].decode()
+    assert int(result_trace.split("-")[3], 16) & 1 == 0, "not sampled, and said so downstream (the sampled flag is clear)"
+    assert dict(outputs.cost_headers[0])["traceparent"].decode().split("-")[1] == result_trace.split("-")[1], "one trace id for the job's outputs"
+
+
 def test_content_capture_puts_prompts_and_answers_on_attempt_spans_only_when_switched_on(bootstrap):
     telemetry, exporter = traced(capture_content=True)
     setup = Setup(bootstrap)
