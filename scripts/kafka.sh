@@ -290,7 +290,10 @@ start() {
   local log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties"
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
-    cluster_id="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+    # A random id; one that starts with "-" would read as an option to kafka-storage: draw again.
+    cluster_id="$(python3 -c 'import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
+print(i)')"
     "$java" -Xmx256m "$log4j" -cp "$libs/*" kafka.tools.StorageTool \
       format --cluster-id "$cluster_id" --config "$dir/server.properties" >"$dir/logs/format.out" 2>&1 \
       || { cat "$dir/logs/format.out" >&2; die "formatting the storage in $dir/data failed"; }
