@@ -193,7 +193,7 @@ class JobRunner:
         retries = 0
         last_error = ErrorInfo("no_route", "no model of the plan could be tried")
         too_long_window = 0
-        chain, rerouted_from = self._chain(plan, reservation(messages, plan.max_output_tokens))
+        chain, rerouted_from = self._chain(plan, messages)
         for model in chain:
             provider_name = models[model].provider
             if provider_name in self._unavailable or models[model].context_window <= too_long_window:
@@ -236,7 +236,7 @@ class JobRunner:
                 return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, spans, jumped=True)
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
-    def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
+    def _chain(self, plan: Plan, messages: list[ChatMessage]) -> tuple[list[str], str | None]:
         """The plan's chain, or, when too many jobs wait for its first model's allowance, the chain led
         by the first alternate that has capacity now (and the model it replaces)."""
         threshold = self._config.rate_limits.reroute_waiting
@@ -244,6 +244,7 @@ class JobRunner:
         if not threshold or not plan.alternates or self.limits.waiting(first) < threshold:
             return plan.models, None
         now = self._clock()
+        reserved = reservation(messages, plan.max_output_tokens)  # only when a reroute is considered: not per job
         for model in plan.alternates:
             provider = self._config.models[model].provider
             if provider not in self._unavailable and self.breakers.of(provider).allows(now) and self.limits.has_capacity(model, reserved):

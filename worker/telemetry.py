@@ -24,7 +24,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -217,6 +217,19 @@ class _Outage:
                 extra={"signal": self.signal, "exporter": self.name, "error": error},
             )
 
+    def watch(self, export: Callable[[], Any], success: Any) -> Any:
+        """Run one export; note its failure (an exception or a result other than `success`) or success. None if it raised."""
+        try:
+            result = export()
+        except Exception as exc:  # noqa: BLE001
+            self.failed(repr(exc))
+            return None
+        if result is success:
+            self.succeeded()
+        else:
+            self.failed()
+        return result
+
     def succeeded(self) -> None:
         if self.failing:
             self.failing = False
@@ -231,16 +244,8 @@ class ReportedSpanExporter(SpanExporter):
         self.outage = _Outage("spans", name)
 
     def export(self, spans):  # noqa: ANN001, ANN201
-        try:
-            result = self._inner.export(spans)
-        except Exception as exc:  # noqa: BLE001
-            self.outage.failed(repr(exc))
-            return SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.outage.succeeded()
-        else:
-            self.outage.failed()
-        return result
+        result = self.outage.watch(lambda: self._inner.export(spans), SpanExportResult.SUCCESS)
+        return SpanExportResult.FAILURE if result is None else result
 
     def shutdown(self) -> None:
         self._inner.shutdown()
@@ -258,16 +263,8 @@ class ReportedMetricExporter(MetricExporter):
         self.outage = _Outage("metrics", name)
 
     def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # noqa: ANN001, ANN201
-        try:
-            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            self.outage.failed(repr(exc))
-            return MetricExportResult.FAILURE
-        if result is MetricExportResult.SUCCESS:
-            self.outage.succeeded()
-        else:
-            self.outage.failed()
-        return result
+        result = self.outage.watch(lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs), MetricExportResult.SUCCESS)
+        return MetricExportResult.FAILURE if result is None else result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._inner.force_flush(timeout_millis)

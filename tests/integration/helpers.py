@@ -199,3 +199,36 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60, partitions: int = 4) -> None:
+    """Wait until the group's partitions are spread over every replica (no rebalance pending)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        owned = [r.assigned() for r in replicas]
+        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
+
+
+async def start_replicas(replicas: list[WorkerProcess], setup: Setup, log_dir: Path, count: int, partitions: int, **overrides: object) -> None:
+    """Add `count` worker processes to `replicas` (the caller stops them), and wait until each has
+    partitions and the group's assignment has settled."""
+    replicas.extend(WorkerProcess(setup, log_dir, f"replica-{n}", **overrides) for n in range(count))
+    for replica in replicas:
+        await replica.wait_assigned()
+    await settle_assignment(replicas, partitions=partitions)
+
+
+async def kill_busiest_at(outputs: Outputs, results: int, replicas: list[WorkerProcess], setup: Setup, log_dir: Path, **overrides: object) -> dict:
+    """Once `results` jobs have results, SIGKILL the replica owning most partitions and start another
+    (appended to `replicas`); returns the victim's partitions and the results counted at the kill."""
+    while len(outputs.result_ids) < results:
+        await asyncio.sleep(0.02)
+    victim = max(replicas, key=lambda r: len(r.assigned()))
+    facts = {"victim_partitions": victim.assigned(), "results_at_kill": len(outputs.result_ids)}
+    victim.kill()
+    replicas.append(WorkerProcess(setup, log_dir, f"replica-{len(replicas)}", **overrides))
+    return facts

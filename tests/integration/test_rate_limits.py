@@ -149,8 +149,7 @@ def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(boot
 
 @pytest.mark.parametrize("backend", ["partition share", "redis"])
 def test_three_replicas_share_one_key(bootstrap, tmp_path, report, request, backend):
-    from tests.integration.helpers import WorkerProcess
-    from tests.integration.test_replicas import settle_assignment
+    from tests.integration.helpers import start_replicas
 
     process, url = start_simulator(tmp_path, requests_per_minute=RPM)
     shared = {}
@@ -162,10 +161,7 @@ def test_three_replicas_share_one_key(bootstrap, tmp_path, report, request, back
 
     async def scenario():
         await make_topics(setup, partitions=12)
-        replicas.extend(WorkerProcess(setup, tmp_path, f"replica-{n}", **KEYS) for n in range(3))
-        for replica in replicas:
-            await replica.wait_assigned()
-        await settle_assignment(replicas, partitions=12)
+        await start_replicas(replicas, setup, tmp_path, 3, partitions=12, **KEYS)
         await produce(setup, [(f"s{i}".encode(), job_bytes(f"s{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)])
         samples = [(t, served.get("ok", 0)) for t, served in await sample(url, 50)]
         return samples, await asyncio.to_thread(stats, url)

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from tests.integration.helpers import provider_latency, Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, settle_assignment, start_replicas
 
 JOBS = 2000
 MAX_IN_FLIGHT = 40
@@ -23,20 +23,11 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
 
     async def scenario() -> Outputs:
         await make_topics(setup, partitions=4)
-        replicas.extend(WorkerProcess(setup, tmp_path, f"replica-{n}") for n in range(3))
-        for replica in replicas:
-            await replica.wait_assigned()
-        await settle_assignment(replicas)
+        await start_replicas(replicas, setup, tmp_path, 3, partitions=4)
         outputs = Outputs()
         collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=3, outputs=outputs))
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        while len(outputs.result_ids) < JOBS // 4:
-            await asyncio.sleep(0.02)
-        victim = max(replicas, key=lambda r: len(r.assigned()))
-        facts["victim_partitions"] = victim.assigned()
-        facts["results_at_kill"] = len(outputs.result_ids)
-        victim.kill()
-        replicas.append(WorkerProcess(setup, tmp_path, "replica-3"))
+        facts.update(await kill_busiest_at(outputs, JOBS // 4, replicas, setup, tmp_path))
         await collecting
         return outputs
 
@@ -58,18 +49,6 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     assert not missing, f"{len(missing)} jobs have no result"
     assert duplicates <= bound, f"{duplicates} duplicates, over the in-flight bound {bound}"
     assert all(r.status == "ok" for r in outputs.results)
-
-
-async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60, partitions: int = 4) -> None:
-    """Wait until the group's partitions are spread over every replica (no rebalance pending)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        owned = [r.assigned() for r in replicas]
-        if all(owned) and sorted(p for ps in owned for p in ps) == list(range(partitions)):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
 
 
 def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, tmp_path, report):

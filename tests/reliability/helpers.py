@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiokafka import TopicPartition
 
@@ -30,20 +31,22 @@ def starts(worker: WorkerProcess) -> int:
     return sum(1 for e in worker.events() if e.get("event") == "worker starting")
 
 
-async def wait_committed(setup: Setup, ends: dict[int, int], timeout_s: float, interval_s: float = 0.1) -> tuple[dict[int, int | None], float | None]:
-    """Poll the group's committed offsets of the jobs topic until they reach `ends` (partition -> end offset).
+async def poll_committed(
+    setup: Setup, partitions: list[int], done: Callable[[dict[int, int | None]], bool], timeout_s: float, interval_s: float = 0.1
+) -> tuple[dict[int, int | None], float | None]:
+    """Poll the group's committed offsets of `partitions` of the jobs topic until `done(positions)`.
 
-    Returns the last positions seen and the loop time they reached the ends (None if they did not).
+    Returns the last positions seen and the loop time `done` first held (None if it did not in time).
     One consumer that joins no group (it only reads the group's offsets) serves every poll."""
     consumer = make_consumer(setup.config.kafka)
     await consumer.start()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    partitions = [TopicPartition(setup.topics.jobs, p) for p in ends]
+    tps = [TopicPartition(setup.topics.jobs, p) for p in partitions]
     try:
         while True:
-            positions = {tp.partition: await consumer.committed(tp) for tp in partitions}
-            if all((positions[p] or 0) >= end for p, end in ends.items()):
+            positions = {tp.partition: await consumer.committed(tp) for tp in tps}
+            if done(positions):
                 return positions, loop.time()
             if loop.time() >= deadline:
                 return positions, None
@@ -52,24 +55,19 @@ async def wait_committed(setup: Setup, ends: dict[int, int], timeout_s: float, i
         await consumer.stop()
 
 
+async def wait_committed(setup: Setup, ends: dict[int, int], timeout_s: float, interval_s: float = 0.1) -> tuple[dict[int, int | None], float | None]:
+    """Until the committed offsets reach `ends` (partition -> end offset): the positions, and when they did."""
+    return await poll_committed(setup, list(ends), lambda positions: all((positions[p] or 0) >= end for p, end in ends.items()), timeout_s, interval_s)
+
+
 async def wait_progress(setup: Setup, partitions: list[int], at_least: int, timeout_s: float, interval_s: float = 0.1) -> int:
     """Wait until the group has committed at least `at_least` jobs over `partitions` of the jobs topic
     (the worker's progress, behind it by at most a commit interval); returns the count committed."""
-    consumer = make_consumer(setup.config.kafka)
-    await consumer.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    tps = [TopicPartition(setup.topics.jobs, p) for p in partitions]
-    try:
-        while True:
-            done = sum([(await consumer.committed(tp)) or 0 for tp in tps])
-            if done >= at_least:
-                return done
-            if loop.time() >= deadline:
-                raise AssertionError(f"the worker committed {done} jobs in {timeout_s} s, not the {at_least} awaited")
-            await asyncio.sleep(interval_s)
-    finally:
-        await consumer.stop()
+    positions, reached = await poll_committed(setup, partitions, lambda positions: sum(v or 0 for v in positions.values()) >= at_least, timeout_s, interval_s)
+    done = sum(v or 0 for v in positions.values())
+    if reached is None:
+        raise AssertionError(f"the worker committed {done} jobs in {timeout_s} s, not the {at_least} awaited")
+    return done
 
 
 def all_or_stalled(ids: set[str], stall_s: float):

@@ -13,8 +13,7 @@ import sys
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from tests.integration.helpers import REPO, Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce, provider_latency
-from tests.integration.test_replicas import settle_assignment
+from tests.integration.helpers import REPO, Outputs, Setup, WorkerProcess, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, start_replicas
 
 JOBS = 3000
 PARTITIONS = 6
@@ -56,22 +55,13 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
 
     async def scenario() -> Outputs:
         await make_topics(setup, partitions=PARTITIONS)
-        replicas.extend(WorkerProcess(setup, tmp_path, f"replica-{n}") for n in range(3))
-        for replica in replicas:
-            await replica.wait_assigned()
-        await settle_assignment(replicas, partitions=PARTITIONS)
+        await start_replicas(replicas, setup, tmp_path, 3, partitions=PARTITIONS)
         outputs = Outputs()
         collecting = asyncio.create_task(
             collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=8, outputs=outputs, isolation_level="read_committed")
         )
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        while len(outputs.result_ids) < JOBS // 3:
-            await asyncio.sleep(0.02)
-        victim = max(replicas, key=lambda r: len(r.assigned()))
-        facts["victim_partitions"] = victim.assigned()
-        facts["results_at_kill"] = len(outputs.result_ids)
-        victim.kill()
-        replicas.append(WorkerProcess(setup, tmp_path, "replica-3", **{"LLM_ROUTER__KAFKA__TRANSACTIONAL_ID": "replacement"}))
+        facts.update(await kill_busiest_at(outputs, JOBS // 3, replicas, setup, tmp_path, LLM_ROUTER__KAFKA__TRANSACTIONAL_ID="replacement"))
         await collecting
         return outputs
 

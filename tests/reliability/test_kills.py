@@ -5,8 +5,7 @@ import asyncio
 import math
 import random
 
-from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce, provider_latency
-from tests.integration.test_replicas import settle_assignment
+from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce, provider_latency, settle_assignment
 from tests.reliability.helpers import crashes, wait_committed
 
 JOBS = 10_000
