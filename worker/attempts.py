@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from worker.breaker import Breakers
 from worker.classify import Classifier, TaskClassifier
 from worker.config import Config
+from worker.deadlines import Deadlines
 from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
 from worker.limits import RateLimits, Usage as Allowance
@@ -73,9 +74,10 @@ def _reason(previous: Attempt | None, model: str, rerouted_from: str | None) -> 
     return ("retry" if previous.model == model else "escalation"), kind
 
 
-def reservation(messages: list[ChatMessage], max_output_tokens: int) -> Allowance:
-    """What a call reserves from the allowance before it is made: the prompt's estimated tokens and the whole output cap."""
-    return Allowance(1, sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in messages), max_output_tokens)
+def reservation(prompt_tokens: int, max_output_tokens: int) -> Allowance:
+    """What a call reserves from the allowance before it is made: the prompt's estimated tokens (with
+    each message's overhead) and the whole output cap."""
+    return Allowance(1, prompt_tokens, max_output_tokens)
 
 
 def backoff_s(retry: int, base: float, cap: float, rng: random.Random = _RNG) -> float:
@@ -102,6 +104,7 @@ class JobRunner:
         self._gen_ai = {name: (PROVIDER_NAMES.get(p.kind, name), urlsplit(p.base_url).hostname if p.base_url else None) for name, p in config.providers.items()}
         self._providers = providers
         self._unavailable = dict(unavailable or {})
+        self._unavailable_key = frozenset(self._unavailable)  # part of the plan cache's key
         self._classifier = classifier or Classifier(config.classifier)
         self._sleep = sleep
         self._clock = clock
@@ -109,13 +112,18 @@ class JobRunner:
         self.breakers = Breakers(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
         self.limits = RateLimits(config)
         self._plans: dict[tuple, Plan] = {}
+        self._deadlines = Deadlines(config.routing.job_deadline_s)
         self.rerouted = 0  # jobs sent to another model of their chain for want of capacity
 
-    async def run(self, job: Job) -> JobOutcome:
-        """Run `job` to its result. Never raises for a provider's failure: that is a failed result."""
+    async def run(self, job: Job, running: asyncio.Task | None = None) -> JobOutcome:
+        """Run `job` to its result. Never raises for a provider's failure: that is a failed result.
+
+        `running` is the task running it (default: the current one), which the job deadline cancels."""
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
+        content_tokens = estimate_tokens(job.prompt) if job.messages is None else sum(estimate_tokens(m.content) for m in messages)  # estimated once a job: plan and reservations
+        prompt_tokens = content_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
         job_span = trace.get_current_span() if self._telemetry.tracing else None
@@ -125,26 +133,30 @@ class JobRunner:
         if job_span is not None:
             job_span.set_attribute("llm_router.task", task)
         try:
-            plan = self._plan(job, task, sum(estimate_tokens(m.content) for m in messages))
+            plan = self._plan(job, task, content_tokens)
         except NoRoute as exc:
             return self._finish(job, task, started, attempts, events, spans, None, ErrorInfo("no_route", str(exc)))
         if job_span is not None:
             job_span.set_attribute("llm_router.route", plan.models)
-        deadline = asyncio.timeout(self._config.routing.job_deadline_s)
+        deadline = self._deadlines.start(running)
         try:
-            async with deadline:
-                output, error = await self._attempts(job, plan, messages, attempts, events, spans)
-        except TimeoutError:
-            if not deadline.expired():
+            output, error = await self._attempts(job, plan, messages, prompt_tokens, attempts, events, spans)
+        except asyncio.CancelledError:
+            if not deadline.timed_out():
                 self._end_spans(spans, None)
                 raise
             output = None
-            error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._config.routing.job_deadline_s:g} s passed")
+            error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._deadlines.seconds:g} s passed")
             if attempts:
                 error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
         except BaseException:
             self._end_spans(spans, None)
             raise
+        else:
+            if deadline.expired:  # it fired, and something below swallowed the cancellation: clear the request
+                deadline.task.uncancel()
+        finally:
+            self._deadlines.end(deadline)
         return self._finish(job, task, started, attempts, events, spans, output, None if output is not None else error)
 
     def _finish(
@@ -173,10 +185,10 @@ class JobRunner:
         spans.clear()
 
     def _plan(self, job: Job, task: str, input_tokens: int) -> Plan:
-        blocked = frozenset(self.breakers.blocked(self._clock()))
+        blocked = self.breakers.blocked(self._clock())
         key = (
             task, job.model, job.accuracy_floor, job.latency_budget_ms, job.cost_cap_usd, tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
-            job.verifiable, job.max_output_tokens, input_tokens.bit_length(), blocked, frozenset(self._unavailable), self.quality.version // 16,
+            job.verifiable, job.max_output_tokens, input_tokens.bit_length(), blocked, self._unavailable_key, self.quality.version // 16,
         )
         plan = self._plans.get(key)
         if plan is None:
@@ -186,14 +198,23 @@ class JobRunner:
         return plan
 
     async def _attempts(
-        self, job: Job, plan: Plan, messages: list[ChatMessage], attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]] | None, jumped: bool = False
+        self,
+        job: Job,
+        plan: Plan,
+        messages: list[ChatMessage],
+        prompt_tokens: int,
+        attempts: list[Attempt],
+        events: list[CostEvent],
+        spans: list[tuple[Span, int]] | None,
+        jumped: bool = False,
     ) -> tuple[str | None, ErrorInfo]:
         worker = self._config.worker
         models = self._config.models
         retries = 0
         last_error = ErrorInfo("no_route", "no model of the plan could be tried")
         too_long_window = 0
-        chain, rerouted_from = self._chain(plan, messages)
+        reserved = reservation(prompt_tokens, plan.max_output_tokens)
+        chain, rerouted_from = self._chain(plan, reserved)
         for model in chain:
             provider_name = models[model].provider
             if provider_name in self._unavailable or models[model].context_window <= too_long_window:
@@ -204,7 +225,7 @@ class JobRunner:
             while True:
                 breaker.start_call(self._clock())
                 reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
-                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, len(attempts) + 1, events, rerouted_from, spans, reason)
+                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, len(attempts) + 1, events, rerouted_from, spans, reason)
                 rerouted_from = None
                 attempts.append(attempt)
                 if attempt.error is None:
@@ -223,6 +244,7 @@ class JobRunner:
                     breaker.succeeded()  # the provider answered; the model could not
                 if attempt.error.kind in OUT_OF_ROTATION:
                     self._unavailable[provider_name] = f"out of rotation after {attempt.error.kind}: {attempt.error.message}"
+                    self._unavailable_key = frozenset(self._unavailable)
                 if attempt.error.kind == "context_too_long":
                     too_long_window = max(too_long_window, models[model].context_window)
                 break
@@ -233,10 +255,10 @@ class JobRunner:
                 key=lambda n: models[n].input_usd_per_mtok,
             )
             if wider:
-                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, attempts, events, spans, jumped=True)
+                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, prompt_tokens, attempts, events, spans, jumped=True)
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
-    def _chain(self, plan: Plan, messages: list[ChatMessage]) -> tuple[list[str], str | None]:
+    def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
         """The plan's chain, or, when too many jobs wait for its first model's allowance, the chain led
         by the first alternate that has capacity now (and the model it replaces)."""
         threshold = self._config.rate_limits.reroute_waiting
@@ -244,7 +266,6 @@ class JobRunner:
         if not threshold or not plan.alternates or self.limits.waiting(first) < threshold:
             return plan.models, None
         now = self._clock()
-        reserved = reservation(messages, plan.max_output_tokens)  # only when a reroute is considered: not per job
         for model in plan.alternates:
             provider = self._config.models[model].provider
             if provider not in self._unavailable and self.breakers.of(provider).allows(now) and self.limits.has_capacity(model, reserved):
@@ -258,6 +279,7 @@ class JobRunner:
         task: str,
         provider: Provider,
         request: CompletionRequest,
+        reserved: Allowance,
         number: int,
         events: list[CostEvent],
         rerouted_from: str | None = None,
@@ -277,12 +299,12 @@ class JobRunner:
                 self._describe(span, request, attempt, completion)
                 spans.append((span, time.time_ns()))
 
-        reserved = reservation(request.messages, request.max_output_tokens)
         waited = 0.0
         started = time.monotonic()
         try:
             for gate in gates:
-                waited += await gate.acquire(reserved, job.priority)
+                if not gate.take_now(reserved):
+                    waited += await gate.acquire(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
             record(attempt)
@@ -307,9 +329,11 @@ class JobRunner:
             record(attempt)
             raise
         latency = (time.monotonic() - started) * 1000
+        used = Allowance(1, completion.input_tokens, completion.output_tokens)
         for gate in gates:
-            gate.correct(reserved, Allowance(1, completion.input_tokens, completion.output_tokens))
-            gate.observe(completion.rate_limits)
+            gate.correct(reserved, used)
+            if completion.rate_limits is not None:
+                gate.observe(completion.rate_limits)
         cost = attempt_cost(model, completion.input_tokens, completion.output_tokens)
         error = check_answer(completion)
         if error is None:
@@ -384,8 +408,8 @@ class JobRunner:
             job_id=job.id,
             status="failed" if error else "ok",
             attempts=attempts,
-            usage=Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)),
-            cost_usd=sum(a.cost_usd for a in attempts),
+            usage=Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)) if len(attempts) != 1 else Usage(last.input_tokens, last.output_tokens),  # type: ignore[union-attr]
+            cost_usd=sum(a.cost_usd for a in attempts) if len(attempts) != 1 else last.cost_usd,  # type: ignore[union-attr]
             latency_ms=(time.monotonic() - started) * 1000,
             finished_at=datetime.now(UTC),
             output=output,

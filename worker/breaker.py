@@ -69,6 +69,10 @@ class Breakers:
             breaker = self._breakers[provider] = Breaker(self._threshold, self._cooldown_s)
         return breaker
 
-    def blocked(self, now: float) -> set[str]:
-        """Providers that may not be called now."""
-        return {name for name, breaker in self._breakers.items() if not breaker.allows(now)}
+    def blocked(self, now: float) -> frozenset[str]:
+        """Providers that may not be called now (asked for every job: closed breakers are skipped cheaply)."""
+        blocked = [name for name, breaker in self._breakers.items() if breaker.opened_at is not None and not breaker.allows(now)]
+        return frozenset(blocked) if blocked else _NONE
+
+
+_NONE: frozenset[str] = frozenset()

@@ -22,10 +22,19 @@ class Classifier:
     whose pattern matches, then prompt length (long context), then the default. Deterministic."""
 
     def __init__(self, config: ClassifierConfig) -> None:
+        # A rule's keywords as one alternation, searched in the lower-cased text: one scan in C, not one per keyword.
         self._rules = [
-            (rule.task, tuple(k.lower() for k in rule.keywords), tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns))
+            (
+                rule.task,
+                re.compile("|".join(re.escape(k.lower()) for k in rule.keywords)) if rule.keywords else None,
+                tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns),
+            )
             for rule in config.rules
         ]
+        # Without patterns, one search for every rule's keywords tells whether any rule can match at all
+        # (most prompts match none and take the default).
+        keywords = [re.escape(k.lower()) for rule in config.rules for k in rule.keywords]
+        self._any_keyword = re.compile("|".join(keywords)) if keywords and not any(rule.patterns for rule in config.rules) else None
         self._default = config.default_task
         self._long_task = config.long_context_task
         self._long_chars = config.long_context_chars
@@ -38,13 +47,13 @@ class Classifier:
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()
-        for task, keywords, patterns in self._rules:
-            for keyword in keywords:
-                if keyword in lowered:
+        if self._any_keyword is None or self._any_keyword.search(lowered):
+            for task, keywords, patterns in self._rules:
+                if keywords is not None and keywords.search(lowered):
                     return task
-            for pattern in patterns:
-                if pattern.search(text):
-                    return task
+                for pattern in patterns:
+                    if pattern.search(text):
+                        return task
         if self._long_task and len(text) > self._long_chars:
             return self._long_task
         return self._default

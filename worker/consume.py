@@ -16,13 +16,13 @@ import socket
 import time
 from datetime import UTC, datetime
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.protocol.commit import OffsetCommitRequest
-from aiokafka.partitioner import murmur2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -35,15 +35,11 @@ from worker.limits import partition_share
 from worker.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
+from worker.outbox import Outbox, Output
 from worker.providers import Providers, build_providers
 from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, sent, start_send_span
 
 log = get_logger("consume")
-
-Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
-
-PUBLISH_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
-
 
 class WorkerStats(msgspec.Struct):
     """Counters of what this worker did since it started."""
@@ -70,7 +66,7 @@ class Worker:
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        self._tasks: dict[TopicPartition, dict[int, asyncio.Task[None]]] = defaultdict(dict)  # by offset
         self._releasing: set[TopicPartition] = set()
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -94,6 +90,7 @@ class Worker:
         else:
             self.consumer = make_consumer(config.kafka)
             self.producer = make_producer(config.kafka)
+        self.outbox = Outbox(self.producer)  # at-least-once: outputs go as soon as their job is done
         self._observe()
 
     def _observe(self) -> None:
@@ -150,6 +147,7 @@ class Worker:
                 await self._publish_rates()
                 await self.consumer.stop()
         finally:
+            await self.outbox.close()
             await self.producer.stop()
             await self.runner.limits.close()
             for provider in self.providers.values():
@@ -225,13 +223,11 @@ class Worker:
                     if tp in self._releasing or tp not in assigned:
                         continue  # revoked meanwhile: its new owner takes these from the committed offset
                     tasks = self._tasks[tp]
+                    add, create_task, handle = self.tracker.add, asyncio.create_task, self._handle
                     for record in records:
-                        self.tracker.add(tp, record.offset)
-                        self.stats.taken += 1
-                        task = asyncio.create_task(self._handle(tp, record))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                        task.add_done_callback(_log_crash)
+                        add(tp, record.offset)
+                        tasks[record.offset] = create_task(handle(tp, record, tasks))
+                    self.stats.taken += len(records)
         finally:
             stopping.cancel()
 
@@ -246,47 +242,72 @@ class Worker:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
 
-    async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        telemetry = self.telemetry
-        if telemetry.tracing:
-            parent, links = telemetry.process_context(record.headers)
-            attributes = {
-                "messaging.system": "kafka",
-                "messaging.operation.name": "process",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": record.topic,
-                "messaging.destination.partition.id": str(record.partition),
-                "messaging.kafka.offset": record.offset,
-                "messaging.consumer.group.name": self.config.kafka.group_id,
-            }
-            if record.key is not None:
-                attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-            with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
-                outputs = await self._process(record)
-                if self.exactly_once or not span.is_recording():
-                    # Sent later in a transaction, or not sampled: the outputs carry the process span's context.
-                    context: list[tuple[str, bytes]] = []
-                    inject(context)
-                    outputs = [(topic, key, value, headers + context) for topic, key, value, headers in outputs]
-                    if not self.exactly_once:
-                        await self._publish(outputs, traced=False)
-                else:
-                    await self._publish(outputs)
-        else:
+    async def _handle(self, tp: TopicPartition, record, tasks: dict[int, asyncio.Task[None]]) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction."""
+        try:
+            telemetry = self.telemetry
+            if telemetry.tracing:
+                await self._traced(tp, record)
+                return
             # No spans of ours: the producer's context still reaches the outputs as it came.
-            carried = [(k, v) for k, v in (record.headers or ()) if k in TRACE_HEADERS]
-            outputs = [(topic, key, value, headers + carried) for topic, key, value, headers in await self._process(record)]
-            if not self.exactly_once:
-                await self._publish(outputs)
+            carried = [(k, v) for k, v in record.headers if k in TRACE_HEADERS] if record.headers else []
+            outputs = await self._process(record, tasks.get(record.offset))
+            if carried:
+                outputs = [(topic, key, value, headers + carried) for topic, key, value, headers in outputs]
+            self._hand_on(tp, record.offset, outputs)
+        except Exception:
+            log.exception("job crashed; its offset stays uncommitted", extra={"partition": record.partition, "offset": record.offset})
+        finally:
+            tasks.pop(record.offset, None)
+
+    async def _traced(self, tp: TopicPartition, record) -> None:  # noqa: ANN001
+        telemetry = self.telemetry
+        parent, links = telemetry.process_context(record.headers)
+        attributes = {
+            "messaging.system": "kafka",
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+            "messaging.consumer.group.name": self.config.kafka.group_id,
+        }
+        if record.key is not None:
+            attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
+        with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
+            outputs = await self._process(record)
+            if self.exactly_once or not span.is_recording():
+                # Sent later in a transaction, or not sampled: the outputs carry the process span's context.
+                context: list[tuple[str, bytes]] = []
+                inject(context)
+                self._hand_on(tp, record.offset, [(topic, key, value, headers + context) for topic, key, value, headers in outputs])
+                return
+            # A send span for each output, ended by the outbox at the broker's acknowledgement.
+            spans, traced = [], []
+            for topic, key, value, headers in outputs:
+                send = start_send_span(telemetry, topic, key)
+                spans.append(send)
+                headers = list(headers)
+                inject(headers, trace.set_span_in_context(send))
+                traced.append((topic, key, value, headers))
+            self._hand_on(tp, record.offset, traced, spans)
+
+    def _hand_on(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list | None = None) -> None:
         if self.exactly_once:
-            self._ready[tp][record.offset] = outputs
+            self._ready[tp][offset] = outputs
             self._held += 1
-        self.tracker.finish(tp, record.offset)
+            self._finish(tp, offset)
+        else:
+            self.outbox.put(outputs, partial(self._finish, tp, offset), spans)
+
+    def _finish(self, tp: TopicPartition, offset: int) -> None:
+        """A job's outputs are acknowledged (or held for the transaction): its offset may be committed."""
+        self.tracker.finish(tp, offset)
         if self.tracker.in_flight + self._held <= self._resume_at:
             self._capacity.set()
 
-    async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        """A record's outputs: its result and cost events, or its dead letter."""
+    async def _process(self, record, task: asyncio.Task[None] | None = None) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
         decoded = decode_job(record.value, self.config.worker.max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
@@ -299,7 +320,7 @@ class Worker:
             return [self._dead_letter(decoded, record)]
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
-        outcome = await self._run_job(decoded)
+        outcome = await self._run_job(decoded, task)
         if outcome.result.status == "ok":
             self.stats.results_ok += 1
         else:
@@ -307,9 +328,9 @@ class Worker:
         self.stats.cost_events += len(outcome.cost_events)
         return self._job_outputs(outcome)
 
-    async def _run_job(self, job: Job) -> JobOutcome:
+    async def _run_job(self, job: Job, task: asyncio.Task[None] | None) -> JobOutcome:
         try:
-            return await self.runner.run(job)
+            return await self.runner.run(job, task)
         except Exception as exc:  # a bug must still give the job a result, never silence
             log.exception("job failed inside the worker", extra={"job_id": job.id})
             result = Result(
@@ -330,63 +351,6 @@ class Worker:
         letter, value = dead_letter(rejection, record.topic, record.partition, record.offset, record.value, limit)
         log.warning("dead-lettered", extra={"kind": letter.error_kind, "error": letter.error[:300], "partition": record.partition, "offset": record.offset})
         return (self.config.kafka.topics.dlq, record.key, value, letter.to_headers())
-
-    async def _publish(self, outputs: list[Output], traced: bool = True) -> None:
-        """Send and wait for every output's acknowledgement, retrying until sent or cancelled."""
-        traced = traced and self.telemetry.tracing
-        attempt = 0
-        partition = self._partitioner()
-        while True:
-            spans = []
-            try:
-                futures = []
-                # One job at a time appends: when a partition's batch is full only the lock's holder
-                # waits for it to drain, not every job in flight (aiokafka wakes all its waiters).
-                async with self._send_lock:
-                    for topic, key, value, headers in outputs:
-                        if traced:
-                            span = start_send_span(self.telemetry, topic, key)
-                            spans.append(span)
-                            headers = list(headers)
-                            inject(headers, trace.set_span_in_context(span))
-                        futures.append(await self.producer.send(topic, value, key=key, headers=headers, partition=partition(topic, key)))
-                acknowledged = [await future for future in futures]  # a job's few outputs: no gather task
-                for span, metadata in zip(spans, acknowledged):
-                    sent(span, metadata)
-                return
-            except KafkaError as exc:
-                for span in spans:
-                    span.set_attribute("error.type", type(exc).__name__)
-                    span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
-                    span.end()
-                spans = []
-                # Never dropped: the offset stays unfinished until the outputs are acknowledged.
-                delay = PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]
-                level = log.warning if getattr(exc, "retriable", True) else log.error
-                level("publish failed, retrying", extra={"error": repr(exc), "retry_in_s": delay})
-                attempt += 1
-                await asyncio.sleep(delay)
-            except BaseException:
-                for span in spans:
-                    span.end()
-                raise
-
-    def _partitioner(self) -> Callable[[str, bytes | None], int | None]:
-        """Where the producer's default partitioner would put each output (murmur2 of the key over the
-        topic's partitions), hashing a job's key once for all its outputs; None when it cannot tell."""
-        cluster = self.producer.client.cluster
-        hashed: dict[bytes, int] = {}
-
-        def partition(topic: str, key: bytes | None) -> int | None:
-            partitions = cluster.partitions_for_topic(topic) if key is not None else None
-            if not partitions:
-                return None
-            h = hashed.get(key)  # type: ignore[arg-type]
-            if h is None:
-                h = hashed[key] = murmur2(key) & 0x7FFFFFFF  # type: ignore[index]
-            return list(partitions)[h % len(partitions)]
-
-        return partition
 
     async def _commit_every(self, interval: float) -> None:
         while True:
@@ -466,7 +430,7 @@ class Worker:
             return
         self._releasing.update(partitions)
         try:
-            tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
+            tasks = {t for tp in partitions for t in self._tasks.get(tp, {}).values()}
             started = time.monotonic()
             if tasks:
                 log.info("draining in-flight jobs", extra={"reason": reason, "jobs": len(tasks)})
@@ -477,6 +441,10 @@ class Worker:
                     await asyncio.wait(unfinished)
                     self.stats.abandoned += len(unfinished)
                     log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": len(unfinished)})
+            # Finished jobs' outputs still on their way to the broker: their offsets finish at the acknowledgement.
+            left = self.config.worker.shutdown_grace_s - (time.monotonic() - started)
+            if not await self.outbox.settled(max(0.0, left)):
+                log.warning("outputs not acknowledged within the grace period: their jobs stay uncommitted", extra={"reason": reason, "jobs": self.outbox.unacknowledged})
             await self.commit(partitions)
             self.tracker.drop(partitions)
             for tp in partitions:
@@ -495,11 +463,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()  # what start-up built lives as long as the process: never scanned again
     gc.set_threshold(50_000, 50, 1000)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("job task crashed; its offset stays uncommitted", exc_info=task.exception())
 
 
 class _Rebalance(ConsumerRebalanceListener):

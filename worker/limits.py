@@ -93,17 +93,27 @@ class Gate:
         for kind in KINDS:
             self._used[kind] += amounts.get(kind, 0.0)
 
-    async def acquire(self, usage: Usage, priority: int = 0) -> float:
-        """Wait until `usage` fits, take it; returns the seconds waited."""
+    def take_now(self, usage: Usage) -> bool:
+        """Take `usage` when it fits now with nobody waiting before it (no coroutine, no await); False
+        leaves the gate as it was, and the caller waits in `acquire`."""
         if not self._limits and self._blocked_until <= self._clock():
             self.in_flight += 1
+            return True
+        if self._waiters:
+            return False
+        amounts = usage.amounts()
+        if self._wait_s(amounts, self._clock()) == 0.0:
+            self._take(amounts)
+            self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self, usage: Usage, priority: int = 0) -> float:
+        """Wait until `usage` fits, take it; returns the seconds waited."""
+        if self.take_now(usage):
             return 0.0
         amounts = usage.amounts()
         now = self._clock()
-        if not self._waiters and self._wait_s(amounts, now) == 0.0:
-            self._take(amounts)
-            self.in_flight += 1
-            return 0.0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (-priority, next(self._order), amounts, future))
         self._schedule(0.0)
@@ -228,7 +238,7 @@ class RateLimits:
                 return SharedGate(name, limits, shared, margin=margin, block_s=settings.block_s, clock=clock)
         self.providers = {name: gate(f"provider:{name}", _limits_of(p)) for name, p in config.providers.items()}
         self.models = {name: gate(f"model:{name}", _limits_of(m)) for name, m in config.models.items()}
-        self._provider_of = {name: m.provider for name, m in config.models.items()}
+        self._gates = {name: (self.models[name], self.providers[m.provider]) for name, m in config.models.items()}
 
     async def start(self) -> None:
         """With the Redis backend: fail at start, with its address, when Redis cannot be reached."""
@@ -239,13 +249,14 @@ class RateLimits:
         if self._shared is not None:
             await self._shared.close()
 
-    def gates(self, model: str) -> list[Gate]:
+    def gates(self, model: str) -> tuple[Gate, Gate]:
         """The gates an attempt on `model` passes: the model's, then its provider's."""
-        return [self.models[model], self.providers[self._provider_of[model]]]
+        return self._gates[model]
 
     def waiting(self, model: str) -> int:
         """The most jobs waiting at any gate of `model`."""
-        return max(gate.waiting for gate in self.gates(model))
+        model_gate, provider_gate = self._gates[model]
+        return max(model_gate.waiting, provider_gate.waiting)
 
     def has_capacity(self, model: str, usage: Usage) -> bool:
         return all(gate.has_capacity(usage) for gate in self.gates(model))

@@ -1,0 +1,57 @@
+"""The outbox against a real broker: batches per topic partition, acknowledged before `done`."""
+
+import asyncio
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+
+from tests.integration.helpers import Setup, make_topics
+from worker.kafka import make_producer
+from worker.outbox import Outbox
+
+
+def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_the_acknowledgement(bootstrap):
+    setup = Setup(bootstrap)
+    topics = setup.config.kafka.topics
+
+    async def scenario():
+        await make_topics(setup)
+        producer = make_producer(setup.config.kafka)
+        await producer.start()
+        outbox = Outbox(producer)
+        done: list[int] = []
+        try:
+            for n in range(600):
+                key = f"job-{n}".encode()
+                outputs = [(topics.costs, key, b'{"cost": %d}' % n, []), (topics.results, key, b'{"result": %d}' % n, [("traceparent", b"tp-%d" % n)])]
+                if n % 100 == 0:
+                    outputs.append((topics.dlq, None, b"letter %d" % n, [("error_kind", b"not_json")]))
+                outbox.put(outputs, lambda n=n: done.append(n))
+            assert outbox.unacknowledged == 600 and not done, "nothing is done before the broker acknowledged it"
+            assert await outbox.settled(30)
+            assert outbox.unacknowledged == 0
+        finally:
+            await outbox.close()
+            await producer.stop()
+        reader = AIOKafkaConsumer(topics.costs, topics.results, topics.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        await reader.start()
+        records = []
+        try:
+            while len(records) < 1206:
+                for batch in (await reader.getmany(timeout_ms=1000)).values():
+                    records.extend(batch)
+        finally:
+            await reader.stop()
+        return done, records
+
+    done, records = asyncio.run(scenario())
+    assert sorted(done) == list(range(600))
+    partitioner = DefaultPartitioner()
+    keyed = [r for r in records if r.key is not None]
+    assert len(keyed) == 1200 and len(records) == 1206
+    assert all(r.partition == partitioner(r.key, [0, 1, 2, 3], [0, 1, 2, 3]) for r in keyed)
+    results = {r.key: r for r in records if r.topic == topics.results}
+    assert results[b"job-7"].value == b'{"result": 7}' and dict(results[b"job-7"].headers) == {"traceparent": b"tp-7"}
+    letters = [r for r in records if r.topic == topics.dlq]
+    assert sorted(r.value for r in letters) == sorted(b"letter %d" % n for n in range(0, 600, 100))
+    assert all(dict(r.headers) == {"error_kind": b"not_json"} for r in letters)

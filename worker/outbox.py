@@ -1,0 +1,240 @@
+"""The outbox: finished jobs' outputs, sent to Kafka as one record batch per topic partition.
+
+A job puts its outputs (result and cost events, or its dead letter) here and is over; the outbox
+appends what all jobs put since its last flush to aiokafka record batches (`create_batch`, one per
+topic partition), sends them (`send_batch`), and once the broker has acknowledged every output of a
+job calls that job's `done`, which finishes its offset. So a job costs one append per output, not a
+send, a future and an await each, and the batches grow with the load. One flush runs at a time and
+does not wait for the acknowledgements of the one before; a batch that fails is sent again, with the
+other outputs of its jobs, after a backoff, until it is acknowledged: an offset is never finished
+before its outputs are on the broker.
+
+Outputs are placed where the producer's default partitioner would put them (murmur2 of the key
+over the topic's partitions, as the Java client does), a key-less one on a random partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from opentelemetry.trace import Status, StatusCode
+
+from worker.logs import get_logger
+from worker.telemetry import sent
+
+log = get_logger("outbox")
+
+Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
+
+BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class _Entry:
+    """One job's outputs, what to call when all are acknowledged, and their send spans (traced jobs)."""
+
+    __slots__ = ("outputs", "done", "spans", "failures")
+
+    def __init__(self, outputs: list[Output], done: Callable[[], None], spans: list[Any] | None) -> None:
+        self.outputs = outputs
+        self.done = done
+        self.spans = spans
+        self.failures = 0
+
+
+class Outbox:
+    """Outputs waiting for the broker, sent in batches; see the module's docstring."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self._pending: list[_Entry] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.TimerHandle] = set()
+        self._unacknowledged = 0
+        self._settled: asyncio.Event | None = None  # made when someone waits for it
+        self._closed = False
+
+    @property
+    def unacknowledged(self) -> int:
+        """Jobs whose outputs are put and not all acknowledged yet."""
+        return self._unacknowledged
+
+    def put(self, outputs: list[Output], done: Callable[[], None], spans: list[Any] | None = None) -> None:
+        """Send `outputs` (one job's); call `done` once the broker acknowledged them all. Never blocks."""
+        if self._closed:
+            raise RuntimeError("the outbox is closed")
+        self._unacknowledged += 1
+        self._queue(_Entry(outputs, done, spans))
+
+    def _queue(self, entry: _Entry) -> None:
+        self._pending.append(entry)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def settled(self, timeout: float) -> bool:
+        """Wait until everything put so far is acknowledged, at most `timeout` seconds; whether it was."""
+        if not self._unacknowledged:
+            return True
+        if self._settled is None:
+            self._settled = asyncio.Event()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._settled.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop: no more flushes or retries. What is still unacknowledged stays so (its offsets unfinished)."""
+        self._closed = True
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
+        if self._flushing is not None:
+            self._flushing.cancel()
+            await asyncio.gather(self._flushing, return_exceptions=True)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending and not self._closed:
+                entries, self._pending = self._pending, []
+                try:
+                    await self._send(entries)
+                except KafkaError as exc:  # not even queued (e.g. no metadata for a topic): all of it again
+                    self._failed(entries, exc)
+        finally:
+            self._flushing = None
+
+    async def _send(self, entries: list[_Entry]) -> None:
+        """Append the entries' outputs to a batch per topic partition, send the batches, and watch the acknowledgements."""
+        producer = self._producer
+        cluster = producer.client.cluster
+        batches: dict[tuple[str, int], Any] = {}
+        placed: dict[tuple[str, int], list[tuple[_Entry, int]]] = defaultdict(list)  # (entry, index of its output) by batch
+        partitions: dict[str, list[int]] = {}
+        full: list[tuple[tuple[str, int], Any, list[tuple[_Entry, int]]]] = []
+        last_key, last_hash = None, 0
+        for entry in entries:
+            for index, (topic, key, value, headers) in enumerate(entry.outputs):
+                known = partitions.get(topic)
+                if known is None:
+                    ids = cluster.partitions_for_topic(topic) or await producer.partitions_for(topic)
+                    known = partitions[topic] = sorted(ids)
+                if key is None:
+                    partition = random.choice(known)
+                else:
+                    if key is not last_key:
+                        last_key, last_hash = key, murmur2(key) & 0x7FFFFFFF
+                    partition = known[last_hash % len(known)]
+                where = (topic, partition)
+                batch = batches.get(where)
+                if batch is None:
+                    batch = batches[where] = producer.create_batch()
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # Full: it goes as it is, and a new one takes this output.
+                    full.append((where, batch, placed.pop(where)))
+                    batch = batches[where] = producer.create_batch()
+                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                placed[where].append((entry, index))
+        sends = full + [(where, batch, placed[where]) for where, batch in batches.items()]
+        futures: list[asyncio.Future[Any]] = []
+        for (topic, partition), batch, _ in sends:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        acknowledged = asyncio.gather(*futures, return_exceptions=True)
+        acknowledged.add_done_callback(lambda done: self._acknowledged(entries, sends, done.result()))
+
+    def _acknowledged(self, entries: list[_Entry], sends: list[tuple[tuple[str, int], Any, list[tuple[_Entry, int]]]], outcomes: list[Any]) -> None:
+        failed: dict[int, tuple[_Entry, BaseException]] = {}
+        for (_, _, outputs), outcome in zip(sends, outcomes):
+            if isinstance(outcome, BaseException):
+                for entry, _ in outputs:
+                    failed[id(entry)] = (entry, outcome)
+            elif outcome is not None:
+                for relative, (entry, index) in enumerate(outputs):
+                    if entry.spans and id(entry) not in failed:
+                        sent(entry.spans[index], _Landed(outcome.partition, outcome.offset + relative))
+        for entry in entries:
+            if id(entry) not in failed:
+                self._finished(entry)
+        if failed:
+            by_error: dict[int, tuple[BaseException, list[_Entry]]] = {}
+            for entry, exc in failed.values():
+                by_error.setdefault(id(exc), (exc, []))[1].append(entry)
+            for exc, again in by_error.values():
+                self._failed(again, exc)
+
+    def _finished(self, entry: _Entry) -> None:
+        self._unacknowledged -= 1
+        if not self._unacknowledged and self._settled is not None:
+            self._settled.set()
+            self._settled = None
+        entry.done()
+
+    def _failed(self, entries: list[_Entry], exc: BaseException) -> None:
+        """Send these entries again after a backoff (their spans end with the error)."""
+        if self._closed:
+            return
+        failures = max(entry.failures for entry in entries)
+        delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+        level = log.warning if getattr(exc, "retriable", True) else log.error
+        level("publish failed, retrying", extra={"error": repr(exc), "jobs": len(entries), "retry_in_s": delay})
+        for entry in entries:
+            entry.failures += 1
+            for span in entry.spans or ():
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
+                span.end()
+            entry.spans = None  # sent again without spans; the outputs keep the first spans' context
+
+        def again() -> None:
+            self._retries.discard(handle)
+            for entry in entries:
+                self._queue(entry)
+
+        handle = asyncio.get_running_loop().call_later(delay, again)
+        self._retries.add(handle)
+
+
+class _Landed:
+    """Where one output of an acknowledged batch landed (what `sent` reads)."""
+
+    __slots__ = ("partition", "offset")
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self.partition = partition
+        self.offset = offset
+
+
+_M = 0x5BD1E995
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of a key (the Java client's `Utils.murmur2`, as aiokafka's partitioner computes
+    it), reading the key four bytes at a time: about three times faster than aiokafka's byte loop."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    whole = length // 4
+    for k in struct.unpack_from(f"<{whole}I", data) if whole else ():
+        k = (k * _M) & 0xFFFFFFFF
+        k ^= k >> 24
+        k = (k * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    extra = length & 3
+    if extra:
+        tail = data[whole * 4 :]
+        if extra >= 3:
+            h ^= tail[2] << 16
+        if extra >= 2:
+            h ^= tail[1] << 8
+        h ^= tail[0]
+        h = (h * _M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _M) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
