@@ -1,4 +1,4 @@
-"""The worker's adapters over aiohttp and over httpx against the simulator, side by side in one run.
+"""The worker's adapters over each HTTP client (lean, aiohttp, httpx) against the simulator, side by side in one run.
 
 The simulator runs in a process of its own answering at once, so what differs is the client's
 cost: requests per second and the client process's CPU time per request.
@@ -20,7 +20,7 @@ from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
 
 REPO = Path(__file__).resolve().parent.parent
-CLIENTS = ("aiohttp", "httpx")
+CLIENTS = ("lean", "aiohttp", "httpx")
 
 
 async def _measure(url: str, client: str, requests: int, concurrency: int) -> dict:
@@ -74,11 +74,9 @@ def run(requests: int = 3000, concurrency: int = 64, rounds: int = 3) -> list[di
         })
     by = {f["client"]: f for f in figures}
     chosen = load_config(env={}).providers["openai"].http_client
-    other = next(c for c in CLIENTS if c != chosen)
-    figures.append({
-        "bench": "http_client_choice",
-        "chosen": chosen,
-        "requests_per_s_ratio_to_" + other: round(by[chosen]["requests_per_s"] / by[other]["requests_per_s"], 2),
-        "cpu_ratio_to_" + other: round(by[chosen]["cpu_us_per_request"] / by[other]["cpu_us_per_request"], 2),
-    })
+    choice: dict = {"bench": "http_client_choice", "chosen": chosen}
+    for other in (c for c in CLIENTS if c != chosen):
+        choice["requests_per_s_ratio_to_" + other] = round(by[chosen]["requests_per_s"] / by[other]["requests_per_s"], 2)
+        choice["cpu_ratio_to_" + other] = round(by[chosen]["cpu_us_per_request"] / by[other]["cpu_us_per_request"], 2)
+    figures.append(choice)
     return figures

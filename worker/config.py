@@ -91,7 +91,7 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     anthropic_version: str = "2023-06-01"
     timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     max_connections: PosInt = 1000
-    http_client: Literal["aiohttp", "httpx"] = "aiohttp"
+    http_client: Literal["lean", "aiohttp", "httpx"] = "lean"
     # Rate limits per minute (0: none), for this provider's key across every replica.
     requests_per_minute: Annotated[int, Meta(ge=0)] = 0
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0

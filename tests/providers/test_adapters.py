@@ -49,7 +49,7 @@ def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="
     return asyncio.run(run()), config
 
 
-@pytest.mark.parametrize("client", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("client", ["aiohttp", "httpx", "lean"])
 @pytest.mark.parametrize("model", list(MODELS))
 def test_text_finish_usage_and_cost_match_what_the_simulator_served(sim, model, client):
     completion, config = call(sim, model, "Capital of France? [[expect: Paris]] [[task: simple_qa]]", system="Answer in one word.", client=client)

@@ -1,7 +1,8 @@
 """One pooled HTTP client per provider, behind a small interface so the client library can be chosen.
 
-aiohttp is the default: against the simulator it served more requests per second than httpx on
-the same adapters (`make bench`, section `http_client`); httpx stays selectable per provider.
+`lean` (lean_http.py, on asyncio's protocols) is the default: against the simulator it took a
+fraction of aiohttp's CPU a call, and httpx took more than either (`make bench`, section
+`http_client`); aiohttp and httpx stay selectable per provider (`http_client`).
 """
 
 from __future__ import annotations
@@ -92,4 +93,8 @@ def make_transport(client: str, timeout_s: float, max_connections: int) -> Trans
     """The transport for a provider's `http_client` setting."""
     if client == "httpx":
         return HttpxTransport(timeout_s, max_connections)
+    if client == "lean":
+        from worker.providers.lean_http import LeanTransport
+
+        return LeanTransport(timeout_s, max_connections)
     return AiohttpTransport(timeout_s, max_connections)

@@ -1,4 +1,4 @@
-"""The simulator's HTTP server (aiohttp): the providers' paths, its counts and its controls.
+"""The simulator's HTTP server (lean_server.py, aiohttp's response types): the providers' paths, its counts and its controls.
 
   POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
   POST /v1/messages                              Anthropic
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections import defaultdict
 from typing import Any
@@ -22,6 +23,7 @@ import msgspec
 from aiohttp import web
 
 from worker.simulator import wire
+from worker.simulator.lean_server import LeanServer, Request, Routes
 from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
 from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
@@ -60,19 +62,19 @@ class Simulator:
         self._limits: dict[tuple[str, str], Limits] = {}
         self._decoder = msgspec.json.Decoder()
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post("/v1/chat/completions", self._openai)
-        app.router.add_post("/v1/messages", self._anthropic)
-        app.router.add_post(r"/{version:v1beta|v1}/models/{target}", self._gemini)
-        app.router.add_get("/_sim/stats", self._get_stats)
-        app.router.add_post("/_sim/reset", self._reset)
-        app.router.add_get("/_sim/models", self._get_models)
-        app.router.add_patch("/_sim/models/{model}", self._patch_model)
-        app.router.add_put("/_sim/models/{model}", self._put_model)
-        return app
+    def routes(self) -> Routes:
+        routes = Routes()
+        routes.add("POST", "/v1/chat/completions", self._openai)
+        routes.add("POST", "/v1/messages", self._anthropic)
+        routes.add("POST", r"/{version:v1beta|v1}/models/{target}", self._gemini)
+        routes.add("GET", "/_sim/stats", self._get_stats)
+        routes.add("POST", "/_sim/reset", self._reset)
+        routes.add("GET", "/_sim/models", self._get_models)
+        routes.add("PATCH", "/_sim/models/{model}", self._patch_model)
+        routes.add("PUT", "/_sim/models/{model}", self._put_model)
+        return routes
 
-    async def _openai(self, request: web.Request) -> web.Response:
+    async def _openai(self, request: Request) -> web.Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         behaviour = self.config.models.get(model)
@@ -82,7 +84,7 @@ class Simulator:
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body)
 
-    async def _anthropic(self, request: web.Request) -> web.Response:
+    async def _anthropic(self, request: Request) -> web.Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         texts = None
@@ -100,7 +102,7 @@ class Simulator:
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body)
 
-    async def _gemini(self, request: web.Request) -> web.Response:
+    async def _gemini(self, request: Request) -> web.Response:
         model, _, action = request.match_info["target"].partition(":")
         if action != "generateContent":
             return self._reply(wire.error("gemini", "", "not_found", model), model)
@@ -118,7 +120,7 @@ class Simulator:
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
         return await self._serve("gemini", model, texts, max_tokens, key, body)
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: Request) -> Any:
         try:
             return self._decoder.decode(await request.read())
         except msgspec.DecodeError:
@@ -226,25 +228,25 @@ class Simulator:
             self.stats.rate_limited_sent += 1
         return web.Response(status=status, headers=headers, body=body)
 
-    async def _get_stats(self, request: web.Request) -> web.Response:
+    async def _get_stats(self, request: Request) -> web.Response:
         return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
 
-    async def _reset(self, request: web.Request) -> web.Response:
+    async def _reset(self, request: Request) -> web.Response:
         in_flight = self.stats.in_flight
         self.stats = Stats(in_flight=in_flight)
         self._limits.clear()
         return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
 
-    async def _get_models(self, request: web.Request) -> web.Response:
+    async def _get_models(self, request: Request) -> web.Response:
         return web.Response(body=msgspec.json.encode(self.config.models), content_type="application/json")
 
-    async def _patch_model(self, request: web.Request) -> web.Response:
+    async def _patch_model(self, request: Request) -> web.Response:
         return await self._update_model(request, merge=True)
 
-    async def _put_model(self, request: web.Request) -> web.Response:
+    async def _put_model(self, request: Request) -> web.Response:
         return await self._update_model(request, merge=False)
 
-    async def _update_model(self, request: web.Request, merge: bool) -> web.Response:
+    async def _update_model(self, request: Request, merge: bool) -> web.Response:
         name = request.match_info["model"]
         current = self.config.models.get(name)
         if current is None and merge:
@@ -268,28 +270,37 @@ class SimulatorServer:
         self.simulator = Simulator(config)
         self.host = host
         self.port = port
-        self._runner: web.AppRunner | None = None
+        self._server: LeanServer | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.simulator.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port when 0 was asked
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self._server = LeanServer(self.simulator.routes())
+        self.port = await self._server.start(self.host, self.port)
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
 
 
 def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
     """Serve until interrupted (`llm-router simulate`)."""
-    web.run_app(Simulator(config).app(), host=host, port=port, access_log=None, print=lambda text: print(f"simulator listening on http://{host}:{port}", flush=True), backlog=4096, shutdown_timeout=1.0)
+
+    async def serve() -> None:
+        server = SimulatorServer(config, host, port)
+        await server.start()
+        print(f"simulator listening on http://{host}:{server.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    asyncio.run(serve())
