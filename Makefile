@@ -30,9 +30,10 @@ test-reliability: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m reliability
 	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m reliability
 
-## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars.
+## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars (not the
+## `one_broker` ones, whose figures do not depend on the broker).
 test-kafka: $(STAMP) redis-server
-	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m integration
+	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m "integration and not one_broker"
 
 ## Debian's redis-server, which the shared rate limiter's tests start on loopback.
 redis-server:

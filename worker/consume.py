@@ -72,6 +72,7 @@ class Worker:
         self._commit_lock = asyncio.Lock()
         self._send_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
+        self._max_job_bytes = config.worker.max_job_bytes
         self._paused = False
         # Paused partitions resume once a tenth of the limit is free, not at every finished job.
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 10)
@@ -308,7 +309,7 @@ class Worker:
 
     async def _process(self, record, task: asyncio.Task[None] | None = None) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
         """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
-        decoded = decode_job(record.value, self.config.worker.max_job_bytes)
+        decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
             if self.telemetry.metering:
@@ -320,7 +321,10 @@ class Worker:
             return [self._dead_letter(decoded, record)]
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
-        outcome = await self._run_job(decoded, task)
+        try:
+            outcome = await self.runner.run(decoded, task)
+        except Exception as exc:  # a bug must still give the job a result, never silence
+            outcome = self._internal_error(decoded, exc)
         if outcome.result.status == "ok":
             self.stats.results_ok += 1
         else:
@@ -328,16 +332,14 @@ class Worker:
         self.stats.cost_events += len(outcome.cost_events)
         return self._job_outputs(outcome)
 
-    async def _run_job(self, job: Job, task: asyncio.Task[None] | None) -> JobOutcome:
-        try:
-            return await self.runner.run(job, task)
-        except Exception as exc:  # a bug must still give the job a result, never silence
-            log.exception("job failed inside the worker", extra={"job_id": job.id})
-            result = Result(
-                job_id=job.id, status="failed", attempts=[], usage=Usage(), cost_usd=0.0, latency_ms=0.0,
-                finished_at=_now(), tenant=job.tenant, error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
-            )
-            return JobOutcome(result, [])
+    @staticmethod
+    def _internal_error(job: Job, exc: Exception) -> JobOutcome:
+        log.exception("job failed inside the worker", extra={"job_id": job.id})
+        result = Result(
+            job_id=job.id, status="failed", attempts=[], usage=Usage(), cost_usd=0.0, latency_ms=0.0,
+            finished_at=_now(), tenant=job.tenant, error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
+        )
+        return JobOutcome(result, [])
 
     def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
         topics = self.config.kafka.topics

@@ -4,8 +4,12 @@ import subprocess
 import sys
 
 import orjson
+import pytest
 
 from tests.integration.helpers import REPO
+
+# The routing policies' figures; Kafka only carries the jobs.
+pytestmark = pytest.mark.one_broker
 
 
 def test_router_beats_always_gpt4o_and_the_reference_routes(bootstrap, report):

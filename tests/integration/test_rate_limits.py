@@ -15,6 +15,9 @@ from worker.providers import build_providers
 from worker.runs import running_worker
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
+# What is measured here is the gates against the simulator's limits; Kafka only carries the jobs.
+pytestmark = pytest.mark.one_broker
+
 KEYS = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k", "LLAMA_API_KEY": "k"}
 RPM = 1200  # 20 a second
 
