@@ -71,6 +71,7 @@ REPO = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 WARMUP = 500
 JOBS = 30_000
+RAW_JOBS = 150_000  # the floor drains 30,000 jobs in half a second: too short a span to time steadily
 LONG_WARMUP = 10_000
 LONG_JOBS = 50_000  # telemetry off: also the memory figure (RSS after LONG_WARMUP results, and at the end)
 MODEL = "gpt-4o"  # worker_http's jobs are pinned to it (the simulator's OpenAI wire)
@@ -430,7 +431,7 @@ def _simulator_config(folder: Path) -> Path:
 async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> list[Figure]:
     providers = load_config(env={}).providers
     echo = {f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in providers}
-    raw = await _phase("raw", _env(bootstrap, "raw", {}), url, _jobs("r", WARMUP + JOBS), pids, then=_paced)
+    raw = await _phase("raw", _env(bootstrap, "raw", {}), url, _jobs("r", WARMUP + RAW_JOBS), pids, then=_paced)
     # Telemetry off: the long run (also the memory figure).
     worker = await _phase("echo", _env(bootstrap, "echo", echo), url, _jobs("e", LONG_WARMUP + LONG_JOBS), pids)
     traced = {}
