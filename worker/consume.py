@@ -1,8 +1,9 @@
 """The consume loop: Kafka in, many jobs in flight, outputs acknowledged, offsets committed.
 
-Records arrive in batches from `getmany`; each becomes a task. A job's offset is finished only when
-its result and cost events (or its dead letter) are acknowledged by the broker (acks=all), and the
-committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
+Records arrive in batches from `getmany`; each becomes a task, which hands the job's result and cost
+events (or its dead letter) to the outbox (outbox.py: one record batch per topic partition for all
+jobs finished meanwhile). A job's offset is finished only when the broker acknowledged its outputs
+(acks=all), and the committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
 partitions are paused rather than buffered. A revoke or a stop lets in-flight jobs finish within
 the grace period, commits, and abandons the rest uncommitted (they are redelivered).
 """
