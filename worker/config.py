@@ -65,7 +65,7 @@ class KafkaConfig(Struct, forbid_unknown_fields=True):
 
 class WorkerConfig(Struct, forbid_unknown_fields=True):
     max_in_flight: PosInt = 4096
-    batch_max_records: PosInt = 1000
+    batch_max_records: PosInt = 200
     poll_timeout_ms: PosInt = 200
     commit_interval_ms: PosInt = 500
     shutdown_grace_s: NonNegFloat = 30.0

@@ -4,8 +4,8 @@ aiohttp's server (router, middlewares, request and response machinery) took abou
 request at 5,000 requests in flight, more than the simulated provider's own work, and the benchmark
 runs the simulator on the same two cores as the worker and the broker. This server parses the
 request line, headers and a Content-Length (or chunked) body, hands a small request object to the
-Simulator's handlers (the same ones, written against aiohttp's request and response types: headers,
-`match_info`, `query`, `read()`; status, headers, body), and writes the response with its length.
+Simulator's handlers (headers, `match_info`, `query`, `read()`, as aiohttp's request has them), and
+writes their Response (status, headers, body) with its length.
 """
 
 from __future__ import annotations
@@ -17,17 +17,31 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from aiohttp import web
-from multidict import CIMultiDict
 
 from worker.logs import get_logger
 from worker.providers.lean_http import MAX_HEAD_BYTES, _dechunk
 
 log = get_logger("simulator")
 
-Handler = Callable[[Any], Awaitable[web.StreamResponse]]
+Handler = Callable[[Any], Awaitable["Response"]]
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}
 MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class Response:
+    """A handler's answer: status, headers (names as written) and body."""
+
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int = 200, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+        self.status = status
+        self.headers = headers if headers is not None else {}
+        self.body = body
+
+
+def json_response(body: bytes, status: int = 200) -> Response:
+    """A JSON answer from already encoded bytes."""
+    return Response(status, {"content-type": "application/json"}, body)
 
 
 class Request:
@@ -35,7 +49,7 @@ class Request:
 
     __slots__ = ("method", "path", "headers", "match_info", "query", "_body")
 
-    def __init__(self, method: str, path: str, headers: CIMultiDict[str], query: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], body: bytes) -> None:
         self.method = method
         self.path = path
         self.headers = headers
@@ -82,7 +96,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._head: tuple[str, str, str, CIMultiDict[str], int | None, bool, bool] | None = None
+        self._head: tuple[str, str, str, dict[str, str], int | None, bool, bool] | None = None
         self._requests: deque[tuple[Request, bool]] = deque()
         self._busy = False
         self._closing = False
@@ -106,7 +120,7 @@ class _Connection(asyncio.Protocol):
             while self._parse():
                 pass
         except ValueError as exc:
-            self._write(400, CIMultiDict({"Content-Type": "text/plain"}), f"bad request: {exc}".encode(), keep_alive=False)
+            self._write(400, {"content-type": "text/plain"}, f"bad request: {exc}".encode(), keep_alive=False)
             self.close()
 
     def _parse(self) -> bool:
@@ -121,10 +135,11 @@ class _Connection(asyncio.Protocol):
             lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
             del buffer[: end + 4]
             method, target, version = lines[0].split(" ", 2)
-            headers: CIMultiDict[str] = CIMultiDict()
+            headers: dict[str, str] = {}  # names lower-cased, as the handlers ask for them
             for line in lines[1:]:
                 name, _, value = line.partition(":")
-                headers.add(name.strip(), value.strip())
+                key = name.strip().lower()
+                headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
             path, _, query = target.partition("?")
             connection = headers.get("connection", "").lower()
             keep_alive = connection != "close" and (version != "HTTP/1.0" or connection == "keep-alive")
@@ -159,22 +174,21 @@ class _Connection(asyncio.Protocol):
                 handler, params, exists = self._server.routes.find(request.method, request.path)
                 if handler is None:
                     status = 405 if exists else 404
-                    self._write(status, CIMultiDict({"Content-Type": "text/plain"}), REASONS[status].encode(), keep_alive)
+                    self._write(status, {"content-type": "text/plain"}, REASONS[status].encode(), keep_alive)
                 else:
                     request.match_info = params
                     try:
                         response = await handler(request)
-                        body = response.body if isinstance(response, web.Response) else b""
-                        self._write(response.status, response.headers, bytes(body or b""), keep_alive)
+                        self._write(response.status, response.headers, response.body, keep_alive)
                     except Exception:  # a bug in a handler: a 500, as aiohttp would answer
                         log.exception("simulator handler failed", extra={"path": request.path})
-                        self._write(500, CIMultiDict({"Content-Type": "text/plain"}), b"internal error", keep_alive)
+                        self._write(500, {"content-type": "text/plain"}, b"internal error", keep_alive)
                 if not keep_alive:
                     self.close()
         finally:
             self._busy = False
 
-    def _write(self, status: int, headers: Any, body: bytes, keep_alive: bool) -> None:
+    def _write(self, status: int, headers: dict[str, str], body: bytes, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():
             return
         lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"]

@@ -1,4 +1,4 @@
-"""The simulator's HTTP server (lean_server.py, aiohttp's response types): the providers' paths, its counts and its controls.
+"""The simulator's HTTP handlers, served by lean_server.py: the providers' paths, its counts and its controls.
 
   POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
   POST /v1/messages                              Anthropic
@@ -20,10 +20,9 @@ from collections import defaultdict
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 from worker.simulator import wire
-from worker.simulator.lean_server import LeanServer, Request, Routes
+from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
 from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
@@ -74,7 +73,7 @@ class Simulator:
         routes.add("PUT", "/_sim/models/{model}", self._put_model)
         return routes
 
-    async def _openai(self, request: Request) -> web.Response:
+    async def _openai(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         behaviour = self.config.models.get(model)
@@ -84,7 +83,7 @@ class Simulator:
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body)
 
-    async def _anthropic(self, request: Request) -> web.Response:
+    async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         texts = None
@@ -102,7 +101,7 @@ class Simulator:
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body)
 
-    async def _gemini(self, request: Request) -> web.Response:
+    async def _gemini(self, request: Request) -> Response:
         model, _, action = request.match_info["target"].partition(":")
         if action != "generateContent":
             return self._reply(wire.error("gemini", "", "not_found", model), model)
@@ -126,7 +125,7 @@ class Simulator:
         except msgspec.DecodeError:
             return None
 
-    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any) -> web.Response:
+    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
@@ -136,7 +135,7 @@ class Simulator:
         finally:
             stats.in_flight -= 1
 
-    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any) -> web.Response:
+    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any) -> Response:
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
             return self._reply(wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model)
@@ -214,7 +213,7 @@ class Simulator:
             stats = self.stats.models[model] = ModelStats(statuses=defaultdict(int))
         return stats
 
-    def _reply(self, reply: wire.Reply, model: str) -> web.Response:
+    def _reply(self, reply: wire.Reply, model: str) -> Response:
         status, headers, body = reply
         key = str(status)
         self.stats.statuses[key] = self.stats.statuses.get(key, 0) + 1
@@ -226,31 +225,31 @@ class Simulator:
             model_stats.ok += 1
         elif status == 429:
             self.stats.rate_limited_sent += 1
-        return web.Response(status=status, headers=headers, body=body)
+        return Response(status, headers, body)
 
-    async def _get_stats(self, request: Request) -> web.Response:
-        return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
+    async def _get_stats(self, request: Request) -> Response:
+        return json_response(msgspec.json.encode(self.stats))
 
-    async def _reset(self, request: Request) -> web.Response:
+    async def _reset(self, request: Request) -> Response:
         in_flight = self.stats.in_flight
         self.stats = Stats(in_flight=in_flight)
         self._limits.clear()
-        return web.Response(body=msgspec.json.encode(self.stats), content_type="application/json")
+        return json_response(msgspec.json.encode(self.stats))
 
-    async def _get_models(self, request: Request) -> web.Response:
-        return web.Response(body=msgspec.json.encode(self.config.models), content_type="application/json")
+    async def _get_models(self, request: Request) -> Response:
+        return json_response(msgspec.json.encode(self.config.models))
 
-    async def _patch_model(self, request: Request) -> web.Response:
+    async def _patch_model(self, request: Request) -> Response:
         return await self._update_model(request, merge=True)
 
-    async def _put_model(self, request: Request) -> web.Response:
+    async def _put_model(self, request: Request) -> Response:
         return await self._update_model(request, merge=False)
 
-    async def _update_model(self, request: Request, merge: bool) -> web.Response:
+    async def _update_model(self, request: Request, merge: bool) -> Response:
         name = request.match_info["model"]
         current = self.config.models.get(name)
         if current is None and merge:
-            return web.json_response({"error": f"no model {name!r}"}, status=404)
+            return json_response(msgspec.json.encode({"error": f"no model {name!r}"}), status=404)
         try:
             fields = msgspec.json.decode(await request.read())
             if merge:
@@ -258,9 +257,9 @@ class Simulator:
                 fields = msgspec.to_builtins(current) | fields | {"errors": errors}
             updated = msgspec.convert(fields, ModelBehaviour)
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError, AttributeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return json_response(msgspec.json.encode({"error": str(exc)}), status=400)
         self.config.models[name] = updated
-        return web.Response(body=msgspec.json.encode(updated), content_type="application/json")
+        return json_response(msgspec.json.encode(updated))
 
 
 class SimulatorServer:

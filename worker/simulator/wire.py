@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import uuid
@@ -15,6 +16,15 @@ from worker.simulator.limits import LimitState
 
 Reply = tuple[int, dict[str, str], bytes]
 _json = msgspec.json.Encoder()
+
+_ids = itertools.count()
+_prefix = uuid.uuid4().hex[:12]
+
+
+def _request_id() -> str:
+    """24 hex digits, unique in the process: a random prefix and a counter (uuid4 a call cost more than the rest of the answer)."""
+    return f"{_prefix}{next(_ids) & 0xFFFFFFFFFFFF:012x}"
+
 
 LIMIT_WORDS = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)", "input_tokens": "input tokens per min", "output_tokens": "output tokens per min"}
 
@@ -50,7 +60,7 @@ def rate_limit_headers(wire: str, limits: list[LimitState]) -> dict[str, str]:
 
 def success(wire: str, model: str, answer: Answer, input_tokens: int, thinking_tokens: int, headers: dict[str, str]) -> Reply:
     """A 200 in the wire's shape."""
-    request_id = uuid.uuid4().hex[:24]
+    request_id = _request_id()
     if wire in ("openai", "openai_compatible"):
         refused = answer.finish == "refusal"
         body: dict[str, Any] = {
