@@ -62,6 +62,8 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
 
 
 _RNG = random.Random()
+_NOTHING_TRIED = ErrorInfo("no_route", "no model of the plan could be tried")
+_PLANNED = ("planned", None)
 
 
 def _reason(previous: Attempt | None, model: str, rerouted_from: str | None) -> tuple[str, str | None]:
@@ -211,7 +213,7 @@ class JobRunner:
         worker = self._config.worker
         models = self._config.models
         retries = 0
-        last_error = ErrorInfo("no_route", "no model of the plan could be tried")
+        last_error = _NOTHING_TRIED
         too_long_window = 0
         reserved = reservation(prompt_tokens, plan.max_output_tokens)
         chain, rerouted_from = self._chain(plan, reserved)
@@ -223,8 +225,9 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                breaker.start_call(self._clock())
-                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
+                if breaker.opened_at is not None:  # closed (the common case): nothing to record
+                    breaker.start_call(self._clock())
+                reason = _PLANNED if not attempts and not rerouted_from else _reason(attempts[-1] if attempts else None, model, rerouted_from)
                 attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, len(attempts) + 1, events, rerouted_from, spans, reason)
                 rerouted_from = None
                 attempts.append(attempt)
@@ -300,7 +303,6 @@ class JobRunner:
                 spans.append((span, time.time_ns()))
 
         waited = 0.0
-        started = time.monotonic()
         try:
             for gate in gates:
                 if not gate.take_now(reserved):

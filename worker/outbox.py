@@ -159,6 +159,14 @@ class Outbox:
                 for relative, (entry, index) in enumerate(outputs):
                     if entry.spans and id(entry) not in failed:
                         sent(entry.spans[index], _Landed(outcome.partition, outcome.offset + relative))
+        if not failed:  # the common case: all of them
+            self._unacknowledged -= len(entries)
+            if not self._unacknowledged and self._settled is not None:
+                self._settled.set()
+                self._settled = None
+            for entry in entries:
+                entry.done()
+            return
         for entry in entries:
             if id(entry) not in failed:
                 self._finished(entry)
