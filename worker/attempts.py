@@ -63,7 +63,6 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
 
 _RNG = random.Random()
 _NOTHING_TRIED = ErrorInfo("no_route", "no model of the plan could be tried")
-_PLANNED = ("planned", None)
 
 
 def _reason(previous: Attempt | None, model: str, rerouted_from: str | None) -> tuple[str, str | None]:
@@ -124,7 +123,7 @@ class JobRunner:
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
-        content_tokens = estimate_tokens(job.prompt) if job.messages is None else sum(estimate_tokens(m.content) for m in messages)  # estimated once a job: plan and reservations
+        content_tokens = sum(estimate_tokens(m.content) for m in messages)  # estimated once a job: plan and reservations
         prompt_tokens = content_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
@@ -225,9 +224,8 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                if breaker.opened_at is not None:  # closed (the common case): nothing to record
-                    breaker.start_call(self._clock())
-                reason = _PLANNED if not attempts and not rerouted_from else _reason(attempts[-1] if attempts else None, model, rerouted_from)
+                breaker.start_call(self._clock())
+                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
                 attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, len(attempts) + 1, events, rerouted_from, spans, reason)
                 rerouted_from = None
                 attempts.append(attempt)

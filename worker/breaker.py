@@ -40,7 +40,7 @@ class Breaker:
 
     def start_call(self, now: float) -> None:
         """A call goes out; in half-open it is the probe."""
-        if self.state(now) is BreakerState.HALF_OPEN:
+        if self.opened_at is not None and self.state(now) is BreakerState.HALF_OPEN:
             self.probing = True
 
     def succeeded(self) -> None:

@@ -26,9 +26,6 @@ class Classifier:
             (rule.task, tuple(k.lower() for k in rule.keywords), tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns))
             for rule in config.rules
         ]
-        # Without patterns, the rules are their keywords in order: one flat loop (a regex alternation of
-        # them all is slower than `in` on short prompts).
-        self._keywords = None if any(rule.patterns for rule in config.rules) else [(k, task) for task, keywords, _ in self._rules for k in keywords]
         self._default = config.default_task
         self._long_task = config.long_context_task
         self._long_chars = config.long_context_chars
@@ -41,18 +38,13 @@ class Classifier:
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()
-        if self._keywords is not None:
-            for keyword, task in self._keywords:
+        for task, keywords, patterns in self._rules:
+            for keyword in keywords:
                 if keyword in lowered:
                     return task
-        else:
-            for task, keywords, patterns in self._rules:
-                for keyword in keywords:
-                    if keyword in lowered:
-                        return task
-                for pattern in patterns:
-                    if pattern.search(text):
-                        return task
+            for pattern in patterns:
+                if pattern.search(text):
+                    return task
         if self._long_task and len(text) > self._long_chars:
             return self._long_task
         return self._default

@@ -38,7 +38,7 @@ from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
 from worker.outbox import Outbox, Output
 from worker.providers import Providers, build_providers
-from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, sent, start_send_span
+from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 
 log = get_logger("consume")
 
@@ -71,7 +71,6 @@ class Worker:
         self._releasing: set[TopicPartition] = set()
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
-        self._send_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
         self._max_job_bytes = config.worker.max_job_bytes
         self._paused = False

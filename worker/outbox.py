@@ -159,17 +159,7 @@ class Outbox:
                 for relative, (entry, index) in enumerate(outputs):
                     if entry.spans and id(entry) not in failed:
                         sent(entry.spans[index], _Landed(outcome.partition, outcome.offset + relative))
-        if not failed:  # the common case: all of them
-            self._unacknowledged -= len(entries)
-            if not self._unacknowledged and self._settled is not None:
-                self._settled.set()
-                self._settled = None
-            for entry in entries:
-                entry.done()
-            return
-        for entry in entries:
-            if id(entry) not in failed:
-                self._finished(entry)
+        self._finished(entries if not failed else [e for e in entries if id(e) not in failed])
         if failed:
             by_error: dict[int, tuple[BaseException, list[_Entry]]] = {}
             for entry, exc in failed.values():
@@ -177,12 +167,13 @@ class Outbox:
             for exc, again in by_error.values():
                 self._failed(again, exc)
 
-    def _finished(self, entry: _Entry) -> None:
-        self._unacknowledged -= 1
+    def _finished(self, entries: list[_Entry]) -> None:
+        self._unacknowledged -= len(entries)
         if not self._unacknowledged and self._settled is not None:
             self._settled.set()
             self._settled = None
-        entry.done()
+        for entry in entries:
+            entry.done()
 
     def _failed(self, entries: list[_Entry], exc: BaseException) -> None:
         """Send these entries again after a backoff (their spans end with the error)."""

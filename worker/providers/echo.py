@@ -31,11 +31,7 @@ class EchoProvider:
         model = self._models.get(request.model)
         if model is None:
             raise ProviderError("bad_request", f"{self.name} serves no model {request.model!r}")
-        messages = request.messages
-        if len(messages) == 1:
-            input_tokens = estimate_tokens(messages[0].content) + MESSAGE_OVERHEAD_TOKENS
-        else:
-            input_tokens = sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+        input_tokens = sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
         if input_tokens + request.max_output_tokens > model.context_window:
             raise ProviderError(
                 "context_too_long",

@@ -23,6 +23,35 @@ from worker.providers.http import HttpResponse
 MAX_HEAD_BYTES = 64 * 1024
 
 
+def take_head(buffer: bytearray, what: str) -> list[str] | None:
+    """The head of a request or response (its first line, then its header lines) taken off `buffer`,
+    or None until all of it came; ValueError when it grows past MAX_HEAD_BYTES."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise ValueError(f"the {what} head is too large")
+        return None
+    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+    del buffer[: end + 4]
+    return lines
+
+
+def parse_headers(lines: list[str]) -> dict[str, str]:
+    """Header lines as a dict of lower-cased names; a repeated header's values joined with ", "."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return headers
+
+
+def keeps_alive(version: str, headers: dict[str, str]) -> bool:
+    """Whether the connection stays open after this message (HTTP/1.1 unless `close`; 1.0 only with `keep-alive`)."""
+    connection = headers.get("connection", "").lower()
+    return connection != "close" and (version != "HTTP/1.0" or connection == "keep-alive")
+
+
 class _Target:
     """A URL split once: where to connect and what the request line and Host header say."""
 
@@ -99,25 +128,15 @@ class _Connection(asyncio.Protocol):
     def _parse(self) -> None:
         buffer = self._buffer
         while self._head is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise ValueError("the response head is too large")
+            lines = take_head(buffer, "response")
+            if lines is None:
                 return
-            lines = bytes(buffer[:end]).split(b"\r\n")
-            del buffer[: end + 4]
-            version, _, rest = lines[0].partition(b" ")
+            version, _, rest = lines[0].partition(" ")
             status = int(rest[:3])
             if 100 <= status < 200:
                 continue  # an interim response (100 Continue): the real one follows
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(b":")
-                key = name.strip().lower().decode("latin-1")
-                text = value.strip().decode("latin-1")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
-            connection = headers.get("connection", "").lower()
-            if connection == "close" or (version == b"HTTP/1.0" and connection != "keep-alive"):
+            headers = parse_headers(lines[1:])
+            if not keeps_alive(version, headers):
                 self.reusable = False
             chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             length = headers.get("content-length")
@@ -126,7 +145,7 @@ class _Connection(asyncio.Protocol):
             self._head = (status, headers, int(length) if length is not None and not chunked else None, chunked)
         _, _, length, chunked = self._head
         if chunked:
-            body = _dechunk(buffer)
+            body = dechunk(buffer)
             if body is not None:
                 self._complete(body)
         elif length is not None and len(buffer) >= length:
@@ -144,7 +163,7 @@ class _Connection(asyncio.Protocol):
         self._waiter.set_result(HttpResponse(status, headers, body))
 
 
-def _dechunk(buffer: bytearray) -> bytes | None:
+def dechunk(buffer: bytearray) -> bytes | None:
     """The whole body of a chunked response, consumed from `buffer`, or None until all of it came."""
     body = bytearray()
     at = 0

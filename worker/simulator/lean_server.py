@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote
 
 
 from worker.logs import get_logger
-from worker.providers.lean_http import MAX_HEAD_BYTES, _dechunk
+from worker.providers.lean_http import dechunk, keeps_alive, parse_headers, take_head
 
 log = get_logger("simulator")
 
@@ -127,22 +127,13 @@ class _Connection(asyncio.Protocol):
         """Take one whole request off the buffer, if there is one."""
         buffer = self._buffer
         if self._head is None:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise ValueError("the request head is too large")
+            lines = take_head(buffer, "request")
+            if lines is None:
                 return False
-            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-            del buffer[: end + 4]
             method, target, version = lines[0].split(" ", 2)
-            headers: dict[str, str] = {}  # names lower-cased, as the handlers ask for them
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                key = name.strip().lower()
-                headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+            headers = parse_headers(lines[1:])  # names lower-cased, as the handlers ask for them
             path, _, query = target.partition("?")
-            connection = headers.get("connection", "").lower()
-            keep_alive = connection != "close" and (version != "HTTP/1.0" or connection == "keep-alive")
+            keep_alive = keeps_alive(version, headers)
             chunked = "chunked" in headers.get("transfer-encoding", "").lower()
             length = int(headers.get("content-length", "0")) if not chunked else None
             if length is not None and length > MAX_BODY_BYTES:
@@ -150,7 +141,7 @@ class _Connection(asyncio.Protocol):
             self._head = (method, path, query, headers, length, chunked, keep_alive)
         method, path, query, headers, length, chunked, keep_alive = self._head
         if chunked:
-            body = _dechunk(buffer)
+            body = dechunk(buffer)
             if body is None:
                 return False
         else:
