@@ -10,6 +10,7 @@ import sys
 import orjson
 
 from bench import classifier, http_clients, rate_limit, throughput
+from worker.event_loop import loop_name
 
 SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run, "throughput": throughput.run}
 
@@ -21,7 +22,10 @@ def main() -> int:
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    machine = {"bench": "machine", "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    machine = {
+        "bench": "machine", "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "event_loop": loop_name(throughput.EVENT_LOOP),  # every consumer's, the raw floor's too
+    }
     print(orjson.dumps(machine).decode(), flush=True)
     for name in args.sections or SECTIONS:
         for figure in SECTIONS[name]():

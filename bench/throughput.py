@@ -58,6 +58,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
+from worker import event_loop
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.config import Config, KafkaConfig, load_config
 from worker.kafka import create_topics, make_consumer, make_producer
@@ -86,6 +87,9 @@ SAMPLE_S = 0.05
 TIMEOUT_S = 240.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _RESULT = msgspec.json.Decoder(Result)
+# Every consumer (floor and worker alike) runs on this loop: `LLM_ROUTER__WORKER__EVENT_LOOP=asyncio make bench`
+# compares them on asyncio's own.
+EVENT_LOOP = os.environ.get("LLM_ROUTER__WORKER__EVENT_LOOP", "auto")
 
 Figure = dict[str, Any]
 # (wall time, consumer CPU seconds, jobs in flight, RSS MiB), sampled in the consumer's process.
@@ -96,8 +100,10 @@ Sample = tuple[float, float, int, float]
 
 
 def _child(mode: str, env: dict[str, str], url: str, stop: MpEvent, conn: Connection) -> None:
-    """The consumer's process: `raw` (the plain loop), `echo` or `http` (the worker); sends its samples."""
-    conn.send(asyncio.run(_consume(mode, load_config(env=env), env, url, stop)))
+    """The consumer's process: `raw` (the plain loop), `echo` or `http` (the worker); sends its samples.
+    Every mode runs on the event loop the configuration names (`worker.event_loop`), the floor too."""
+    config = load_config(env=env)
+    conn.send(event_loop.run(_consume(mode, config, env, url, stop), config.worker.event_loop))
     conn.close()
 
 
@@ -303,6 +309,7 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
         "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
         **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
+        "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
     } | {k: str(v) for k, v in overrides.items()}
 
 

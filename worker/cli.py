@@ -13,6 +13,7 @@ from typing import IO
 import msgspec
 import orjson
 
+from worker import event_loop
 from worker.config import Config, ConfigError, load_config
 from worker.kafka import DeliveryError
 from worker.logs import get_logger, setup_logging
@@ -113,12 +114,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("worker starting", extra={"bootstrap_servers": config.kafka.bootstrap_servers, "group_id": config.kafka.group_id, "jobs_topic": config.kafka.topics.jobs})
+        log.info(
+            "worker starting",
+            extra={
+                "bootstrap_servers": config.kafka.bootstrap_servers, "group_id": config.kafka.group_id, "jobs_topic": config.kafka.topics.jobs,
+                "event_loop": type(loop).__module__.partition(".")[0],
+            },
+        )
         await Worker(config, telemetry=telemetry).run(stop)
 
     telemetry = _telemetry(config)
     try:
-        asyncio.run(run())
+        event_loop.run(run(), config.worker.event_loop)
     finally:
         telemetry.shutdown()
     return 0
@@ -199,7 +206,7 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         return 1 if bad else 0
 
     try:
-        return asyncio.run(run())
+        return event_loop.run(run(), config.worker.event_loop)
     finally:
         telemetry.shutdown()
 
@@ -260,14 +267,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
             await consumer.stop()
         return 0
 
-    return asyncio.run(run())
+    return event_loop.run(run(), config.worker.event_loop)
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from worker.kafka import create_topics
 
     config = _config(args)
-    states = asyncio.run(create_topics(config.kafka, args.partitions, args.replication_factor))
+    states = event_loop.run(create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop)
     for name, state in states.items():
         print(f"{name}\t{state}")
     return 0

@@ -79,6 +79,8 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     # commit is one Kafka transaction holding the outputs of the finished prefix and its offsets, so
     # read_committed consumers see each result once (Apache Kafka; provider calls can still repeat).
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    # The event loop of the worker's process (worker/event_loop.py): "auto" is uvloop where installed.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):

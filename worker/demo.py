@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from worker import event_loop
 from worker.broker import BrokerError, EmbeddedBroker
 from worker.config import Config, Topics
 from worker.kafka import create_topics, make_consumer
@@ -119,7 +120,7 @@ def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
             return 1
         print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
     try:
-        return asyncio.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s))  # type: ignore[union-attr]
+        return event_loop.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s), config.worker.event_loop)  # type: ignore[union-attr]
     finally:
         if broker:
             broker.stop()

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 import orjson
 
+from worker import event_loop
 from worker.broker import EmbeddedBroker
 from worker.classify import Classifier
 from worker.config import Config, Topics
@@ -156,7 +157,7 @@ def run_eval(config: Config, sim_config: SimulatorConfig, workload: str, policie
     broker = None if external else EmbeddedBroker()
     bootstrap = external or broker.start()  # type: ignore[union-attr]
     try:
-        results = [asyncio.run(run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s)) for policy in policies]
+        results = [event_loop.run(run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop) for policy in policies]
     finally:
         if broker:
             broker.stop()

@@ -96,6 +96,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
         assert worker.process.poll() is None, "the worker must not exit on bad input"
         starts = [e for e in worker.events() if e.get("event") == "worker starting"]
         assert len(starts) == 1
+        assert starts[0]["event_loop"] == "uvloop", "worker processes run on uvloop by default (worker.event_loop = auto)"
     finally:
         worker.stop()
     assert outputs.result_ids == set(good)

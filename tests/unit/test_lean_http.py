@@ -1,12 +1,17 @@
-"""The lean HTTP client against a real loopback server that answers in the ways servers do."""
+"""The lean HTTP client against a real loopback server that answers in the ways servers do, on
+either event loop the worker runs on (worker/event_loop.py)."""
 
 import asyncio
 import time
 
 import pytest
 
+from worker import event_loop
 from worker.errors import ProviderError
 from worker.providers.lean_http import LeanTransport
+
+
+pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
 class Server:
@@ -50,7 +55,7 @@ def ok(body=b'{"ok": true}', extra=b""):
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: r1\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-def test_a_post_and_its_answer_with_keep_alive_reuse():
+def test_a_post_and_its_answer_with_keep_alive_reuse(loop):
     async def scenario():
         async with Server(lambda request, n: ok(b'{"n": %d}' % n)) as server:
             transport = LeanTransport(5, 10)
@@ -59,7 +64,7 @@ def test_a_post_and_its_answer_with_keep_alive_reuse():
             await transport.close()
             return first, second, server
 
-    first, second, server = asyncio.run(scenario())
+    first, second, server = event_loop.run(scenario(), loop)
     assert (first.status, first.body, second.body) == (200, b'{"n": 1}', b'{"n": 2}')
     assert first.headers["x-request-id"] == "r1" and first.headers["content-type"] == "application/json"
     assert server.connections == 1, "the second call reuses the connection"
@@ -68,7 +73,7 @@ def test_a_post_and_its_answer_with_keep_alive_reuse():
     assert b"authorization: Bearer k\r\n" in request and request.endswith(b'\r\n\r\n{"q": 1}')
 
 
-def test_chunked_and_close_delimited_bodies_and_interim_responses():
+def test_chunked_and_close_delimited_bodies_and_interim_responses(loop):
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n5;ext=1\r\n: 12}\r\n0\r\nX-Trailer: t\r\n\r\n"
     until_close = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 2\r\n\r\noverloaded"
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"{}")
@@ -82,13 +87,13 @@ def test_chunked_and_close_delimited_bodies_and_interim_responses():
                 await transport.close()
         return out
 
-    chunked_reply, closed_reply, interim_reply = asyncio.run(scenario())
+    chunked_reply, closed_reply, interim_reply = event_loop.run(scenario(), loop)
     assert chunked_reply.body == b'{"a": 12}'
     assert (closed_reply.status, closed_reply.headers["retry-after"], closed_reply.body) == (503, "2", b"overloaded")
     assert (interim_reply.status, interim_reply.body) == (200, b"{}")
 
 
-def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one():
+def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(loop):
     async def scenario():
         async with Server(lambda request, n: ok(), close_after=True) as server:
             transport = LeanTransport(5, 10)
@@ -98,11 +103,11 @@ def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(
             await transport.close()
             return second, server.connections
 
-    second, connections = asyncio.run(scenario())
+    second, connections = event_loop.run(scenario(), loop)
     assert second.status == 200 and connections == 2
 
 
-def test_a_server_that_never_answers_is_a_timeout_and_an_absent_one_a_server_error():
+def test_a_server_that_never_answers_is_a_timeout_and_an_absent_one_a_server_error(loop):
     async def scenario():
         async with Server(lambda request, n: None) as server:
             transport = LeanTransport(0.3, 10)
@@ -116,13 +121,13 @@ def test_a_server_that_never_answers_is_a_timeout_and_an_absent_one_a_server_err
             await transport.post(server.url, {}, b"{}")
         return timeout.value, took, refused.value, asyncio.current_task().cancelling()
 
-    timeout, took, refused, cancelling = asyncio.run(scenario())
+    timeout, took, refused, cancelling = event_loop.run(scenario(), loop)
     assert timeout.kind == "timeout" and 0.3 <= took < 1.0
     assert cancelling == 0, "the timeout's cancellation does not leak into the caller"
     assert refused.kind == "server"
 
 
-def test_calls_beyond_max_connections_wait_for_a_free_one():
+def test_calls_beyond_max_connections_wait_for_a_free_one(loop):
     async def scenario():
         async with Server(lambda request, n: ok()) as server:
             transport = LeanTransport(5, 3)
@@ -130,6 +135,6 @@ def test_calls_beyond_max_connections_wait_for_a_free_one():
             await transport.close()
             return replies, server.connections
 
-    replies, connections = asyncio.run(scenario())
+    replies, connections = event_loop.run(scenario(), loop)
     assert all(r.status == 200 for r in replies) and len(replies) == 30
     assert connections <= 3

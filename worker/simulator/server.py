@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from worker import event_loop
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
@@ -302,4 +303,4 @@ def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
         finally:
             await server.stop()
 
-    asyncio.run(serve())
+    event_loop.run(serve())
