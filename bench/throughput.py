@@ -87,8 +87,8 @@ SAMPLE_S = 0.05
 TIMEOUT_S = 240.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _RESULT = msgspec.json.Decoder(Result)
-# Every consumer (floor and worker alike) runs on this loop: `LLM_ROUTER__WORKER__EVENT_LOOP=asyncio make bench`
-# compares them on asyncio's own.
+# Every consumer (floor and worker alike) and the simulator run on this loop:
+# `LLM_ROUTER__WORKER__EVENT_LOOP=asyncio make bench` measures them all on asyncio's own.
 EVENT_LOOP = os.environ.get("LLM_ROUTER__WORKER__EVENT_LOOP", "auto")
 
 Figure = dict[str, Any]
@@ -475,7 +475,7 @@ def run() -> list[Figure]:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         simulator = subprocess.Popen(
-            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(_simulator_config(Path(folder)))],
+            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(_simulator_config(Path(folder))), "--event-loop", EVENT_LOOP],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         sink_port = free_port()

@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--port", type=int, default=8900, help="port (default 8900)")
     simulate.add_argument("--config", dest="simulator_config", default=None, help="simulator configuration (default config/simulator.toml)")
     simulate.add_argument("--latency-scale", type=float, default=None, help="multiply every latency (0: answer at once)")
+    simulate.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="auto (default): uvloop where installed")
     simulate.set_defaults(func=_cmd_simulate)
 
     schemas = commands.add_parser("schemas", help="write or check the JSON Schemas of the topics", description="Write schemas/ from the message Structs, or with --check fail when they differ.")
@@ -326,7 +327,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     config = load_simulator_config(args.simulator_config)
     if args.latency_scale is not None:
         config = msgspec.structs.replace(config, latency_scale=args.latency_scale)
-    run_simulator(config, args.host, args.port)
+    run_simulator(config, args.host, args.port, args.event_loop)
     return 0
 
 

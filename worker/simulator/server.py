@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from worker import event_loop
+from worker.event_loop import EventLoopChoice
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
@@ -287,8 +288,8 @@ class SimulatorServer:
             self._server = None
 
 
-def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
-    """Serve until interrupted (`llm-router simulate`)."""
+def run_simulator(config: SimulatorConfig, host: str, port: int, loop: EventLoopChoice = "auto") -> None:
+    """Serve until interrupted (`llm-router simulate`), on the event loop `loop` names."""
 
     async def serve() -> None:
         server = SimulatorServer(config, host, port)
@@ -303,4 +304,4 @@ def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
         finally:
             await server.stop()
 
-    event_loop.run(serve())
+    event_loop.run(serve(), loop)
