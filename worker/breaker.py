@@ -17,12 +17,14 @@ class BreakerState(Enum):
 
 
 class Breaker:
-    def __init__(self, threshold: int, cooldown_s: float) -> None:
+    def __init__(self, threshold: int, cooldown_s: float, name: str = "", not_closed: set[Breaker] | None = None) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
+        self.name = name
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self._not_closed = not_closed if not_closed is not None else set()  # shared by the breakers of a Breakers
 
     def state(self, now: float) -> BreakerState:
         if self.opened_at is None:
@@ -45,13 +47,16 @@ class Breaker:
 
     def succeeded(self) -> None:
         self.failures = 0
-        self.opened_at = None
+        if self.opened_at is not None:
+            self.opened_at = None
+            self._not_closed.discard(self)
         self.probing = False
 
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.probing or self.failures >= self.threshold:
             self.opened_at = now
+            self._not_closed.add(self)
         self.probing = False
 
 
@@ -62,16 +67,19 @@ class Breakers:
         self._threshold = threshold
         self._cooldown_s = cooldown_s
         self._breakers: dict[str, Breaker] = {}
+        self._not_closed: set[Breaker] = set()  # open or half-open
 
     def of(self, provider: str) -> Breaker:
         breaker = self._breakers.get(provider)
         if breaker is None:
-            breaker = self._breakers[provider] = Breaker(self._threshold, self._cooldown_s)
+            breaker = self._breakers[provider] = Breaker(self._threshold, self._cooldown_s, provider, self._not_closed)
         return breaker
 
     def blocked(self, now: float) -> frozenset[str]:
-        """Providers that may not be called now (asked for every job: closed breakers are skipped cheaply)."""
-        blocked = [name for name, breaker in self._breakers.items() if breaker.opened_at is not None and not breaker.allows(now)]
+        """Providers that may not be called now (asked for every job: nothing to look at while all are closed)."""
+        if not self._not_closed:
+            return _NONE
+        blocked = [breaker.name for breaker in self._not_closed if not breaker.allows(now)]
         return frozenset(blocked) if blocked else _NONE
 
 

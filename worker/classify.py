@@ -22,10 +22,11 @@ class Classifier:
     whose pattern matches, then prompt length (long context), then the default. Deterministic."""
 
     def __init__(self, config: ClassifierConfig) -> None:
-        self._rules = [
-            (rule.task, tuple(k.lower() for k in rule.keywords), tuple(re.compile(p, re.IGNORECASE) for p in rule.patterns))
-            for rule in config.rules
-        ]
+        # The rules in order, flattened: each keyword, then each pattern, with its rule's task.
+        self._tests: list[tuple[str | re.Pattern[str], str]] = []
+        for rule in config.rules:
+            self._tests += [(k.lower(), rule.task) for k in rule.keywords]
+            self._tests += [(re.compile(p, re.IGNORECASE), rule.task) for p in rule.patterns]
         self._default = config.default_task
         self._long_task = config.long_context_task
         self._long_chars = config.long_context_chars
@@ -38,13 +39,9 @@ class Classifier:
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()
-        for task, keywords, patterns in self._rules:
-            for keyword in keywords:
-                if keyword in lowered:
-                    return task
-            for pattern in patterns:
-                if pattern.search(text):
-                    return task
+        for test, task in self._tests:
+            if (test in lowered) if type(test) is str else test.search(text):  # a keyword, else a pattern
+                return task
         if self._long_task and len(text) > self._long_chars:
             return self._long_task
         return self._default

@@ -287,6 +287,27 @@ def test_circuit_breaker_states():
     assert breaker.state(24) is BreakerState.CLOSED and breaker.allows(24)
 
 
+def test_breakers_block_a_provider_while_its_breaker_is_open_or_probing_and_not_once_it_closes():
+    from worker.breaker import Breakers
+
+    breakers = Breakers(threshold=2, cooldown_s=10)
+    gemini, llama = breakers.of("gemini"), breakers.of("llama")
+    assert breakers.blocked(0) == frozenset()
+    gemini.failed(0)
+    llama.failed(0)
+    assert breakers.blocked(0) == frozenset(), "below the threshold"
+    gemini.failed(1)
+    assert breakers.blocked(1) == {"gemini"}
+    assert breakers.blocked(11) == frozenset(), "half-open: the probe may go"
+    gemini.start_call(11)
+    assert breakers.blocked(11) == {"gemini"}, "while the probe is out"
+    gemini.succeeded()
+    llama.failed(12)
+    assert breakers.blocked(12) == {"llama"}
+    llama.succeeded()
+    assert breakers.blocked(12) == frozenset()
+
+
 def test_a_failing_provider_opens_its_breaker_and_is_routed_around(config):
     clock = [0.0]
     runner, providers, _ = scripted_runner(config, gemini=["server"] * 100)

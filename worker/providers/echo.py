@@ -31,7 +31,9 @@ class EchoProvider:
         model = self._models.get(request.model)
         if model is None:
             raise ProviderError("bad_request", f"{self.name} serves no model {request.model!r}")
-        input_tokens = sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+        input_tokens = 0
+        for message in request.messages:
+            input_tokens += estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
         if input_tokens + request.max_output_tokens > model.context_window:
             raise ProviderError(
                 "context_too_long",
