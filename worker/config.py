@@ -30,6 +30,9 @@ NonNegFloat = Annotated[float, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 
 
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]  # worker/event_loop.py
+
+
 class ConfigError(ValueError):
     """The configuration is wrong; the message names the key's path."""
 
@@ -80,7 +83,7 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     # read_committed consumers see each result once (Apache Kafka; provider calls can still repeat).
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # The event loop of the worker's process (worker/event_loop.py): "auto" is uvloop where installed.
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    event_loop: EventLoopChoice = "auto"
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):

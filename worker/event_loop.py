@@ -1,8 +1,8 @@
 """The event loop the worker's processes run on: uvloop where it is installed, else asyncio's own.
 
-The worker with the in-process echo provider spends about a tenth less CPU a job on uvloop, and the
-simulator answers more calls a core (`make bench`, section throughput: every consumer there, the raw
-floor included, runs on the loop named here). `worker.event_loop` chooses: "auto" (the default)
+On uvloop the worker spends about a tenth less CPU a job with the in-process echo provider and a
+third less over HTTP, and the simulator answers more calls a core (`make bench`, section throughput:
+every consumer there, the raw floor included, runs on the loop named here). `worker.event_loop` chooses: "auto" (the default)
 takes uvloop when it can be imported (a dependency on Linux and macOS), "uvloop" insists on it,
 "asyncio" keeps the standard loop.
 """
@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-EventLoopChoice = Literal["auto", "uvloop", "asyncio"]
+from worker.config import ConfigError, EventLoopChoice
+
 T = TypeVar("T")
 
 
 def loop_factory(choice: EventLoopChoice = "auto") -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """A factory of new loops for `choice` (None: asyncio's default). Raises when "uvloop" is missing."""
+    """A factory of new loops for `choice` (None: asyncio's default). ConfigError when "uvloop" is missing."""
     if choice == "asyncio":
         return None
     if choice not in ("auto", "uvloop"):
@@ -27,7 +28,7 @@ def loop_factory(choice: EventLoopChoice = "auto") -> Callable[[], asyncio.Abstr
         import uvloop
     except ImportError as exc:
         if choice == "uvloop":
-            raise RuntimeError(f"worker.event_loop = \"uvloop\" but uvloop cannot be imported ({exc}); install it, or choose \"auto\" or \"asyncio\"") from None
+            raise ConfigError(f"worker.event_loop: \"uvloop\" but uvloop cannot be imported ({exc}); install it, or choose \"auto\" or \"asyncio\"") from None
         return None
     return uvloop.new_event_loop
 

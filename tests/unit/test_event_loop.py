@@ -26,7 +26,7 @@ def test_auto_falls_back_to_asyncio_and_uvloop_says_what_is_missing_when_uvloop_
     monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # `import uvloop` raises ImportError
     assert event_loop.loop_factory("auto") is None
     assert event_loop.run(running_loop(), "auto") is not uvloop.Loop
-    with pytest.raises(RuntimeError, match="uvloop cannot be imported"):
+    with pytest.raises(ConfigError, match="uvloop cannot be imported"):
         event_loop.loop_factory("uvloop")
 
 

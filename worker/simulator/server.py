@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from worker import event_loop
-from worker.event_loop import EventLoopChoice
+from worker.config import EventLoopChoice
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
