@@ -113,7 +113,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
 
 def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, tmp_path):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=20)
-    slow = provider_latency(1500)
+    slow = provider_latency(3000)
     ids = [f"t{i}" for i in range(300)]
     first = WorkerProcess(setup, tmp_path, "first", **slow)
 
@@ -121,7 +121,9 @@ def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(boot
         await make_topics(setup)
         await first.wait_assigned()
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(0.7)  # the jobs are now in flight: each call takes 1.5 s
+        # The jobs are now in flight: each call takes 3 s, and the worker has had 1.5 s to take them (a
+        # broker busy with many topics took over 0.7 s to serve the new topic's first fetch).
+        await asyncio.sleep(1.5)
         first.signal(signal.SIGTERM)
         sent = time.monotonic()
         code = await asyncio.to_thread(first.wait, 40)
