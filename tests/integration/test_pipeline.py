@@ -113,7 +113,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
 
 def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, tmp_path):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=20)
-    slow = provider_latency(3000)
+    slow = provider_latency(4000)
     ids = [f"t{i}" for i in range(300)]
     first = WorkerProcess(setup, tmp_path, "first", **slow)
 
@@ -121,9 +121,9 @@ def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(boot
         await make_topics(setup)
         await first.wait_assigned()
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        # The jobs are now in flight: each call takes 3 s, and the worker has had 1.5 s to take them (a
+        # The jobs are now in flight: each call takes 4 s, and the worker has had 2 s to take them (a
         # broker busy with many topics took over 0.7 s to serve the new topic's first fetch).
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(2.0)
         first.signal(signal.SIGTERM)
         sent = time.monotonic()
         code = await asyncio.to_thread(first.wait, 40)
@@ -160,7 +160,7 @@ def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redeliv
         await make_topics(setup)
         await first.wait_assigned()
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.5)  # taken, and each call takes 10 s (a busy broker can take a second to serve the first fetch)
         first.signal(signal.SIGTERM)
         code = await asyncio.to_thread(first.wait, 30)
         second = WorkerProcess(setup, tmp_path, "second")
