@@ -7,11 +7,13 @@ KAFKA_DIR ?= $(CURDIR)/.kafka
 
 .PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
 
+# Quiet on stdout (progress goes to stderr): `make bench`'s stdout is JSON lines only, even on a fresh clone.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@echo "installing into $(VENV) ..." >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/pip install --quiet --upgrade pip >&2
+	@$(BIN)/pip install --quiet -e '.[test]' >&2
+	@touch $(STAMP)
 
 venv install: $(STAMP)
 
@@ -44,7 +46,7 @@ demo: $(STAMP)
 
 ## Benchmarks: JSON lines on stdout (key `bench`), a readable table on stderr.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	@$(BIN)/python -m bench
 
 ## The routing policies compared on the shipped workload (Kafka, worker, simulator).
 eval: $(STAMP)
