@@ -34,8 +34,7 @@ from worker.limits import RateLimits, Usage as Allowance
 from worker.metrics import Metrics
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
 from worker.plan import NoRoute, Plan, first_instead, make_plan
-from worker.pricing import attempt_cost, estimate_tokens
-from worker.providers.echo import MESSAGE_OVERHEAD_TOKENS
+from worker.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, text_tokens
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.verify import verify
@@ -123,9 +122,7 @@ class JobRunner:
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
-        content_tokens = 0  # estimated once a job: plan and reservations
-        for message in messages:
-            content_tokens += estimate_tokens(message.content)
+        content_tokens = text_tokens(m.content for m in messages)  # estimated once a job: plan and reservations
         prompt_tokens = content_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from worker.config import ModelConfig
 
 
@@ -13,3 +15,20 @@ def attempt_cost(model: ModelConfig, input_tokens: int, output_tokens: int) -> f
 def estimate_tokens(text: str) -> int:
     """A quick token estimate (about four characters a token for English text)."""
     return (len(text) + 3) // 4
+
+
+# A few tokens of framing per message (role, separators), on top of its text.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def text_tokens(texts: Iterable[str]) -> int:
+    """The estimated tokens of the messages' texts alone (framing not included)."""
+    tokens = 0
+    for text in texts:
+        tokens += estimate_tokens(text)
+    return tokens
+
+
+def prompt_tokens(texts: Sequence[str]) -> int:
+    """The estimated input tokens of a prompt of these messages: their texts and each one's framing."""
+    return text_tokens(texts) + MESSAGE_OVERHEAD_TOKENS * len(texts)

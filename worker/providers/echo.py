@@ -12,10 +12,8 @@ import hashlib
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
-from worker.pricing import estimate_tokens
+from worker.pricing import estimate_tokens, prompt_tokens
 from worker.providers.base import Completion, CompletionRequest
-
-MESSAGE_OVERHEAD_TOKENS = 4
 
 
 class EchoProvider:
@@ -31,9 +29,7 @@ class EchoProvider:
         model = self._models.get(request.model)
         if model is None:
             raise ProviderError("bad_request", f"{self.name} serves no model {request.model!r}")
-        input_tokens = 0
-        for message in request.messages:
-            input_tokens += estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
+        input_tokens = prompt_tokens([m.content for m in request.messages])
         if input_tokens + request.max_output_tokens > model.context_window:
             raise ProviderError(
                 "context_too_long",

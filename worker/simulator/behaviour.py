@@ -16,11 +16,11 @@ from typing import Literal
 
 from msgspec import Struct
 
+from worker.pricing import estimate_tokens, prompt_tokens
 from worker.simulator.settings import ModelBehaviour
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)
 _TASK = re.compile(r"\[\[task:\s*([\w.-]+)\s*\]\]")
-MESSAGE_OVERHEAD_TOKENS = 4
 FILLER = "the quick brown fox jumps over the lazy dog while the router counts tokens".split()
 
 
@@ -40,8 +40,9 @@ class Answer(Struct, frozen=True):
 
 
 def count_input_tokens(texts: list[str]) -> int:
-    """About four characters a token, plus a few tokens of framing per message."""
-    return sum((len(t) + 3) // 4 + MESSAGE_OVERHEAD_TOKENS for t in texts)
+    """About four characters a token, plus a few tokens of framing per message: the estimate the
+    worker reserves by (worker/pricing.py), so a reservation matches what the simulator bills."""
+    return prompt_tokens(texts)
 
 
 def pick_error(behaviour: ModelBehaviour, rng: random.Random) -> str | None:
@@ -84,7 +85,7 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
         wanted = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
         words = [FILLER[i % len(FILLER)] for i in range(wanted)]
         text = f"Simulated answer from {request.model}: " + " ".join(words)
-    tokens = max(1, (len(text) + 3) // 4)
+    tokens = max(1, estimate_tokens(text))
     if tokens > request.max_tokens:
         return Answer(text[: request.max_tokens * 4], request.max_tokens, "length", correct=False if expected else None)
     return Answer(text, tokens, "stop", correct)
