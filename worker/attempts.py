@@ -303,7 +303,7 @@ class JobRunner:
         try:
             for gate in gates:
                 if not gate.take_now(reserved):
-                    waited += await gate.acquire(reserved, job.priority)
+                    waited += await gate.queue_for(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
             record(attempt)

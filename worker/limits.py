@@ -112,6 +112,11 @@ class Gate:
         """Wait until `usage` fits, take it; returns the seconds waited."""
         if self.take_now(usage):
             return 0.0
+        return await self.queue_for(usage, priority)
+
+    async def queue_for(self, usage: Usage, priority: int = 0) -> float:
+        """Wait in line (higher priority first) until `usage` fits, take it; returns the seconds waited.
+        For a caller whose `take_now` was just refused (`acquire` tries it first)."""
         amounts = usage.amounts()
         now = self._clock()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
