@@ -40,6 +40,7 @@ class Deadlines:
         self.seconds = seconds
         self._buckets: dict[int, set[Deadline]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def start(self, task: asyncio.Task | None = None) -> Deadline:
         """Cancel `task` (default: the current one) in `seconds` unless `end` is called first."""
@@ -54,7 +55,8 @@ class Deadlines:
         if members is None:
             members = self._buckets[bucket] = set()
         members.add(deadline)
-        if self._timer is None:
+        if self._timer is None or self._loop is not loop:  # none armed, or armed on a loop since gone
+            self._loop = loop
             self._timer = loop.call_at(bucket * TICK_S, self._expire)
         return deadline
 

@@ -87,3 +87,9 @@ def test_a_cancellation_during_an_expired_deadline_still_propagates():
 def test_a_deadline_needs_a_task():
     with pytest.raises(RuntimeError):
         Deadlines(1).start()
+
+
+def test_deadlines_outlive_an_event_loop_and_fire_on_the_next_one():
+    deadlines = Deadlines(0.2)
+    assert asyncio.run(_job(deadlines, 0.01)) == "done"  # its timer was armed on a loop now closed
+    assert asyncio.run(_job(deadlines, 5)) == "deadline"

@@ -6,7 +6,7 @@ cost about 330 µs of CPU a call at 5,000 calls in flight (`make bench`, section
 transport does the same calls for a fraction of that. It keeps what the calls need: a pool capped at
 `max_connections` with a queue beyond it, keep-alive reuse (a reused connection the server closed
 meanwhile is retried once on a new one), TLS for https, Content-Length and chunked bodies, one timeout
-over the whole call, and the errors of the Transport protocol (`timeout`, `server`). It sends no
+over the whole call (worker/deadlines.py: one timer for every call, up to 20 ms late), and the errors of the Transport protocol (`timeout`, `server`). It sends no
 Accept-Encoding, so answers come uncompressed, and uses no proxy.
 """
 
@@ -17,6 +17,7 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
+from worker.deadlines import Deadlines
 from worker.errors import ProviderError
 from worker.providers.http import HttpResponse
 
@@ -194,6 +195,7 @@ class LeanTransport:
 
     def __init__(self, timeout_s: float, max_connections: int) -> None:
         self._timeout_s = timeout_s
+        self._deadlines = Deadlines(timeout_s)  # one timer for every call's timeout
         self._max = max_connections
         self._open = 0
         self._idle: dict[tuple, deque[_Connection]] = {}
@@ -211,18 +213,7 @@ class LeanTransport:
         if cached is None or cached[0] is not headers:  # an adapter passes the same dict every call
             cached = self._headers = (headers, "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
         data = b"".join((target.head, cached[1], b"Content-Length: %d\r\n\r\n" % len(body), body))
-        loop = asyncio.get_running_loop()
-        expired = False
-        current = asyncio.current_task()
-        cancelling = current.cancelling() if current is not None else 0
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            if current is not None:
-                current.cancel()
-
-        timer = loop.call_at(loop.time() + self._timeout_s, expire)
+        deadline = self._deadlines.start()
         try:
             for retry in (False, True):
                 connection = await self._connection(target)
@@ -242,13 +233,13 @@ class LeanTransport:
                 return response
             raise AssertionError("unreachable")
         except asyncio.CancelledError:
-            if expired and current is not None and current.uncancel() <= cancelling:
+            if deadline.timed_out():
                 raise ProviderError("timeout", f"no answer from {url} within {self._timeout_s:g} s") from None
             raise
         except (ConnectionError, OSError) as exc:  # connecting failed
             raise ProviderError("server", f"{url}: {type(exc).__name__}: {exc}") from None
         finally:
-            timer.cancel()
+            self._deadlines.end(deadline)
 
     async def _connection(self, target: _Target) -> _Connection:
         """An idle connection to the target, else a new one within the cap, else wait for one."""
