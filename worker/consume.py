@@ -11,7 +11,6 @@ the grace period, commits, and abandons the rest uncommitted (they are redeliver
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import socket
 import time
@@ -29,6 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from worker import state
 from worker.attempts import JobOutcome, JobRunner
+from worker.collector import tune_gc
 from worker.config import Config
 from worker.intake import Rejection, dead_letter, decode_job
 from worker.kafka import DeliveryError, make_consumer, make_producer
@@ -130,7 +130,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain within the grace period, commit and leave."""
         self._stop = stop
-        _tune_gc()
+        tune_gc()
         topics = self.config.kafka.topics
         await self.runner.limits.start()
         await self._start_producer()
@@ -459,15 +459,6 @@ class Worker:
         finally:
             self._releasing.difference_update(partitions)
         self._capacity.set()
-
-
-def _tune_gc() -> None:
-    """Collect less often: thousands of jobs in flight outlive the young generations, so with the
-    default thresholds (700, 10, 10) full collections of the whole heap ran every second or so and
-    took a third of the time at 6,000 jobs in flight (`make bench`, section throughput)."""
-    gc.collect()
-    gc.freeze()  # what start-up built lives as long as the process: never scanned again
-    gc.set_threshold(50_000, 50, 1000)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,9 +48,10 @@ def json_response(body: bytes, status: int = 200) -> Response:
 class Request:
     """What the handlers read of a request (as of aiohttp's): headers, path parameters, query, body."""
 
-    __slots__ = ("method", "path", "headers", "match_info", "query", "_body")
+    __slots__ = ("method", "path", "headers", "match_info", "query", "_body", "arrived")
 
-    def __init__(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], body: bytes, arrived: float | None = None) -> None:
+        self.arrived = time.monotonic() if arrived is None else arrived  # when its last byte was read
         self.method = method
         self.path = path
         self.headers = headers

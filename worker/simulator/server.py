@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from worker import event_loop
+from worker.collector import tune_gc
 from worker.config import EventLoopChoice
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
@@ -83,7 +84,7 @@ class Simulator:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if isinstance(body, dict) else None
         texts = [m.get("content") if isinstance(m.get("content"), str) else "" for m in body.get("messages") or []] if isinstance(body, dict) else None
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body)
+        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body, request.arrived)
 
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
@@ -101,7 +102,7 @@ class Simulator:
                 return self._reply(wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model)
         # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
         key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body)
+        return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body, request.arrived)
 
     async def _gemini(self, request: Request) -> Response:
         model, _, action = request.match_info["target"].partition(":")
@@ -119,7 +120,7 @@ class Simulator:
             config = body.get("generationConfig") or body.get("generation_config") or {}
             max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
-        return await self._serve("gemini", model, texts, max_tokens, key, body)
+        return await self._serve("gemini", model, texts, max_tokens, key, body, request.arrived)
 
     async def _body(self, request: Request) -> Any:
         try:
@@ -127,17 +128,19 @@ class Simulator:
         except msgspec.DecodeError:
             return None
 
-    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any) -> Response:
+    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any, arrived: float) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            return await self._answer(wire_name, model, texts, max_tokens, key, body)
+            return await self._answer(wire_name, model, texts, max_tokens, key, body, arrived)
         finally:
             stats.in_flight -= 1
 
-    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any) -> Response:
+    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any, arrived: float) -> Response:
+        """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
+        so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
             return self._reply(wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model)
@@ -169,7 +172,7 @@ class Simulator:
             return self._reply(wire.error(wire_name, flavor, injected, model, retry_after_s=retry, headers=headers), model)
         delay = latency_s(behaviour, output_tokens, self.config.latency_scale, self._rng)
         if delay:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
         model_stats = self._model_stats(model)
         model_stats.input_tokens += input_tokens
         model_stats.output_tokens += output_tokens
@@ -294,6 +297,7 @@ def run_simulator(config: SimulatorConfig, host: str, port: int, loop: EventLoop
     async def serve() -> None:
         server = SimulatorServer(config, host, port)
         await server.start()
+        tune_gc()  # thousands of calls in flight: full collections would hold the answers due meanwhile
         print(f"simulator listening on http://{host}:{server.port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
