@@ -209,6 +209,7 @@ class Worker:
     async def _intake(self, stop: asyncio.Event) -> None:
         worker = self.config.worker
         stopping = asyncio.ensure_future(stop.wait())
+        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
                 busy = self.tracker.in_flight + self._held
@@ -227,7 +228,7 @@ class Worker:
                     if tp in self._releasing or tp not in assigned:
                         continue  # revoked meanwhile: its new owner takes these from the committed offset
                     tasks = self._tasks[tp]
-                    add, create_task, handle = self.tracker.add, asyncio.create_task, self._handle
+                    add, create_task, handle = self.tracker.add, loop.create_task, self._handle
                     for record in records:
                         add(tp, record.offset)
                         tasks[record.offset] = create_task(handle(tp, record, tasks))

@@ -96,7 +96,7 @@ class Gate:
     def take_now(self, usage: Usage) -> bool:
         """Take `usage` when it fits now with nobody waiting before it (no coroutine, no await); False
         leaves the gate as it was, and the caller waits in `acquire`."""
-        if not self._limits and self._blocked_until <= self._clock():
+        if not self._limits and (not self._blocked_until or self._blocked_until <= self._clock()):
             self.in_flight += 1
             return True
         if self._waiters:
