@@ -28,7 +28,7 @@ producing, because producing is over before the consumer starts and joining the 
 seconds that are no part of a job's cost. The reader, broker and simulator use the same cores:
 their share (`*_cores`: CPU seconds per second over the span) is reported beside each figure.
 
-The floor and the untraced worker alternate ROUNDS times (BENCH_ROUNDS, default 3): a shared
+The floor and the untraced worker alternate ROUNDS times (BENCH_ROUNDS, default 5): a shared
 machine's speed drifts between phases by more than the difference being measured, so each round's
 `ratio_to_raw_floor` is taken within the round, and `worker_echo` is the round with the median ratio
 (`raw_floor` the round with the median jobs/s); `rounds_*` list every round's. Every consumer, the
@@ -87,7 +87,7 @@ LONG_JOBS = 50_000  # telemetry off: also the memory figure (RSS after LONG_WARM
 MODEL = "gpt-4o"  # worker_http's jobs are pinned to it (the simulator's OpenAI wire)
 CALL_S = 1.0
 HTTP_JOBS = 40_000
-ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "3")))  # raw_floor and worker_echo alternate this many times
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "5")))  # raw_floor and worker_echo alternate this many times
 HTTP_MAX_IN_FLIGHT = 5_200  # the bar is 5,000 in flight: a margin over it, not more load than it needs
 PACED_PER_S = 500
 PACED_S = 6
