@@ -10,7 +10,9 @@ other outputs of its jobs, after a backoff, until it is acknowledged: an offset 
 before its outputs are on the broker.
 
 Outputs are placed where the producer's default partitioner would put them (murmur2 of the key
-over the topic's partitions, as the Java client does), a key-less one on a random partition.
+over the topic's partitions, as the Java client does), a key-less one on a random partition. The
+hash is native code (the `murmurhash2` package) where that has wheels, else Python, where it took
+1-2 µs a job with the benchmark's short keys and about 5 with a UUID, a tenth of the worker's work.
 """
 
 from __future__ import annotations
@@ -211,13 +213,14 @@ class _Landed:
 
 
 _M = 0x5BD1E995
+_SEED = 0x9747B28C
 
 
-def murmur2(data: bytes) -> int:
+def murmur2_python(data: bytes) -> int:
     """Kafka's murmur2 of a key (the Java client's `Utils.murmur2`, as aiokafka's partitioner computes
     it), reading the key four bytes at a time: about three times faster than aiokafka's byte loop."""
     length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    h = (_SEED ^ length) & 0xFFFFFFFF
     whole = length // 4
     for k in struct.unpack_from(f"<{whole}I", data) if whole else ():
         k = (k * _M) & 0xFFFFFFFF
@@ -237,3 +240,20 @@ def murmur2(data: bytes) -> int:
     h = (h * _M) & 0xFFFFFFFF
     h ^= h >> 15
     return h
+
+
+try:  # the same hash in native code (the `murmurhash2` package: MurmurHash2, given Kafka's seed)
+    from murmurhash2 import murmurhash2 as _native
+except ImportError:  # no wheel for this platform: the Python one
+    _native = None
+
+if _native is not None:
+
+    def murmur2(data: bytes) -> int:
+        """Kafka's murmur2 of a key, in native code: what `murmur2_python` computes, 10-50 times faster."""
+        return _native(data, _SEED)
+
+    MURMUR2 = "native"
+else:
+    murmur2 = murmur2_python
+    MURMUR2 = "python"
