@@ -10,7 +10,9 @@ Figures (the embedded broker, or KAFKA_BOOTSTRAP_SERVERS; fresh topics and group
 - `worker_echo`: our Worker (`running_worker`, whose telemetry is off) with every provider the
   in-process echo provider (latency 0): decode, classify, plan, attempt, result and cost event, commit.
 - `worker_http`: our Worker against the simulator (a process of its own) answering every call in
-  1 s, without errors or limits, jobs pinned to one model, `max_in_flight` and the pool raised.
+  1 s (the median, with a log-normal jitter of CALL_JITTER: see there), without errors or limits,
+  jobs pinned to one model, `max_in_flight` and the pool raised.
+- `worker_http_lockstep`: the same with no jitter at all: every call exactly 1 s.
 - `latency`: what the worker adds to a job beyond the provider call, from a paced run at moderate
   load (PACED_PER_S jobs a second) on the same worker once `worker_http`'s backlog is done; the
   same paced jobs go through the raw floor after its backlog, for the Kafka hops alone.
@@ -53,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from multiprocessing.connection import Connection
@@ -86,6 +89,12 @@ LONG_WARMUP = 10_000
 LONG_JOBS = 50_000  # telemetry off: also the memory figure (RSS after LONG_WARMUP results, and at the end)
 MODEL = "gpt-4o"  # worker_http's jobs are pinned to it (the simulator's OpenAI wire)
 CALL_S = 1.0
+# The calls' log-normal jitter around CALL_S (the shipped simulator's models have 0.25): a twentieth,
+# so the mean call is exp(0.05**2 / 2) = 1.00125 CALL_S, and the bar's CALL_S is 0.13% the harder.
+# With none at all, the 5,200 calls started in the first few milliseconds all answer in the same
+# milliseconds a second later, and again a second after that, for the whole run: a lockstep that no
+# provider has, measured beside it as `worker_http_lockstep`.
+CALL_JITTER = 0.05
 HTTP_JOBS = 40_000
 ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "5")))  # raw_floor and worker_echo alternate this many times
 HTTP_MAX_IN_FLIGHT = 5_200  # the bar is 5,000 in flight: a margin over it, not more load than it needs
@@ -385,7 +394,7 @@ def _provider_ms(result: Result) -> float:
     return sum(a.latency_ms for a in result.attempts)
 
 
-def _http(phase: _Phase) -> Figure:
+def _http(phase: _Phase, name: str = "worker_http", jitter: float = CALL_JITTER) -> Figure:
     """The backlog's steady state: the middle 60% of its results (no ramp up, no draining tail)."""
     backlog = sorted((r for k, r in phase.results.items() if k not in phase.sent_ms), key=lambda r: r.timestamp)
     steady = backlog[len(backlog) // 5 : len(backlog) * 4 // 5]
@@ -397,8 +406,10 @@ def _http(phase: _Phase) -> Figure:
     cpu = [(s[0], s[1]) for s in phase.samples]
     rss_start, rss_peak = phase.samples[0][3], max(s[3] for s in phase.samples)
     return {
-        "bench": "worker_http",
+        "bench": name,
         "jobs": len(backlog),
+        "call_s": CALL_S,
+        "call_jitter": jitter,
         "steady_s": round(t1 - t0, 1),
         "max_in_flight_setting": HTTP_MAX_IN_FLIGHT,
         "in_flight": in_flight_max,
@@ -430,7 +441,7 @@ def _latency(http: _Phase, raw: _Phase) -> Figure:
     floor = [rec.timestamp - raw.sent_ms[key] for key, rec in raw.results.items() if key in raw.sent_ms]
     return {
         "bench": "latency",
-        "source": f"paced {PACED_PER_S} jobs/s for {PACED_S} s after worker_http, calls of {CALL_S:g} s",
+        "source": f"paced {PACED_PER_S} jobs/s for {PACED_S} s after worker_http, calls of {CALL_S:g} s (median)",
         "jobs": len(paced),
         "provider_ms_p50": _pct(provider, 0.5),
         "p50_ms": _pct(inside, 0.5),
@@ -443,9 +454,9 @@ def _latency(http: _Phase, raw: _Phase) -> Figure:
 
 
 def _simulator_config(folder: Path) -> Path:
-    """The simulator's models, MODEL answering in exactly CALL_S: no jitter, errors or limits."""
+    """The simulator's models, MODEL answering in CALL_S (the median; CALL_JITTER around it), without errors or limits."""
     config = load_simulator_config()
-    model = msgspec.structs.replace(config.models[MODEL], latency_jitter=0.0, output_tokens=1, requests_per_minute=0, tokens_per_minute=0)
+    model = msgspec.structs.replace(config.models[MODEL], latency_jitter=CALL_JITTER, output_tokens=1, requests_per_minute=0, tokens_per_minute=0)
     # With one output token the filler answer has a fixed length; the latency is per 100 output tokens.
     tokens = answer(model, SimRequest(MODEL, ["x"], 1024), config.seed, Random(0)).output_tokens
     model = msgspec.structs.replace(model, latency_ms=CALL_S * 1000 * 100 / tokens)
@@ -479,6 +490,10 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
         traced[name] = await _phase("echo", _env(bootstrap, name, echo | otel), url, _jobs("t", WARMUP + JOBS), pids)
     http_env = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": HTTP_MAX_IN_FLIGHT} | {f"LLM_ROUTER__PROVIDERS__{n.upper()}__MAX_CONNECTIONS": HTTP_MAX_IN_FLIGHT + 500 for n in providers}
     http = await _phase("http", _env(bootstrap, "http", http_env), url, _jobs("h", HTTP_JOBS, model=MODEL), pids, then=_paced)
+    # The same without jitter: every call exactly CALL_S (see CALL_JITTER).
+    await asyncio.to_thread(_set_jitter, url, 0.0)
+    lockstep = await _phase("http", _env(bootstrap, "http_lockstep", http_env), url, _jobs("l", HTTP_JOBS, model=MODEL), pids)
+    await asyncio.to_thread(_set_jitter, url, CALL_JITTER)
     floor = _median_round(floors, "jobs_per_s")
     worker = _median_round(workers, "ratio_to_raw_floor")
     floor_two = _drain("raw_floor_with_cost_events", raw_two)
@@ -491,7 +506,15 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
         figure["ratio_to_raw_floor_with_cost_events"] = round(figure["jobs_per_s"] / floor_two["jobs_per_s"], 3)
     # Memory: the round that grew most.
     memory = max(memories, key=lambda m: m["rss_growth_pct"]) | {"rounds_rss_growth_pct": [m["rss_growth_pct"] for m in memories]}
-    return [floor, floor_two, worker, *traced_figures, memory, _http(http), _latency(http, raw)]
+    return [floor, floor_two, worker, *traced_figures, memory, _http(http), _http(lockstep, "worker_http_lockstep", 0.0), _latency(http, raw)]
+
+
+def _set_jitter(url: str, jitter: float) -> None:
+    """Change MODEL's latency jitter in the running simulator."""
+    request = urllib.request.Request(f"{url}/_sim/models/{MODEL}", data=msgspec.json.encode({"latency_jitter": jitter}), method="PATCH", headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if response.status != 200:
+            raise RuntimeError(f"the simulator refused the jitter change: {response.status}")
 
 
 def _median_round(figures: list[Figure], by: str) -> Figure:
