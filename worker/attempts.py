@@ -123,7 +123,7 @@ class JobRunner:
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
-        content_tokens = text_tokens(m.content for m in messages)  # estimated once a job: plan and reservations
+        content_tokens = text_tokens([m.content for m in messages])  # estimated once a job: plan and reservations
         prompt_tokens = content_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []

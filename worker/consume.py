@@ -72,6 +72,7 @@ class Worker:
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
+        self._results_topic, self._costs_topic = config.kafka.topics.results, config.kafka.topics.costs
         self._max_job_bytes = config.worker.max_job_bytes
         self._paused = False
         # Paused partitions resume once a fiftieth of the limit is free, not at every finished job; not a
@@ -228,9 +229,9 @@ class Worker:
                     if tp in self._releasing or tp not in assigned:
                         continue  # revoked meanwhile: its new owner takes these from the committed offset
                     tasks = self._tasks[tp]
-                    add, create_task, handle = self.tracker.add, loop.create_task, self._handle
+                    self.tracker.take(tp, [record.offset for record in records])
+                    create_task, handle = loop.create_task, self._handle
                     for record in records:
-                        add(tp, record.offset)
                         tasks[record.offset] = create_task(handle(tp, record, tasks))
                     self.stats.taken += len(records)
         finally:
@@ -346,10 +347,10 @@ class Worker:
         return JobOutcome(result, [])
 
     def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
-        topics = self.config.kafka.topics
         key = outcome.result.job_id.encode()
-        outputs: list[Output] = [(topics.costs, key, self._encoder.encode(event), []) for event in outcome.cost_events]
-        outputs.append((topics.results, key, self._encoder.encode(outcome.result), []))
+        encode, costs = self._encoder.encode, self._costs_topic
+        outputs: list[Output] = [(costs, key, encode(event), []) for event in outcome.cost_events]
+        outputs.append((self._results_topic, key, encode(outcome.result), []))
         return outputs
 
     def _dead_letter(self, rejection: Rejection, record) -> Output:  # noqa: ANN001

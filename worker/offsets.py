@@ -32,6 +32,15 @@ class PartitionOffsets:
         self._order.append(offset)
         self._next = offset + 1
 
+    def take(self, offsets: list[int]) -> None:
+        """Record that the jobs at `offsets` (one fetch's, increasing) were taken."""
+        if not offsets:
+            return
+        if (self._next is not None and offsets[0] < self._next) or offsets[-1] < offsets[0]:
+            raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} taken after {(self._next or 0) - 1}: offsets must increase")
+        self._order.extend(offsets)
+        self._next = offsets[-1] + 1
+
     def finish(self, offset: int) -> bool:
         """Record that the job at `offset` finished; False when it was not pending."""
         if offset in self._done or not self._order or offset < self._order[0] or offset >= (self._next or 0):
@@ -76,6 +85,17 @@ class OffsetTracker(Generic[P]):
             offsets = self._partitions[partition] = PartitionOffsets()
         offsets.add(offset)
         self.in_flight += 1
+
+    def take(self, partition: P, offsets: list[int]) -> None:
+        """The jobs of one fetch from `partition` were taken (offsets increasing): `add` for each, at once."""
+        partition_offsets = self._partitions.get(partition)
+        if partition_offsets is None:
+            partition_offsets = PartitionOffsets()
+            partition_offsets.take(offsets)  # may refuse them: then the partition stays unknown
+            self._partitions[partition] = partition_offsets
+        else:
+            partition_offsets.take(offsets)
+        self.in_flight += len(offsets)
 
     def finish(self, partition: P, offset: int) -> None:
         """A job finished; a partition dropped meanwhile (revoked) is ignored."""

@@ -116,3 +116,23 @@ def test_committed_position_never_passes_an_unfinished_offset(gaps, rng, data):
     assert tracker.to_commit() in ({0: offsets[-1] + 1}, {})
     assert tracker.in_flight == 0
     assert (last_committed if not tracker.to_commit() else tracker.to_commit()[0]) == offsets[-1] + 1
+
+
+def test_a_fetch_taken_at_once_counts_as_taking_each_of_its_offsets():
+    at_once: OffsetTracker[str] = OffsetTracker()
+    one_by_one: OffsetTracker[str] = OffsetTracker()
+    at_once.take("p", [3, 4, 7])
+    at_once.take("p", [])
+    at_once.take("p", [8, 9])
+    for offset in (3, 4, 7, 8, 9):
+        one_by_one.add("p", offset)
+    for tracker in (at_once, one_by_one):
+        tracker.finish("p", 4)
+        tracker.finish("p", 3)
+    assert at_once.in_flight == one_by_one.in_flight == 3
+    assert at_once.to_commit() == one_by_one.to_commit() == {"p": 7}
+    with pytest.raises(ValueError, match="must increase"):
+        at_once.take("p", [9, 10])
+    with pytest.raises(ValueError, match="must increase"):
+        at_once.take("q", [5, 2])
+    assert at_once.partitions() == ["p"] and at_once.in_flight == 3
