@@ -62,7 +62,6 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
 
 _RNG = random.Random()
 _NOTHING_TRIED = ErrorInfo("no_route", "no model of the plan could be tried")
-_PLANNED: tuple[str, str | None] = ("planned", None)
 
 
 def _reason(previous: Attempt | None, model: str, rerouted_from: str | None) -> tuple[str, str | None]:
@@ -224,9 +223,8 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                if breaker.opened_at is not None:  # a closed breaker has no probe to start
-                    breaker.start_call(self._clock())
-                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from) if attempts or rerouted_from else _PLANNED
+                breaker.start_call(self._clock())
+                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
                 attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, len(attempts) + 1, events, rerouted_from, spans, reason)
                 rerouted_from = None
                 attempts.append(attempt)

@@ -27,10 +27,7 @@ class PartitionOffsets:
 
     def add(self, offset: int) -> None:
         """Record that the job at `offset` was taken. Offsets must increase."""
-        if self._next is not None and offset < self._next:
-            raise ValueError(f"offset {offset} taken after {self._next - 1}: offsets must increase")
-        self._order.append(offset)
-        self._next = offset + 1
+        self.take([offset])
 
     def take(self, offsets: list[int]) -> None:
         """Record that the jobs at `offsets` (one fetch's, increasing) were taken."""
@@ -80,11 +77,7 @@ class OffsetTracker(Generic[P]):
 
     def add(self, partition: P, offset: int) -> None:
         """A job was taken."""
-        offsets = self._partitions.get(partition)
-        if offsets is None:
-            offsets = self._partitions[partition] = PartitionOffsets()
-        offsets.add(offset)
-        self.in_flight += 1
+        self.take(partition, [offset])
 
     def take(self, partition: P, offsets: list[int]) -> None:
         """The jobs of one fetch from `partition` were taken (offsets increasing): `add` for each, at once."""

@@ -25,7 +25,7 @@ def text_tokens(texts: Iterable[str]) -> int:
     """The estimated tokens of the messages' texts alone (framing not included)."""
     tokens = 0
     for text in texts:
-        tokens += (len(text) + 3) // 4  # estimate_tokens, inline: this runs for every message of every job
+        tokens += estimate_tokens(text)
     return tokens
 
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from msgspec import Struct
 
-from worker.pricing import estimate_tokens, prompt_tokens
+from worker.pricing import estimate_tokens
 from worker.simulator.settings import ModelBehaviour
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)
@@ -37,12 +37,6 @@ class Answer(Struct, frozen=True):
     output_tokens: int
     finish: Literal["stop", "length", "refusal"]
     correct: bool | None = None  # None: the prompt carried no expected answer
-
-
-def count_input_tokens(texts: list[str]) -> int:
-    """About four characters a token, plus a few tokens of framing per message: the estimate the
-    worker reserves by (worker/pricing.py), so a reservation matches what the simulator bills."""
-    return prompt_tokens(texts)
 
 
 def pick_error(behaviour: ModelBehaviour, rng: random.Random) -> str | None:

@@ -26,7 +26,8 @@ from worker.collector import tune_gc
 from worker.config import EventLoopChoice
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
-from worker.simulator.behaviour import SimRequest, answer, count_input_tokens, latency_s, pick_error
+from worker.pricing import prompt_tokens
+from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
 from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
 
@@ -149,7 +150,7 @@ class Simulator:
         flavor = behaviour.flavor
         if not key:
             return self._reply(wire.error(wire_name, flavor, "auth", model), model)
-        input_tokens = count_input_tokens(texts)
+        input_tokens = prompt_tokens(texts)  # the estimate the worker reserves by, so a reservation matches the bill
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
             return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
