@@ -162,7 +162,9 @@ class JobRunner:
     def _finish(
         self, job: Job, task: str, started: float, attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]] | None, output: str | None, error: ErrorInfo | None
     ) -> JobOutcome:
-        result = self._result(job, task, started, attempts, output=output, error=error)
+        # An answer ends the job with the attempt that gave it, at its cost event's time; a failure ends it now.
+        finished_at = events[-1].ts if output is not None and events else datetime.now(UTC)
+        result = self._result(job, task, started, attempts, finished_at, output=output, error=error)
         self._end_spans(spans, error)
         if self._telemetry.metering:
             self.metrics.job(result)
@@ -224,8 +226,7 @@ class JobRunner:
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
                 breaker.start_call(self._clock())
-                reason = _reason(attempts[-1] if attempts else None, model, rerouted_from)
-                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, len(attempts) + 1, events, rerouted_from, spans, reason)
+                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, attempts, events, rerouted_from, spans)
                 rerouted_from = None
                 attempts.append(attempt)
                 if attempt.error is None:
@@ -280,15 +281,18 @@ class JobRunner:
         provider: Provider,
         request: CompletionRequest,
         reserved: Allowance,
-        number: int,
+        earlier: list[Attempt],
         events: list[CostEvent],
         rerouted_from: str | None = None,
         spans: list[tuple[Span, int]] | None = None,
-        reason: tuple[str, str | None] = ("planned", None),
     ) -> tuple[Attempt, Completion | None, float | None]:
+        """The next attempt of the job (after those `earlier`) on `request.model`."""
         model = self._config.models[request.model]
         gates = self.limits.gates(request.model)
-        span = self._attempt_span(provider.name, request, number, reason) if spans is not None else None
+        number = len(earlier) + 1
+        span = None
+        if spans is not None:
+            span = self._attempt_span(provider.name, request, number, _reason(earlier[-1] if earlier else None, request.model, rerouted_from))
 
         def record(attempt: Attempt, completion: Completion | None = None) -> None:
             events.append(self._cost_event(job, task, attempt))
@@ -336,8 +340,8 @@ class JobRunner:
         cost = attempt_cost(model, completion.input_tokens, completion.output_tokens)
         error = check_answer(completion)
         if error is None:
-            error = verify(job, completion.text)
-            if job.verifiable:
+            if job.verifiable:  # only a job with checks or structured output can fail them
+                error = verify(job, completion.text)
                 self.quality.record(task, request.model, error is None)
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
@@ -401,7 +405,7 @@ class JobRunner:
             error_kind=attempt.error.kind if attempt.error else None,
         )
 
-    def _result(self, job: Job, task: str, started: float, attempts: list[Attempt], output: str | None = None, error: ErrorInfo | None = None) -> Result:
+    def _result(self, job: Job, task: str, started: float, attempts: list[Attempt], finished_at: datetime, output: str | None = None, error: ErrorInfo | None = None) -> Result:
         last = attempts[-1] if attempts else None
         return Result(
             job_id=job.id,
@@ -410,7 +414,7 @@ class JobRunner:
             usage=Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)) if len(attempts) != 1 else Usage(last.input_tokens, last.output_tokens),  # type: ignore[union-attr]
             cost_usd=sum(a.cost_usd for a in attempts) if len(attempts) != 1 else last.cost_usd,  # type: ignore[union-attr]
             latency_ms=(time.monotonic() - started) * 1000,
-            finished_at=datetime.now(UTC),
+            finished_at=finished_at,
             output=output,
             model=last.model if last and not error else None,
             provider=last.provider if last and not error else None,

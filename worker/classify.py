@@ -22,11 +22,17 @@ class Classifier:
     whose pattern matches, then prompt length (long context), then the default. Deterministic."""
 
     def __init__(self, config: ClassifierConfig) -> None:
-        # The rules in order, flattened: each keyword, then each pattern, with its rule's task.
-        self._tests: list[tuple[str | re.Pattern[str], str]] = []
+        # The rules' tests in order, each keyword then each pattern with its rule's task, in runs: the
+        # keywords up to a pattern (tried with `in` on the lower-cased prompt), then that pattern.
+        self._runs: list[tuple[list[tuple[str, str]], tuple[re.Pattern[str], str] | None]] = []
+        keywords: list[tuple[str, str]] = []
         for rule in config.rules:
-            self._tests += [(k.lower(), rule.task) for k in rule.keywords]
-            self._tests += [(re.compile(p, re.IGNORECASE), rule.task) for p in rule.patterns]
+            keywords += [(k.lower(), rule.task) for k in rule.keywords]
+            for pattern in rule.patterns:
+                self._runs.append((keywords, (re.compile(pattern, re.IGNORECASE), rule.task)))
+                keywords = []
+        if keywords:
+            self._runs.append((keywords, None))
         self._default = config.default_task
         self._long_task = config.long_context_task
         self._long_chars = config.long_context_chars
@@ -39,9 +45,12 @@ class Classifier:
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()
-        for test, task in self._tests:
-            if (test in lowered) if type(test) is str else test.search(text):  # a keyword, else a pattern
-                return task
+        for keywords, pattern in self._runs:
+            for keyword, task in keywords:
+                if keyword in lowered:
+                    return task
+            if pattern is not None and pattern[0].search(text):
+                return pattern[1]
         if self._long_task and len(text) > self._long_chars:
             return self._long_task
         return self._default

@@ -1,11 +1,13 @@
 """The consume loop: Kafka in, many jobs in flight, outputs acknowledged, offsets committed.
 
-Records arrive in batches from `getmany`; each becomes a task, which hands the job's result and cost
-events (or its dead letter) to the outbox (outbox.py: one record batch per topic partition for all
-jobs finished meanwhile). A job's offset is finished only when the broker acknowledged its outputs
-(acks=all), and the committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
-partitions are paused rather than buffered. A revoke or a stop lets in-flight jobs finish within
-the grace period, commits, and abandons the rest uncommitted (they are redelivered).
+Records arrive in batches from `getmany`. A task runs each partition's records of a fetch one after
+another while they finish without waiting; the first that waits keeps that task, and every record
+after it gets one of its own (`Worker._run_records`). A job hands its result and cost events (or its
+dead letter) to the outbox (outbox.py: one record batch per topic partition for all jobs finished
+meanwhile). A job's offset is finished only when the broker acknowledged its outputs (acks=all), and
+the committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
+partitions are paused rather than buffered. A revoke or a stop lets in-flight jobs finish within the
+grace period, commits, and abandons the rest uncommitted (they are redelivered).
 """
 
 from __future__ import annotations
@@ -42,6 +44,25 @@ from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_s
 
 log = get_logger("consume")
 
+
+class Batch:
+    """Records of one partition that one task runs in order (`Worker._run_records`); `done` of them are."""
+
+    __slots__ = ("records", "done", "task")
+    task: asyncio.Task[None]  # set at once by whoever makes the batch
+
+    def __init__(self, records: list) -> None:
+        self.records = records
+        self.done = 0
+
+    @property
+    def left(self) -> int:
+        return len(self.records) - self.done
+
+
+Running = dict[int, Batch]  # a partition's batches in progress, by the offset of their first record
+
+
 class WorkerStats(msgspec.Struct):
     """Counters of what this worker did since it started."""
 
@@ -67,7 +88,7 @@ class Worker:
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._tasks: dict[TopicPartition, dict[int, asyncio.Task[None]]] = defaultdict(dict)  # by offset
+        self._tasks: dict[TopicPartition, Running] = defaultdict(dict)
         self._releasing: set[TopicPartition] = set()
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -223,16 +244,15 @@ class Worker:
                     capacity.cancel()
                     continue
                 self._resume()
-                batch = await self.consumer.getmany(timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free))
-                assigned = self.consumer.assignment() if batch else frozenset()
-                for tp, records in batch.items():
+                fetched = await self.consumer.getmany(timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free))
+                assigned = self.consumer.assignment() if fetched else frozenset()
+                for tp, records in fetched.items():
                     if tp in self._releasing or tp not in assigned:
                         continue  # revoked meanwhile: its new owner takes these from the committed offset
                     tasks = self._tasks[tp]
                     self.tracker.take(tp, [record.offset for record in records])
-                    create_task, handle = loop.create_task, self._handle
-                    for record in records:
-                        tasks[record.offset] = create_task(handle(tp, record, tasks))
+                    tasks[records[0].offset] = batch = Batch(records)
+                    batch.task = loop.create_task(self._run_records(tp, batch, tasks))
                     self.stats.taken += len(records)
         finally:
             stopping.cancel()
@@ -248,7 +268,41 @@ class Worker:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
 
-    async def _handle(self, tp: TopicPartition, record, tasks: dict[int, asyncio.Task[None]]) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
+    async def _run_records(self, tp: TopicPartition, batch: Batch, tasks: Running) -> None:
+        """Run the batch's records in this task, one after another, while each finishes without waiting
+        (an in-process provider, a dead letter, no route). When one waits instead (any call over the
+        network), this task stays with it, and every record after it gets a task of its own
+        (`_hand_off`), as if each had had one from the start.
+
+        A job that waits must own the task it started in: the job deadline, and the HTTP clients'
+        timeouts, cancel the task that was current when they were set. A task a record costs its
+        creation, a turn of the event loop and its registration among all tasks, 5% of the worker's
+        instructions on jobs that need no I/O (`make bench`, worker_echo)."""
+        if len(batch.records) > 1:
+            # Runs once this task's step is over: at once if all finished, else while one waits.
+            asyncio.get_running_loop().call_soon(self._hand_off, tp, batch, tasks)
+        try:
+            handle = self._handle
+            while batch.done < len(batch.records):  # `_hand_off` may shorten them
+                await handle(tp, batch.records[batch.done])
+                batch.done += 1
+        finally:
+            tasks.pop(batch.records[0].offset, None)
+
+    def _hand_off(self, tp: TopicPartition, batch: Batch, tasks: Running) -> None:
+        """The batch's task ended its first step: if a record waits, those after it get a task each.
+
+        Not while the partition is being released: the drain then waits for the batch as it is."""
+        waiting = batch.done
+        if waiting >= len(batch.records) - 1 or tp in self._releasing:
+            return
+        later, batch.records = batch.records[waiting + 1 :], batch.records[: waiting + 1]
+        create_task, run = asyncio.get_running_loop().create_task, self._run_records
+        for record in later:
+            tasks[record.offset] = alone = Batch([record])
+            alone.task = create_task(run(tp, alone, tasks))
+
+    async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
         """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction."""
         try:
             telemetry = self.telemetry
@@ -257,14 +311,12 @@ class Worker:
                 return
             # No spans of ours: the producer's context still reaches the outputs as it came.
             carried = [(k, v) for k, v in record.headers if k in TRACE_HEADERS] if record.headers else []
-            outputs = await self._process(record, tasks.get(record.offset))
+            outputs = await self._process(record)
             if carried:
                 outputs = [(topic, key, value, headers + carried) for topic, key, value, headers in outputs]
             self._hand_on(tp, record.offset, outputs)
         except Exception:
             log.exception("job crashed; its offset stays uncommitted", extra={"partition": record.partition, "offset": record.offset})
-        finally:
-            tasks.pop(record.offset, None)
 
     async def _traced(self, tp: TopicPartition, record) -> None:  # noqa: ANN001
         telemetry = self.telemetry
@@ -312,8 +364,8 @@ class Worker:
         if self.tracker.in_flight + self._held <= self._resume_at:
             self._capacity.set()
 
-    async def _process(self, record, task: asyncio.Task[None] | None = None) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
+    async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """A record's outputs: its result and cost events, or its dead letter."""
         decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
@@ -327,7 +379,7 @@ class Worker:
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
         try:
-            outcome = await self.runner.run(decoded, task)
+            outcome = await self.runner.run(decoded)
         except Exception as exc:  # a bug must still give the job a result, never silence
             outcome = self._internal_error(decoded, exc)
         if outcome.result.status == "ok":
@@ -437,17 +489,8 @@ class Worker:
             return
         self._releasing.update(partitions)
         try:
-            tasks = {t for tp in partitions for t in self._tasks.get(tp, {}).values()}
             started = time.monotonic()
-            if tasks:
-                log.info("draining in-flight jobs", extra={"reason": reason, "jobs": len(tasks)})
-                _, unfinished = await asyncio.wait(tasks, timeout=self.config.worker.shutdown_grace_s)
-                for task in unfinished:
-                    task.cancel()
-                if unfinished:
-                    await asyncio.wait(unfinished)
-                    self.stats.abandoned += len(unfinished)
-                    log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": len(unfinished)})
+            await self._drain(partitions, reason, started + self.config.worker.shutdown_grace_s)
             # Finished jobs' outputs still on their way to the broker: their offsets finish at the acknowledgement.
             left = self.config.worker.shutdown_grace_s - (time.monotonic() - started)
             if not await self.outbox.settled(max(0.0, left)):
@@ -461,6 +504,29 @@ class Worker:
         finally:
             self._releasing.difference_update(partitions)
         self._capacity.set()
+
+    async def _drain(self, partitions: list[TopicPartition], reason: str, until: float) -> None:
+        """Wait for the jobs of `partitions` until `until` (monotonic), then cancel those left."""
+
+        def running() -> list[Batch]:
+            return [batch for tp in partitions for batch in self._tasks.get(tp, {}).values() if not batch.task.done()]
+
+        batches = running()
+        if batches:
+            log.info("draining in-flight jobs", extra={"reason": reason, "jobs": sum(batch.left for batch in batches)})
+        while batches:
+            left = until - time.monotonic()
+            if left <= 0:
+                unfinished = {batch.task for batch in batches}
+                abandoned = sum(batch.left for batch in batches)
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.wait(unfinished)
+                self.stats.abandoned += abandoned
+                log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": abandoned})
+                return
+            await asyncio.wait({batch.task for batch in batches}, timeout=left)
+            batches = running()  # and those handed a task of their own meanwhile (`_hand_off`)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from msgspec import Struct
 from opentelemetry.trace import Status, StatusCode
 
 from worker.logs import get_logger
@@ -38,16 +39,13 @@ Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
-class _Entry:
+class _Entry(Struct):  # a Struct: made in C, once a job
     """One job's outputs, what to call when all are acknowledged, and their send spans (traced jobs)."""
 
-    __slots__ = ("outputs", "done", "spans", "failures")
-
-    def __init__(self, outputs: list[Output], done: Callable[[], None], spans: list[Any] | None) -> None:
-        self.outputs = outputs
-        self.done = done
-        self.spans = spans
-        self.failures = 0
+    outputs: list[Output]
+    done: Callable[[], None]
+    spans: list[Any] | None
+    failures: int = 0
 
 
 class Outbox:
@@ -138,7 +136,11 @@ class Outbox:
                 batch = batches.get(where)
                 if batch is None:
                     batch = batches[where] = producer.create_batch()
-                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                # BatchBuilder.append without its wrapper (keyword arguments, serializers we do not
+                # use): a tenth of the outbox's work. Its record builder returns None when full.
+                if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:  # noqa: SLF001
+                    batch._relative_offset += 1  # noqa: SLF001
+                else:
                     # Full: it goes as it is, and a new one takes this output.
                     full.append((where, batch, placed.pop(where)))
                     batch = batches[where] = producer.create_batch()

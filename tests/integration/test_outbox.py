@@ -55,3 +55,40 @@ def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_t
     letters = [r for r in records if r.topic == topics.dlq]
     assert sorted(r.value for r in letters) == sorted(b"letter %d" % n for n in range(0, 600, 100))
     assert all(dict(r.headers) == {"error_kind": b"not_json"} for r in letters)
+
+
+def test_outputs_beyond_a_full_batch_go_in_the_next_one_in_their_order(bootstrap):
+    setup = Setup(bootstrap)
+    topics = setup.config.kafka.topics
+
+    async def scenario():
+        await make_topics(setup)
+        producer = make_producer(setup.config.kafka, max_batch_size=16_384)
+        await producer.start()
+        outbox = Outbox(producer)
+        done: list[int] = []
+        try:
+            # 200 jobs of 3 KB on one key: each batch of the partition holds five, so one flush makes 40.
+            for n in range(200):
+                outbox.put([(topics.results, b"one-key", b"%05d" % n + b"x" * 3000, [])], lambda n=n: done.append(n))
+            assert await outbox.settled(30)
+        finally:
+            await outbox.close()
+            await producer.stop()
+        reader = AIOKafkaConsumer(topics.results, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        await reader.start()
+        records = []
+        try:
+            for _ in range(30):  # at most 30 s: a lost output shows as a short list, not a hang
+                for batch in (await reader.getmany(timeout_ms=1000)).values():
+                    records.extend(batch)
+                if len(records) >= 200:
+                    break
+        finally:
+            await reader.stop()
+        return done, records
+
+    done, records = asyncio.run(scenario())
+    assert sorted(done) == list(range(200))
+    assert len({r.partition for r in records}) == 1 and [int(r.value[:5]) for r in records] == list(range(200))
+    assert [r.offset for r in records] == list(range(records[0].offset, records[0].offset + 200))

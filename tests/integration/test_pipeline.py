@@ -61,6 +61,46 @@ def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
     assert worker.stats.results_ok == len(jobs) and worker.stats.abandoned == 0
 
 
+def test_a_job_that_waits_holds_up_neither_the_jobs_fetched_with_it_nor_their_deadlines(bootstrap):
+    """A fetch's jobs run one after another in one task while they finish at once (the in-process
+    provider); the first that waits keeps that task, and the jobs after it get a task each. So the
+    quick jobs fetched after a slow one finish at once, and the job deadline cancels the slow job alone."""
+    setup = Setup(
+        bootstrap,
+        LLM_ROUTER__ROUTING__JOB_DEADLINE_S=1.0,
+        LLM_ROUTER__PROVIDERS__OPENAI__LATENCY_MS=3000,  # gpt-4o's calls outlast the deadline
+        LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=100,
+    )
+    slow = {f"s{i}" for i in range(0, 90, 3)}
+    ids = [f"s{i}" if f"s{i}" in slow else f"q{i}" for i in range(90)]
+
+    async def scenario():
+        await make_topics(setup)
+        # All produced before the worker starts: each fetch mixes slow and quick jobs.
+        ends = await produce(setup, [(i.encode(), job_bytes(i, model="gpt-4o") if i in slow else job_bytes(i)) for i in ids])
+        stop = asyncio.Event()
+        worker = Worker(setup.config)
+        run = asyncio.create_task(worker.run(stop))
+        try:
+            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=0.3)
+        finally:
+            stop.set()
+            await run
+        return outputs, worker, ends, await committed(setup, list(ends))
+
+    outputs, worker, ends, positions = asyncio.run(scenario())
+    assert outputs.result_ids == set(ids) and outputs.duplicates() == 0
+    by_id = {r.job_id: r for r in outputs.results}
+    quick = [by_id[i] for i in ids if i not in slow]
+    late = [by_id[i] for i in slow]
+    assert all(r.status == "ok" for r in quick)
+    assert all(r.status == "failed" and r.error is not None and r.error.kind == "deadline_exceeded" for r in late)
+    assert all(900 <= r.latency_ms < 2500 for r in late), sorted(r.latency_ms for r in late)
+    # The quick jobs did not wait for a slow one fetched before them: all were done before any deadline.
+    assert max(r.finished_at for r in quick) < min(r.finished_at for r in late)
+    assert positions == ends and worker.stats.abandoned == 0
+
+
 def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(bootstrap, tmp_path):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__MAX_JOB_BYTES=4096)
     bad_kinds = [
