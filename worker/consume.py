@@ -361,7 +361,7 @@ class Worker:
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         """A job's outputs are acknowledged (or held for the transaction): its offset may be committed."""
         self.tracker.finish(tp, offset)
-        if self.tracker.in_flight + self._held <= self._resume_at:
+        if self._paused and self.tracker.in_flight + self._held <= self._resume_at:  # the intake waits only while paused
             self._capacity.set()
 
     async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
@@ -401,7 +401,9 @@ class Worker:
     def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
         key = outcome.result.job_id.encode()
         encode, costs = self._encoder.encode, self._costs_topic
-        outputs: list[Output] = [(costs, key, encode(event), []) for event in outcome.cost_events]
+        outputs: list[Output] = []
+        for event in outcome.cost_events:
+            outputs.append((costs, key, encode(event), []))
         outputs.append((self._results_topic, key, encode(outcome.result), []))
         return outputs
 
