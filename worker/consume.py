@@ -13,6 +13,7 @@ grace period, commits, and abandons the rest uncommitted (they are redelivered).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 import time
@@ -40,6 +41,7 @@ from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.offsets import OffsetTracker
 from worker.outbox import Outbox, Output
 from worker.providers import Providers, build_providers
+from worker.resumed import Resumed
 from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 
 log = get_logger("consume")
@@ -271,28 +273,34 @@ class Worker:
     async def _run_records(self, tp: TopicPartition, batch: Batch, tasks: Running) -> None:
         """Run the batch's records in this task, one after another, while each finishes without waiting
         (an in-process provider, a dead letter, no route). When one waits instead (any call over the
-        network), this task stays with it, and every record after it gets a task of its own
+        network), this task stays with it, and every record after it gets a task of its own at once
         (`_hand_off`), as if each had had one from the start.
 
         A job that waits must own the task it started in: the job deadline, and the HTTP clients'
         timeouts, cancel the task that was current when they were set. A task a record costs its
-        creation, a turn of the event loop and its registration among all tasks, 5% of the worker's
+        creation, a turn of the event loop and its registration among all tasks: 5% of the worker's
         instructions on jobs that need no I/O (`make bench`, worker_echo)."""
-        if len(batch.records) > 1:
-            # Runs once this task's step is over: at once if all finished, else while one waits.
-            asyncio.get_running_loop().call_soon(self._hand_off, tp, batch, tasks)
+        # The context the records after a waiting one start from (not the waiting job's: its spans).
+        context = contextvars.copy_context() if len(batch.records) > 1 else None
         try:
             handle = self._handle
-            while batch.done < len(batch.records):  # `_hand_off` may shorten them
-                await handle(tp, batch.records[batch.done])
+            while batch.done < len(batch.records):  # `_hand_off` shortens them
+                job = handle(tp, batch.records[batch.done])
+                try:
+                    waiting_on = job.send(None)  # its first step: to its end, or to what it waits for
+                except StopIteration:
+                    batch.done += 1
+                    continue
+                if context is not None:
+                    self._hand_off(tp, batch, tasks, context)
+                await Resumed(job, waiting_on)
                 batch.done += 1
         finally:
             tasks.pop(batch.records[0].offset, None)
 
-    def _hand_off(self, tp: TopicPartition, batch: Batch, tasks: Running) -> None:
-        """The batch's task ended its first step: if a record waits, those after it get a task each.
-
-        Not while the partition is being released: the drain then waits for the batch as it is."""
+    def _hand_off(self, tp: TopicPartition, batch: Batch, tasks: Running, context: contextvars.Context) -> None:
+        """The batch's record `batch.done` waits: those after it get a task each. Not while the
+        partition is being released: the drain then waits for the batch as it is."""
         waiting = batch.done
         if waiting >= len(batch.records) - 1 or tp in self._releasing:
             return
@@ -300,7 +308,7 @@ class Worker:
         create_task, run = asyncio.get_running_loop().create_task, self._run_records
         for record in later:
             tasks[record.offset] = alone = Batch([record])
-            alone.task = create_task(run(tp, alone, tasks))
+            alone.task = create_task(run(tp, alone, tasks), context=context.copy())
 
     async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
         """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction."""
