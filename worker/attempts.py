@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from worker.breaker import Breakers
 from worker.classify import Classifier, TaskClassifier
-from worker.config import Config
+from worker.config import Config, ModelConfig
 from worker.deadlines import Deadlines
 from worker.errors import Disposition, ProviderError, disposition
 from worker.learning import QualityModel
@@ -251,13 +251,16 @@ class JobRunner:
                 break
         if last_error.kind == "context_too_long" and not jumped:
             # No model of the chain has a larger window: jump to the cheapest one that has.
-            wider = sorted(
-                (n for n, m in models.items() if m.context_window > too_long_window and m.provider not in self._unavailable and n not in plan.models),
-                key=lambda n: models[n].input_usd_per_mtok,
-            )
-            if wider:
-                return await self._attempts(job, Plan(plan.task, wider[:1], plan.max_output_tokens), messages, prompt_tokens, attempts, events, spans, jumped=True)
+            wider = self._cheapest_wider(plan, too_long_window)
+            if wider is not None:
+                return await self._attempts(job, Plan(plan.task, [wider], plan.max_output_tokens), messages, prompt_tokens, attempts, events, spans, jumped=True)
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
+
+    def _cheapest_wider(self, plan: Plan, window: int) -> str | None:
+        """The cheapest available model outside the plan whose context window is larger than `window`."""
+        models = self._config.models
+        wider = [n for n, m in models.items() if m.context_window > window and m.provider not in self._unavailable and n not in plan.models]
+        return min(wider, key=lambda n: models[n].input_usd_per_mtok) if wider else None
 
     def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
         """The plan's chain, or, when too many jobs wait for its first model's allowance, the chain led
@@ -294,15 +297,6 @@ class JobRunner:
         if spans is not None:
             span = self._attempt_span(provider.name, request, number, _reason(earlier[-1] if earlier else None, request.model, rerouted_from))
 
-        def record(attempt: Attempt, completion: Completion | None = None) -> None:
-            events.append(self._cost_event(job, task, attempt))
-            if self._telemetry.metering:
-                gen_ai_provider, server = self._gen_ai[provider.name]
-                self.metrics.attempt(attempt, model.api_model or request.model, gen_ai_provider, server, task, job.tenant)
-            if span is not None and spans is not None:
-                self._describe(span, request, attempt, completion)
-                spans.append((span, time.time_ns()))
-
         waited = 0.0
         try:
             for gate in gates:
@@ -310,7 +304,7 @@ class JobRunner:
                     waited += await gate.queue_for(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
-            record(attempt)
+            self._record(job, task, provider, model, request, events, span, spans, attempt)
             return attempt, None, None
         started = time.monotonic()
         try:
@@ -322,14 +316,14 @@ class JobRunner:
                 if exc.kind == "rate_limited":
                     gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000, rerouted_from)
-            record(attempt)
+            self._record(job, task, provider, model, request, events, span, spans, attempt)
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
             for gate in gates:
                 gate.correct(reserved, Allowance(1, 0, 0))
             attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000, rerouted_from)
-            record(attempt)
+            self._record(job, task, provider, model, request, events, span, spans, attempt)
             raise
         latency = (time.monotonic() - started) * 1000
         used = Allowance(1, completion.input_tokens, completion.output_tokens)
@@ -346,8 +340,30 @@ class JobRunner:
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
         attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000, rerouted_from)
-        record(attempt, completion)
+        self._record(job, task, provider, model, request, events, span, spans, attempt, completion)
         return attempt, completion, None
+
+    def _record(
+        self,
+        job: Job,
+        task: str,
+        provider: Provider,
+        model: ModelConfig,
+        request: CompletionRequest,
+        events: list[CostEvent],
+        span: Span | None,
+        spans: list[tuple[Span, int]] | None,
+        attempt: Attempt,
+        completion: Completion | None = None,
+    ) -> None:
+        """An attempt is over: its cost event, its metrics, and its span's outcome (ended with the job)."""
+        events.append(self._cost_event(job, task, attempt))
+        if self._telemetry.metering:
+            gen_ai_provider, server = self._gen_ai[provider.name]
+            self.metrics.attempt(attempt, model.api_model or request.model, gen_ai_provider, server, task, job.tenant)
+        if span is not None and spans is not None:
+            self._describe(span, request, attempt, completion)
+            spans.append((span, time.time_ns()))
 
     def _attempt_span(self, provider: str, request: CompletionRequest, number: int, reason: tuple[str, str | None]) -> Span:
         """The attempt's span (`chat {model}`, CLIENT), a child of the job's process span; ended by the job."""

@@ -79,6 +79,9 @@ class Breakers:
         """Providers that may not be called now (asked for every job: nothing to look at while all are closed)."""
         if not self._not_closed:
             return _NONE
+        return self._blocked(now)
+
+    def _blocked(self, now: float) -> frozenset[str]:
         blocked = [breaker.name for breaker in self._not_closed if not breaker.allows(now)]
         return frozenset(blocked) if blocked else _NONE
 

@@ -285,7 +285,7 @@ class Worker:
         try:
             handle = self._handle
             while batch.done < len(batch.records):  # `_hand_off` shortens them
-                job = handle(tp, batch.records[batch.done])
+                job = handle(tp, batch.records[batch.done], batch.task)
                 try:
                     waiting_on = job.send(None)  # its first step: to its end, or to what it waits for
                 except StopIteration:
@@ -310,23 +310,24 @@ class Worker:
             tasks[record.offset] = alone = Batch([record])
             alone.task = create_task(run(tp, alone, tasks), context=context.copy())
 
-    async def _handle(self, tp: TopicPartition, record) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction."""
+    async def _handle(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction.
+        `task` runs it (its job deadline cancels that task)."""
         try:
             telemetry = self.telemetry
             if telemetry.tracing:
-                await self._traced(tp, record)
+                await self._traced(tp, record, task)
                 return
             # No spans of ours: the producer's context still reaches the outputs as it came.
             carried = [(k, v) for k, v in record.headers if k in TRACE_HEADERS] if record.headers else []
-            outputs = await self._process(record)
+            outputs = await self._process(record, task)
             if carried:
-                outputs = [(topic, key, value, headers + carried) for topic, key, value, headers in outputs]
+                outputs = _with_headers(outputs, carried)
             self._hand_on(tp, record.offset, outputs)
         except Exception:
             log.exception("job crashed; its offset stays uncommitted", extra={"partition": record.partition, "offset": record.offset})
 
-    async def _traced(self, tp: TopicPartition, record) -> None:  # noqa: ANN001
+    async def _traced(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:  # noqa: ANN001
         telemetry = self.telemetry
         parent, links = telemetry.process_context(record.headers)
         attributes = {
@@ -341,12 +342,12 @@ class Worker:
         if record.key is not None:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
         with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
-            outputs = await self._process(record)
+            outputs = await self._process(record, task)
             if self.exactly_once or not span.is_recording():
                 # Sent later in a transaction, or not sampled: the outputs carry the process span's context.
                 context: list[tuple[str, bytes]] = []
                 inject(context)
-                self._hand_on(tp, record.offset, [(topic, key, value, headers + context) for topic, key, value, headers in outputs])
+                self._hand_on(tp, record.offset, _with_headers(outputs, context))
                 return
             # A send span for each output, ended by the outbox at the broker's acknowledgement.
             spans, traced = [], []
@@ -372,8 +373,8 @@ class Worker:
         if self._paused and self.tracker.in_flight + self._held <= self._resume_at:  # the intake waits only while paused
             self._capacity.set()
 
-    async def _process(self, record) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
-        """A record's outputs: its result and cost events, or its dead letter."""
+    async def _process(self, record, task: asyncio.Task[None]) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
+        """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
         decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
@@ -387,7 +388,7 @@ class Worker:
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
         try:
-            outcome = await self.runner.run(decoded)
+            outcome = await self.runner.run(decoded, task)
         except Exception as exc:  # a bug must still give the job a result, never silence
             outcome = self._internal_error(decoded, exc)
         if outcome.result.status == "ok":
@@ -555,6 +556,11 @@ class _Rebalance(ConsumerRebalanceListener):
         if share > 0:
             worker.runner.limits.set_share(share)
         log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned), "rate_limit_share": round(share, 4)})
+
+
+def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> list[Output]:
+    """The outputs with `headers` after their own."""
+    return [(topic, key, value, own + headers) for topic, key, value, own in outputs]
 
 
 def _now() -> datetime:

@@ -38,7 +38,7 @@ class EchoProvider:
             )
         if self._latency_s:
             await asyncio.sleep(self._latency_s)
-        if self._fails(request):
+        if self._failure_rate and self._fails(request):
             return Completion(
                 text="I can't help with that.",
                 finish_reason="refusal",
@@ -58,8 +58,6 @@ class EchoProvider:
         )
 
     def _fails(self, request: CompletionRequest) -> bool:
-        if self._failure_rate <= 0:
-            return False
         digest = hashlib.blake2b(f"{request.job_id}\0{request.model}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") / 2**64 < self._failure_rate
 
