@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench eval kafka kafka-stop schemas compose-check clean
+.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval kafka kafka-stop schemas compose-check clean
 
 # Quiet on stdout (progress goes to stderr): `make bench`'s stdout is JSON lines only, even on a fresh clone.
 $(STAMP): pyproject.toml
@@ -47,6 +47,10 @@ demo: $(STAMP)
 ## Benchmarks: JSON lines on stdout (key `bench`), a readable table on stderr.
 bench: $(STAMP)
 	@$(BIN)/python -m bench
+
+## Instructions a job, worker against raw floor, counted by valgrind (deterministic; about 4 minutes).
+bench-instructions: $(STAMP)
+	@$(BIN)/python -m bench instructions
 
 ## The routing policies compared on the shipped workload (Kafka, worker, simulator).
 eval: $(STAMP)

@@ -168,16 +168,18 @@ class _RawCost(msgspec.Struct):
     cost_usd: float
 
 
-async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool = False) -> None:
+async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool = False, stop_after: int | None = None) -> None:
     """The floor: per batch, decode every job, send one result each (and a cost event each to the
-    costs topic with `cost_events`, the outputs the worker writes), await the acks, commit."""
+    costs topic with `cost_events`, the outputs the worker writes), await the acks, commit. Until
+    `done` is set, or (`stop_after`) that many jobs are done."""
     consumer = make_consumer(kafka, kafka.topics.jobs)
     producer = make_producer(kafka)
     decoder, encoder = msgspec.json.Decoder(Job), msgspec.json.Encoder()
     await producer.start()
     await consumer.start()
+    taken = 0
     try:
-        while not done.is_set():
+        while not done.is_set() and (stop_after is None or taken < stop_after):
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
             sent = []
             for records in batch.values():
@@ -189,6 +191,7 @@ async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool =
             await asyncio.gather(*sent)
             if batch:
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+            taken += len(sent) // (2 if cost_events else 1)
     finally:
         await consumer.stop()
         await producer.stop()

@@ -281,18 +281,21 @@ class Worker:
         creation, a turn of the event loop and its registration among all tasks: 5% of the worker's
         instructions on jobs that need no I/O (`make bench`, worker_echo)."""
         # The context the records after a waiting one start from (not the waiting job's: its spans).
-        context = contextvars.copy_context() if len(batch.records) > 1 else None
+        context = contextvars.copy_context()
         try:
             handle = self._handle
             while batch.done < len(batch.records):  # `_hand_off` shortens them
+                if batch.done == len(batch.records) - 1:  # the last: no record after it to hand off
+                    await handle(tp, batch.records[batch.done], batch.task)
+                    batch.done += 1
+                    continue
                 job = handle(tp, batch.records[batch.done], batch.task)
                 try:
                     waiting_on = job.send(None)  # its first step: to its end, or to what it waits for
                 except StopIteration:
                     batch.done += 1
                     continue
-                if context is not None:
-                    self._hand_off(tp, batch, tasks, context)
+                self._hand_off(tp, batch, tasks, context)
                 await Resumed(job, waiting_on)
                 batch.done += 1
         finally:
