@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 from functools import partial
 
 import msgspec
@@ -42,7 +43,7 @@ from worker.offsets import OffsetTracker
 from worker.outbox import Outbox, Output
 from worker.providers import Providers, build_providers
 from worker.resumed import Resumed
-from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
+from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
 
 log = get_logger("consume")
 
@@ -104,8 +105,9 @@ class Worker:
         # in-flight / latency, a fiftieth to 0.92: `make bench`, section throughput).
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 50)
         self.exactly_once = config.worker.delivery == "exactly_once"
-        # Exactly-once: finished jobs' outputs wait here until a transaction commits them with their offsets.
-        self._ready: dict[TopicPartition, dict[int, list[Output]]] = defaultdict(dict)
+        # Exactly-once: finished jobs' outputs (and their send spans) wait here until a transaction
+        # commits them with their offsets.
+        self._ready: dict[TopicPartition, dict[int, tuple[list[Output], list | None]]] = defaultdict(dict)
         self._held = 0
         self._fatal: BaseException | None = None  # a fenced transactional producer: the worker stops
         self._stop: asyncio.Event | None = None
@@ -346,13 +348,14 @@ class Worker:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
         with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
             outputs = await self._process(record, task)
-            if self.exactly_once or not span.is_recording():
-                # Sent later in a transaction, or not sampled: the outputs carry the process span's context.
+            if not span.is_recording():
+                # Not sampled: the outputs carry the process span's context.
                 context: list[tuple[str, bytes]] = []
                 inject(context)
                 self._hand_on(tp, record.offset, _with_headers(outputs, context))
                 return
-            # A send span for each output, ended by the outbox at the broker's acknowledgement.
+            # A send span for each output, ended at the broker's acknowledgement (by the outbox), or
+            # (exactly-once) when the transaction holding it commits.
             spans, traced = [], []
             for topic, key, value, headers in outputs:
                 send = start_send_span(telemetry, topic, key)
@@ -364,7 +367,7 @@ class Worker:
 
     def _hand_on(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list | None = None) -> None:
         if self.exactly_once:
-            self._ready[tp][offset] = outputs
+            self._ready[tp][offset] = (outputs, spans)
             self._held += 1
             self._finish(tp, offset)
         else:
@@ -470,12 +473,16 @@ class Worker:
     async def _commit_transaction(self, positions: dict[TopicPartition, int]) -> bool:
         """One transaction: the outputs of every job below `positions`, and the positions as the group's offsets."""
         offsets = {tp: sorted(o for o in self._ready[tp] if o < position) for tp, position in positions.items()}
+        traced: list[tuple[Any, asyncio.Future[Any]]] = []  # (send span, the send's acknowledgement)
         try:
             async with self.producer.transaction():
                 for tp, finished in offsets.items():
                     for offset in finished:
-                        for topic, key, value, headers in self._ready[tp][offset]:
-                            await self.producer.send(topic, value, key=key, headers=headers)
+                        outputs, spans = self._ready[tp][offset]
+                        for index, (topic, key, value, headers) in enumerate(outputs):
+                            acknowledged = await self.producer.send(topic, value, key=key, headers=headers)
+                            if spans:
+                                traced.append((spans[index], acknowledged))
                 await self.producer.send_offsets_to_transaction(positions, self.config.kafka.group_id)
         except ProducerFenced as exc:
             # Another replica took this transactional id: this one must not write again.
@@ -483,11 +490,15 @@ class Worker:
             self._fatal = exc
             if self._stop is not None:
                 self._stop.set()
+            self._not_sent(offsets, exc)
             return False
         except KafkaError as exc:
             # Aborted: nothing of it is visible; the same outputs and offsets go in the next transaction.
             log.warning("transaction failed, retried at the next commit", extra={"error": repr(exc)})
+            self._not_sent(offsets, exc)
             return False
+        for span, acknowledged in traced:
+            sent(span, acknowledged.result())  # committed: visible to read_committed consumers from now
         for tp, finished in offsets.items():
             ready = self._ready[tp]
             for offset in finished:
@@ -495,6 +506,18 @@ class Worker:
             self._held -= len(finished)
         self._capacity.set()
         return True
+
+    def _not_sent(self, offsets: dict[TopicPartition, list[int]], exc: BaseException) -> None:
+        """The transaction holding these jobs' outputs failed: their send spans end with the error (the
+        outputs go in a later transaction, or to the partition's next owner, without spans)."""
+        for tp, finished in offsets.items():
+            ready = self._ready.get(tp, {})
+            for offset in finished:
+                outputs, spans = ready.get(offset, ([], None))
+                for span in spans or ():
+                    not_sent(span, exc)
+                if spans:
+                    ready[offset] = (outputs, None)
 
     async def _release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
         """Stop taking from `partitions`, let their jobs finish within the grace period, commit, forget."""
@@ -513,7 +536,9 @@ class Worker:
             self.tracker.drop(partitions)
             for tp in partitions:
                 self._tasks.pop(tp, None)
-                self._held -= len(self._ready.pop(tp, {}))  # not committed: the partition's next owner redoes them
+                # Not committed: the partition's next owner redoes them.
+                self._not_sent({tp: list(self._ready.get(tp, ()))}, RuntimeError(f"not committed before the partition was released ({reason})"))
+                self._held -= len(self._ready.pop(tp, {}))
             log.info("partitions released", extra={"reason": reason, "partitions": sorted(tp.partition for tp in partitions), "drain_s": round(time.monotonic() - started, 3)})
         finally:
             self._releasing.difference_update(partitions)

@@ -27,10 +27,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from msgspec import Struct
-from opentelemetry.trace import Status, StatusCode
 
 from worker.logs import get_logger
-from worker.telemetry import sent
+from worker.telemetry import not_sent, sent
 
 log = get_logger("outbox")
 
@@ -190,9 +189,7 @@ class Outbox:
         for entry in entries:
             entry.failures += 1
             for span in entry.spans or ():
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
-                span.end()
+                not_sent(span, exc)
             entry.spans = None  # sent again without spans; the outputs keep the first spans' context
 
         def again() -> None:

@@ -32,7 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.metrics import Meter, MeterProvider, NoOpMeterProvider
 from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import Link, NoOpTracerProvider, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Link, NoOpTracerProvider, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from worker.logs import get_logger
 
@@ -124,6 +124,13 @@ def sent(span, metadata) -> None:  # noqa: ANN001 - a Span and aiokafka's Record
     """End a send span at the broker's acknowledgement, with where the message landed."""
     span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
     span.set_attribute("messaging.kafka.offset", metadata.offset)
+    span.end()
+
+
+def not_sent(span, exc: BaseException) -> None:  # noqa: ANN001 - a Span
+    """End a send span whose message did not get there (it may be sent again, without a span)."""
+    span.set_attribute("error.type", type(exc).__name__)
+    span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
     span.end()
 
 

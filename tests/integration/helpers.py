@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from worker.config import Config, load_config
 from worker import runs
@@ -58,6 +60,18 @@ def provider_latency(ms: float) -> dict[str, str]:
 
 async def make_topics(setup: Setup, partitions: int = 4) -> None:
     await create_topics(setup.config.kafka, partitions)
+
+
+async def broker_has_transactions(bootstrap: str) -> bool:
+    """Whether the broker takes a transactional producer (Apache Kafka does; the embedded Tansu does not)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True)
+    try:
+        await asyncio.wait_for(producer.start(), 30)
+        return True
+    except (KafkaError, asyncio.TimeoutError):
+        return False
+    finally:
+        await producer.stop()
 
 
 def job_bytes(job_id: str, prompt: str = "What is the capital of France?", **fields: object) -> bytes:

@@ -16,9 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from tests.integration.helpers import REPO, Setup, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import REPO, Setup, broker_has_transactions, collect, job_bytes, make_topics, produce
 from worker import cli
 from worker.broker import free_port, wait_for_port
+from worker.kafka import DeliveryError
 from worker.runs import running_worker
 from worker.telemetry import Telemetry, telemetry_from_env
 
@@ -131,6 +132,34 @@ def test_a_job_not_sampled_makes_no_spans_but_its_outputs_still_carry_its_trace(
     result_trace = dict(outputs.result_headers[0])["traceparent"].decode()
     assert int(result_trace.split("-")[3], 16) & 1 == 0, "not sampled, and said so downstream (the sampled flag is clear)"
     assert dict(outputs.cost_headers[0])["traceparent"].decode().split("-")[1] == result_trace.split("-")[1], "one trace id for the job's outputs"
+
+
+def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transaction_commits(bootstrap):
+    """On Apache Kafka; the embedded Tansu has no transactions, and there the worker refuses the mode."""
+    telemetry, exporter = traced()
+    setup = Setup(bootstrap, LLM_ROUTER__WORKER__DELIVERY="exactly_once", LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=200)
+    ids = [f"x{i}" for i in range(30)]
+
+    async def scenario():
+        await make_topics(setup)
+        async with running_worker(setup.config, telemetry=telemetry):
+            await produce(setup, [(i.encode(), job_bytes(i, "What is 2+2?")) for i in ids])
+            return await collect(setup, lambda o: len(o.result_ids) == len(ids) and len(o.costs) >= len(ids), timeout_s=90, settle_s=0.5, isolation_level="read_committed")
+
+    if not asyncio.run(broker_has_transactions(bootstrap)):
+        with pytest.raises(DeliveryError, match="exactly_once needs a broker with transactions"):
+            asyncio.run(scenario())
+        return
+    outputs = asyncio.run(scenario())
+    assert outputs.result_ids == set(ids) and outputs.duplicates() == 0
+    spans = exporter.get_finished_spans()
+    process = {s.context.span_id for s in spans if s.name.startswith("process ")}
+    sends = {(s.context.trace_id, s.context.span_id): s for s in spans if s.kind == SpanKind.PRODUCER and s.name.startswith("send ")}
+    assert len(sends) == len(outputs.results) + len(outputs.costs)
+    for headers in outputs.result_headers + outputs.cost_headers:
+        send = sends[parse_traceparent(headers)]  # each output carries its own send span's context
+        assert send.parent is not None and send.parent.span_id in process
+        assert send.status.status_code != StatusCode.ERROR and send.attributes["messaging.kafka.offset"] >= 0
 
 
 def test_content_capture_puts_prompts_and_answers_on_attempt_spans_only_when_switched_on(bootstrap):

@@ -10,10 +10,9 @@ import os
 import subprocess
 import sys
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
-from tests.integration.helpers import REPO, Outputs, Setup, WorkerProcess, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, start_replicas
+from tests.integration.helpers import (
+    REPO, Outputs, Setup, WorkerProcess, broker_has_transactions, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, start_replicas,
+)
 
 JOBS = 3000
 PARTITIONS = 6
@@ -24,17 +23,6 @@ EXACTLY_ONCE = {
     # A killed replica's open transaction holds back read_committed readers until it times out.
     "LLM_ROUTER__KAFKA__TRANSACTION_TIMEOUT_MS": 6000,
 }
-
-
-async def broker_has_transactions(bootstrap: str) -> bool:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True)
-    try:
-        await asyncio.wait_for(producer.start(), 30)
-        return True
-    except (KafkaError, asyncio.TimeoutError):
-        return False
-    finally:
-        await producer.stop()
 
 
 def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refused_without_transactions(bootstrap, tmp_path, summary):
