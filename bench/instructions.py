@@ -26,34 +26,27 @@ import uuid
 
 import msgspec
 
+from bench.throughput import _env, _jobs, _raw_loop, echo_providers
 from worker.broker import EmbeddedBroker
-from worker.config import Config, load_config
+from worker.config import load_config
 from worker.kafka import create_topics
-from worker.messages import Job
 from worker.runs import produce, running_worker
 
 SMALL, LARGE = 10_000, 30_000
 CONSUMERS = ("worker_echo", "raw_floor")
 
 
-def _config(bootstrap: str, run: str, consumer: str) -> Config:
-    providers = load_config(env={}).providers
-    topics = {f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"instr-{run}-{consumer}.{t}" for t in ("results", "costs", "dlq", "state")}
-    return load_config(env={
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "LLM_ROUTER__KAFKA__GROUP_ID": f"instr-{run}-{consumer}",
-        "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "30000",  # valgrind slows the consumer's heartbeats too
-        "LLM_ROUTER__KAFKA__TOPICS__JOBS": f"instr-{run}.jobs",
-        **topics,
-        **{f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in providers},
-    })
+def _consumer_env(bootstrap: str, jobs_topic: str, consumer: str) -> dict[str, str]:
+    """The consumer's configuration (as `throughput` sets it), reading the shared jobs topic."""
+    # A longer session: valgrind slows the consumer's heartbeats too.
+    overrides = echo_providers() | {"LLM_ROUTER__KAFKA__TOPICS__JOBS": jobs_topic, "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "30000"}
+    return _env(bootstrap, f"instructions-{consumer}", overrides)
 
 
-async def _consume(consumer: str, config: Config, jobs: int) -> None:
-    """The consumer's process: drain `jobs` jobs, then stop."""
+async def _consume(consumer: str, jobs: int) -> None:
+    """The consumer's process (its configuration in the environment): drain `jobs` jobs, then stop."""
+    config = load_config()
     if consumer == "raw_floor":
-        from bench.throughput import _raw_loop
-
         await _raw_loop(config.kafka, asyncio.Event(), stop_after=jobs)
         return
     async with running_worker(config) as worker:
@@ -61,22 +54,23 @@ async def _consume(consumer: str, config: Config, jobs: int) -> None:
             await asyncio.sleep(0.01)
 
 
-def _counted(consumer: str, bootstrap: str, run: str, jobs: int) -> int:
+def _counted(consumer: str, env: dict[str, str], jobs: int) -> int:
     """The instructions the consumer's process executed (valgrind's `I refs`)."""
-    command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "consume", consumer, bootstrap, run, str(jobs)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "consume", consumer, str(jobs)]
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER__")} | env
+    done = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=1800, check=False)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
     if done.returncode != 0 or not found:
         raise RuntimeError(f"{consumer} under valgrind failed (exit {done.returncode}): {done.stderr[-2000:]}")
     return int(found.group(1).replace(",", ""))
 
 
-async def _backlog(bootstrap: str, run: str, jobs: int) -> None:
-    for consumer in CONSUMERS:
-        await create_topics(_config(bootstrap, run, consumer).kafka, 4)
+async def _backlog(envs: dict[str, dict[str, str]], jobs: int) -> None:
+    """The consumers' topics, and `jobs` jobs on the jobs topic they share."""
+    for env in envs.values():
+        await create_topics(load_config(env=env).kafka, 4)
     encoder = msgspec.json.Encoder()
-    batch = [(f"e{i}".encode(), encoder.encode(Job(id=f"e{i}", prompt=f"What is the capital of France? ({i})"))) for i in range(jobs)]
-    await produce(_config(bootstrap, run, CONSUMERS[0]).kafka, batch)
+    await produce(load_config(env=envs[CONSUMERS[0]]).kafka, [(job.id.encode(), encoder.encode(job)) for job in _jobs("e", jobs)])
 
 
 def run() -> list[dict]:
@@ -87,10 +81,11 @@ def run() -> list[dict]:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
         counts: dict[str, dict[int, int]] = {consumer: {} for consumer in CONSUMERS}
         for jobs in (SMALL, LARGE):
-            run_id = uuid.uuid4().hex[:8]
-            asyncio.run(_backlog(bootstrap, run_id, jobs))
+            jobs_topic = f"bench-instructions-{uuid.uuid4().hex[:8]}.jobs"
+            envs = {consumer: _consumer_env(bootstrap, jobs_topic, consumer) for consumer in CONSUMERS}
+            asyncio.run(_backlog(envs, jobs))
             for consumer in CONSUMERS:
-                counts[consumer][jobs] = _counted(consumer, bootstrap, run_id, jobs)
+                counts[consumer][jobs] = _counted(consumer, envs[consumer], jobs)
     finally:
         if broker:
             broker.stop()
@@ -101,11 +96,9 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "consume":
-        _, _, consumer, bootstrap, run_id, jobs = sys.argv
+    if len(sys.argv) == 4 and sys.argv[1] == "consume":
         from worker import event_loop
 
-        config = _config(bootstrap, run_id, consumer)
-        event_loop.run(_consume(consumer, config, int(jobs)), config.worker.event_loop)
+        event_loop.run(_consume(sys.argv[2], int(sys.argv[3])), load_config().worker.event_loop)
     else:
         raise SystemExit("usage: python -m bench instructions")

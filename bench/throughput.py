@@ -191,7 +191,7 @@ async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool =
             await asyncio.gather(*sent)
             if batch:
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
-            taken += len(sent) // (2 if cost_events else 1)
+            taken += sum(len(records) for records in batch.values())
     finally:
         await consumer.stop()
         await producer.stop()
@@ -468,9 +468,14 @@ def _simulator_config(folder: Path) -> Path:
     return path
 
 
+def echo_providers() -> dict[str, str]:
+    """Env overrides that put the in-process echo provider behind every configured provider."""
+    return {f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in load_config(env={}).providers}
+
+
 async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> list[Figure]:
     providers = load_config(env={}).providers
-    echo = {f"LLM_ROUTER__PROVIDERS__{name.upper()}__KIND": "echo" for name in providers}
+    echo = echo_providers()
     # The floor and the untraced worker alternate ROUNDS times: each round's ratio is taken within the
     # round, and the figures are the median round's (the machine's speed drifts between phases).
     floors, workers, memories = [], [], []

@@ -282,8 +282,9 @@ class Worker:
         timeouts, cancel the task that was current when they were set. A task a record costs its
         creation, a turn of the event loop and its registration among all tasks: 5% of the worker's
         instructions on jobs that need no I/O (`make bench`, worker_echo)."""
-        # The context the records after a waiting one start from (not the waiting job's: its spans).
-        context = contextvars.copy_context()
+        # The context the records after a waiting one start from (not the waiting job's: its spans);
+        # a batch of one has none after it.
+        context = contextvars.copy_context() if len(batch.records) > 1 else None
         try:
             handle = self._handle
             while batch.done < len(batch.records):  # `_hand_off` shortens them
@@ -297,7 +298,7 @@ class Worker:
                 except StopIteration:
                     batch.done += 1
                     continue
-                self._hand_off(tp, batch, tasks, context)
+                self._hand_off(tp, batch, tasks, context)  # type: ignore[arg-type]  # not the last record: a batch of several
                 await Resumed(job, waiting_on)
                 batch.done += 1
         finally:
