@@ -76,6 +76,9 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection: a request written, its response parsed as the bytes arrive."""
 
     def __init__(self) -> None:
+        # Made by the running loop (create_connection); kept, as asyncio.get_running_loop() costs a
+        # getpid() system call on Python 3.11, and a connection serves many requests.
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = True
@@ -102,7 +105,7 @@ class _Connection(asyncio.Protocol):
 
     def request(self, data: bytes) -> asyncio.Future[HttpResponse]:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self.received = False
         self.transport.write(data)
         return self._waiter

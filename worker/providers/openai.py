@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -53,8 +54,6 @@ class OpenAIProvider:
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "openai") -> Completion:
     """A Chat Completions answer (or error) as a Completion (or ProviderError)."""
-    from datetime import UTC, datetime
-
     limits = openai_rate_limits(response.headers)
     if response.status >= 300:
         error_type, code, message = _error_fields(response.body)

@@ -61,13 +61,19 @@ def _seconds_until(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+# Header names, made once (every answer is read for them): (window, limit, remaining, reset).
+_OPENAI_HEADERS = tuple((name, f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}") for name in ("requests", "tokens"))
+_ANTHROPIC_HEADERS = tuple(
+    (name.replace("-", "_"), f"anthropic-ratelimit-{name}-limit", f"anthropic-ratelimit-{name}-remaining", f"anthropic-ratelimit-{name}-reset")
+    for name in ("requests", "tokens", "input-tokens", "output-tokens")
+)
+
+
 def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitState | None:
     """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}`."""
     windows = {}
-    for name in ("requests", "tokens"):
-        limit = headers.get(f"x-ratelimit-limit-{name}")
-        remaining = headers.get(f"x-ratelimit-remaining-{name}")
-        reset = headers.get(f"x-ratelimit-reset-{name}")
+    for name, limit_header, remaining_header, reset_header in _OPENAI_HEADERS:
+        limit, remaining, reset = headers.get(limit_header), headers.get(remaining_header), headers.get(reset_header)
         if limit or remaining or reset:
             windows[name] = Window(_int(limit), _int(remaining), parse_duration(reset) if reset else None)
     return RateLimitState(**windows) if windows else None
@@ -76,11 +82,10 @@ def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitState | None:
 def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimitState | None:
     """`anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,remaining,reset}` (RFC 3339 resets)."""
     windows = {}
-    for name in ("requests", "tokens", "input-tokens", "output-tokens"):
-        prefix = f"anthropic-ratelimit-{name}"
-        limit, remaining, reset = headers.get(f"{prefix}-limit"), headers.get(f"{prefix}-remaining"), headers.get(f"{prefix}-reset")
+    for name, limit_header, remaining_header, reset_header in _ANTHROPIC_HEADERS:
+        limit, remaining, reset = headers.get(limit_header), headers.get(remaining_header), headers.get(reset_header)
         if limit or remaining or reset:
-            windows[name.replace("-", "_")] = Window(_int(limit), _int(remaining), _seconds_until(reset, now))
+            windows[name] = Window(_int(limit), _int(remaining), _seconds_until(reset, now))
     return RateLimitState(**windows) if windows else None
 
 
