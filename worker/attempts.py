@@ -100,7 +100,7 @@ class JobRunner:
     ) -> None:
         self._config = config
         self._telemetry = telemetry
-        self.metrics = Metrics(telemetry.meter)
+        self.metrics = Metrics(telemetry.meter, telemetry.distributions)
         self._gen_ai = {name: (PROVIDER_NAMES.get(p.kind, name), urlsplit(p.base_url).hostname if p.base_url else None) for name, p in config.providers.items()}
         self._providers = providers
         self._unavailable = dict(unavailable or {})

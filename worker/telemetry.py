@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, NoOpTracerProvider, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from worker.logs import get_logger
+from worker.metrics import Distributions
 
 log = get_logger("telemetry")
 
@@ -56,6 +57,7 @@ class Telemetry:
         capture_content: bool = False,
         process_parent: str = "producer",
         shutdown: Sequence[Any] = (),
+        distributions: Distributions | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider or NoOpTracerProvider()
         self.meter_provider = meter_provider or NoOpMeterProvider()
@@ -66,6 +68,9 @@ class Telemetry:
         self.capture_content = capture_content
         self.process_parent = process_parent
         self._shutdown = list(shutdown)
+        # The histograms, summed by the worker (worker/metrics.py): they reach the exporters wrapped in
+        # a ReportedMetricExporter given these same distributions, as telemetry_from_env sets them up.
+        self.distributions = distributions if distributions is not None else Distributions(SCOPE)
 
     def process_context(self, headers: Sequence[tuple[str, bytes]] | None) -> tuple[Context | None, list[Link]]:
         """The parent and links of a job's process span: the producer's context from the job's headers."""
@@ -149,6 +154,7 @@ def telemetry_from_env(env: Mapping[str, str] | None = None, process_parent: str
 
     resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service_name})
     tracer_provider = meter_provider = None
+    distributions = Distributions(SCOPE)
     if traces:
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -160,11 +166,11 @@ def telemetry_from_env(env: Mapping[str, str] | None = None, process_parent: str
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        readers = [PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name)) for name in metrics]
+        readers = [PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name, distributions)) for name in metrics]
         meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_sdk_logs()
     log.info("telemetry on", extra={"traces": traces, "metrics": metrics, "capture_content": capture})
-    return Telemetry(tracer_provider, meter_provider, capture, process_parent, [p for p in (tracer_provider, meter_provider) if p is not None])
+    return Telemetry(tracer_provider, meter_provider, capture, process_parent, [p for p in (tracer_provider, meter_provider) if p is not None], distributions)
 
 
 def _exporters(env: Mapping[str, str], signal: str) -> list[str]:
@@ -262,14 +268,18 @@ class ReportedSpanExporter(SpanExporter):
 
 
 class ReportedMetricExporter(MetricExporter):
-    """A metric exporter whose failures are reported once per outage."""
+    """A metric exporter whose failures are reported once per outage, and which adds the worker's own
+    histograms (`distributions`, cumulative whatever temporality the exporter prefers) to each export."""
 
-    def __init__(self, inner: Any, name: str) -> None:
+    def __init__(self, inner: Any, name: str, distributions: Distributions | None = None) -> None:
         super().__init__(preferred_temporality=getattr(inner, "_preferred_temporality", None), preferred_aggregation=getattr(inner, "_preferred_aggregation", None))
         self._inner = inner
+        self._distributions = distributions
         self.outage = _Outage("metrics", name)
 
     def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # noqa: ANN001, ANN201
+        if self._distributions is not None:
+            metrics_data = self._distributions.add_to(metrics_data)
         result = self.outage.watch(lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs), MetricExportResult.SUCCESS)
         return MetricExportResult.FAILURE if result is None else result
 

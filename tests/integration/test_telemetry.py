@@ -10,18 +10,20 @@ import httpx
 import orjson
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.integration.helpers import REPO, Setup, broker_has_transactions, collect, job_bytes, make_topics, produce
+from tests.metric_capture import Captured, points_by_name
 from worker import cli
 from worker.broker import free_port, wait_for_port
 from worker.kafka import DeliveryError
 from worker.runs import running_worker
-from worker.telemetry import Telemetry, telemetry_from_env
+from worker.metrics import Distributions
+from worker.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
 
 # The verifiable simple_qa chain is gemini then llama; the echo provider answers "[model] prompt",
 # so this check fails gemini's answer (failed verification) and passes llama's.
@@ -177,18 +179,12 @@ def test_content_capture_puts_prompts_and_answers_on_attempt_spans_only_when_swi
     assert "2+2" in attempt.attributes["gen_ai.input.messages"] and "2+2" in attempt.attributes["gen_ai.output.messages"]
 
 
-def metric_points(reader):
-    points = {}
-    for resource_metrics in reader.get_metrics_data().resource_metrics:
-        for scope in resource_metrics.scope_metrics:
-            for metric in scope.metrics:
-                points.setdefault(metric.name, []).extend(metric.data.data_points)
-    return points
-
-
 def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, report):
-    reader = InMemoryMetricReader()
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+    # Read as an exporter gets them (telemetry_from_env's wrapper adds the worker's own histograms).
+    distributions = Distributions(SCOPE)
+    captured = Captured()
+    reader = PeriodicExportingMetricReader(ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000)
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
     setup = Setup(bootstrap, LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE=100_000, LLM_ROUTER__PROVIDERS__GEMINI__FAILURE_RATE=0.3)
     jobs = [(f"m{i}".encode(), job_bytes(f"m{i}", f"question {i}", tenant=f"t{i % 3}", **({"checks": {"regex": r"^\[llama"}} if i % 4 == 0 else {}))) for i in range(120)]
     jobs.append((b"bad", b"not json"))
@@ -198,7 +194,8 @@ def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, rep
         async with running_worker(setup.config, telemetry=telemetry):
             await produce(setup, jobs)
             outputs = await collect(setup, lambda o: len(o.results) == 120 and len(o.letters) == 1, timeout_s=90)
-            points = metric_points(reader)  # gauges are read while the worker runs
+            reader.force_flush()  # gauges are read while the worker runs
+            points = points_by_name(captured.data)
         return outputs, points
 
     outputs, points = asyncio.run(scenario())
