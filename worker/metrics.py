@@ -34,6 +34,18 @@ WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 Observer = Callable[[], Iterable[tuple[float, dict[str, str | int]]]]
 
+# Attribute sets an instrument keeps apart, as the SDK's default cardinality limit: a job's task type
+# and tenant are the producer's to name, so there may be any number of them. Past the limit, new sets
+# are summed together under the attribute otel.metric.overflow = true, as the SDK does.
+CARDINALITY_LIMIT = 2000
+OVERFLOW: tuple[str, ...] = ()  # the values of the overflow set (a real set has one a key)
+
+
+def _attributes(keys: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str | bool]:
+    if values is OVERFLOW:
+        return {"otel.metric.overflow": True}
+    return {k: v for k, v in zip(keys, values) if v}
+
 
 class Sums:
     """A cumulative counter summed in a dict by attribute values, observed by the metric reader."""
@@ -45,10 +57,16 @@ class Sums:
         self._sums: dict[tuple[str, ...], float] = {}
 
     def add(self, amount: float, values: tuple[str, ...]) -> None:
-        self._sums[values] = self._sums.get(values, 0) + amount
+        sums = self._sums
+        total = sums.get(values)
+        if total is None:
+            if len(sums) >= CARDINALITY_LIMIT:
+                values = OVERFLOW
+            total = sums.get(values, 0)
+        sums[values] = total + amount
 
     def observe(self, _: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(total, {k: v for k, v in zip(self._keys, values) if v}) for values, total in list(self._sums.items())]
+        return [Observation(total, _attributes(self._keys, values)) for values, total in list(self._sums.items())]
 
 
 class Distribution:
@@ -68,6 +86,9 @@ class Distribution:
     def record(self, value: float, values: tuple[str, ...]) -> None:
         with self._lock:
             point = self._points.get(values)
+            if point is None and len(self._points) >= CARDINALITY_LIMIT:
+                values = OVERFLOW
+                point = self._points.get(values)
             if point is None:
                 buckets = [0] * (len(self._bounds) + 1)
                 buckets[bisect_left(self._bounds, value)] = 1
@@ -89,7 +110,7 @@ class Distribution:
             return None
         data = [
             HistogramDataPoint(
-                attributes={k: v for k, v in zip(self._keys, values) if v}, start_time_unix_nano=start_ns, time_unix_nano=now_ns,
+                attributes=_attributes(self._keys, values), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
                 count=count, sum=total, bucket_counts=buckets, explicit_bounds=self._bounds, min=low, max=high,
             )
             for values, count, total, low, high, buckets in points

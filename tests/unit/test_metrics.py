@@ -7,7 +7,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExpor
 
 from tests.metric_capture import Captured, points_by_name
 
-from worker.metrics import DURATION_BUCKETS, Distributions
+from worker.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Distributions, Sums
 from worker.telemetry import SCOPE, ReportedMetricExporter, Telemetry
 
 # On the bounds, between them, below the first and past the last; two attribute sets, one with an empty value.
@@ -57,3 +57,26 @@ def test_no_histogram_goes_out_before_its_first_measurement_and_an_export_withou
     reader.force_flush()
     assert set(points_by_name(captured.data)) == {"c"}
     provider.shutdown()
+
+
+def test_attribute_sets_past_the_cardinality_limit_are_summed_together_as_the_sdks_overflow():
+    """A job's task type and tenant are the producer's to name: the sets kept apart are bounded."""
+    extra = 7
+    distributions = Distributions(SCOPE)
+    histogram = distributions.get("d", "s", "a duration", ("llm_router.task",), DURATION_BUCKETS)
+    counter = Sums(("llm_router.task", "llm_router.tenant"))
+    for n in range(CARDINALITY_LIMIT + extra):
+        histogram.record(0.5, (f"task-{n}",))
+        counter.add(1.0, (f"task-{n}", "t"))
+    histogram.record(0.5, ("task-0",))  # a set kept apart before the limit still counts apart
+    counter.add(1.0, ("task-0", "t"))
+
+    points = histogram.metric(0, 1).data.data_points
+    observed = counter.observe(None)
+    assert len(points) == len(observed) == CARDINALITY_LIMIT + 1
+    overflow = [p for p in points if p.attributes == {"otel.metric.overflow": True}]
+    assert len(overflow) == 1 and overflow[0].count == extra
+    assert [o.value for o in observed if o.attributes == {"otel.metric.overflow": True}] == [extra]
+    assert next(p.count for p in points if p.attributes == {"llm_router.task": "task-0"}) == 2
+    assert next(o.value for o in observed if o.attributes == {"llm_router.task": "task-0", "llm_router.tenant": "t"}) == 2
+    assert sum(p.count for p in points) == sum(o.value for o in observed) == CARDINALITY_LIMIT + extra + 1
