@@ -15,6 +15,7 @@ its bucket rule (a value on a bound counts in the bucket below it) and without e
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -90,10 +91,7 @@ class Distribution:
                 values = OVERFLOW
                 point = self._points.get(values)
             if point is None:
-                buckets = [0] * (len(self._bounds) + 1)
-                buckets[bisect_left(self._bounds, value)] = 1
-                self._points[values] = [1, value, value, value, buckets]
-                return
+                point = self._points[values] = [0, 0, math.inf, -math.inf, [0] * (len(self._bounds) + 1)]
             point[0] += 1
             point[1] += value
             if value < point[2]:
