@@ -34,7 +34,7 @@ from worker.limits import RateLimits, Usage as Allowance
 from worker.metrics import Metrics
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
 from worker.plan import NoRoute, Plan, first_instead, make_plan
-from worker.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, text_tokens
+from worker.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.verify import verify
@@ -122,8 +122,8 @@ class JobRunner:
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage("user", job.prompt or "")]
-        content_tokens = text_tokens([m.content for m in messages])  # estimated once a job: plan and reservations
-        prompt_tokens = content_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
+        text_tokens = content_tokens(messages)  # estimated once a job: plan and reservations
+        prompt_tokens = text_tokens + MESSAGE_OVERHEAD_TOKENS * len(messages)
         attempts: list[Attempt] = []
         events: list[CostEvent] = []
         job_span = trace.get_current_span() if self._telemetry.tracing else None
@@ -133,7 +133,7 @@ class JobRunner:
         if job_span is not None:
             job_span.set_attribute("llm_router.task", task)
         try:
-            plan = self._plan(job, task, content_tokens)
+            plan = self._plan(job, task, text_tokens)
         except NoRoute as exc:
             return self._finish(job, task, started, attempts, events, spans, None, ErrorInfo("no_route", str(exc)))
         if job_span is not None:
@@ -165,7 +165,8 @@ class JobRunner:
         # An answer ends the job with the attempt that gave it, at its cost event's time; a failure ends it now.
         finished_at = events[-1].ts if output is not None and events else datetime.now(UTC)
         result = self._result(job, task, started, attempts, finished_at, output=output, error=error)
-        self._end_spans(spans, error)
+        if spans:
+            self._end_spans(spans, error)
         if self._telemetry.metering:
             self.metrics.job(result)
         if error is not None and spans is not None:
@@ -225,7 +226,8 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             request = CompletionRequest(job.id, model, messages, plan.max_output_tokens)
             while True:
-                breaker.start_call(self._clock())
+                if breaker.opened_at is not None:  # not closed: the call may be its probe
+                    breaker.start_call(self._clock())
                 attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, attempts, events, rerouted_from, spans)
                 rerouted_from = None
                 attempts.append(attempt)

@@ -41,7 +41,7 @@ class Classifier:
         """The task type of `job`."""
         if job.task:
             return job.task
-        return self.classify_text(job.text())
+        return self.classify_text(job.prompt if job.prompt is not None else job.text())
 
     def classify_text(self, text: str) -> str:
         lowered = text.lower()

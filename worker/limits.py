@@ -261,7 +261,7 @@ class RateLimits:
     def waiting(self, model: str) -> int:
         """The most jobs waiting at any gate of `model`."""
         model_gate, provider_gate = self._gates[model]
-        return max(model_gate.waiting, provider_gate.waiting)
+        return max(len(model_gate._waiters), len(provider_gate._waiters))  # `Gate.waiting` without two calls, once a job
 
     def has_capacity(self, model: str, usage: Usage) -> bool:
         return all(gate.has_capacity(usage) for gate in self.gates(model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from worker.config import ModelConfig
+from worker.messages import ChatMessage
 
 
 def attempt_cost(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
@@ -32,3 +33,10 @@ def text_tokens(texts: Iterable[str]) -> int:
 def prompt_tokens(texts: Sequence[str]) -> int:
     """The estimated input tokens of a prompt of these messages: their texts and each one's framing."""
     return text_tokens(texts) + MESSAGE_OVERHEAD_TOKENS * len(texts)
+
+
+def content_tokens(messages: Sequence[ChatMessage]) -> int:
+    """`text_tokens` of the messages' contents, without a list of them or a call a message (once a job)."""
+    if len(messages) == 1:
+        return (len(messages[0].content) + 3) // 4
+    return sum([(len(m.content) + 3) // 4 for m in messages])

@@ -11,7 +11,7 @@ from worker.config import load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage, Checks, Job
 from worker.plan import NoRoute, make_plan
-from worker.pricing import attempt_cost
+from worker.pricing import attempt_cost, content_tokens, prompt_tokens, text_tokens
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
 
@@ -337,6 +337,17 @@ def test_echo_rejects_prompts_over_the_context_window(config):
     with pytest.raises(ProviderError) as info:
         asyncio.run(provider.complete(request))
     assert info.value.kind == "context_too_long"
+
+
+@pytest.mark.parametrize("contents", [["What is 2 + 2?"], ["", "abc"], ["be brief", "x" * 4001, "why?"]])
+def test_the_prompt_estimate_of_the_runner_and_the_echo_is_the_pricing_rule(config, contents):
+    messages = [ChatMessage("user", c) for c in contents]
+    assert content_tokens(messages) == text_tokens(contents) == sum((len(c) + 3) // 4 for c in contents)
+    provider = build_providers(config).clients["openai"]
+    completion = asyncio.run(provider.complete(CompletionRequest("j", "gpt-4o", messages, 100)))
+    assert completion.input_tokens == prompt_tokens(contents) == text_tokens(contents) + 4 * len(contents)
+    assert completion.text == f"[gpt-4o] {contents[-1]}" and completion.output_tokens == (len(completion.text) + 3) // 4
+    assert completion.finish_reason == "stop" and completion.request_id == "echo-j-gpt-4o"
 
 
 def test_models_of_a_provider_without_a_key_are_left_out(config):
