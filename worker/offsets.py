@@ -40,10 +40,15 @@ class PartitionOffsets:
 
     def finish(self, offset: int) -> bool:
         """Record that the job at `offset` finished; False when it was not pending."""
-        if offset in self._done or not self._order or offset < self._order[0] or offset >= (self._next or 0):
-            return False
-        self._done.add(offset)
         order, done = self._order, self._done
+        if not order:
+            return False
+        if offset != order[0]:  # not the oldest pending one: it waits in `done` until the ones before it finish
+            if offset < order[0] or offset >= self._next or offset in done:  # type: ignore[operator]  # `_next` is set once an offset is
+                return False
+            done.add(offset)
+            return True
+        order.popleft()  # the oldest: the position moves past it, and past the finished ones after it
         while order and order[0] in done:
             done.remove(order.popleft())
         return True
