@@ -5,9 +5,11 @@ appends what all jobs put since its last flush to aiokafka record batches (`crea
 topic partition), sends them (`send_batch`), and once the broker has acknowledged every output of a
 job calls that job's `done`, which finishes its offset. So a job costs one append per output, not a
 send, a future and an await each, and the batches grow with the load. One flush runs at a time and
-does not wait for the acknowledgements of the one before; a batch that fails is sent again, with the
-other outputs of its jobs, after a backoff, until it is acknowledged: an offset is never finished
-before its outputs are on the broker.
+does not wait for the acknowledgements of the one before. aiokafka keeps one request a broker in
+flight; a batch sent meanwhile waits in its accumulator, and until the sender takes it the next
+flushes append to it too, rather than to a batch that would wait for the request after. A batch
+that fails sends its jobs again, with all their outputs, after a backoff, until they are
+acknowledged: an offset is never finished before its outputs are on the broker.
 
 Outputs are placed where the producer's default partitioner would put them (murmur2 of the key
 over the topic's partitions, as the Java client does), a key-less one on a random partition. The
@@ -20,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -45,7 +46,13 @@ class _Entry(Struct):  # a Struct: made in C, once a job
     outputs: list[Output]
     done: Callable[[], None]
     spans: list[Any] | None
-    failures: int = 0
+    failures: int = 0  # its sendings that failed; an acknowledgement counts only for the current one
+    unacknowledged: int = 0  # its outputs of the current sending not acknowledged yet
+
+
+# What a batch holds, in the order of its records: (entry, index of the output, the entry's failures
+# when it was appended).
+Placed = list[tuple[_Entry, int, int]]
 
 
 class Outbox:
@@ -54,6 +61,9 @@ class Outbox:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self._producer = producer
         self._pending: list[_Entry] = []
+        # The batch taking each topic partition's outputs, and what it holds: sent and waiting for
+        # aiokafka's sender (which closes it when it takes it), or made by the flush running now.
+        self._open: dict[tuple[str, int], tuple[Any, Placed]] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._retries: set[asyncio.TimerHandle] = set()
         self._unacknowledged = 0
@@ -69,6 +79,9 @@ class Outbox:
         """Send `outputs` (one job's); call `done` once the broker acknowledged them all. Never blocks."""
         if self._closed:
             raise RuntimeError("the outbox is closed")
+        if not outputs:  # nothing to wait for
+            asyncio.get_running_loop().call_soon(done)
+            return
         self._unacknowledged += 1
         self._queue(_Entry(outputs, done, spans))
 
@@ -112,85 +125,88 @@ class Outbox:
             self._flushing = None
 
     async def _send(self, entries: list[_Entry]) -> None:
-        """Append the entries' outputs to a batch per topic partition, send the batches, and watch the acknowledgements."""
+        """Append the entries' outputs to the batch taking each one's topic partition, send the new batches.
+
+        A partition's batch that an earlier flush sent, and that aiokafka's sender has not taken yet
+        (it keeps one request a broker in flight), takes these outputs too: they go with the next
+        request instead of the one after it. A batch calls `_landed` with its acknowledgement, for
+        all it holds, whichever flushes put it there."""
         producer = self._producer
         cluster = producer.client.cluster
-        batches: dict[tuple[str, int], Any] = {}
-        placed: dict[tuple[str, int], list[tuple[_Entry, int]]] = defaultdict(list)  # (entry, index of its output) by batch
+        opened = self._open
+        new: list[tuple[tuple[str, int], Any, Placed]] = []  # made here, to send, in order
         partitions: dict[str, list[int]] = {}
-        full: list[tuple[tuple[str, int], Any, list[tuple[_Entry, int]]]] = []
         last_key, last_hash = None, 0
-        for entry in entries:
-            for index, (topic, key, value, headers) in enumerate(entry.outputs):
-                known = partitions.get(topic)
-                if known is None:
-                    ids = cluster.partitions_for_topic(topic) or await producer.partitions_for(topic)
-                    known = partitions[topic] = sorted(ids)
-                if key is None:
-                    partition = random.choice(known)
-                else:
-                    if key is not last_key:
-                        last_key, last_hash = key, murmur2(key) & 0x7FFFFFFF
-                    partition = known[last_hash % len(known)]
-                where = (topic, partition)
-                batch = batches.get(where)
-                if batch is None:
-                    batch = batches[where] = producer.create_batch()
-                # BatchBuilder.append without its wrapper (keyword arguments, serializers we do not
-                # use): a tenth of the outbox's work. Its record builder returns None when full.
-                if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:  # noqa: SLF001
-                    batch._relative_offset += 1  # noqa: SLF001
-                else:
-                    # Full: it goes as it is, and a new one takes this output.
-                    full.append((where, batch, placed.pop(where)))
-                    batch = batches[where] = producer.create_batch()
-                    batch.append(timestamp=None, key=key, value=value, headers=headers)
-                placed[where].append((entry, index))
-        sends = full + [(where, batch, placed[where]) for where, batch in batches.items()]
-        futures: list[asyncio.Future[Any]] = []
-        for (topic, partition), batch, _ in sends:
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-        self._watch(entries, sends, futures)
+        try:
+            for entry in entries:
+                entry.unacknowledged = len(entry.outputs)
+                generation = entry.failures
+                for index, (topic, key, value, headers) in enumerate(entry.outputs):
+                    known = partitions.get(topic)
+                    if known is None:
+                        ids = cluster.partitions_for_topic(topic) or await producer.partitions_for(topic)
+                        known = partitions[topic] = sorted(ids)
+                    if key is None:
+                        partition = random.choice(known)
+                    else:
+                        if key is not last_key:
+                            last_key, last_hash = key, murmur2(key) & 0x7FFFFFFF
+                        partition = known[last_hash % len(known)]
+                    where = (topic, partition)
+                    current = opened.get(where)
+                    if current is None or current[0]._closed:  # noqa: SLF001 - none yet, or taken by the sender
+                        current = opened[where] = (producer.create_batch(), [])
+                        new.append((where, *current))
+                    batch, placed = current
+                    # BatchBuilder.append without its wrapper (keyword arguments, serializers we do not
+                    # use): a tenth of the outbox's work. Its record builder returns None when full.
+                    if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:  # noqa: SLF001
+                        batch._relative_offset += 1  # noqa: SLF001
+                    else:
+                        # Full: no more in it (the later outputs go after this one, in order), a new one takes it.
+                        batch.close()
+                        batch, placed = current = opened[where] = (producer.create_batch(), [])
+                        new.append((where, *current))
+                        batch.append(timestamp=None, key=key, value=value, headers=headers)
+                    placed.append((entry, index, generation))
+            for (topic, partition), batch, placed in new:
+                future = await producer.send_batch(batch, topic, partition=partition)
+                future.add_done_callback(partial(self._landed, (topic, partition), placed))
+        except BaseException:
+            # Not sent: the batches made here take nothing more, and these entries go again whole (`_flush`).
+            for where, batch, _ in new:
+                batch.close()
+                if opened.get(where, (None,))[0] is batch:
+                    del opened[where]
+            raise
 
-    def _watch(self, entries: list[_Entry], sends: list[tuple[tuple[str, int], Any, list[tuple[_Entry, int]]]], futures: list[asyncio.Future[Any]]) -> None:
-        """`_acknowledged` with every batch's outcome (its answer, or its exception) once the last one
-        has one. Not `asyncio.gather`, whose own future would take one more turn of the event loop,
-        and a turn of a busy loop is milliseconds more in flight for every job of the flush."""
-        outcomes: list[Any] = [None] * len(futures)
-        remaining = len(futures)
-
-        def landed(index: int, future: asyncio.Future[Any]) -> None:
-            nonlocal remaining
-            if future.cancelled():
-                outcomes[index] = asyncio.CancelledError()
-            else:
-                outcomes[index] = future.exception() or future.result()
-            remaining -= 1
-            if not remaining:
-                self._acknowledged(entries, sends, outcomes)
-
-        if not futures:
-            asyncio.get_running_loop().call_soon(self._acknowledged, entries, sends, outcomes)
-        for index, future in enumerate(futures):
-            future.add_done_callback(partial(landed, index))
-
-    def _acknowledged(self, entries: list[_Entry], sends: list[tuple[tuple[str, int], Any, list[tuple[_Entry, int]]]], outcomes: list[Any]) -> None:
-        failed: dict[int, tuple[_Entry, BaseException]] = {}
-        for (_, _, outputs), outcome in zip(sends, outcomes):
-            if isinstance(outcome, BaseException):
-                for entry, _ in outputs:
-                    failed[id(entry)] = (entry, outcome)
-            elif outcome is not None:
-                for relative, (entry, index) in enumerate(outputs):
-                    if entry.spans and id(entry) not in failed:
-                        sent(entry.spans[index], _Landed(outcome.partition, outcome.offset + relative))
-        self._finished(entries if not failed else [e for e in entries if id(e) not in failed])
-        if failed:
-            by_error: dict[int, tuple[BaseException, list[_Entry]]] = {}
-            for entry, exc in failed.values():
-                by_error.setdefault(id(exc), (exc, []))[1].append(entry)
-            for exc, again in by_error.values():
-                self._failed(again, exc)
+    def _landed(self, where: tuple[str, int], placed: Placed, future: asyncio.Future[Any]) -> None:
+        """A batch's acknowledgement (or failure), for each output it holds: the jobs whose last output
+        it was are finished; on a failure, the jobs it holds are sent again, whole."""
+        current = self._open.get(where)
+        if current is not None and current[1] is placed:  # taken by the sender (closed): let it and its jobs go
+            del self._open[where]
+        outcome: Any = asyncio.CancelledError() if future.cancelled() else (future.exception() or future.result())
+        if isinstance(outcome, BaseException):
+            again, seen = [], set()
+            for entry, _, generation in placed:
+                if entry.failures == generation and id(entry) not in seen:  # not already sent again
+                    seen.add(id(entry))
+                    again.append(entry)
+            if again:
+                self._failed(again, outcome)
+            return
+        finished = []
+        for relative, (entry, index, generation) in enumerate(placed):
+            if entry.failures != generation:
+                continue  # sent again since: its last sending's acknowledgements count
+            if entry.spans:
+                sent(entry.spans[index], _Landed(outcome.partition, outcome.offset + relative))
+            entry.unacknowledged -= 1
+            if not entry.unacknowledged:
+                finished.append(entry)
+        if finished:
+            self._finished(finished)
 
     def _finished(self, entries: list[_Entry]) -> None:
         self._unacknowledged -= len(entries)

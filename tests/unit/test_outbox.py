@@ -1,7 +1,7 @@
-"""The outbox's watch over a flush's batches: each job is finished once every batch holding one of its
-outputs is acknowledged, one turn of the event loop after the last acknowledgement, and a failed batch
-sends its jobs again instead. The delivery futures are asyncio futures, as aiokafka's `send_batch`
-returns them; the broker's side is tested in tests/integration/test_outbox.py."""
+"""The outbox's acknowledgements, batch by batch: a job is finished once each of its outputs is
+acknowledged, in the turn of the event loop after its last batch's; a failed batch sends its jobs again,
+and what their earlier sending gets afterwards no longer counts. The delivery futures are asyncio
+futures, as aiokafka's `send_batch` returns them; the broker's side is in tests/integration/test_outbox.py."""
 
 import asyncio
 
@@ -15,48 +15,55 @@ def _landed(partition: int, offset: int) -> RecordMetadata:
     return RecordMetadata("llm.results", partition, TopicPartition("llm.results", partition), offset, 0, 0, 0)
 
 
-def _flush(outbox: Outbox, done: list[str]) -> tuple[list[_Entry], list[asyncio.Future]]:
-    """Three jobs over two batches: a's and b's results in the first, b's and c's cost events in the second."""
+def _two_batches(outbox: Outbox, done: list[str]) -> tuple[dict[str, _Entry], list[asyncio.Future]]:
+    """Three jobs of two outputs each over two batches, as `_send` places them: a's and b's results in
+    the first, b's and c's cost events in the second, and (the second batch still open) c's result too.
+    Jobs from different flushes share a batch: the second holds c's result appended after b's output."""
     entries = {name: _Entry([("llm.results", name.encode(), b"r", []), ("llm.costs", name.encode(), b"c", [])], lambda name=name: done.append(name), None) for name in "abc"}
-    outbox._unacknowledged += len(entries)  # noqa: SLF001 - as `put` counts them
+    for entry in entries.values():
+        outbox._unacknowledged += 1  # noqa: SLF001 - as `put` counts them
+        entry.unacknowledged = 2  # as `_send` sets it
     loop = asyncio.get_running_loop()
     futures = [loop.create_future(), loop.create_future()]
-    sends = [
-        (("llm.results", 0), None, [(entries["a"], 0), (entries["b"], 0)]),
-        (("llm.costs", 1), None, [(entries["b"], 1), (entries["c"], 1)]),
-    ]
-    outbox._watch(list(entries.values()), sends, futures)  # noqa: SLF001
-    return list(entries.values()), futures
+    first = [(entries["a"], 0, 0), (entries["b"], 0, 0)]
+    second = [(entries["b"], 1, 0), (entries["c"], 1, 0), (entries["c"], 0, 0), (entries["a"], 1, 0)]
+    futures[0].add_done_callback(lambda f: outbox._landed(("llm.results", 0), first, f))  # noqa: SLF001
+    futures[1].add_done_callback(lambda f: outbox._landed(("llm.costs", 1), second, f))  # noqa: SLF001
+    return entries, futures
 
 
-def test_jobs_finish_one_turn_after_the_last_acknowledgement_of_their_flush():
+def test_a_job_finishes_one_turn_after_its_last_outputs_acknowledgement_and_once():
     async def scenario() -> None:
-        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # `_watch` sends nothing
-        _, futures = _flush(outbox, done)
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # nothing is sent here
+        _, futures = _two_batches(outbox, done)
         futures[1].set_result(_landed(1, 10))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert done == [], "no job is finished before every batch of its flush is acknowledged"
+        await asyncio.sleep(0)
+        assert done == ["c"], "c had both its outputs in the second batch; a and b each had one in the first"
         futures[0].set_result(_landed(0, 20))
-        await asyncio.sleep(0)  # one turn: the futures' callbacks run in it
-        assert done == ["a", "b", "c"]
+        await asyncio.sleep(0)  # one turn: the future's callbacks run in it
+        assert done == ["c", "a", "b"]
         for _ in range(3):
             await asyncio.sleep(0)
-        assert done == ["a", "b", "c"] and outbox.unacknowledged == 0, "each job is finished once"
+        assert done == ["c", "a", "b"] and outbox.unacknowledged == 0, "each job is finished once"
 
     asyncio.run(scenario())
 
 
-def test_a_failed_batch_sends_its_jobs_again_and_the_others_finish():
+def test_a_failed_batch_sends_its_jobs_again_and_their_earlier_acknowledgements_no_longer_count():
     async def scenario() -> None:
         outbox, done = Outbox(None), []  # type: ignore[arg-type]
-        entries, futures = _flush(outbox, done)
-        futures[0].set_result(_landed(0, 20))
-        futures[1].set_exception(KafkaConnectionError("the broker went away"))
+        entries, futures = _two_batches(outbox, done)
+        futures[0].set_exception(KafkaConnectionError("the broker went away"))
         await asyncio.sleep(0)
-        assert done == ["a"], "b and c had an output in the failed batch"
-        assert outbox.unacknowledged == 2 and len(outbox._retries) == 1  # noqa: SLF001
-        assert [e.failures for e in entries] == [0, 1, 1]
+        assert done == [] and [e.failures for e in entries.values()] == [1, 1, 0], "a and b go again"
+        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1  # noqa: SLF001
+        futures[1].set_result(_landed(1, 10))
+        await asyncio.sleep(0)
+        # c is finished; a's and b's outputs in the second batch belong to their failed sending: they must
+        # not count as acknowledgements (b would finish before its outputs are sent again), and the
+        # sending again counts from its own start.
+        assert done == ["c"] and entries["a"].unacknowledged == entries["b"].unacknowledged == 2
+        assert outbox.unacknowledged == 2
         await outbox.close()
 
     asyncio.run(scenario())
@@ -65,11 +72,22 @@ def test_a_failed_batch_sends_its_jobs_again_and_the_others_finish():
 def test_a_cancelled_delivery_counts_as_failed():
     async def scenario() -> None:
         outbox, done = Outbox(None), []  # type: ignore[arg-type]
-        _, futures = _flush(outbox, done)
-        futures[1].set_result(_landed(1, 10))
-        futures[0].cancel()
+        entries, futures = _two_batches(outbox, done)
+        futures[1].cancel()
+        futures[0].set_result(_landed(0, 20))
         await asyncio.sleep(0)
-        assert done == ["c"] and outbox.unacknowledged == 2 and len(outbox._retries) == 1  # noqa: SLF001
+        assert done == [] and [e.failures for e in entries.values()] == [1, 1, 1]
+        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1  # noqa: SLF001
         await outbox.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_without_outputs_is_done_at_once():
+    async def scenario() -> None:
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]
+        outbox.put([], lambda: done.append("x"))
+        await asyncio.sleep(0)
+        assert done == ["x"] and outbox.unacknowledged == 0
 
     asyncio.run(scenario())
