@@ -174,18 +174,15 @@ class Outbox:
                 future.add_done_callback(partial(self._landed, (topic, partition), placed))
         except BaseException:
             # Not sent: the batches made here take nothing more, and these entries go again whole (`_flush`).
-            for where, batch, _ in new:
+            for where, batch, placed in new:
                 batch.close()
-                if opened.get(where, (None,))[0] is batch:
-                    del opened[where]
+                self._let_go(where, placed)
             raise
 
     def _landed(self, where: tuple[str, int], placed: Placed, future: asyncio.Future[Any]) -> None:
         """A batch's acknowledgement (or failure), for each output it holds: the jobs whose last output
         it was are finished; on a failure, the jobs it holds are sent again, whole."""
-        current = self._open.get(where)
-        if current is not None and current[1] is placed:  # taken by the sender (closed): let it and its jobs go
-            del self._open[where]
+        self._let_go(where, placed)  # taken by the sender (closed), or failed
         outcome: Any = asyncio.CancelledError() if future.cancelled() else (future.exception() or future.result())
         if isinstance(outcome, BaseException):
             again, seen = [], set()
@@ -207,6 +204,12 @@ class Outbox:
                 finished.append(entry)
         if finished:
             self._finished(finished)
+
+    def _let_go(self, where: tuple[str, int], placed: Placed) -> None:
+        """The batch holding `placed` takes no more outputs: no longer the partition's open one (nor its jobs kept)."""
+        current = self._open.get(where)
+        if current is not None and current[1] is placed:
+            del self._open[where]
 
     def _finished(self, entries: list[_Entry]) -> None:
         self._unacknowledged -= len(entries)

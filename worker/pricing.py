@@ -36,7 +36,13 @@ def prompt_tokens(texts: Sequence[str]) -> int:
 
 
 def content_tokens(messages: Sequence[ChatMessage]) -> int:
-    """`text_tokens` of the messages' contents, without a list of them or a call a message (once a job)."""
+    """`text_tokens` of the messages' contents (`estimate_tokens` inlined: without a list of them or a
+    call a message, once a job or a call)."""
     if len(messages) == 1:
         return (len(messages[0].content) + 3) // 4
     return sum([(len(m.content) + 3) // 4 for m in messages])
+
+
+def messages_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """`prompt_tokens` of the messages: their contents and each one's framing."""
+    return content_tokens(messages) + MESSAGE_OVERHEAD_TOKENS * len(messages)

@@ -11,7 +11,7 @@ from worker.config import load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage, Checks, Job
 from worker.plan import NoRoute, make_plan
-from worker.pricing import attempt_cost, content_tokens, prompt_tokens, text_tokens
+from worker.pricing import attempt_cost, content_tokens, messages_prompt_tokens, prompt_tokens, text_tokens
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
 
@@ -343,6 +343,7 @@ def test_echo_rejects_prompts_over_the_context_window(config):
 def test_the_prompt_estimate_of_the_runner_and_the_echo_is_the_pricing_rule(config, contents):
     messages = [ChatMessage("user", c) for c in contents]
     assert content_tokens(messages) == text_tokens(contents) == sum((len(c) + 3) // 4 for c in contents)
+    assert messages_prompt_tokens(messages) == prompt_tokens(contents)
     provider = build_providers(config).clients["openai"]
     completion = asyncio.run(provider.complete(CompletionRequest("j", "gpt-4o", messages, 100)))
     assert completion.input_tokens == prompt_tokens(contents) == text_tokens(contents) + 4 * len(contents)

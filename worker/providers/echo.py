@@ -12,7 +12,7 @@ import hashlib
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
-from worker.pricing import MESSAGE_OVERHEAD_TOKENS, content_tokens, estimate_tokens
+from worker.pricing import estimate_tokens, messages_prompt_tokens
 from worker.providers.base import Completion, CompletionRequest
 
 
@@ -30,7 +30,7 @@ class EchoProvider:
         if model is None:
             raise ProviderError("bad_request", f"{self.name} serves no model {request.model!r}")
         messages = request.messages
-        input_tokens = content_tokens(messages) + MESSAGE_OVERHEAD_TOKENS * len(messages)
+        input_tokens = messages_prompt_tokens(messages)
         if input_tokens + request.max_output_tokens > model.context_window:
             raise ProviderError(
                 "context_too_long",
