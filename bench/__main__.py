@@ -13,7 +13,7 @@ import sys
 import orjson
 
 from bench import classifier, http_clients, instructions, rate_limit, throughput
-from worker.event_loop import loop_name
+from worker.runtime import loop_name
 
 SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run, "throughput": throughput.run, "instructions": instructions.run}
 DEFAULT = ("classifier", "http_client", "rate_limit", "throughput")

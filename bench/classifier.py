@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from worker.classify import Classifier
+from worker.routing.classify import Classifier
 from worker.config import load_config
 from worker.messages import Job
 

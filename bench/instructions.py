@@ -29,8 +29,8 @@ import msgspec
 from bench.throughput import _env, _jobs, _raw_loop, echo_providers
 from worker.broker import EmbeddedBroker
 from worker.config import load_config
-from worker.kafka import create_topics
-from worker.runs import produce, running_worker
+from worker.pipeline.kafka import create_topics
+from worker.cli.runs import produce, running_worker
 
 SMALL, LARGE = 10_000, 30_000
 CONSUMERS = ("worker_echo", "raw_floor")
@@ -50,7 +50,7 @@ async def _consume(consumer: str, jobs: int) -> None:
         await _raw_loop(config.kafka, asyncio.Event(), stop_after=jobs)
         return
     async with running_worker(config) as worker:
-        while worker.stats.results_ok < jobs or worker.outbox.unacknowledged:
+        while worker.stats.results_ok < jobs or worker.pipeline.outbox.unacknowledged:
             await asyncio.sleep(0.01)
 
 
@@ -97,8 +97,7 @@ def run() -> list[dict]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "consume":
-        from worker import event_loop
-
-        event_loop.run(_consume(sys.argv[2], int(sys.argv[3])), load_config().worker.event_loop)
+        from worker import runtime
+        runtime.run(_consume(sys.argv[2], int(sys.argv[3])), load_config().worker.event_loop)
     else:
         raise SystemExit("usage: python -m bench instructions")

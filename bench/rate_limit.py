@@ -21,10 +21,10 @@ import msgspec
 
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.config import load_config
-from worker.kafka import create_topics
+from worker.pipeline.kafka import create_topics
 from worker.messages import Job
 from worker.providers import build_providers
-from worker.runs import produce, running_worker
+from worker.cli.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 

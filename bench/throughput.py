@@ -68,14 +68,14 @@ import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
-from worker import event_loop
+from worker import runtime
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.config import Config, KafkaConfig, load_config
-from worker.kafka import create_topics, make_consumer, make_producer
+from worker.pipeline.kafka import create_topics, make_consumer, make_producer
 from worker.messages import Job, Result
 from worker.providers import Providers, build_providers
-from worker.runs import produce, running_worker
-from worker.telemetry import OFF, telemetry_from_env
+from worker.cli.runs import produce, running_worker
+from worker.observability.telemetry import OFF, telemetry_from_env
 from worker.simulator.behaviour import SimRequest, answer
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
@@ -120,7 +120,7 @@ def _child(mode: str, env: dict[str, str], url: str, stop: MpEvent, conn: Connec
     """The consumer's process: `raw` (the plain loop), `echo` or `http` (the worker); sends its samples.
     Every mode runs on the event loop the configuration names (`worker.event_loop`), the floor too."""
     config = load_config(env=env)
-    conn.send(event_loop.run(_consume(mode, config, env, url, stop), config.worker.event_loop))
+    conn.send(runtime.run(_consume(mode, config, env, url, stop), config.worker.event_loop))
     conn.close()
 
 

@@ -30,7 +30,7 @@ NonNegFloat = Annotated[float, Meta(ge=0)]
 Probability = Annotated[float, Meta(ge=0, le=1)]
 
 
-EventLoopChoice = Literal["auto", "uvloop", "asyncio"]  # worker/event_loop.py
+EventLoopChoice = Literal["auto", "uvloop", "asyncio"]  # worker/runtime.py
 
 
 class ConfigError(ValueError):
@@ -82,7 +82,7 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     # commit is one Kafka transaction holding the outputs of the finished prefix and its offsets, so
     # read_committed consumers see each result once (Apache Kafka; provider calls can still repeat).
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
-    # The event loop of the worker's process (worker/event_loop.py): "auto" is uvloop where installed.
+    # The event loop of the worker's process (worker/runtime.py): "auto" is uvloop where installed.
     event_loop: EventLoopChoice = "auto"
 
 

@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.config import Config, load_config
-from worker import runs
-from worker.kafka import create_topics, make_consumer
+from worker.cli import runs
+from worker.pipeline.kafka import create_topics, make_consumer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 
 from tests.integration.helpers import PROVIDERS, Setup, collect, job_bytes, make_topics, produce
 from worker.providers import build_providers
-from worker.runs import running_worker
+from worker.cli.runs import running_worker
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, load_simulator_config
 

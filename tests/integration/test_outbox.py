@@ -6,8 +6,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from tests.integration.helpers import Setup, make_topics
-from worker.kafka import make_producer
-from worker.outbox import Outbox
+from worker.pipeline.kafka import make_producer
+from worker.pipeline.outbox import Outbox
 
 
 def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_the_acknowledgement(bootstrap):

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from tests.integration.helpers import provider_latency, Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
-from worker.consume import Worker
+from worker.pipeline.consume import Worker
 from worker.messages import Checks
-from worker.runs import running_worker
+from worker.cli.runs import running_worker
 
 
 def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):

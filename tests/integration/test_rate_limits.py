@@ -12,7 +12,7 @@ import msgspec
 from tests.integration.helpers import PROVIDERS, REPO, Setup, job_bytes, make_topics, produce
 from worker.broker import free_port, wait_for_port
 from worker.providers import build_providers
-from worker.runs import running_worker
+from worker.cli.runs import running_worker
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
 # What is measured here is the gates against the simulator's limits; Kafka only carries the jobs.

@@ -18,12 +18,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.integration.helpers import REPO, Setup, broker_has_transactions, collect, job_bytes, make_topics, produce
 from tests.metric_capture import Captured, points_by_name
-from worker import cli
+from worker.cli import commands as cli
 from worker.broker import free_port, wait_for_port
-from worker.kafka import DeliveryError
-from worker.runs import running_worker
-from worker.metrics import Distributions
-from worker.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
+from worker.pipeline.kafka import DeliveryError
+from worker.cli.runs import running_worker
+from worker.observability.metrics import Distributions
+from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
 
 # The verifiable simple_qa chain is gemini then llama; the echo provider answers "[model] prompt",
 # so this check fails gemini's answer (failed verification) and passes llama's.
@@ -245,7 +245,7 @@ def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap,
             time.sleep(linger_s)
             telemetry.shutdown(timeout_s=3)
 
-    from worker.logs import setup_logging
+    from worker.observability.logs import setup_logging
 
     setup_logging("INFO")
     sink_port = free_port()

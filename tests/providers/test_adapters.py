@@ -8,7 +8,7 @@ import pytest
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage
-from worker.pricing import attempt_cost
+from worker.routing.pricing import attempt_cost
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
 

@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 
 from worker.errors import ProviderError
 from worker.providers import anthropic, gemini, openai
-from worker.providers.http import HttpResponse
+from worker.http.transport import HttpResponse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

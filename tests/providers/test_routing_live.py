@@ -4,7 +4,7 @@ import asyncio
 
 import msgspec
 
-from worker.attempts import JobRunner
+from worker.execution.runner import JobRunner
 from worker.config import load_config
 from worker.messages import Checks, Job
 from worker.providers import build_providers

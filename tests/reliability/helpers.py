@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiokafka import TopicPartition
 
 from tests.integration.helpers import Setup, WorkerProcess
-from worker.kafka import make_consumer
+from worker.pipeline.kafka import make_consumer
 
 CRASH_EVENTS = {"job task crashed; its offset stays uncommitted", "job failed inside the worker"}
 CRASH_TEXT = ("Traceback (most recent call last)", "Task exception was never retrieved", "Fatal error")

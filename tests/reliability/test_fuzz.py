@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from tests.integration.helpers import Setup, WorkerProcess, collect, make_topics
 from tests.reliability.helpers import crashes, starts, wait_committed
-from worker.intake import Rejection, decode_job
-from worker.kafka import make_producer
+from worker.pipeline.intake import Rejection, decode_job
+from worker.pipeline.kafka import make_producer
 from worker.messages import Job
 
 ID = "__ID__"  # replaced by a unique id per message sent through the worker

@@ -6,7 +6,7 @@ import asyncio
 from tests.integration.helpers import Setup, collect, job_bytes, make_topics, produce
 from worker.messages import Result
 from worker.providers import build_providers
-from worker.runs import running_worker
+from worker.cli.runs import running_worker
 
 JOBS = 40
 TIMEOUT_S = 1

@@ -8,7 +8,7 @@ from aiokafka import TopicPartition
 
 from tests.integration.helpers import Setup, WorkerProcess, collect, job_bytes, make_topics, produce
 from tests.reliability.helpers import crashes, wait_committed
-from worker.kafka import make_consumer
+from worker.pipeline.kafka import make_consumer
 
 JOBS = 3000
 WARM_UP = 300

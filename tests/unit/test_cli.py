@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from worker.cli import format_result, parse_job_line
+from worker.cli.commands import format_result, parse_job_line
 from worker.messages import ErrorInfo, Result, Usage
 
 

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import uvloop
 
-from worker import event_loop
+from worker import runtime
 from worker.config import ConfigError, load_config
 
 
@@ -15,19 +15,19 @@ async def running_loop() -> type:
 
 
 def test_auto_and_uvloop_run_on_uvloop_and_asyncio_on_the_standard_loop():
-    assert event_loop.run(running_loop(), "auto") is uvloop.Loop
-    assert event_loop.run(running_loop(), "uvloop") is uvloop.Loop
-    standard = event_loop.run(running_loop(), "asyncio")
+    assert runtime.run(running_loop(), "auto") is uvloop.Loop
+    assert runtime.run(running_loop(), "uvloop") is uvloop.Loop
+    standard = runtime.run(running_loop(), "asyncio")
     assert standard is not uvloop.Loop and issubclass(standard, asyncio.BaseEventLoop)
-    assert [event_loop.loop_name(c) for c in ("auto", "uvloop", "asyncio")] == ["uvloop", "uvloop", "asyncio"]
+    assert [runtime.loop_name(c) for c in ("auto", "uvloop", "asyncio")] == ["uvloop", "uvloop", "asyncio"]
 
 
 def test_auto_falls_back_to_asyncio_and_uvloop_says_what_is_missing_when_uvloop_cannot_be_imported(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "uvloop", None)  # `import uvloop` raises ImportError
-    assert event_loop.loop_factory("auto") is None
-    assert event_loop.run(running_loop(), "auto") is not uvloop.Loop
+    assert runtime.loop_factory("auto") is None
+    assert runtime.run(running_loop(), "auto") is not uvloop.Loop
     with pytest.raises(ConfigError, match="uvloop cannot be imported"):
-        event_loop.loop_factory("uvloop")
+        runtime.loop_factory("uvloop")
 
 
 def test_the_choice_is_configured_and_checked():
@@ -36,4 +36,4 @@ def test_the_choice_is_configured_and_checked():
     with pytest.raises(ConfigError, match="event_loop"):
         load_config(env={"LLM_ROUTER__WORKER__EVENT_LOOP": "trio"})
     with pytest.raises(ValueError, match="unknown event loop"):
-        event_loop.loop_factory("trio")  # type: ignore[arg-type]
+        runtime.loop_factory("trio")  # type: ignore[arg-type]

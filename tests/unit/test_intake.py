@@ -4,7 +4,7 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.intake import Rejection, dead_letter, decode_job
+from worker.pipeline.intake import Rejection, dead_letter, decode_job
 from worker.messages import DeadLetter, Job
 
 LIMIT = 1024

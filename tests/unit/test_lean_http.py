@@ -1,14 +1,14 @@
 """The lean HTTP client against a real loopback server that answers in the ways servers do, on
-either event loop the worker runs on (worker/event_loop.py)."""
+either event loop the worker runs on (worker/runtime.py)."""
 
 import asyncio
 import time
 
 import pytest
 
-from worker import event_loop
+from worker import runtime
 from worker.errors import ProviderError
-from worker.providers.lean_http import LeanTransport
+from worker.http.lean import LeanTransport
 
 
 pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -64,7 +64,7 @@ def test_a_post_and_its_answer_with_keep_alive_reuse(loop):
             await transport.close()
             return first, second, server
 
-    first, second, server = event_loop.run(scenario(), loop)
+    first, second, server = runtime.run(scenario(), loop)
     assert (first.status, first.body, second.body) == (200, b'{"n": 1}', b'{"n": 2}')
     assert first.headers["x-request-id"] == "r1" and first.headers["content-type"] == "application/json"
     assert server.connections == 1, "the second call reuses the connection"
@@ -87,7 +87,7 @@ def test_chunked_and_close_delimited_bodies_and_interim_responses(loop):
                 await transport.close()
         return out
 
-    chunked_reply, closed_reply, interim_reply = event_loop.run(scenario(), loop)
+    chunked_reply, closed_reply, interim_reply = runtime.run(scenario(), loop)
     assert chunked_reply.body == b'{"a": 12}'
     assert (closed_reply.status, closed_reply.headers["retry-after"], closed_reply.body) == (503, "2", b"overloaded")
     assert (interim_reply.status, interim_reply.body) == (200, b"{}")
@@ -103,7 +103,7 @@ def test_a_connection_the_server_closed_while_idle_is_retried_once_on_a_new_one(
             await transport.close()
             return second, server.connections
 
-    second, connections = event_loop.run(scenario(), loop)
+    second, connections = runtime.run(scenario(), loop)
     assert second.status == 200 and connections == 2
 
 
@@ -121,7 +121,7 @@ def test_a_server_that_never_answers_is_a_timeout_and_an_absent_one_a_server_err
             await transport.post(server.url, {}, b"{}")
         return timeout.value, took, refused.value, asyncio.current_task().cancelling()
 
-    timeout, took, refused, cancelling = event_loop.run(scenario(), loop)
+    timeout, took, refused, cancelling = runtime.run(scenario(), loop)
     assert timeout.kind == "timeout" and 0.3 <= took < 1.0
     assert cancelling == 0, "the timeout's cancellation does not leak into the caller"
     assert refused.kind == "server"
@@ -135,6 +135,6 @@ def test_calls_beyond_max_connections_wait_for_a_free_one(loop):
             await transport.close()
             return replies, server.connections
 
-    replies, connections = event_loop.run(scenario(), loop)
+    replies, connections = runtime.run(scenario(), loop)
     assert all(r.status == 200 for r in replies) and len(replies) == 30
     assert connections <= 3

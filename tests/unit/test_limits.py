@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from worker.buckets import Bucket
-from worker.limits import Gate, Usage, partition_share
-from worker.providers.ratelimits import RateLimitState, Window
+from worker.ratelimit.buckets import Bucket
+from worker.ratelimit.gates import Gate, Usage
+from worker.ratelimit.limits import partition_share
+from worker.ratelimit.headers import RateLimitState, Window
 
 
 def test_bucket_refills_continuously_up_to_its_capacity():
@@ -131,7 +132,7 @@ def test_a_request_larger_than_the_limit_fails_clearly():
 
 
 def test_a_call_cut_by_the_deadline_returns_its_reservation():
-    from worker.attempts import JobRunner
+    from worker.execution.runner import JobRunner
     from worker.config import load_config
     from worker.messages import Job
     from worker.providers import build_providers

@@ -7,8 +7,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExpor
 
 from tests.metric_capture import Captured, points_by_name
 
-from worker.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Distributions, Sums
-from worker.telemetry import SCOPE, ReportedMetricExporter, Telemetry
+from worker.observability.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Distributions, Sums
+from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry
 
 # On the bounds, between them, below the first and past the last; two attribute sets, one with an empty value.
 VALUES = [0.0, 0.01, 0.015, 0.02, 0.64, 0.641, 1.28, 3.0, 81.92, 100.0, 0.005, 0.32, 0.32]

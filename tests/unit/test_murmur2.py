@@ -8,8 +8,8 @@ import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings, strategies as st
 
-from worker import outbox
-from worker.outbox import murmur2, murmur2_python
+from worker.pipeline import outbox
+from worker.pipeline.outbox import murmur2, murmur2_python
 
 IMPLEMENTATIONS = [pytest.param(murmur2_python, id="python"), pytest.param(murmur2, id=outbox.MURMUR2)]
 

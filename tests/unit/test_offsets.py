@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.offsets import OffsetTracker, PartitionOffsets
+from worker.pipeline.offsets import OffsetTracker, PartitionOffsets
 
 
 def test_position_waits_for_the_first_unfinished_offset():

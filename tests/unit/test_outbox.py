@@ -8,7 +8,7 @@ import asyncio
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from worker.outbox import Outbox, _Entry
+from worker.pipeline.outbox import Outbox, _Entry
 
 
 def _landed(partition: int, offset: int) -> RecordMetadata:

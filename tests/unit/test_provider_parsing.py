@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.errors import classify_http_error
-from worker.providers.ratelimits import anthropic_rate_limits, gemini_retry_delay, openai_rate_limits, parse_duration, retry_after_from_headers
+from worker.ratelimit.headers import anthropic_rate_limits, gemini_retry_delay, openai_rate_limits, parse_duration, retry_after_from_headers
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from worker.resumed import Resumed
+from worker.pipeline.resumed import Resumed
 
 
 def first_step(coroutine):

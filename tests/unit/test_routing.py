@@ -5,13 +5,13 @@ import asyncio
 import msgspec
 import pytest
 
-from worker.attempts import JobRunner, backoff_s, check_answer
-from worker.classify import Classifier
+from worker.execution.runner import JobRunner, backoff_s, check_answer
+from worker.routing.classify import Classifier
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage, Checks, Job
-from worker.plan import NoRoute, make_plan
-from worker.pricing import attempt_cost, content_tokens, messages_prompt_tokens, prompt_tokens, text_tokens
+from worker.routing.plan import NoRoute, make_plan
+from worker.routing.pricing import attempt_cost, content_tokens, messages_prompt_tokens, prompt_tokens, text_tokens
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
 
@@ -269,7 +269,7 @@ def test_verified_outcomes_teach_the_rates(config):
 
 
 def test_circuit_breaker_states():
-    from worker.breaker import Breaker, BreakerState
+    from worker.execution.breakers import Breaker, BreakerState
 
     breaker = Breaker(threshold=3, cooldown_s=10)
     for t in (0, 1):
@@ -288,7 +288,7 @@ def test_circuit_breaker_states():
 
 
 def test_breakers_block_a_provider_while_its_breaker_is_open_or_probing_and_not_once_it_closes():
-    from worker.breaker import Breakers
+    from worker.execution.breakers import Breakers
 
     breakers = Breakers(threshold=2, cooldown_s=10)
     gemini, llama = breakers.of("gemini"), breakers.of("llama")

@@ -7,8 +7,9 @@ import uuid
 import pytest
 
 from worker.config import ConfigError, load_config
-from worker.limits import RateLimits, Usage
-from worker.shared_limits import SharedAllowance, SharedGate
+from worker.ratelimit.gates import Usage
+from worker.ratelimit.limits import RateLimits
+from worker.ratelimit.shared import SharedAllowance, SharedGate
 
 
 def allowance(redis_url):

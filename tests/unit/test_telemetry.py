@@ -6,8 +6,8 @@ import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.logs import JsonFormatter
-from worker.telemetry import OFF, Telemetry, inject, telemetry_from_env, trace_carrier
+from worker.observability.logs import JsonFormatter
+from worker.observability.telemetry import OFF, Telemetry, inject, telemetry_from_env, trace_carrier
 
 
 def test_nothing_is_exported_unless_the_environment_asks():

@@ -12,7 +12,7 @@ from worker.providers.anthropic import AnthropicProvider
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.providers.echo import EchoProvider
 from worker.providers.gemini import GeminiProvider
-from worker.providers.http import make_transport
+from worker.http.transport import make_transport
 from worker.providers.openai import OpenAIProvider
 
 __all__ = ["Completion", "CompletionRequest", "Provider", "Providers", "build_providers"]

@@ -9,8 +9,8 @@ import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
-from worker.providers.http import HttpResponse, Transport
-from worker.providers.ratelimits import anthropic_rate_limits, retry_after_from_headers
+from worker.http.transport import HttpResponse, Transport
+from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
 
 _FINISH: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "refusal"}
 

@@ -9,7 +9,7 @@ from msgspec import Struct
 
 from worker.errors import ProviderError, classify_http_error
 from worker.messages import ChatMessage
-from worker.providers.ratelimits import RateLimitState
+from worker.ratelimit.headers import RateLimitState
 
 FinishReason = Literal["stop", "length", "refusal", "other"]
 

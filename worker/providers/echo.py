@@ -12,7 +12,7 @@ import hashlib
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
-from worker.pricing import estimate_tokens, messages_prompt_tokens
+from worker.routing.pricing import estimate_tokens, messages_prompt_tokens
 from worker.providers.base import Completion, CompletionRequest
 
 

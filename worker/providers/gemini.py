@@ -9,8 +9,8 @@ import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
-from worker.providers.http import HttpResponse, Transport
-from worker.providers.ratelimits import gemini_retry_delay, retry_after_from_headers
+from worker.http.transport import HttpResponse, Transport
+from worker.ratelimit.headers import gemini_retry_delay, retry_after_from_headers
 
 _REFUSED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
 

@@ -11,8 +11,8 @@ import msgspec
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
-from worker.providers.http import HttpResponse, Transport
-from worker.providers.ratelimits import openai_rate_limits, parse_duration, retry_after_from_headers
+from worker.http.transport import HttpResponse, Transport
+from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_after_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "refusal"}

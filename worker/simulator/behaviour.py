@@ -16,7 +16,7 @@ from typing import Literal
 
 from msgspec import Struct
 
-from worker.pricing import estimate_tokens
+from worker.routing.pricing import estimate_tokens
 from worker.simulator.settings import ModelBehaviour
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)

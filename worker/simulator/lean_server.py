@@ -19,8 +19,8 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 
-from worker.logs import get_logger
-from worker.providers.lean_http import dechunk, keeps_alive, parse_headers, take_head
+from worker.observability.logs import get_logger
+from worker.http.lean import dechunk, keeps_alive, parse_headers, take_head
 
 log = get_logger("simulator")
 

@@ -6,7 +6,7 @@ import math
 
 from msgspec import Struct
 
-from worker.buckets import Bucket
+from worker.ratelimit.buckets import Bucket
 
 
 class LimitState(Struct, frozen=True):

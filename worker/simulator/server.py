@@ -21,12 +21,12 @@ from typing import Any
 
 import msgspec
 
-from worker import event_loop
-from worker.collector import tune_gc
+from worker import runtime
+from worker.runtime import tune_gc
 from worker.config import EventLoopChoice
 from worker.simulator import wire
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
-from worker.pricing import prompt_tokens
+from worker.routing.pricing import prompt_tokens
 from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
 from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
@@ -309,4 +309,4 @@ def run_simulator(config: SimulatorConfig, host: str, port: int, loop: EventLoop
         finally:
             await server.stop()
 
-    event_loop.run(serve(), loop)
+    runtime.run(serve(), loop)

@@ -19,9 +19,9 @@ import math
 import time
 from collections.abc import Callable
 
-from worker.limits import KINDS, Gate
-from worker.logs import get_logger
-from worker.providers.ratelimits import RateLimitState
+from worker.ratelimit.gates import KINDS, Gate
+from worker.observability.logs import get_logger
+from worker.ratelimit.headers import RateLimitState
 
 log = get_logger("limits")
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import msgspec
 import orjson
 
-from worker import event_loop
+from worker import runtime
 from worker.broker import EmbeddedBroker
-from worker.classify import Classifier
+from worker.routing.classify import Classifier
 from worker.config import Config, Topics
-from worker.kafka import create_topics, make_consumer
+from worker.pipeline.kafka import create_topics, make_consumer
 from worker.messages import Job, Result
 from worker.providers import build_providers
-from worker.runs import produce, running_worker
+from worker.cli.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import SimulatorConfig
@@ -157,7 +157,7 @@ def run_eval(config: Config, sim_config: SimulatorConfig, workload: str, policie
     broker = None if external else EmbeddedBroker()
     bootstrap = external or broker.start()  # type: ignore[union-attr]
     try:
-        results = [event_loop.run(run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop) for policy in policies]
+        results = [runtime.run(run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop) for policy in policies]
     finally:
         if broker:
             broker.stop()

@@ -13,10 +13,10 @@ from typing import IO
 import msgspec
 import orjson
 
-from worker import event_loop
+from worker import runtime
 from worker.config import Config, ConfigError, load_config
-from worker.kafka import DeliveryError
-from worker.logs import get_logger, setup_logging
+from worker.pipeline.kafka import DeliveryError
+from worker.observability.logs import get_logger, setup_logging
 from worker.messages import Job, Result
 
 log = get_logger("cli")
@@ -106,7 +106,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from worker.consume import Worker
+    from worker.pipeline.consume import Worker
 
     config = _config(args)
 
@@ -126,14 +126,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     telemetry = _telemetry(config)
     try:
-        event_loop.run(run(), config.worker.event_loop)
+        runtime.run(run(), config.worker.event_loop)
     finally:
         telemetry.shutdown()
     return 0
 
 
-def _telemetry(config: Config):  # noqa: ANN202 - worker.telemetry.Telemetry
-    from worker.telemetry import telemetry_from_env
+def _telemetry(config: Config):  # noqa: ANN202 - worker.observability.telemetry.Telemetry
+    from worker.observability.telemetry import telemetry_from_env
 
     try:
         return telemetry_from_env(process_parent=config.telemetry.process_parent)
@@ -169,8 +169,8 @@ def parse_job_line(line: bytes) -> Job:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from opentelemetry import trace
 
-    from worker.kafka import make_producer
-    from worker.telemetry import inject, start_send_span
+    from worker.pipeline.kafka import make_producer
+    from worker.observability.telemetry import inject, start_send_span
 
     config = _config(args)
     telemetry = _telemetry(config)
@@ -207,13 +207,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
         return 1 if bad else 0
 
     try:
-        return event_loop.run(run(), config.worker.event_loop)
+        return runtime.run(run(), config.worker.event_loop)
     finally:
         telemetry.shutdown()
 
 
 async def _print_acked(pending: list) -> None:
-    from worker.telemetry import sent
+    from worker.observability.telemetry import sent
 
     for future, label, span in pending:
         metadata = await future
@@ -236,7 +236,7 @@ def format_result(result: Result) -> str:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from worker.kafka import make_consumer
+    from worker.pipeline.kafka import make_consumer
 
     config = _config(args)
     decoder = msgspec.json.Decoder(Result)
@@ -268,21 +268,21 @@ def _cmd_results(args: argparse.Namespace) -> int:
             await consumer.stop()
         return 0
 
-    return event_loop.run(run(), config.worker.event_loop)
+    return runtime.run(run(), config.worker.event_loop)
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
-    from worker.kafka import create_topics
+    from worker.pipeline.kafka import create_topics
 
     config = _config(args)
-    states = event_loop.run(create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop)
+    states = runtime.run(create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop)
     for name, state in states.items():
         print(f"{name}\t{state}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     return run_demo(load_config(args.config), jobs=args.jobs, timeout_s=args.timeout)
 
@@ -302,7 +302,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from worker.evaluate import POLICIES, run_eval
+    from worker.cli.evaluate import POLICIES, run_eval
     from worker.simulator.settings import load_simulator_config
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

@@ -30,20 +30,20 @@ from aiokafka.protocol.commit import OffsetCommitRequest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from worker import state
-from worker.attempts import JobOutcome, JobRunner
-from worker.collector import tune_gc
+from worker.pipeline import state
+from worker.execution.runner import JobOutcome, JobRunner
+from worker.runtime import tune_gc
 from worker.config import Config
-from worker.intake import Rejection, dead_letter, decode_job
-from worker.kafka import DeliveryError, make_consumer, make_producer
-from worker.limits import partition_share
-from worker.logs import get_logger
+from worker.pipeline.intake import Rejection, dead_letter, decode_job
+from worker.pipeline.kafka import DeliveryError, make_consumer, make_producer
+from worker.ratelimit.limits import partition_share
+from worker.observability.logs import get_logger
 from worker.messages import ErrorInfo, Job, Result, Usage
-from worker.offsets import OffsetTracker
-from worker.outbox import Outbox, Output
+from worker.pipeline.offsets import OffsetTracker
+from worker.pipeline.outbox import Outbox, Output
 from worker.providers import Providers, build_providers
-from worker.resumed import Resumed
-from worker.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
+from worker.pipeline.resumed import Resumed
+from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
 
 log = get_logger("consume")
 

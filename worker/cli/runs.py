@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from worker.config import Config, KafkaConfig
-from worker.consume import Worker
-from worker.kafka import make_producer
+from worker.pipeline.consume import Worker
+from worker.pipeline.kafka import make_producer
 from worker.providers import Providers
-from worker.telemetry import OFF, Telemetry
+from worker.observability.telemetry import OFF, Telemetry
 
 
 @asynccontextmanager

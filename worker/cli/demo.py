@@ -12,13 +12,13 @@ from collections.abc import Mapping
 
 import msgspec
 
-from worker import event_loop
+from worker import runtime
 from worker.broker import BrokerError, EmbeddedBroker
 from worker.config import Config, Topics
-from worker.kafka import create_topics, make_consumer
+from worker.pipeline.kafka import create_topics, make_consumer
 from worker.messages import CostEvent, DeadLetter, Job, Result
 from worker.providers import build_providers
-from worker.runs import produce, running_worker
+from worker.cli.runs import produce, running_worker
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, SimulatorConfig, load_simulator_config
@@ -120,7 +120,7 @@ def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
             return 1
         print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
     try:
-        return event_loop.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s), config.worker.event_loop)  # type: ignore[union-attr]
+        return runtime.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s), config.worker.event_loop)  # type: ignore[union-attr]
     finally:
         if broker:
             broker.stop()

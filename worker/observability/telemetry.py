@@ -34,8 +34,8 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, NoOpTracerProvider, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from worker.logs import get_logger
-from worker.metrics import Distributions
+from worker.observability.logs import get_logger
+from worker.observability.metrics import Distributions
 
 log = get_logger("telemetry")
 
@@ -68,7 +68,7 @@ class Telemetry:
         self.capture_content = capture_content
         self.process_parent = process_parent
         self._shutdown = list(shutdown)
-        # The histograms, summed by the worker (worker/metrics.py): they reach the exporters wrapped in
+        # The histograms, summed by the worker (worker/observability/metrics.py): they reach the exporters wrapped in
         # a ReportedMetricExporter given these same distributions, as telemetry_from_env sets them up.
         self.distributions = distributions if distributions is not None else Distributions(SCOPE)
 
@@ -307,7 +307,7 @@ class _FirstOfEach(logging.Filter):
 
 def _quiet_sdk_logs() -> None:
     """The exporters log every failed batch and retry; keep the first of each, as JSON lines."""
-    from worker.logs import JsonFormatter
+    from worker.observability.logs import JsonFormatter
 
     sdk = logging.getLogger("opentelemetry")
     if any(isinstance(f, _FirstOfEach) for h in sdk.handlers for f in h.filters):

@@ -30,8 +30,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from msgspec import Struct
 
-from worker.logs import get_logger
-from worker.telemetry import not_sent, sent
+from worker.observability.logs import get_logger
+from worker.observability.telemetry import not_sent, sent
 
 log = get_logger("outbox")
 

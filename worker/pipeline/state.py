@@ -9,9 +9,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from worker.config import KafkaConfig
-from worker.kafka import make_consumer
-from worker.learning import RateState
-from worker.logs import get_logger
+from worker.pipeline.kafka import make_consumer
+from worker.routing.learning import RateState
+from worker.observability.logs import get_logger
 
 log = get_logger("state")
 _encoder = msgspec.json.Encoder()

@@ -6,7 +6,7 @@ cost about 330 µs of CPU a call at 5,000 calls in flight (`make bench`, section
 transport does the same calls for a fraction of that. It keeps what the calls need: a pool capped at
 `max_connections` with a queue beyond it, keep-alive reuse (a reused connection the server closed
 meanwhile is retried once on a new one), TLS for https, Content-Length and chunked bodies, one timeout
-over the whole call (worker/deadlines.py: one timer for every call, up to 20 ms late), and the errors of the Transport protocol (`timeout`, `server`). It sends no
+over the whole call (worker/execution/deadlines.py: one timer for every call, up to 20 ms late), and the errors of the Transport protocol (`timeout`, `server`). It sends no
 Accept-Encoding, so answers come uncompressed, and uses no proxy.
 """
 
@@ -17,9 +17,9 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
-from worker.deadlines import Deadlines
+from worker.execution.deadlines import Deadlines
 from worker.errors import ProviderError
-from worker.providers.http import HttpResponse
+from worker.http.transport import HttpResponse
 
 MAX_HEAD_BYTES = 64 * 1024
 

@@ -94,7 +94,7 @@ def make_transport(client: str, timeout_s: float, max_connections: int) -> Trans
     if client == "httpx":
         return HttpxTransport(timeout_s, max_connections)
     if client == "lean":
-        from worker.providers.lean_http import LeanTransport
+        from worker.http.lean import LeanTransport
 
         return LeanTransport(timeout_s, max_connections)
     return AiohttpTransport(timeout_s, max_connections)

@@ -24,20 +24,21 @@ from msgspec import Struct
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from worker.breaker import Breakers
-from worker.classify import Classifier, TaskClassifier
+from worker.execution.breakers import Breakers
+from worker.routing.classify import Classifier, TaskClassifier
 from worker.config import Config, ModelConfig
-from worker.deadlines import Deadlines
+from worker.execution.deadlines import Deadlines
 from worker.errors import Disposition, ProviderError, disposition
-from worker.learning import QualityModel
-from worker.limits import RateLimits, Usage as Allowance
-from worker.metrics import Metrics
+from worker.routing.learning import QualityModel
+from worker.ratelimit.gates import Usage as Allowance
+from worker.ratelimit.limits import RateLimits
+from worker.observability.metrics import Metrics
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
-from worker.plan import NoRoute, Plan, first_instead, make_plan
-from worker.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
+from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
+from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
 from worker.providers.base import Completion, CompletionRequest, Provider
-from worker.telemetry import OFF, PROVIDER_NAMES, Telemetry
-from worker.verify import verify
+from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
+from worker.routing.verify import verify
 
 OUT_OF_ROTATION = frozenset({"quota", "auth"})
 

@@ -9,7 +9,7 @@ and `Counter.add` cost about 25 µs a measurement in Python (a Measurement datac
 cleaning and hashing, exemplars), and a job takes four histogram measurements and three counter
 additions. Counters reach the SDK as observable counters, read when it collects; histograms have no
 observable form, so the metric exporters add them to what they export (`Distributions.add_to`,
-called by `worker.telemetry.ReportedMetricExporter`), cumulative, in the SDK's own data types, with
+called by `worker.observability.telemetry.ReportedMetricExporter`), cumulative, in the SDK's own data types, with
 its bucket rule (a value on a bound counts in the bucket below it) and without exemplars.
 """
 
