@@ -15,19 +15,30 @@ import orjson
 from bench import classifier, http_clients, instructions, rate_limit, throughput
 from worker.runtime import loop_name
 
-SECTIONS = {"classifier": classifier.run, "http_client": http_clients.run, "rate_limit": rate_limit.run, "throughput": throughput.run, "instructions": instructions.run}
+SECTIONS = {
+    "classifier": classifier.run,
+    "http_client": http_clients.run,
+    "rate_limit": rate_limit.run,
+    "throughput": throughput.run,
+    "instructions": instructions.run,
+}
 DEFAULT = ("classifier", "http_client", "rate_limit", "throughput")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("sections", nargs="*", help=f"sections to run (default: {', '.join(DEFAULT)}; also: instructions)")
+    parser.add_argument(
+        "sections", nargs="*", help=f"sections to run (default: {', '.join(DEFAULT)}; also: instructions)"
+    )
     args = parser.parse_args()
     unknown = [s for s in args.sections if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     machine = {
-        "bench": "machine", "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+        "bench": "machine",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "event_loop": loop_name(throughput.EVENT_LOOP),  # every consumer's, the raw floor's too
     }
     print(orjson.dumps(machine).decode(), flush=True)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import msgspec
 
-from worker.routing.classify import Classifier
 from worker.config import load_config
 from worker.messages import Job
+from worker.routing.classify import Classifier
 
 WORKLOAD = Path(__file__).resolve().parent / "workload.jsonl"
 
@@ -24,4 +24,12 @@ def run(rounds: int = 20) -> list[dict]:
             classifier.classify(job)
         best = min(best, (time.perf_counter() - started) / len(jobs))
     prompts = sorted(len(job.text()) for job in jobs)
-    return [{"bench": "classifier", "jobs": len(jobs), "us_per_job": round(best * 1e6, 2), "median_prompt_chars": prompts[len(prompts) // 2], "max_prompt_chars": prompts[-1]}]
+    return [
+        {
+            "bench": "classifier",
+            "jobs": len(jobs),
+            "us_per_job": round(best * 1e6, 2),
+            "median_prompt_chars": prompts[len(prompts) // 2],
+            "max_prompt_chars": prompts[-1],
+        }
+    ]

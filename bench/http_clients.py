@@ -24,7 +24,13 @@ CLIENTS = ("lean", "aiohttp", "httpx")
 
 
 async def _measure(url: str, client: str, requests: int, concurrency: int) -> dict:
-    config = load_config(env={"LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL": f"{url}/v1", "LLM_ROUTER__PROVIDERS__OPENAI__HTTP_CLIENT": client, "LLM_ROUTER__PROVIDERS__OPENAI__MAX_CONNECTIONS": str(concurrency)})
+    config = load_config(
+        env={
+            "LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL": f"{url}/v1",
+            "LLM_ROUTER__PROVIDERS__OPENAI__HTTP_CLIENT": client,
+            "LLM_ROUTER__PROVIDERS__OPENAI__MAX_CONNECTIONS": str(concurrency),
+        }
+    )
     provider = build_providers(config, env={"OPENAI_API_KEY": "bench"}).clients["openai"]
     request = CompletionRequest("bench", "gpt-4o", [ChatMessage("user", "What is the capital of France?")], 64)
     remaining = requests
@@ -50,7 +56,10 @@ def run(requests: int = 3000, concurrency: int = 64, rounds: int = 3) -> list[di
     """Alternate the clients `rounds` times against one simulator process; the median of each."""
     port = free_port()
     simulator = subprocess.Popen(
-        [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", "0"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", "0"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port("127.0.0.1", port, 30, simulator)
@@ -63,20 +72,24 @@ def run(requests: int = 3000, concurrency: int = 64, rounds: int = 3) -> list[di
         simulator.wait(timeout=10)
     figures = []
     for client in CLIENTS:
-        figures.append({
-            "bench": "http_client",
-            "client": client,
-            "requests": requests,
-            "concurrency": concurrency,
-            "rounds": rounds,
-            "requests_per_s": round(statistics.median(s["requests_per_s"] for s in samples[client]), 1),
-            "cpu_us_per_request": round(statistics.median(s["cpu_us_per_request"] for s in samples[client]), 1),
-        })
+        figures.append(
+            {
+                "bench": "http_client",
+                "client": client,
+                "requests": requests,
+                "concurrency": concurrency,
+                "rounds": rounds,
+                "requests_per_s": round(statistics.median(s["requests_per_s"] for s in samples[client]), 1),
+                "cpu_us_per_request": round(statistics.median(s["cpu_us_per_request"] for s in samples[client]), 1),
+            }
+        )
     by = {f["client"]: f for f in figures}
     chosen = load_config(env={}).providers["openai"].http_client
     choice: dict = {"bench": "http_client_choice", "chosen": chosen}
     for other in (c for c in CLIENTS if c != chosen):
-        choice["requests_per_s_ratio_to_" + other] = round(by[chosen]["requests_per_s"] / by[other]["requests_per_s"], 2)
+        choice["requests_per_s_ratio_to_" + other] = round(
+            by[chosen]["requests_per_s"] / by[other]["requests_per_s"], 2
+        )
         choice["cpu_ratio_to_" + other] = round(by[chosen]["cpu_us_per_request"] / by[other]["cpu_us_per_request"], 2)
     figures.append(choice)
     return figures

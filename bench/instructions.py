@@ -28,9 +28,9 @@ import msgspec
 
 from bench.throughput import _env, _jobs, _raw_loop, echo_providers
 from worker.broker import EmbeddedBroker
+from worker.cli.runs import produce, running_worker
 from worker.config import load_config
 from worker.pipeline.kafka import create_topics
-from worker.cli.runs import produce, running_worker
 
 SMALL, LARGE = 10_000, 30_000
 CONSUMERS = ("worker_echo", "raw_floor")
@@ -39,7 +39,10 @@ CONSUMERS = ("worker_echo", "raw_floor")
 def _consumer_env(bootstrap: str, jobs_topic: str, consumer: str) -> dict[str, str]:
     """The consumer's configuration (as `throughput` sets it), reading the shared jobs topic."""
     # A longer session: valgrind slows the consumer's heartbeats too.
-    overrides = echo_providers() | {"LLM_ROUTER__KAFKA__TOPICS__JOBS": jobs_topic, "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "30000"}
+    overrides = echo_providers() | {
+        "LLM_ROUTER__KAFKA__TOPICS__JOBS": jobs_topic,
+        "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "30000",
+    }
     return _env(bootstrap, f"instructions-{consumer}", overrides)
 
 
@@ -56,7 +59,18 @@ async def _consume(consumer: str, jobs: int) -> None:
 
 def _counted(consumer: str, env: dict[str, str], jobs: int) -> int:
     """The instructions the consumer's process executed (valgrind's `I refs`)."""
-    command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", sys.executable, "-m", "bench.instructions", "consume", consumer, str(jobs)]
+    command = [
+        "valgrind",
+        "--tool=cachegrind",
+        "--cache-sim=no",
+        "--cachegrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "bench.instructions",
+        "consume",
+        consumer,
+        str(jobs),
+    ]
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER__")} | env
     done = subprocess.run(command, env=child_env, capture_output=True, text=True, timeout=1800, check=False)
     found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
@@ -70,7 +84,9 @@ async def _backlog(envs: dict[str, dict[str, str]], jobs: int) -> None:
     for env in envs.values():
         await create_topics(load_config(env=env).kafka, 4)
     encoder = msgspec.json.Encoder()
-    await produce(load_config(env=envs[CONSUMERS[0]]).kafka, [(job.id.encode(), encoder.encode(job)) for job in _jobs("e", jobs)])
+    await produce(
+        load_config(env=envs[CONSUMERS[0]]).kafka, [(job.id.encode(), encoder.encode(job)) for job in _jobs("e", jobs)]
+    )
 
 
 def run() -> list[dict]:
@@ -90,7 +106,10 @@ def run() -> list[dict]:
         if broker:
             broker.stop()
     per_job = {consumer: (c[LARGE] - c[SMALL]) / (LARGE - SMALL) for consumer, c in counts.items()}
-    figures = [{"bench": f"instructions_{consumer}", "jobs": LARGE - SMALL, "instructions_per_job": round(per_job[consumer])} for consumer in CONSUMERS]
+    figures = [
+        {"bench": f"instructions_{consumer}", "jobs": LARGE - SMALL, "instructions_per_job": round(per_job[consumer])}
+        for consumer in CONSUMERS
+    ]
     figures[0]["ratio_to_raw_floor"] = round(per_job["raw_floor"] / per_job["worker_echo"], 3)
     return figures
 
@@ -98,6 +117,7 @@ def run() -> list[dict]:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "consume":
         from worker import runtime
+
         runtime.run(_consume(sys.argv[2], int(sys.argv[3])), load_config().worker.event_loop)
     else:
         raise SystemExit("usage: python -m bench instructions")

@@ -20,11 +20,11 @@ import httpx
 import msgspec
 
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
-from worker.config import load_config
-from worker.pipeline.kafka import create_topics
-from worker.messages import Job
-from worker.providers import build_providers
 from worker.cli.runs import produce, running_worker
+from worker.config import load_config
+from worker.messages import Job
+from worker.pipeline.kafka import create_topics
+from worker.providers import build_providers
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
@@ -48,7 +48,10 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
         "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
         "LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE": str(LIMIT),
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
-        **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
+        **{
+            f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
+            for t in ("jobs", "results", "costs", "dlq", "state")
+        },
     }
     config = load_config(env=env)
     providers, keys = {}, {}
@@ -61,7 +64,10 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
     jobs = LIMIT + LIMIT // 60 * (SECONDS + 10)
     samples: list[tuple[float, int]] = []
     async with running_worker(config, build_providers(config, env=keys)), httpx.AsyncClient() as client:
-        await produce(config.kafka, [(None, encoder.encode(Job(id=f"b{i}", prompt=f"question {i}", model="gpt-4o"))) for i in range(jobs)])
+        await produce(
+            config.kafka,
+            [(None, encoder.encode(Job(id=f"b{i}", prompt=f"question {i}", model="gpt-4o"))) for i in range(jobs)],
+        )
         end = time.monotonic() + SECONDS + 8
         while time.monotonic() < end:
             await asyncio.sleep(0.5)
@@ -73,12 +79,21 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
 
 def run() -> list[dict]:
     config = load_simulator_config()
-    gpt4o = msgspec.structs.replace(config.models["gpt-4o"], latency_ms=500, latency_jitter=0.0, output_tokens=100, requests_per_minute=LIMIT)
+    gpt4o = msgspec.structs.replace(
+        config.models["gpt-4o"], latency_ms=500, latency_jitter=0.0, output_tokens=100, requests_per_minute=LIMIT
+    )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "simulator.toml"
-        path.write_text(dump_simulator_config(msgspec.structs.replace(config, models=config.models | {"gpt-4o": gpt4o})))
+        path.write_text(
+            dump_simulator_config(msgspec.structs.replace(config, models=config.models | {"gpt-4o": gpt4o}))
+        )
         port = free_port()
-        simulator = subprocess.Popen([sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(path)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker()
         try:
             wait_for_port("127.0.0.1", port, 30, simulator)
@@ -91,12 +106,14 @@ def run() -> list[dict]:
                 broker.stop()
     steady = [s for s in samples if s[1] > LIMIT * 1.05]
     rate = _slope(steady) * 60 if len(steady) > 2 else 0.0
-    return [{
-        "bench": "rate_limit_one_replica",
-        "limit_per_min": LIMIT,
-        "call_s": 0.5,
-        "steady_s": round(steady[-1][0] - steady[0][0], 1) if steady else 0,
-        "served_per_min": round(rate, 1),
-        "ratio_to_limit": round(rate / LIMIT, 4),
-        "rate_limited_429s": stats["rate_limited_sent"],
-    }]
+    return [
+        {
+            "bench": "rate_limit_one_replica",
+            "limit_per_min": LIMIT,
+            "call_s": 0.5,
+            "steady_s": round(steady[-1][0] - steady[0][0], 1) if steady else 0,
+            "served_per_min": round(rate, 1),
+            "ratio_to_limit": round(rate / LIMIT, 4),
+            "rate_limited_429s": stats["rate_limited_sent"],
+        }
+    ]

@@ -70,12 +70,12 @@ from aiokafka.structs import ConsumerRecord
 
 from worker import runtime
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
-from worker.config import Config, KafkaConfig, load_config
-from worker.pipeline.kafka import create_topics, make_consumer, make_producer
-from worker.messages import Job, Result
-from worker.providers import Providers, build_providers
 from worker.cli.runs import produce, running_worker
+from worker.config import Config, KafkaConfig, load_config
+from worker.messages import Job, Result
 from worker.observability.telemetry import OFF, telemetry_from_env
+from worker.pipeline.kafka import create_topics, make_consumer, make_producer
+from worker.providers import Providers, build_providers
 from worker.simulator.behaviour import SimRequest, answer
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
@@ -168,7 +168,9 @@ class _RawCost(msgspec.Struct):
     cost_usd: float
 
 
-async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool = False, stop_after: int | None = None) -> None:
+async def _raw_loop(
+    kafka: KafkaConfig, done: asyncio.Event, cost_events: bool = False, stop_after: int | None = None
+) -> None:
     """The floor: per batch, decode every job, send one result each (and a cost event each to the
     costs topic with `cost_events`, the outputs the worker writes), await the acks, commit. Until
     `done` is set, or (`stop_after`) that many jobs are done."""
@@ -186,8 +188,16 @@ async def _raw_loop(kafka: KafkaConfig, done: asyncio.Event, cost_events: bool =
                 for record in records:
                     job = decoder.decode(record.value)
                     if cost_events:
-                        sent.append(await producer.send(kafka.topics.costs, encoder.encode(_RawCost(job.id, 1, 0.0)), key=record.key))
-                    sent.append(await producer.send(kafka.topics.results, encoder.encode(_RawResult(job.id, "ok", job.prompt)), key=record.key))
+                        sent.append(
+                            await producer.send(
+                                kafka.topics.costs, encoder.encode(_RawCost(job.id, 1, 0.0)), key=record.key
+                            )
+                        )
+                    sent.append(
+                        await producer.send(
+                            kafka.topics.results, encoder.encode(_RawResult(job.id, "ok", job.prompt)), key=record.key
+                        )
+                    )
             await asyncio.gather(*sent)
             if batch:
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
@@ -263,7 +273,9 @@ class _Phase(msgspec.Struct):
 Then = Callable[[KafkaConfig, _Results], Awaitable[dict[bytes, float]]]
 
 
-async def _phase(mode: str, env: dict[str, str], url: str, jobs: list[Job], pids: dict[str, int], then: Then | None = None) -> _Phase:
+async def _phase(
+    mode: str, env: dict[str, str], url: str, jobs: list[Job], pids: dict[str, int], then: Then | None = None
+) -> _Phase:
     """Produce the jobs, start the consumer's process, read results until each job has one (then `then`)."""
     kafka = load_config(env=env).kafka
     await create_topics(kafka, PARTITIONS)
@@ -313,7 +325,13 @@ async def _paced(kafka: KafkaConfig, reader: _Results) -> dict[bytes, float]:
             for i in range(PACED_PER_S // 10):
                 key = f"p{tick}-{i}".encode()
                 sent[key] = time.time() * 1000
-                await producer.send(kafka.topics.jobs, encoder.encode(Job(id=key.decode(), prompt=f"What is the capital of France? ({tick}-{i})", model=MODEL)), key=key)
+                await producer.send(
+                    kafka.topics.jobs,
+                    encoder.encode(
+                        Job(id=key.decode(), prompt=f"What is the capital of France? ({tick}-{i})", model=MODEL)
+                    ),
+                    key=key,
+                )
         await producer.flush()
     finally:
         await producer.stop()
@@ -328,7 +346,10 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
         "LLM_ROUTER__KAFKA__GROUP_ID": f"bench-{run_id}",
         "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
-        **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
+        **{
+            f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
+            for t in ("jobs", "results", "costs", "dlq", "state")
+        },
         "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
     } | {k: str(v) for k, v in overrides.items()}
 
@@ -353,7 +374,9 @@ def _cores(phase: _Phase, t0: float, t1: float) -> dict[str, float]:
     """CPU seconds per second over [t0, t1]: the consumer's, and the reader's, broker's, simulator's."""
     series = {"consumer": [(s[0], s[1]) for s in phase.samples]}
     series |= {name: [(t, cpu[name]) for t, cpu in phase.others] for name in phase.others[0][1]}
-    return {f"{name}_cores": round((_at(points, t1) - _at(points, t0)) / (t1 - t0), 2) for name, points in series.items()}
+    return {
+        f"{name}_cores": round((_at(points, t1) - _at(points, t0)) / (t1 - t0), 2) for name, points in series.items()
+    }
 
 
 def _drain(name: str, phase: _Phase) -> Figure:
@@ -459,12 +482,16 @@ def _latency(http: _Phase, raw: _Phase) -> Figure:
 def _simulator_config(folder: Path) -> Path:
     """The simulator's models, MODEL answering in CALL_S (the median; CALL_JITTER around it), without errors or limits."""
     config = load_simulator_config()
-    model = msgspec.structs.replace(config.models[MODEL], latency_jitter=CALL_JITTER, output_tokens=1, requests_per_minute=0, tokens_per_minute=0)
+    model = msgspec.structs.replace(
+        config.models[MODEL], latency_jitter=CALL_JITTER, output_tokens=1, requests_per_minute=0, tokens_per_minute=0
+    )
     # With one output token the filler answer has a fixed length; the latency is per 100 output tokens.
     tokens = answer(model, SimRequest(MODEL, ["x"], 1024), config.seed, Random(0)).output_tokens
     model = msgspec.structs.replace(model, latency_ms=CALL_S * 1000 * 100 / tokens)
     path = folder / "simulator.toml"
-    path.write_text(dump_simulator_config(msgspec.structs.replace(config, latency_scale=1.0, models=config.models | {MODEL: model})))
+    path.write_text(
+        dump_simulator_config(msgspec.structs.replace(config, latency_scale=1.0, models=config.models | {MODEL: model}))
+    )
     return path
 
 
@@ -481,26 +508,50 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
     floors, workers, memories = [], [], []
     raw: _Phase | None = None
     for _ in range(ROUNDS):
-        phase = await _phase("raw", _env(bootstrap, "raw", {}), url, _jobs("r", WARMUP + RAW_JOBS), pids, then=_paced if raw is None else None)
+        phase = await _phase(
+            "raw",
+            _env(bootstrap, "raw", {}),
+            url,
+            _jobs("r", WARMUP + RAW_JOBS),
+            pids,
+            then=_paced if raw is None else None,
+        )
         raw = raw or phase  # the first round's paced jobs are the latency figure's floor
         floors.append(_drain("raw_floor", phase))
         # Telemetry off, the long run: also the memory figure.
         phase = await _phase("echo", _env(bootstrap, "echo", echo), url, _jobs("e", LONG_WARMUP + LONG_JOBS), pids)
         worker = _drain("worker_echo", phase)
-        workers.append(worker | {"ratio_to_raw_floor": round(worker["jobs_per_s"] / floors[-1]["jobs_per_s"], 3), "ratio_to_untraced": 1.0})
+        workers.append(
+            worker
+            | {
+                "ratio_to_raw_floor": round(worker["jobs_per_s"] / floors[-1]["jobs_per_s"], 3),
+                "ratio_to_untraced": 1.0,
+            }
+        )
         memories.append(_memory(phase))
     assert raw is not None
     raw_two = await _phase("raw_two", _env(bootstrap, "raw_two", {}), url, _jobs("w", WARMUP + RAW_JOBS), pids)
     traced = {}
     for name, ratio in (("worker_echo_traced", "1.0"), ("worker_echo_traced_1pct", "0.01")):
         # Traces and metrics over OTLP/HTTP to a stand-in collector that answers 200 (scripts/otlp_sink.py).
-        otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": ratio, "OTEL_SERVICE_NAME": "llm-router-bench"}
+        otel = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio,
+            "OTEL_SERVICE_NAME": "llm-router-bench",
+        }
         traced[name] = await _phase("echo", _env(bootstrap, name, echo | otel), url, _jobs("t", WARMUP + JOBS), pids)
-    http_env = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": HTTP_MAX_IN_FLIGHT} | {f"LLM_ROUTER__PROVIDERS__{n.upper()}__MAX_CONNECTIONS": HTTP_MAX_IN_FLIGHT + 500 for n in providers}
-    http = await _phase("http", _env(bootstrap, "http", http_env), url, _jobs("h", HTTP_JOBS, model=MODEL), pids, then=_paced)
+    http_env = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": HTTP_MAX_IN_FLIGHT} | {
+        f"LLM_ROUTER__PROVIDERS__{n.upper()}__MAX_CONNECTIONS": HTTP_MAX_IN_FLIGHT + 500 for n in providers
+    }
+    http = await _phase(
+        "http", _env(bootstrap, "http", http_env), url, _jobs("h", HTTP_JOBS, model=MODEL), pids, then=_paced
+    )
     # The same without jitter: every call exactly CALL_S (see CALL_JITTER).
     await asyncio.to_thread(_set_jitter, url, 0.0)
-    lockstep = await _phase("http", _env(bootstrap, "http_lockstep", http_env), url, _jobs("l", HTTP_JOBS, model=MODEL), pids)
+    lockstep = await _phase(
+        "http", _env(bootstrap, "http_lockstep", http_env), url, _jobs("l", HTTP_JOBS, model=MODEL), pids
+    )
     await asyncio.to_thread(_set_jitter, url, CALL_JITTER)
     floor = _median_round(floors, "jobs_per_s")
     worker = _median_round(workers, "ratio_to_raw_floor")
@@ -513,13 +564,29 @@ async def _all(bootstrap: str, url: str, sink: str, pids: dict[str, int]) -> lis
         figure["ratio_to_untraced"] = round(figure["jobs_per_s"] / worker["jobs_per_s"], 3)
         figure["ratio_to_raw_floor_with_cost_events"] = round(figure["jobs_per_s"] / floor_two["jobs_per_s"], 3)
     # Memory: the round that grew most.
-    memory = max(memories, key=lambda m: m["rss_growth_pct"]) | {"rounds_rss_growth_pct": [m["rss_growth_pct"] for m in memories]}
-    return [floor, floor_two, worker, *traced_figures, memory, _http(http), _http(lockstep, "worker_http_lockstep", 0.0), _latency(http, raw)]
+    memory = max(memories, key=lambda m: m["rss_growth_pct"]) | {
+        "rounds_rss_growth_pct": [m["rss_growth_pct"] for m in memories]
+    }
+    return [
+        floor,
+        floor_two,
+        worker,
+        *traced_figures,
+        memory,
+        _http(http),
+        _http(lockstep, "worker_http_lockstep", 0.0),
+        _latency(http, raw),
+    ]
 
 
 def _set_jitter(url: str, jitter: float) -> None:
     """Change MODEL's latency jitter in the running simulator."""
-    request = urllib.request.Request(f"{url}/_sim/models/{MODEL}", data=msgspec.json.encode({"latency_jitter": jitter}), method="PATCH", headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/_sim/models/{MODEL}",
+        data=msgspec.json.encode({"latency_jitter": jitter}),
+        method="PATCH",
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         if response.status != 200:
             raise RuntimeError(f"the simulator refused the jitter change: {response.status}")
@@ -541,19 +608,36 @@ def run() -> list[Figure]:
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         simulator = subprocess.Popen(
-            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--config", str(_simulator_config(Path(folder))), "--event-loop", EVENT_LOOP],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "worker",
+                "simulate",
+                "--port",
+                str(port),
+                "--config",
+                str(_simulator_config(Path(folder))),
+                "--event-loop",
+                EVENT_LOOP,
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         sink_port = free_port()
-        sink = subprocess.Popen([sys.executable, str(REPO / "scripts" / "otlp_sink.py"), str(sink_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sink = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "otlp_sink.py"), str(sink_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker()
         try:
             wait_for_port("127.0.0.1", port, 30, simulator)
             wait_for_port("127.0.0.1", sink_port, 30, sink)
             bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
             pids = {"reader": os.getpid(), "simulator": simulator.pid}
-            if broker and broker._process:  # noqa: SLF001 - its CPU share is part of the picture
-                pids["broker"] = broker._process.pid  # noqa: SLF001
+            if broker and broker._process:
+                pids["broker"] = broker._process.pid
             return asyncio.run(_all(bootstrap, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sink_port}", pids))
         finally:
             for process in (simulator, sink):

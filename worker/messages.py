@@ -28,9 +28,21 @@ class ChatMessage(Struct, forbid_unknown_fields=True):
 class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What an answer must satisfy to count as correct; a failed check escalates to the next model."""
 
-    expected: Annotated[str, Meta(description="The right answer (evaluation sets): compared ignoring case, surrounding spaces and final punctuation.")] | None = None
-    regex: Annotated[str, Meta(description="A Python regular expression the answer must contain a match of.")] | None = None
-    json_schema: Annotated[dict[str, Any], Meta(description="The answer must be JSON valid under this JSON Schema.")] | None = None
+    expected: (
+        Annotated[
+            str,
+            Meta(
+                description="The right answer (evaluation sets): compared ignoring case, surrounding spaces and final punctuation."
+            ),
+        ]
+        | None
+    ) = None
+    regex: (
+        Annotated[str, Meta(description="A Python regular expression the answer must contain a match of.")] | None
+    ) = None
+    json_schema: (
+        Annotated[dict[str, Any], Meta(description="The answer must be JSON valid under this JSON Schema.")] | None
+    ) = None
 
     def __post_init__(self) -> None:
         if self.regex is not None:
@@ -54,7 +66,9 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
     messages: list[ChatMessage] | None = None
     prompt: str | None = None
     task: Annotated[str, Meta(min_length=1, description="Task type; classified when absent.")] | None = None
-    accuracy_floor: Annotated[float, Meta(ge=0, le=1, description="Required probability of a correct answer.")] | None = None
+    accuracy_floor: (
+        Annotated[float, Meta(ge=0, le=1, description="Required probability of a correct answer.")] | None
+    ) = None
     latency_budget_ms: Annotated[int, Meta(gt=0)] | None = None
     cost_cap_usd: Usd | None = None
     max_output_tokens: Annotated[int, Meta(gt=0)] | None = None
@@ -63,7 +77,9 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
     tenant: str | None = None
     priority: Annotated[int, Meta(description="Under contention for a rate limit, higher goes first.")] = 0
     checks: Checks | None = None
-    response_format: Annotated[Literal["text", "json"], Meta(description="json: the answer must parse as JSON.")] = "text"
+    response_format: Annotated[Literal["text", "json"], Meta(description="json: the answer must parse as JSON.")] = (
+        "text"
+    )
     metadata: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
@@ -110,9 +126,14 @@ class Attempt(Struct, omit_defaults=True):
     cost_usd: Usd
     latency_ms: Annotated[float, Meta(ge=0)]
     error: ErrorInfo | None = None
-    rate_limit_wait_ms: Annotated[float, Meta(ge=0, description="Time spent waiting for the rate limits before the call.")] = 0.0
+    rate_limit_wait_ms: Annotated[
+        float, Meta(ge=0, description="Time spent waiting for the rate limits before the call.")
+    ] = 0.0
     rerouted_from: Annotated[
-        str | None, Meta(description="The model planned first, when too many jobs waited for its allowance and this attempt went to the next model of the chain with capacity.")
+        str | None,
+        Meta(
+            description="The model planned first, when too many jobs waited for its allowance and this attempt went to the next model of the chain with capacity."
+        ),
     ] = None
 
 
@@ -171,7 +192,10 @@ class DeadLetter(Struct, omit_defaults=True):
     def to_headers(self) -> list[tuple[str, bytes]]:
         """The Kafka headers that carry this record."""
         raw = msgspec.to_builtins(self)
-        return [(f"dlq.{k}", (v if isinstance(v, str) else msgspec.json.encode(v).decode()).encode()) for k, v in raw.items()]
+        return [
+            (f"dlq.{k}", (v if isinstance(v, str) else msgspec.json.encode(v).decode()).encode())
+            for k, v in raw.items()
+        ]
 
     @classmethod
     def from_headers(cls, headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> DeadLetter:
@@ -181,4 +205,3 @@ class DeadLetter(Struct, omit_defaults=True):
             if name.startswith("dlq."):
                 fields[name[4:]] = value.decode()
         return msgspec.convert(fields, cls, strict=False)
-

@@ -27,12 +27,14 @@ def loop_factory(choice: EventLoopChoice = "auto") -> Callable[[], asyncio.Abstr
     if choice == "asyncio":
         return None
     if choice not in ("auto", "uvloop"):
-        raise ValueError(f"unknown event loop {choice!r}: choose \"auto\", \"uvloop\" or \"asyncio\"")
+        raise ValueError(f'unknown event loop {choice!r}: choose "auto", "uvloop" or "asyncio"')
     try:
         import uvloop
     except ImportError as exc:
         if choice == "uvloop":
-            raise ConfigError(f"worker.event_loop: \"uvloop\" but uvloop cannot be imported ({exc}); install it, or choose \"auto\" or \"asyncio\"") from None
+            raise ConfigError(
+                f'worker.event_loop: "uvloop" but uvloop cannot be imported ({exc}); install it, or choose "auto" or "asyncio"'
+            ) from None
         return None
     return uvloop.new_event_loop
 
@@ -49,7 +51,7 @@ def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "auto") -> T:
 
 
 # The garbage collector: The garbage collector's settings for a long-running process with thousands of requests in flight.
-# 
+#
 # Thousands of jobs (or, in the simulator, calls) in flight outlive the young generations, so with the
 # default thresholds (700, 10, 10) full collections of the whole heap ran every second or so: they
 # took a third of the worker's time at 6,000 jobs in flight (`make bench`, section throughput), and

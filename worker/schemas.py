@@ -32,7 +32,8 @@ def schema_of(struct: type[msgspec.Struct], topic_key: str) -> dict:
 def rendered() -> dict[str, bytes]:
     """File name -> the bytes schemas/ should hold."""
     return {
-        f"{stem}.schema.json": orjson.dumps(schema_of(struct, topic), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        f"{stem}.schema.json": orjson.dumps(schema_of(struct, topic), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+        + b"\n"
         for stem, (struct, topic) in SCHEMAS.items()
     }
 

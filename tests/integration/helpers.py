@@ -17,10 +17,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from worker.config import Config, load_config
 from worker.cli import runs
-from worker.pipeline.kafka import create_topics, make_consumer
+from worker.config import Config, load_config
 from worker.messages import CostEvent, DeadLetter, Job, Result
+from worker.pipeline.kafka import create_topics, make_consumer
 
 REPO = Path(__file__).resolve().parents[2]
 PROVIDERS = ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")
@@ -38,7 +38,10 @@ class Setup:
             "LLM_ROUTER__KAFKA__GROUP_ID": f"test-{self.run_id}",
             "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-            **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in ("jobs", "results", "costs", "dlq", "state")},
+            **{
+                f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}"
+                for t in ("jobs", "results", "costs", "dlq", "state")
+            },
             **ECHO_PROVIDERS,
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}
@@ -64,11 +67,13 @@ async def make_topics(setup: Setup, partitions: int = 4) -> None:
 
 async def broker_has_transactions(bootstrap: str) -> bool:
     """Whether the broker takes a transactional producer (Apache Kafka does; the embedded Tansu does not)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True
+    )
     try:
         await asyncio.wait_for(producer.start(), 30)
         return True
-    except (KafkaError, asyncio.TimeoutError):
+    except (TimeoutError, KafkaError):
         return False
     finally:
         await producer.stop()
@@ -103,7 +108,12 @@ class Outputs:
 
 
 async def collect(
-    setup: Setup, until: Callable[[Outputs], bool], timeout_s: float, settle_s: float = 0.0, outputs: Outputs | None = None, isolation_level: str = "read_uncommitted"
+    setup: Setup,
+    until: Callable[[Outputs], bool],
+    timeout_s: float,
+    settle_s: float = 0.0,
+    outputs: Outputs | None = None,
+    isolation_level: str = "read_uncommitted",
 ) -> Outputs:
     """Read the results, costs and dlq topics until `until(outputs)` holds (then `settle_s` more) or time runs out."""
     outputs = outputs if outputs is not None else Outputs()
@@ -158,7 +168,12 @@ class WorkerProcess:
         env = setup.process_env() | {k: str(v) for k, v in overrides.items()}
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker"], env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "worker", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
 
     def events(self) -> list[dict]:
@@ -185,7 +200,9 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}"
+                )
             if partitions := self.assigned():
                 return partitions
             await asyncio.sleep(0.1)
@@ -227,7 +244,9 @@ async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60
     raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
 
 
-async def start_replicas(replicas: list[WorkerProcess], setup: Setup, log_dir: Path, count: int, partitions: int, **overrides: object) -> None:
+async def start_replicas(
+    replicas: list[WorkerProcess], setup: Setup, log_dir: Path, count: int, partitions: int, **overrides: object
+) -> None:
     """Add `count` worker processes to `replicas` (the caller stops them), and wait until each has
     partitions and the group's assignment has settled."""
     replicas.extend(WorkerProcess(setup, log_dir, f"replica-{n}", **overrides) for n in range(count))
@@ -236,7 +255,9 @@ async def start_replicas(replicas: list[WorkerProcess], setup: Setup, log_dir: P
     await settle_assignment(replicas, partitions=partitions)
 
 
-async def kill_busiest_at(outputs: Outputs, results: int, replicas: list[WorkerProcess], setup: Setup, log_dir: Path, **overrides: object) -> dict:
+async def kill_busiest_at(
+    outputs: Outputs, results: int, replicas: list[WorkerProcess], setup: Setup, log_dir: Path, **overrides: object
+) -> dict:
     """Once `results` jobs have results, SIGKILL the replica owning most partitions and start another
     (appended to `replicas`); returns the victim's partitions and the results counted at the kill."""
     while len(outputs.result_ids) < results:

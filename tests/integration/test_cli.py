@@ -10,7 +10,12 @@ from tests.integration.helpers import REPO, Setup, WorkerProcess
 
 def cli(setup: Setup, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "worker", *args], input=stdin, capture_output=True, timeout=timeout, env=setup.process_env(), cwd=REPO
+        [sys.executable, "-m", "worker", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env=setup.process_env(),
+        cwd=REPO,
     )
 
 
@@ -18,7 +23,10 @@ def test_topics_produce_worker_results(bootstrap, tmp_path):
     setup = Setup(bootstrap)
     created = cli(setup, "topics", "create", "--partitions", "3")
     assert created.returncode == 0, created.stderr
-    assert created.stdout.decode().splitlines() == [f"{t}\tcreated" for t in (setup.topics.jobs, setup.topics.results, setup.topics.costs, setup.topics.dlq, setup.topics.state)]
+    assert created.stdout.decode().splitlines() == [
+        f"{t}\tcreated"
+        for t in (setup.topics.jobs, setup.topics.results, setup.topics.costs, setup.topics.dlq, setup.topics.state)
+    ]
     again = cli(setup, "topics", "create")
     assert again.returncode == 0 and all(line.endswith("\texists") for line in again.stdout.decode().splitlines())
 

@@ -9,7 +9,14 @@ from tests.integration.helpers import REPO
 
 def test_demo_exits_0_showing_results_costs_and_dead_letters(bootstrap):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER__")}
-    out = subprocess.run([sys.executable, "-m", "worker", "demo", "--jobs", "24"], capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--jobs", "24"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Results" in out.stdout and "Cost by model" in out.stdout and "Dead letters" in out.stdout
     assert "24 results" in out.stdout and "7 dead letters" in out.stdout and "nothing lost" in out.stdout

@@ -6,21 +6,32 @@ import msgspec
 import pytest
 
 from tests.integration.helpers import PROVIDERS, Setup, collect, job_bytes, make_topics, produce
-from worker.providers import build_providers
 from worker.cli.runs import running_worker
+from worker.providers import build_providers
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, load_simulator_config
 
-KEYS = {"OPENAI_API_KEY": "sk-sim", "ANTHROPIC_API_KEY": "sk-ant-sim", "GEMINI_API_KEY": "gm-sim", "LLAMA_API_KEY": "llama-sim"}
+KEYS = {
+    "OPENAI_API_KEY": "sk-sim",
+    "ANTHROPIC_API_KEY": "sk-ant-sim",
+    "GEMINI_API_KEY": "gm-sim",
+    "LLAMA_API_KEY": "llama-sim",
+}
 
 
 def simulator_config():
     config = load_simulator_config()
     models = dict(config.models)
     # Some weather: 429s with a short retry hint and 5xx on the cheap models, refusals that escalate.
-    models["gemini-2.5-flash"] = msgspec.structs.replace(models["gemini-2.5-flash"], errors=ErrorMix(rate_limited=0.1, server=0.05, refused=0.1), retry_after_s=0.05)
-    models["llama-4-70b"] = msgspec.structs.replace(models["llama-4-70b"], errors=ErrorMix(unavailable=0.1, refused=0.1))
-    models["claude-3-5-sonnet-20241022"] = msgspec.structs.replace(models["claude-3-5-sonnet-20241022"], errors=ErrorMix(overloaded=0.1))
+    models["gemini-2.5-flash"] = msgspec.structs.replace(
+        models["gemini-2.5-flash"], errors=ErrorMix(rate_limited=0.1, server=0.05, refused=0.1), retry_after_s=0.05
+    )
+    models["llama-4-70b"] = msgspec.structs.replace(
+        models["llama-4-70b"], errors=ErrorMix(unavailable=0.1, refused=0.1)
+    )
+    models["claude-3-5-sonnet-20241022"] = msgspec.structs.replace(
+        models["claude-3-5-sonnet-20241022"], errors=ErrorMix(overloaded=0.1)
+    )
     return msgspec.structs.replace(config, models=models, latency_scale=0.05)
 
 
@@ -45,13 +56,18 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
             LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL=f"{url}/v1",
             LLM_ROUTER__WORKER__RETRY_BASE_S=0.01,
             LLM_ROUTER__WORKER__RETRY_CAP_S=0.05,
-            **{f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"))},
+            **{
+                f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind
+                for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"))
+            },
         )
         try:
             await make_topics(setup)
             async with running_worker(setup.config, build_providers(setup.config, env=KEYS)):
                 await produce(setup, [(i.encode(), job_bytes(i, p, tenant="acme")) for i, p in jobs])
-                outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=120, settle_s=1)
+                outputs = await collect(
+                    setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=120, settle_s=1
+                )
             return setup, outputs, msgspec.to_builtins(server.simulator.stats)
         finally:
             await server.stop()
@@ -61,7 +77,11 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
     models = setup.config.models
     by_api_name = {(m.api_model or name): name for name, m in models.items()}
     expected = sum(
-        (stats["input_tokens"] * models[by_api_name[api]].input_usd_per_mtok + stats["output_tokens"] * models[by_api_name[api]].output_usd_per_mtok) / 1e6
+        (
+            stats["input_tokens"] * models[by_api_name[api]].input_usd_per_mtok
+            + stats["output_tokens"] * models[by_api_name[api]].output_usd_per_mtok
+        )
+        / 1e6
         for api, stats in served["models"].items()
     )
     costs = sum(e.cost_usd for e in outputs.costs)

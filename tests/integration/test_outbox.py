@@ -23,7 +23,10 @@ def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_t
         try:
             for n in range(600):
                 key = f"job-{n}".encode()
-                outputs = [(topics.costs, key, b'{"cost": %d}' % n, []), (topics.results, key, b'{"result": %d}' % n, [("traceparent", b"tp-%d" % n)])]
+                outputs = [
+                    (topics.costs, key, b'{"cost": %d}' % n, []),
+                    (topics.results, key, b'{"result": %d}' % n, [("traceparent", b"tp-%d" % n)]),
+                ]
                 if n % 100 == 0:
                     outputs.append((topics.dlq, None, b"letter %d" % n, [("error_kind", b"not_json")]))
                 outbox.put(outputs, lambda n=n: done.append(n))
@@ -33,7 +36,14 @@ def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_t
         finally:
             await outbox.close()
             await producer.stop()
-        reader = AIOKafkaConsumer(topics.costs, topics.results, topics.dlq, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            topics.costs,
+            topics.results,
+            topics.dlq,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await reader.start()
         records = []
         try:
@@ -75,7 +85,9 @@ def test_outputs_beyond_a_full_batch_go_in_the_next_one_in_their_order(bootstrap
         finally:
             await outbox.close()
             await producer.stop()
-        reader = AIOKafkaConsumer(topics.results, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            topics.results, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        )
         await reader.start()
         records = []
         try:

@@ -7,10 +7,19 @@ import time
 import msgspec
 import pytest
 
-from tests.integration.helpers import provider_latency, Setup, WorkerProcess, collect, committed, job_bytes, make_topics, produce
-from worker.pipeline.consume import Worker
-from worker.messages import Checks
+from tests.integration.helpers import (
+    Setup,
+    WorkerProcess,
+    collect,
+    committed,
+    job_bytes,
+    make_topics,
+    produce,
+    provider_latency,
+)
 from worker.cli.runs import running_worker
+from worker.messages import Checks
+from worker.pipeline.consume import Worker
 
 
 def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
@@ -38,7 +47,9 @@ def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
                 await asyncio.sleep(0.002)
 
         watching = asyncio.create_task(watcher())
-        ends = await produce(setup, [(job_id.encode(), job_bytes(job_id, prompt, tenant="acme")) for job_id, prompt in jobs])
+        ends = await produce(
+            setup, [(job_id.encode(), job_bytes(job_id, prompt, tenant="acme")) for job_id, prompt in jobs]
+        )
         outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=90, settle_s=0.5)
         await asyncio.sleep(0.3)  # one more commit interval
         stop.set()
@@ -77,7 +88,9 @@ def test_a_job_that_waits_holds_up_neither_the_jobs_fetched_with_it_nor_their_de
     async def scenario():
         await make_topics(setup)
         # All produced before the worker starts: each fetch mixes slow and quick jobs.
-        ends = await produce(setup, [(i.encode(), job_bytes(i, model="gpt-4o") if i in slow else job_bytes(i)) for i in ids])
+        ends = await produce(
+            setup, [(i.encode(), job_bytes(i, model="gpt-4o") if i in slow else job_bytes(i)) for i in ids]
+        )
         stop = asyncio.Event()
         worker = Worker(setup.config)
         run = asyncio.create_task(worker.run(stop))
@@ -129,14 +142,21 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
             await make_topics(setup)
             await worker.wait_assigned()
             ends = await produce(setup, messages)
-            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters), timeout_s=90, settle_s=1.0)
+            outputs = await collect(
+                setup,
+                until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters),
+                timeout_s=90,
+                settle_s=1.0,
+            )
             return outputs, ends, await committed(setup, list(ends))
 
         outputs, ends, positions = asyncio.run(scenario())
         assert worker.process.poll() is None, "the worker must not exit on bad input"
         starts = [e for e in worker.events() if e.get("event") == "worker starting"]
         assert len(starts) == 1
-        assert starts[0]["event_loop"] == "uvloop", "worker processes run on uvloop by default (worker.event_loop = auto)"
+        assert starts[0]["event_loop"] == "uvloop", (
+            "worker processes run on uvloop by default (worker.event_loop = auto)"
+        )
     finally:
         worker.stop()
     assert outputs.result_ids == set(good)
@@ -200,7 +220,9 @@ def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redeliv
         await make_topics(setup)
         await first.wait_assigned()
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(2.5)  # taken, and each call takes 10 s (a busy broker can take a second to serve the first fetch)
+        await asyncio.sleep(
+            2.5
+        )  # taken, and each call takes 10 s (a busy broker can take a second to serve the first fetch)
         first.signal(signal.SIGTERM)
         code = await asyncio.to_thread(first.wait, 30)
         second = WorkerProcess(setup, tmp_path, "second")

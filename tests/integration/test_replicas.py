@@ -2,7 +2,19 @@
 
 import asyncio
 
-from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, settle_assignment, start_replicas
+from tests.integration.helpers import (
+    Outputs,
+    Setup,
+    WorkerProcess,
+    collect,
+    job_bytes,
+    kill_busiest_at,
+    make_topics,
+    produce,
+    provider_latency,
+    settle_assignment,
+    start_replicas,
+)
 
 JOBS = 2000
 MAX_IN_FLIGHT = 40
@@ -25,7 +37,9 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
         await make_topics(setup, partitions=4)
         await start_replicas(replicas, setup, tmp_path, 3, partitions=4)
         outputs = Outputs()
-        collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=3, outputs=outputs))
+        collecting = asyncio.create_task(
+            collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=3, outputs=outputs)
+        )
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
         facts.update(await kill_busiest_at(outputs, JOBS // 4, replicas, setup, tmp_path))
         await collecting
@@ -62,7 +76,9 @@ def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(b
         await make_topics(setup, partitions=4)
         assert sorted(await first.wait_assigned()) == [0, 1, 2, 3]
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(0.5)  # all 400 are in flight on the first replica (each call takes 6 s: longer than the second one takes to start and join)
+        await asyncio.sleep(
+            0.5
+        )  # all 400 are in flight on the first replica (each call takes 6 s: longer than the second one takes to start and join)
         second = WorkerProcess(setup, tmp_path, "second")
         await settle_assignment([first, second])
         return await collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=90, settle_s=2)
@@ -74,8 +90,12 @@ def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(b
         if second:
             second.stop()
     revoked = [e for e in first.events() if e.get("event") == "partitions released" and e.get("reason") == "revoked"]
-    drained = [e for e in first.events() if e.get("event") == "draining in-flight jobs" and e.get("reason") == "revoked"]
-    report(f"revoke hand-over: jobs={len(ids)} drained_on_revoke={drained[0]['jobs'] if drained else 0} duplicates={outputs.duplicates()}")
+    drained = [
+        e for e in first.events() if e.get("event") == "draining in-flight jobs" and e.get("reason") == "revoked"
+    ]
+    report(
+        f"revoke hand-over: jobs={len(ids)} drained_on_revoke={drained[0]['jobs'] if drained else 0} duplicates={outputs.duplicates()}"
+    )
     assert revoked and drained and drained[0]["jobs"] > 0, "the revoke found jobs in flight and let them finish"
     assert outputs.result_ids == set(ids)
     assert outputs.duplicates() == 0, "a revoke commits what it drained, so the new owner redoes nothing"

@@ -6,7 +6,6 @@ import sys
 import time
 
 import httpx
-
 import orjson
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -18,12 +17,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.integration.helpers import REPO, Setup, broker_has_transactions, collect, job_bytes, make_topics, produce
 from tests.metric_capture import Captured, points_by_name
-from worker.cli import commands as cli
 from worker.broker import free_port, wait_for_port
-from worker.pipeline.kafka import DeliveryError
+from worker.cli import commands as cli
 from worker.cli.runs import running_worker
 from worker.observability.metrics import Distributions
 from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
+from worker.pipeline.kafka import DeliveryError
 
 # The verifiable simple_qa chain is gemini then llama; the echo provider answers "[model] prompt",
 # so this check fails gemini's answer (failed verification) and passes llama's.
@@ -89,7 +88,10 @@ def test_a_job_from_llm_router_produce_is_one_trace_to_its_result(bootstrap, tmp
     assert list(process.attributes["llm_router.route"]) == ["gemini-2.5-flash", "llama-4-70b"]
 
     costs = {c.attempt: c for c in outputs.costs}
-    for number, span, provider, model in ((1, first, "gemini", "gemini-2.5-flash"), (2, second, "llama", "llama-4-70b")):  # echo stands in: the provider's name
+    for number, span, provider, model in (
+        (1, first, "gemini", "gemini-2.5-flash"),
+        (2, second, "llama", "llama-4-70b"),
+    ):  # echo stands in: the provider's name
         attributes = span.attributes
         assert span.kind is SpanKind.CLIENT and span.parent.span_id == process.context.span_id
         assert attributes["gen_ai.operation.name"] == "chat"
@@ -102,13 +104,21 @@ def test_a_job_from_llm_router_produce_is_one_trace_to_its_result(bootstrap, tmp
         assert attributes["llm_router.cost_usd"] == pytest.approx(costs[number].cost_usd)
         assert attributes["llm_router.attempt"] == number and "llm_router.rate_limit_wait_ms" in attributes
         assert "error.type" not in attributes, "error.type only on a job's final failure"
-    assert first.attributes["llm_router.error.kind"] == "verification_failed" and first.attributes["llm_router.attempt.reason"] == "planned"
-    assert second.attributes["llm_router.attempt.reason"] == "escalation" and second.attributes["llm_router.escalation.reason"] == "verification_failed"
+    assert (
+        first.attributes["llm_router.error.kind"] == "verification_failed"
+        and first.attributes["llm_router.attempt.reason"] == "planned"
+    )
+    assert (
+        second.attributes["llm_router.attempt.reason"] == "escalation"
+        and second.attributes["llm_router.escalation.reason"] == "verification_failed"
+    )
     assert first.end_time <= second.start_time
 
     # The outputs carry the trace: each one's traceparent is its own send span.
     assert parse_traceparent(outputs.result_headers[0]) == (trace_id, result_send.context.span_id)
-    assert sorted(parse_traceparent(h) for h in outputs.cost_headers) == sorted((trace_id, s.context.span_id) for s in cost_sends)
+    assert sorted(parse_traceparent(h) for h in outputs.cost_headers) == sorted(
+        (trace_id, s.context.span_id) for s in cost_sends
+    )
     for send in (result_send, *cost_sends):
         assert send.kind is SpanKind.PRODUCER and send.parent.span_id == process.context.span_id
     # Privacy: no prompt or answer text anywhere unless content capture is on.
@@ -132,8 +142,12 @@ def test_a_job_not_sampled_makes_no_spans_but_its_outputs_still_carry_its_trace(
     outputs = asyncio.run(scenario())
     assert exporter.get_finished_spans() == ()
     result_trace = dict(outputs.result_headers[0])["traceparent"].decode()
-    assert int(result_trace.split("-")[3], 16) & 1 == 0, "not sampled, and said so downstream (the sampled flag is clear)"
-    assert dict(outputs.cost_headers[0])["traceparent"].decode().split("-")[1] == result_trace.split("-")[1], "one trace id for the job's outputs"
+    assert int(result_trace.split("-")[3], 16) & 1 == 0, (
+        "not sampled, and said so downstream (the sampled flag is clear)"
+    )
+    assert dict(outputs.cost_headers[0])["traceparent"].decode().split("-")[1] == result_trace.split("-")[1], (
+        "one trace id for the job's outputs"
+    )
 
 
 def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transaction_commits(bootstrap):
@@ -146,7 +160,13 @@ def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transac
         await make_topics(setup)
         async with running_worker(setup.config, telemetry=telemetry):
             await produce(setup, [(i.encode(), job_bytes(i, "What is 2+2?")) for i in ids])
-            return await collect(setup, lambda o: len(o.result_ids) == len(ids) and len(o.costs) >= len(ids), timeout_s=90, settle_s=0.5, isolation_level="read_committed")
+            return await collect(
+                setup,
+                lambda o: len(o.result_ids) == len(ids) and len(o.costs) >= len(ids),
+                timeout_s=90,
+                settle_s=0.5,
+                isolation_level="read_committed",
+            )
 
     if not asyncio.run(broker_has_transactions(bootstrap)):
         with pytest.raises(DeliveryError, match="exactly_once needs a broker with transactions"):
@@ -156,7 +176,11 @@ def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transac
     assert outputs.result_ids == set(ids) and outputs.duplicates() == 0
     spans = exporter.get_finished_spans()
     process = {s.context.span_id for s in spans if s.name.startswith("process ")}
-    sends = {(s.context.trace_id, s.context.span_id): s for s in spans if s.kind == SpanKind.PRODUCER and s.name.startswith("send ")}
+    sends = {
+        (s.context.trace_id, s.context.span_id): s
+        for s in spans
+        if s.kind == SpanKind.PRODUCER and s.name.startswith("send ")
+    }
     assert len(sends) == len(outputs.results) + len(outputs.costs)
     for headers in outputs.result_headers + outputs.cost_headers:
         send = sends[parse_traceparent(headers)]  # each output carries its own send span's context
@@ -176,17 +200,36 @@ def test_content_capture_puts_prompts_and_answers_on_attempt_spans_only_when_swi
 
     asyncio.run(scenario())
     (attempt,) = [s for s in exporter.get_finished_spans() if s.name.startswith("chat ")]
-    assert "2+2" in attempt.attributes["gen_ai.input.messages"] and "2+2" in attempt.attributes["gen_ai.output.messages"]
+    assert (
+        "2+2" in attempt.attributes["gen_ai.input.messages"] and "2+2" in attempt.attributes["gen_ai.output.messages"]
+    )
 
 
 def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, report):
     # Read as an exporter gets them (telemetry_from_env's wrapper adds the worker's own histograms).
     distributions = Distributions(SCOPE)
     captured = Captured()
-    reader = PeriodicExportingMetricReader(ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000)
+    reader = PeriodicExportingMetricReader(
+        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
+    )
     telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
-    setup = Setup(bootstrap, LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE=100_000, LLM_ROUTER__PROVIDERS__GEMINI__FAILURE_RATE=0.3)
-    jobs = [(f"m{i}".encode(), job_bytes(f"m{i}", f"question {i}", tenant=f"t{i % 3}", **({"checks": {"regex": r"^\[llama"}} if i % 4 == 0 else {}))) for i in range(120)]
+    setup = Setup(
+        bootstrap,
+        LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE=100_000,
+        LLM_ROUTER__PROVIDERS__GEMINI__FAILURE_RATE=0.3,
+    )
+    jobs = [
+        (
+            f"m{i}".encode(),
+            job_bytes(
+                f"m{i}",
+                f"question {i}",
+                tenant=f"t{i % 3}",
+                **({"checks": {"regex": r"^\[llama"}} if i % 4 == 0 else {}),
+            ),
+        )
+        for i in range(120)
+    ]
     jobs.append((b"bad", b"not json"))
 
     async def scenario():
@@ -200,17 +243,29 @@ def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, rep
 
     outputs, points = asyncio.run(scenario())
     assert len(outputs.results) == 120
-    tokens = {t: sum(p.sum for p in points["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == t) for t in ("input", "output")}
-    assert tokens == {"input": sum(c.input_tokens for c in outputs.costs), "output": sum(c.output_tokens for c in outputs.costs)}
+    tokens = {
+        t: sum(p.sum for p in points["gen_ai.client.token.usage"] if p.attributes["gen_ai.token.type"] == t)
+        for t in ("input", "output")
+    }
+    assert tokens == {
+        "input": sum(c.input_tokens for c in outputs.costs),
+        "output": sum(c.output_tokens for c in outputs.costs),
+    }
     assert sum(p.value for p in points["llm_router.cost"]) == pytest.approx(sum(c.cost_usd for c in outputs.costs))
     by_tenant = {}
     for p in points["llm_router.cost"]:
         by_tenant[p.attributes["llm_router.tenant"]] = by_tenant.get(p.attributes["llm_router.tenant"], 0) + p.value
-    assert by_tenant == pytest.approx({t: sum(c.cost_usd for c in outputs.costs if c.tenant == t) for t in ("t0", "t1", "t2")})
+    assert by_tenant == pytest.approx(
+        {t: sum(c.cost_usd for c in outputs.costs if c.tenant == t) for t in ("t0", "t1", "t2")}
+    )
     assert sum(p.count for p in points["gen_ai.client.operation.duration"]) == len(outputs.costs)
     assert sum(p.count for p in points["llm_router.job.attempts"]) == 120
     assert sum(p.sum for p in points["llm_router.job.attempts"]) == len(outputs.costs)
-    outcomes = {p.attributes["llm_router.outcome"]: p.value for p in points["llm_router.jobs"] if "llm_router.task" in p.attributes or p.attributes["llm_router.outcome"] == "dead_lettered"}
+    outcomes = {
+        p.attributes["llm_router.outcome"]: p.value
+        for p in points["llm_router.jobs"]
+        if "llm_router.task" in p.attributes or p.attributes["llm_router.outcome"] == "dead_lettered"
+    }
     assert outcomes.get("ok", 0) + outcomes.get("failed", 0) == 120 and outcomes["dead_lettered"] == 1
     escalations = sum(p.value for p in points["llm_router.escalations"])
     assert escalations == sum(len({a.model for a in r.attempts}) - 1 for r in outputs.results) > 0
@@ -225,7 +280,11 @@ def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, rep
 def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap, monkeypatch, capfd, report):
     """Three runs of the same jobs: untraced, traced to a live OTLP sink, traced to a closed port."""
     count = 2000
-    for key, value in {"OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_EXPORTER_OTLP_TIMEOUT": "2"}.items():
+    for key, value in {
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2",
+    }.items():
         monkeypatch.setenv(key, value)
 
     def run(telemetry, linger_s=0.0):
@@ -266,7 +325,11 @@ def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap,
     plain_outputs, plain_s = run(Telemetry())
     logged = capfd.readouterr().err
     assert exported["requests"] > 0, "the live run exported to the sink"
-    assert len(dead_outputs.result_ids) == count and len(live_outputs.result_ids) == count and len(plain_outputs.result_ids) == count
+    assert (
+        len(dead_outputs.result_ids) == count
+        and len(live_outputs.result_ids) == count
+        and len(plain_outputs.result_ids) == count
+    )
     failing = [line for line in logged.splitlines() if "telemetry export failing" in line]
     signals = sorted(orjson.loads(line)["signal"] for line in failing)
     assert signals == ["metrics", "spans"], f"one report per signal, not one per span or batch: {failing}"

@@ -32,7 +32,10 @@ def simulator(tmp_path_factory):
     log = tmp_path_factory.mktemp("sim") / "simulator.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", "0"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", "0"],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_for_port("127.0.0.1", port, 30, process)

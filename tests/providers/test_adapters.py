@@ -8,11 +8,16 @@ import pytest
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage
-from worker.routing.pricing import attempt_cost
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
+from worker.routing.pricing import attempt_cost
 
-KEYS = {"OPENAI_API_KEY": "sk-sim", "ANTHROPIC_API_KEY": "sk-ant-sim", "GEMINI_API_KEY": "gm-sim", "LLAMA_API_KEY": "llama-sim"}
+KEYS = {
+    "OPENAI_API_KEY": "sk-sim",
+    "ANTHROPIC_API_KEY": "sk-ant-sim",
+    "GEMINI_API_KEY": "gm-sim",
+    "LLAMA_API_KEY": "llama-sim",
+}
 # router model -> (provider, the simulator's name for it)
 MODELS = {
     "gpt-4o": ("openai", "gpt-4o"),
@@ -52,14 +57,23 @@ def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="
 @pytest.mark.parametrize("client", ["aiohttp", "httpx", "lean"])
 @pytest.mark.parametrize("model", list(MODELS))
 def test_text_finish_usage_and_cost_match_what_the_simulator_served(sim, model, client):
-    completion, config = call(sim, model, "Capital of France? [[expect: Paris]] [[task: simple_qa]]", system="Answer in one word.", client=client)
+    completion, config = call(
+        sim,
+        model,
+        "Capital of France? [[expect: Paris]] [[task: simple_qa]]",
+        system="Answer in one word.",
+        client=client,
+    )
     served = sim.stats()["models"][MODELS[model][1]]
     assert completion.finish_reason == "stop"
     assert completion.text == "Paris" or served["wrong"] == 1
     assert (completion.input_tokens, completion.output_tokens) == (served["input_tokens"], served["output_tokens"])
     assert completion.latency_ms > 0 and completion.request_id
     cost = attempt_cost(config.models[model], completion.input_tokens, completion.output_tokens)
-    expected = (served["input_tokens"] * config.models[model].input_usd_per_mtok + served["output_tokens"] * config.models[model].output_usd_per_mtok) / 1e6
+    expected = (
+        served["input_tokens"] * config.models[model].input_usd_per_mtok
+        + served["output_tokens"] * config.models[model].output_usd_per_mtok
+    ) / 1e6
     assert cost == pytest.approx(expected)
 
 
@@ -117,12 +131,15 @@ def test_anthropic_overload_is_529(sim):
     assert error.status == 529 and error.kind == "overloaded" and "overloaded_error" in error.message
 
 
-@pytest.mark.parametrize("model, retry_after_s, expected", [
-    ("gpt-4o", 2.5, 2.5),  # retry-after-ms
-    ("claude-3-5-sonnet", 2.5, 3.0),  # retry-after, whole seconds
-    ("gemini-2.5-flash", 2.5, 2.5),  # RetryInfo.retryDelay in the body
-    ("llama-4-70b", 0.25, 0.25),
-])
+@pytest.mark.parametrize(
+    "model, retry_after_s, expected",
+    [
+        ("gpt-4o", 2.5, 2.5),  # retry-after-ms
+        ("claude-3-5-sonnet", 2.5, 3.0),  # retry-after, whole seconds
+        ("gemini-2.5-flash", 2.5, 2.5),  # RetryInfo.retryDelay in the body
+        ("llama-4-70b", 0.25, 0.25),
+    ],
+)
 def test_the_retry_delay_comes_from_the_right_header_or_body_field(sim, model, retry_after_s, expected):
     sim.patch(MODELS[model][1], errors={"rate_limited": 1.0}, retry_after_s=retry_after_s)
     error = error_of(sim, model)
@@ -149,7 +166,12 @@ def test_timeouts(sim, model):
 
 def test_rate_limit_headers_give_the_remaining_allowance(sim):
     sim.patch("gpt-4o", requests_per_minute=600, tokens_per_minute=100000)
-    sim.patch("claude-3-5-sonnet-20241022", requests_per_minute=50, input_tokens_per_minute=40000, output_tokens_per_minute=8000)
+    sim.patch(
+        "claude-3-5-sonnet-20241022",
+        requests_per_minute=50,
+        input_tokens_per_minute=40000,
+        output_tokens_per_minute=8000,
+    )
     openai_answer, _ = call(sim, "gpt-4o")
     limits = openai_answer.rate_limits
     assert limits.requests.limit == 600 and limits.requests.remaining == 599 and 0 < limits.requests.reset_s <= 0.2
@@ -157,7 +179,11 @@ def test_rate_limit_headers_give_the_remaining_allowance(sim):
     anthropic_answer, _ = call(sim, "claude-3-5-sonnet")
     limits = anthropic_answer.rate_limits
     assert limits.requests.limit == 50 and limits.requests.remaining == 49
-    assert limits.input_tokens.limit == 40000 and limits.output_tokens.limit == 8000 and limits.output_tokens.remaining < 8000
+    assert (
+        limits.input_tokens.limit == 40000
+        and limits.output_tokens.limit == 8000
+        and limits.output_tokens.remaining < 8000
+    )
     assert 0 <= limits.requests.reset_s <= 2
 
 
@@ -172,7 +198,10 @@ def test_a_provider_without_its_key_is_left_out_and_never_called(sim):
 def test_auth_and_bad_request_kinds(sim, provider):
     config = sim_config(sim)
     # A server configured to take no key (api_key_env = "") sends none: the simulator answers 401/403.
-    keyless = msgspec.structs.replace(config, providers={**config.providers, provider: msgspec.structs.replace(config.providers[provider], api_key_env="")})
+    keyless = msgspec.structs.replace(
+        config,
+        providers={**config.providers, provider: msgspec.structs.replace(config.providers[provider], api_key_env="")},
+    )
     model = next(m for m, (p, _) in MODELS.items() if p == provider)
 
     async def attempt(cfg, model_name, env):
@@ -188,11 +217,28 @@ def test_auth_and_bad_request_kinds(sim, provider):
     assert asyncio.run(attempt(config, "no-such-model", KEYS)).kind == "bad_request"
 
 
-@pytest.mark.parametrize("compat, field", [("", "max_completion_tokens"), ("groq", "max_completion_tokens"), ("vllm", "max_tokens"), ("ollama", "max_tokens"), ("together", "max_tokens")])
+@pytest.mark.parametrize(
+    "compat, field",
+    [
+        ("", "max_completion_tokens"),
+        ("groq", "max_completion_tokens"),
+        ("vllm", "max_tokens"),
+        ("ollama", "max_tokens"),
+        ("together", "max_tokens"),
+    ],
+)
 def test_openai_compatible_quirks(compat, field):
     from worker.providers.openai import OpenAIProvider
 
     config = load_config(env={"LLM_ROUTER__PROVIDERS__LLAMA__COMPAT": compat})
-    provider = OpenAIProvider("llama", config.providers["llama"], {"llama-4-70b": config.models["llama-4-70b"]}, "k", transport=None)
-    body = provider.request_body(CompletionRequest("j", "llama-4-70b", [ChatMessage("system", "s"), ChatMessage("user", "u")], 77))
-    assert body == {"model": "llama-4-70b", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], field: 77}
+    provider = OpenAIProvider(
+        "llama", config.providers["llama"], {"llama-4-70b": config.models["llama-4-70b"]}, "k", transport=None
+    )
+    body = provider.request_body(
+        CompletionRequest("j", "llama-4-70b", [ChatMessage("system", "s"), ChatMessage("user", "u")], 77)
+    )
+    assert body == {
+        "model": "llama-4-70b",
+        "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        field: 77,
+    }

@@ -9,8 +9,8 @@ import pytest
 from multidict import CIMultiDict
 
 from worker.errors import ProviderError
-from worker.providers import anthropic, gemini, openai
 from worker.http.transport import HttpResponse
+from worker.providers import anthropic, gemini, openai
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -32,7 +32,12 @@ def failure(parse, body, status: int, **headers: str) -> ProviderError:
 
 def test_openai_completion():
     c = openai.parse_response(response("openai_chat_completion.json", x_request_id="req_123"), 12.5)
-    assert (c.text, c.finish_reason, c.input_tokens, c.output_tokens) == ("Hello! How can I assist you today?", "stop", 19, 10)
+    assert (c.text, c.finish_reason, c.input_tokens, c.output_tokens) == (
+        "Hello! How can I assist you today?",
+        "stop",
+        19,
+        10,
+    )
     assert (c.request_id, c.response_model, c.latency_ms) == ("req_123", "gpt-4.1-2025-04-14", 12.5)
 
 
@@ -43,16 +48,31 @@ def test_openai_cached_tokens_are_part_of_the_input():
 
 def test_openai_reasoning_tokens_are_part_of_the_output():
     # The published body has usage but no choices (the doc cut them): set it in one choice.
-    body = load("openai_chat_completion_cached_reasoning.json") | {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+    body = load("openai_chat_completion_cached_reasoning.json") | {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]
+    }
     c = openai.parse_response(response(body), 1.0)
     assert (c.input_tokens, c.output_tokens, c.response_model) == (1566, 1518, "o1-2024-12-17")
 
 
 def test_openai_errors():
     error = failure(openai.parse_response, "openai_error_rate_limit.json", 429)
-    assert (error.kind, error.retry_after_s) == ("rate_limited", pytest.approx(0.579)), "from 'Please try again in 579ms' when no header says"
-    error = failure(openai.parse_response, "openai_error_rate_limit.json", 429, retry_after_ms="1400", x_ratelimit_limit_tokens="300000", x_ratelimit_remaining_tokens="13249", x_ratelimit_reset_tokens="579ms")
-    assert error.retry_after_s == 1.4 and (error.rate_limits.tokens.limit, error.rate_limits.tokens.remaining) == (300000, 13249)
+    assert (error.kind, error.retry_after_s) == ("rate_limited", pytest.approx(0.579)), (
+        "from 'Please try again in 579ms' when no header says"
+    )
+    error = failure(
+        openai.parse_response,
+        "openai_error_rate_limit.json",
+        429,
+        retry_after_ms="1400",
+        x_ratelimit_limit_tokens="300000",
+        x_ratelimit_remaining_tokens="13249",
+        x_ratelimit_reset_tokens="579ms",
+    )
+    assert error.retry_after_s == 1.4 and (error.rate_limits.tokens.limit, error.rate_limits.tokens.remaining) == (
+        300000,
+        13249,
+    )
     assert failure(openai.parse_response, "openai_error_context_length.json", 400).kind == "context_too_long"
     assert failure(openai.parse_response, "openai_error_insufficient_quota.json", 429).kind == "quota"
 
@@ -65,12 +85,25 @@ def test_vllm_error_shapes(name, window):
 
 def test_anthropic_message():
     c = anthropic.parse_response(response("anthropic_message.json", request_id="req_abc"), 1.0)
-    assert (c.text, c.finish_reason, c.input_tokens, c.output_tokens, c.request_id) == ("Hello!", "stop", 12, 6, "req_abc")
+    assert (c.text, c.finish_reason, c.input_tokens, c.output_tokens, c.request_id) == (
+        "Hello!",
+        "stop",
+        12,
+        6,
+        "req_abc",
+    )
 
 
 def test_anthropic_cache_reads_and_writes_are_part_of_the_input():
     # The caching docs publish the usage object only: set it in a minimal message.
-    body = {"id": "msg_x", "type": "message", "role": "assistant", "content": [{"type": "text", "text": "ok"}], "stop_reason": "max_tokens", "usage": load("anthropic_message_cache.json")}
+    body = {
+        "id": "msg_x",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "max_tokens",
+        "usage": load("anthropic_message_cache.json"),
+    }
     c = anthropic.parse_response(response(body), 1.0)
     assert (c.input_tokens, c.output_tokens, c.finish_reason) == (21 + 188086 + 0, 393, "length")
 
@@ -79,15 +112,33 @@ def test_anthropic_errors():
     error = failure(anthropic.parse_response, "anthropic_error_rate_limit.json", 429)
     assert error.kind == "rate_limited" and error.retry_after_s is None
     reset = (datetime.now(UTC) + timedelta(seconds=12)).isoformat(timespec="seconds").replace("+00:00", "Z")
-    error = failure(anthropic.parse_response, "anthropic_error_rate_limit.json", 429, retry_after="12", anthropic_ratelimit_requests_limit="50", anthropic_ratelimit_requests_remaining="0", anthropic_ratelimit_requests_reset=reset)
-    assert error.retry_after_s == 12 and error.rate_limits.requests.remaining == 0 and 10 <= error.rate_limits.requests.reset_s <= 12
-    overloaded = failure(anthropic.parse_response, "anthropic_error_overloaded.json", 529, request_id="req_01RCc7MbLyQNtGKzBTv8VCep")
+    error = failure(
+        anthropic.parse_response,
+        "anthropic_error_rate_limit.json",
+        429,
+        retry_after="12",
+        anthropic_ratelimit_requests_limit="50",
+        anthropic_ratelimit_requests_remaining="0",
+        anthropic_ratelimit_requests_reset=reset,
+    )
+    assert (
+        error.retry_after_s == 12
+        and error.rate_limits.requests.remaining == 0
+        and 10 <= error.rate_limits.requests.reset_s <= 12
+    )
+    overloaded = failure(
+        anthropic.parse_response, "anthropic_error_overloaded.json", 529, request_id="req_01RCc7MbLyQNtGKzBTv8VCep"
+    )
     assert overloaded.kind == "overloaded" and overloaded.status == 529
 
 
 def test_gemini_response():
     c = gemini.parse_response(response("gemini_generate_content.json"), 1.0)
-    assert c.text.startswith("```python\n# Example list to be sorted") and (c.finish_reason, c.input_tokens, c.output_tokens) == ("stop", 9, 87)
+    assert c.text.startswith("```python\n# Example list to be sorted") and (
+        c.finish_reason,
+        c.input_tokens,
+        c.output_tokens,
+    ) == ("stop", 9, 87)
 
 
 def test_gemini_thoughts_count_as_output():
@@ -105,7 +156,9 @@ def test_gemini_thought_parts_are_not_the_answer():
 
 def test_gemini_errors():
     error = failure(gemini.parse_response, "gemini_error_429.json", 429)
-    assert (error.kind, error.retry_after_s) == ("rate_limited", 58.0), "a 429 with RetryInfo is a rate limit, though it speaks of billing"
+    assert (error.kind, error.retry_after_s) == ("rate_limited", 58.0), (
+        "a 429 with RetryInfo is a rate limit, though it speaks of billing"
+    )
     assert failure(gemini.parse_response, "gemini_error_400_context.json", 400).kind == "context_too_long"
 
 

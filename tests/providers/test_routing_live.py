@@ -4,8 +4,8 @@ import asyncio
 
 import msgspec
 
-from worker.execution.runner import JobRunner
 from worker.config import load_config
+from worker.execution.runner import JobRunner
 from worker.messages import Checks, Job
 from worker.providers import build_providers
 from worker.simulator.server import SimulatorServer
@@ -43,14 +43,21 @@ def test_a_drop_in_a_cheap_models_accuracy_moves_the_task_type_within_a_few_hund
         first_models = []
 
         async def one(i):
-            job = Job(id=f"d{i}", prompt=f"Question number {i}? [[expect: A{i}]] [[task: simple_qa]]", task="simple_qa", checks=Checks(expected=f"A{i}"))
+            job = Job(
+                id=f"d{i}",
+                prompt=f"Question number {i}? [[expect: A{i}]] [[task: simple_qa]]",
+                task="simple_qa",
+                checks=Checks(expected=f"A{i}"),
+            )
             outcome = await runner.run(job)
             return outcome.result.attempts[0].model
 
         for batch in range(40):
             if batch == 10:  # after 200 jobs, gemini starts getting simple questions wrong
                 gemini = server.simulator.config.models["gemini-2.5-flash"]
-                server.simulator.config.models["gemini-2.5-flash"] = msgspec.structs.replace(gemini, accuracy=gemini.accuracy | {"simple_qa": 0.2})
+                server.simulator.config.models["gemini-2.5-flash"] = msgspec.structs.replace(
+                    gemini, accuracy=gemini.accuracy | {"simple_qa": 0.2}
+                )
             first_models += await asyncio.gather(*(one(batch * 20 + i) for i in range(20)))
         try:
             return first_models, runner.quality.rate("simple_qa", "gemini-2.5-flash")
@@ -62,8 +69,10 @@ def test_a_drop_in_a_cheap_models_accuracy_moves_the_task_type_within_a_few_hund
     before, after = first_models[:200], first_models[200:]
     assert before.count("gemini-2.5-flash") == 200, "gemini first while it is good"
     moved_at = next(i for i, m in enumerate(after) if m != "gemini-2.5-flash")
-    settled = after[moved_at + 40:]
-    report(f"drift: gemini simple_qa accuracy 0.90 -> 0.20 after job 200; the plan moved off gemini {moved_at} jobs later; learned rate now {learned:.2f}; later jobs first on {sorted(set(settled))}")
+    settled = after[moved_at + 40 :]
+    report(
+        f"drift: gemini simple_qa accuracy 0.90 -> 0.20 after job 200; the plan moved off gemini {moved_at} jobs later; learned rate now {learned:.2f}; later jobs first on {sorted(set(settled))}"
+    )
     assert moved_at <= 300
     assert settled and settled.count("gemini-2.5-flash") <= len(settled) * 0.05
 
@@ -71,7 +80,10 @@ def test_a_drop_in_a_cheap_models_accuracy_moves_the_task_type_within_a_few_hund
 def test_a_provider_answering_503_to_everything_is_routed_around_once_its_breaker_opens(report):
     sim_config = load_simulator_config()
     llama = sim_config.models["llama-4-70b"]
-    sim_config = msgspec.structs.replace(sim_config, models=sim_config.models | {"llama-4-70b": msgspec.structs.replace(llama, errors=ErrorMix(unavailable=1.0))})
+    sim_config = msgspec.structs.replace(
+        sim_config,
+        models=sim_config.models | {"llama-4-70b": msgspec.structs.replace(llama, errors=ErrorMix(unavailable=1.0))},
+    )
 
     async def body(server, url):
         config = router_config(url, breaker_cooldown_s=60)
@@ -92,7 +104,9 @@ def test_a_provider_answering_503_to_everything_is_routed_around_once_its_breake
         return warmup, outcomes, llama_before, llama_after
 
     warmup, outcomes, llama_before, llama_after = asyncio.run(_with_simulator(body, sim_config))
-    report(f"fault: llama answers 503 to everything; requests to it while its breaker closed: {llama_before}, in the 300 jobs after it opened: {llama_after - llama_before}; jobs ok: {sum(o.result.status == 'ok' for o in warmup + outcomes)}/{len(warmup + outcomes)}")
+    report(
+        f"fault: llama answers 503 to everything; requests to it while its breaker closed: {llama_before}, in the 300 jobs after it opened: {llama_after - llama_before}; jobs ok: {sum(o.result.status == 'ok' for o in warmup + outcomes)}/{len(warmup + outcomes)}"
+    )
     assert all(o.result.status == "ok" for o in warmup + outcomes), "jobs complete through the other providers"
     assert llama_before <= 10, "the breaker opened after a few consecutive failures"
     assert llama_after - llama_before <= 1

@@ -23,28 +23,40 @@ _clients = []
 
 def gemini_client(sim, api_version="v1beta"):
     # Kept referenced: the SDK closes its HTTP client when the Client object is collected.
-    client = genai.Client(api_key="gm-sim", http_options=genai_types.HttpOptions(base_url=sim.url, api_version=api_version))
+    client = genai.Client(
+        api_key="gm-sim", http_options=genai_types.HttpOptions(base_url=sim.url, api_version=api_version)
+    )
     _clients.append(client)
     return client
 
 
 def test_openai_sdk_parses_a_completion(sim):
-    completion = openai_client(sim).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": PROMPT}], max_completion_tokens=50)
+    completion = openai_client(sim).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": PROMPT}], max_completion_tokens=50
+    )
     assert completion.choices[0].message.content in ("Paris", completion.choices[0].message.content)
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
     served = sim.stats()["models"]["gpt-4o"]
-    assert (served["input_tokens"], served["output_tokens"]) == (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+    assert (served["input_tokens"], served["output_tokens"]) == (
+        completion.usage.prompt_tokens,
+        completion.usage.completion_tokens,
+    )
 
 
 def test_openai_sdk_on_the_openai_compatible_llama(sim):
-    completion = openai_client(sim).chat.completions.create(model="llama-4-70b", messages=[{"role": "user", "content": "hello"}], max_tokens=400)
+    completion = openai_client(sim).chat.completions.create(
+        model="llama-4-70b", messages=[{"role": "user", "content": "hello"}], max_tokens=400
+    )
     assert completion.choices[0].message.content.startswith("Simulated answer from llama-4-70b")
 
 
 def test_anthropic_sdk_parses_a_message(sim):
     message = anthropic_client(sim).messages.create(
-        model="claude-3-5-sonnet-20241022", max_tokens=50, system="Be brief.", messages=[{"role": "user", "content": PROMPT}]
+        model="claude-3-5-sonnet-20241022",
+        max_tokens=50,
+        system="Be brief.",
+        messages=[{"role": "user", "content": PROMPT}],
     )
     assert message.content[0].type == "text" and message.stop_reason == "end_turn"
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
@@ -53,7 +65,9 @@ def test_anthropic_sdk_parses_a_message(sim):
 @pytest.mark.parametrize("api_version", ["v1beta", "v1"])
 def test_gemini_sdk_parses_generate_content(sim, api_version):
     response = gemini_client(sim, api_version).models.generate_content(
-        model="gemini-2.5-flash", contents=PROMPT, config=genai_types.GenerateContentConfig(max_output_tokens=50, system_instruction="Be brief.")
+        model="gemini-2.5-flash",
+        contents=PROMPT,
+        config=genai_types.GenerateContentConfig(max_output_tokens=50, system_instruction="Be brief."),
     )
     assert response.text
     assert response.candidates[0].finish_reason == genai_types.FinishReason.STOP
@@ -61,11 +75,19 @@ def test_gemini_sdk_parses_generate_content(sim, api_version):
 
 
 def test_truncation_is_reported_as_each_sdk_expects(sim):
-    completion = openai_client(sim).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "tell me a story"}], max_completion_tokens=5)
+    completion = openai_client(sim).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "tell me a story"}], max_completion_tokens=5
+    )
     assert completion.choices[0].finish_reason == "length" and completion.usage.completion_tokens == 5
-    message = anthropic_client(sim).messages.create(model="claude-3-5-sonnet-20241022", max_tokens=5, messages=[{"role": "user", "content": "tell me a story"}])
+    message = anthropic_client(sim).messages.create(
+        model="claude-3-5-sonnet-20241022", max_tokens=5, messages=[{"role": "user", "content": "tell me a story"}]
+    )
     assert message.stop_reason == "max_tokens"
-    response = gemini_client(sim).models.generate_content(model="gemini-2.5-flash", contents="tell me a story", config=genai_types.GenerateContentConfig(max_output_tokens=5))
+    response = gemini_client(sim).models.generate_content(
+        model="gemini-2.5-flash",
+        contents="tell me a story",
+        config=genai_types.GenerateContentConfig(max_output_tokens=5),
+    )
     assert response.candidates[0].finish_reason == genai_types.FinishReason.MAX_TOKENS
 
 
@@ -76,7 +98,9 @@ def test_rate_limits_raise_each_sdks_rate_limit_error_with_the_retry_hint(sim):
         openai_client(sim).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert info.value.response.headers["retry-after-ms"] == "7000" and info.value.code == "rate_limit_exceeded"
     with pytest.raises(anthropic.RateLimitError) as info:
-        anthropic_client(sim).messages.create(model="claude-3-5-sonnet-20241022", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        anthropic_client(sim).messages.create(
+            model="claude-3-5-sonnet-20241022", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
     assert info.value.response.headers["retry-after"] == "7"
     with pytest.raises(genai_errors.ClientError) as info:
         gemini_client(sim).models.generate_content(model="gemini-2.5-flash", contents="hi")
@@ -88,7 +112,9 @@ def test_rate_limits_raise_each_sdks_rate_limit_error_with_the_retry_hint(sim):
 def test_overload_and_unavailable_raise_each_sdks_server_errors(sim):
     sim.patch("claude-3-5-sonnet-20241022", errors={"overloaded": 1.0})
     with pytest.raises(anthropic.APIStatusError) as info:
-        anthropic_client(sim).messages.create(model="claude-3-5-sonnet-20241022", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        anthropic_client(sim).messages.create(
+            model="claude-3-5-sonnet-20241022", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
     assert info.value.status_code == 529 and info.value.body["error"]["type"] == "overloaded_error"
     sim.patch("gpt-4o", errors={"unavailable": 1.0})
     with pytest.raises(openai.InternalServerError) as info:
@@ -103,10 +129,14 @@ def test_overload_and_unavailable_raise_each_sdks_server_errors(sim):
 def test_context_too_long_raises_each_sdks_bad_request_error(sim):
     long_prompt = "word " * 130_000
     with pytest.raises(openai.BadRequestError) as info:
-        openai_client(sim).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": long_prompt}], max_completion_tokens=100)
+        openai_client(sim).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": long_prompt}], max_completion_tokens=100
+        )
     assert info.value.code == "context_length_exceeded"
     with pytest.raises(anthropic.BadRequestError) as info:
-        anthropic_client(sim).messages.create(model="claude-3-5-sonnet-20241022", max_tokens=100, messages=[{"role": "user", "content": long_prompt * 2}])
+        anthropic_client(sim).messages.create(
+            model="claude-3-5-sonnet-20241022", max_tokens=100, messages=[{"role": "user", "content": long_prompt * 2}]
+        )
     assert "prompt is too long" in info.value.body["error"]["message"]
     with pytest.raises(genai_errors.ClientError) as info:
         gemini_client(sim).models.generate_content(model="gemini-2.5-flash", contents=long_prompt * 9)
@@ -117,10 +147,26 @@ def test_a_request_without_a_key_is_refused_in_each_wire_format(sim):
     import httpx
 
     answers = {
-        "openai": httpx.post(f"{sim.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
-        "anthropic": httpx.post(f"{sim.url}/v1/messages", headers={"anthropic-version": "2023-06-01"}, json={"model": "claude-3-5-sonnet-20241022", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
-        "gemini": httpx.post(f"{sim.url}/v1beta/models/gemini-2.5-flash:generateContent", json={"contents": [{"parts": [{"text": "hi"}]}]}),
+        "openai": httpx.post(
+            f"{sim.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        ),
+        "anthropic": httpx.post(
+            f"{sim.url}/v1/messages",
+            headers={"anthropic-version": "2023-06-01"},
+            json={
+                "model": "claude-3-5-sonnet-20241022",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        ),
+        "gemini": httpx.post(
+            f"{sim.url}/v1beta/models/gemini-2.5-flash:generateContent",
+            json={"contents": [{"parts": [{"text": "hi"}]}]},
+        ),
     }
     assert answers["openai"].status_code == 401 and answers["openai"].json()["error"]["code"] == "invalid_api_key"
-    assert answers["anthropic"].status_code == 401 and answers["anthropic"].json()["error"]["type"] == "authentication_error"
+    assert (
+        answers["anthropic"].status_code == 401
+        and answers["anthropic"].json()["error"]["type"] == "authentication_error"
+    )
     assert answers["gemini"].status_code == 403 and answers["gemini"].json()["error"]["status"] == "PERMISSION_DENIED"

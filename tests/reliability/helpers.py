@@ -19,9 +19,9 @@ def crashes(worker: WorkerProcess) -> list[dict]:
     """What in a worker's log says something crashed: a job task, a job inside the runner, an uncaught traceback."""
     found = []
     for event in worker.events():
-        if event.get("event") in CRASH_EVENTS:
-            found.append(event)
-        elif event.get("event") == "(not json)" and any(t in event.get("text", "") for t in CRASH_TEXT):
+        if event.get("event") in CRASH_EVENTS or (
+            event.get("event") == "(not json)" and any(t in event.get("text", "") for t in CRASH_TEXT)
+        ):
             found.append(event)
     return found
 
@@ -32,7 +32,11 @@ def starts(worker: WorkerProcess) -> int:
 
 
 async def poll_committed(
-    setup: Setup, partitions: list[int], done: Callable[[dict[int, int | None]], bool], timeout_s: float, interval_s: float = 0.1
+    setup: Setup,
+    partitions: list[int],
+    done: Callable[[dict[int, int | None]], bool],
+    timeout_s: float,
+    interval_s: float = 0.1,
 ) -> tuple[dict[int, int | None], float | None]:
     """Poll the group's committed offsets of `partitions` of the jobs topic until `done(positions)`.
 
@@ -55,15 +59,27 @@ async def poll_committed(
         await consumer.stop()
 
 
-async def wait_committed(setup: Setup, ends: dict[int, int], timeout_s: float, interval_s: float = 0.1) -> tuple[dict[int, int | None], float | None]:
+async def wait_committed(
+    setup: Setup, ends: dict[int, int], timeout_s: float, interval_s: float = 0.1
+) -> tuple[dict[int, int | None], float | None]:
     """Until the committed offsets reach `ends` (partition -> end offset): the positions, and when they did."""
-    return await poll_committed(setup, list(ends), lambda positions: all((positions[p] or 0) >= end for p, end in ends.items()), timeout_s, interval_s)
+    return await poll_committed(
+        setup,
+        list(ends),
+        lambda positions: all((positions[p] or 0) >= end for p, end in ends.items()),
+        timeout_s,
+        interval_s,
+    )
 
 
-async def wait_progress(setup: Setup, partitions: list[int], at_least: int, timeout_s: float, interval_s: float = 0.1) -> int:
+async def wait_progress(
+    setup: Setup, partitions: list[int], at_least: int, timeout_s: float, interval_s: float = 0.1
+) -> int:
     """Wait until the group has committed at least `at_least` jobs over `partitions` of the jobs topic
     (the worker's progress, behind it by at most a commit interval); returns the count committed."""
-    positions, reached = await poll_committed(setup, partitions, lambda positions: sum(v or 0 for v in positions.values()) >= at_least, timeout_s, interval_s)
+    positions, reached = await poll_committed(
+        setup, partitions, lambda positions: sum(v or 0 for v in positions.values()) >= at_least, timeout_s, interval_s
+    )
     done = sum(v or 0 for v in positions.values())
     if reached is None:
         raise AssertionError(f"the worker committed {done} jobs in {timeout_s} s, not the {at_least} awaited")

@@ -15,7 +15,17 @@ import time
 
 import pytest
 
-from tests.integration.helpers import REPO, Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce, provider_latency
+from tests.integration.helpers import (
+    REPO,
+    Outputs,
+    Setup,
+    WorkerProcess,
+    collect,
+    job_bytes,
+    make_topics,
+    produce,
+    provider_latency,
+)
 from tests.reliability.helpers import all_or_stalled, crashes, starts, wait_committed, wait_progress
 from worker.broker import BrokerError, EmbeddedBroker, free_port
 
@@ -26,7 +36,9 @@ SLOW = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": 50, **provider_latency(200)}
 
 
 def kafka_sh(*args: str, timeout_s: float = 180) -> str:
-    done = subprocess.run([str(REPO / "scripts" / "kafka.sh"), *args], capture_output=True, text=True, timeout=timeout_s)
+    done = subprocess.run(
+        [str(REPO / "scripts" / "kafka.sh"), *args], capture_output=True, text=True, timeout=timeout_s
+    )
     if done.returncode != 0:
         raise AssertionError(f"scripts/kafka.sh {' '.join(args)} failed ({done.returncode}): {done.stderr[-3000:]}")
     return done.stdout
@@ -37,12 +49,16 @@ def publish_retries(worker: WorkerProcess) -> int:
 
 
 def assert_survived(worker: WorkerProcess) -> None:
-    assert worker.process.poll() is None, f"the worker exited with {worker.process.returncode} during the outage: {worker.log_path.read_text()[-3000:]}"
+    assert worker.process.poll() is None, (
+        f"the worker exited with {worker.process.returncode} during the outage: {worker.log_path.read_text()[-3000:]}"
+    )
     assert starts(worker) == 1, "the worker process started once and was never restarted"
     assert not crashes(worker), f"the worker logged crashes: {crashes(worker)[:3]}"
 
 
-def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and_every_job_gets_its_result(bootstrap, tmp_path, report, summary):
+def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and_every_job_gets_its_result(
+    bootstrap, tmp_path, report, summary
+):
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         kafka_dir = os.environ.get("LLM_ROUTER_TEST_KAFKA_DIR")
         if not kafka_dir:
@@ -70,7 +86,9 @@ def restart_apache_kafka(bootstrap: str, kafka_dir: str, tmp_path, report, summa
         await make_topics(setup, partitions=4)
         await worker.wait_assigned()
         outputs = Outputs()  # read all along, across the outage (the reader reconnects like the worker)
-        collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=1, outputs=outputs))
+        collecting = asyncio.create_task(
+            collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=1, outputs=outputs)
+        )
         ends = await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
         facts["committed_at_stop"] = await wait_progress(setup, list(ends), PROGRESS_AT_STOP, timeout_s=60)
         await asyncio.to_thread(kafka_sh, "stop", "--dir", kafka_dir)
@@ -93,12 +111,18 @@ def restart_apache_kafka(bootstrap: str, kafka_dir: str, tmp_path, report, summa
         if stopped:  # the other tests of the session need their broker back
             kafka_sh("start", "--dir", kafka_dir, "--port", port)
     missing = set(ids) - outputs.result_ids
-    summary(f"broker restart (Apache Kafka): jobs={len(ids)} committed_at_stop={facts['committed_at_stop']} outage={OUTAGE_S}s+start duplicates={outputs.duplicates()} lost={len(missing)}")
-    report(f"broker restart (Apache Kafka): the broker took {facts['broker_start_s']} s to start again; the worker logged {publish_retries(worker)} publish retries")
+    summary(
+        f"broker restart (Apache Kafka): jobs={len(ids)} committed_at_stop={facts['committed_at_stop']} outage={OUTAGE_S}s+start duplicates={outputs.duplicates()} lost={len(missing)}"
+    )
+    report(
+        f"broker restart (Apache Kafka): the broker took {facts['broker_start_s']} s to start again; the worker logged {publish_retries(worker)} publish retries"
+    )
     assert facts["committed_at_stop"] < len(ids), "the broker stopped mid-run"
     assert not missing, f"{len(missing)} jobs have no result after the restart, e.g. {sorted(missing)[:5]}"
     assert all(r.status == "ok" for r in outputs.results)
-    assert positions == ends, f"the worker committed every partition to its end after the restart: {positions} vs {ends}"
+    assert positions == ends, (
+        f"the worker committed every partition to its end after the restart: {positions} vs {ends}"
+    )
 
 
 def replace_tansu(tmp_path, report, summary) -> None:
@@ -122,7 +146,9 @@ def replace_tansu(tmp_path, report, summary) -> None:
         facts["committed_at_stop"] = await wait_progress(setup, list(ends_before), PROGRESS_AT_STOP, timeout_s=60)
         first.stop()  # everything it held is gone: topics, jobs, the group and its offsets
         await asyncio.sleep(OUTAGE_S)
-        assert worker.process.poll() is None, f"the worker exited while the broker was down: {worker.log_path.read_text()[-3000:]}"
+        assert worker.process.poll() is None, (
+            f"the worker exited while the broker was down: {worker.log_path.read_text()[-3000:]}"
+        )
         # The worker is held while the new broker starts and the topics are created again. Otherwise its
         # producer, whose metadata still has the old broker's topics, sends the outputs it holds the moment
         # the port answers: Tansu (0.6.0) accepts a produce to a topic that does not exist, and creating the

@@ -11,7 +11,18 @@ import subprocess
 import sys
 
 from tests.integration.helpers import (
-    REPO, Outputs, Setup, WorkerProcess, broker_has_transactions, collect, job_bytes, kill_busiest_at, make_topics, produce, provider_latency, start_replicas,
+    REPO,
+    Outputs,
+    Setup,
+    WorkerProcess,
+    broker_has_transactions,
+    collect,
+    job_bytes,
+    kill_busiest_at,
+    make_topics,
+    produce,
+    provider_latency,
+    start_replicas,
 )
 
 JOBS = 3000
@@ -25,16 +36,22 @@ EXACTLY_ONCE = {
 }
 
 
-def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refused_without_transactions(bootstrap, tmp_path, summary):
+def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refused_without_transactions(
+    bootstrap, tmp_path, summary
+):
     setup = Setup(bootstrap, **EXACTLY_ONCE, **provider_latency(20))
     if not asyncio.run(broker_has_transactions(bootstrap)):
         # Tansu: the worker refuses the mode with the reason, and exits non-zero.
         asyncio.run(make_topics(setup))
         env = setup.process_env()
-        done = subprocess.run([sys.executable, "-m", "worker", "worker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "worker"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 1, done.stderr[-2000:]
         assert "exactly_once needs a broker with transactions" in done.stderr, done.stderr[-2000:]
-        summary("exactly-once: the broker has no transactions (embedded Tansu): the worker refused the mode with the reason (run on Apache Kafka: make test-kafka)")
+        summary(
+            "exactly-once: the broker has no transactions (embedded Tansu): the worker refused the mode with the reason (run on Apache Kafka: make test-kafka)"
+        )
         return
 
     ids = [f"x{i:05d}" for i in range(JOBS)]
@@ -46,10 +63,21 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
         await start_replicas(replicas, setup, tmp_path, 3, partitions=PARTITIONS)
         outputs = Outputs()
         collecting = asyncio.create_task(
-            collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=8, outputs=outputs, isolation_level="read_committed")
+            collect(
+                setup,
+                until=lambda o: o.result_ids >= set(ids),
+                timeout_s=240,
+                settle_s=8,
+                outputs=outputs,
+                isolation_level="read_committed",
+            )
         )
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        facts.update(await kill_busiest_at(outputs, JOBS // 3, replicas, setup, tmp_path, LLM_ROUTER__KAFKA__TRANSACTIONAL_ID="replacement"))
+        facts.update(
+            await kill_busiest_at(
+                outputs, JOBS // 3, replicas, setup, tmp_path, LLM_ROUTER__KAFKA__TRANSACTIONAL_ID="replacement"
+            )
+        )
         await collecting
         return outputs
 
@@ -65,7 +93,9 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
         f"exactly-once (Apache Kafka): jobs={JOBS} kills=1 results={len(outputs.results)} duplicates={outputs.duplicates()} "
         f"cost-event duplicates={cost_duplicates} lost={len(missing)} (results at the kill: {facts['results_at_kill']})"
     )
-    assert facts["victim_partitions"] and facts["results_at_kill"] < JOBS, "the kill happened mid-run on a replica that owned partitions"
+    assert facts["victim_partitions"] and facts["results_at_kill"] < JOBS, (
+        "the kill happened mid-run on a replica that owned partitions"
+    )
     assert not missing, f"{len(missing)} jobs have no result"
     assert outputs.duplicates() == 0, "a read_committed reader sees each result once"
     assert cost_duplicates == 0

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from tests.integration.helpers import Setup, WorkerProcess, collect, make_topics
 from tests.reliability.helpers import crashes, starts, wait_committed
+from worker.messages import Job
 from worker.pipeline.intake import Rejection, decode_job
 from worker.pipeline.kafka import make_producer
-from worker.messages import Job
 
 ID = "__ID__"  # replaced by a unique id per message sent through the worker
 LIMITS = (64, 4096, 1024 * 1024, 1024 * 1024)  # mostly the default, so that big inputs get decoded
@@ -35,16 +35,38 @@ FUZZ = settings(
     max_examples=1000,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.filter_too_much,
+    ],
 )
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**80), max_value=2**80), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20)
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
 )
-json_values = st.recursive(json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)), max_leaves=10)
-chat = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)}), min_size=1, max_size=3)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10,
+)
+chat = st.lists(
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)}),
+    min_size=1,
+    max_size=3,
+)
 checks = st.fixed_dictionaries(
-    {}, optional={"expected": st.text(max_size=20), "regex": st.sampled_from(["capital", r"^\[", ".*"]), "json_schema": st.just({"type": "string"})}
+    {},
+    optional={
+        "expected": st.text(max_size=20),
+        "regex": st.sampled_from(["capital", r"^\[", ".*"]),
+        "json_schema": st.just({"type": "string"}),
+    },
 )
 optional_fields = st.fixed_dictionaries(
     {},
@@ -65,7 +87,9 @@ optional_fields = st.fixed_dictionaries(
 )
 valid_jobs = st.builds(
     lambda body, extra: {"id": ID, **body, **extra},
-    st.one_of(st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=80)}), st.fixed_dictionaries({"messages": chat})),
+    st.one_of(
+        st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=80)}), st.fixed_dictionaries({"messages": chat})
+    ),
     optional_fields,
 )
 
@@ -98,7 +122,14 @@ def drop(draw, job):
 def rename(draw, job):
     if job:
         key = draw(st.sampled_from(sorted(job)))
-        job[draw(st.one_of(st.sampled_from(["Id", "ID", "prompts", "message", "Task", "model_name", "", " id"]), st.text(max_size=8)))] = job.pop(key)
+        job[
+            draw(
+                st.one_of(
+                    st.sampled_from(["Id", "ID", "prompts", "message", "Task", "model_name", "", " id"]),
+                    st.text(max_size=8),
+                )
+            )
+        ] = job.pop(key)
 
 
 def wrong_type(draw, job):
@@ -106,7 +137,9 @@ def wrong_type(draw, job):
 
 
 def huge_string(draw, job):
-    job[some_key(draw, job)] = draw(st.sampled_from(["x", "é", "😀", "\u0000", "\\"])) * draw(st.integers(min_value=1000, max_value=40_000))
+    job[some_key(draw, job)] = draw(st.sampled_from(["x", "é", "😀", "\u0000", "\\"])) * draw(
+        st.integers(min_value=1000, max_value=40_000)
+    )
 
 
 def unicode_text(draw, job):
@@ -114,7 +147,9 @@ def unicode_text(draw, job):
 
 
 def nested_junk(draw, job):
-    depth = draw(st.sampled_from([1, 2, 10, 100, 300, 1000, 3000]))  # shallow, and past the recursion limits of parsers and validators
+    depth = draw(
+        st.sampled_from([1, 2, 10, 100, 300, 1000, 3000])
+    )  # shallow, and past the recursion limits of parsers and validators
     junk = nested(depth, draw(st.sampled_from(["list", "dict"])))
     where = draw(st.sampled_from(["metadata", "checks.json_schema", "messages", "field"]))
     if where == "metadata":
@@ -132,14 +167,22 @@ def hostile_checks(draw, job):
         st.one_of(
             st.fixed_dictionaries({"regex": st.one_of(st.sampled_from(REGEXES), st.text(max_size=20))}),
             st.fixed_dictionaries({"json_schema": json_values}),
-            st.fixed_dictionaries({"json_schema": st.fixed_dictionaries({"type": st.text(max_size=10), "pattern": st.sampled_from(REGEXES)})}),
+            st.fixed_dictionaries(
+                {
+                    "json_schema": st.fixed_dictionaries(
+                        {"type": st.text(max_size=10), "pattern": st.sampled_from(REGEXES)}
+                    )
+                }
+            ),
         )
     )
 
 
 def odd_numbers(draw, job):
     number_fields = ["accuracy_floor", "latency_budget_ms", "cost_cap_usd", "max_output_tokens", "priority"]
-    job[draw(st.sampled_from(number_fields))] = draw(st.sampled_from([2**64, -(2**63) - 1, 10**40, 1e308, -0.0, -1, 0, 1.5, True]))
+    job[draw(st.sampled_from(number_fields))] = draw(
+        st.sampled_from([2**64, -(2**63) - 1, 10**40, 1e308, -0.0, -1, 0, 1.5, True])
+    )
 
 
 def extra_field(draw, job):
@@ -147,7 +190,19 @@ def extra_field(draw, job):
 
 
 # The hostile ones twice: what a parser or validator may choke on gets tried more often.
-MUTATIONS = (drop, rename, wrong_type, huge_string, unicode_text, nested_junk, nested_junk, hostile_checks, hostile_checks, odd_numbers, extra_field)
+MUTATIONS = (
+    drop,
+    rename,
+    wrong_type,
+    huge_string,
+    unicode_text,
+    nested_junk,
+    nested_junk,
+    hostile_checks,
+    hostile_checks,
+    odd_numbers,
+    extra_field,
+)
 
 
 @st.composite
@@ -215,7 +270,12 @@ def harvest(strategy, count: int) -> list:
     found: list = []
 
     @settings(
-        max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None, suppress_health_check=list(HealthCheck)
+        max_examples=count,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
     )
     @given(strategy)
     def gather(value):
@@ -229,8 +289,12 @@ MESSAGES = 300
 MAX_JOB_BYTES = 16 * 1024
 
 
-def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_letter(bootstrap, tmp_path, report, summary):
-    cases = harvest(st.one_of(raw_messages.map(lambda v: (v, ["raw"], False)), near_valid_jobs(), near_valid_jobs()), MESSAGES)
+def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_letter(
+    bootstrap, tmp_path, report, summary
+):
+    cases = harvest(
+        st.one_of(raw_messages.map(lambda v: (v, ["raw"], False)), near_valid_jobs(), near_valid_jobs()), MESSAGES
+    )
     messages: list[tuple[bytes, bytes | None]] = []
     for n, (value, _, _) in enumerate(cases):
         unique = f"fuzz-{n:04d}"
@@ -274,7 +338,9 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
     for letter, key, _ in outputs.letters:
         place = (letter.source_partition, letter.source_offset)
         assert letter.source_topic == setup.topics.jobs
-        assert place in by_place and by_place[place][0] == key, f"a dead letter for {place} carries key {key!r}, not the one sent there"
+        assert place in by_place and by_place[place][0] == key, (
+            f"a dead letter for {place} carries key {key!r}, not the one sent there"
+        )
         assert place not in lettered, f"two dead letters for {place}"
         lettered[place] = letter.error_kind
     expected_ids: Counter[str] = Counter()
@@ -284,7 +350,7 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
             continue
         try:  # not dead-lettered: then it was a job, and its result carries the job's id
             expected_ids[json.loads(value)["id"]] += 1
-        except Exception:  # noqa: BLE001
+        except Exception:
             unanswered.append((place, key, value[:120] if value else value))
     results = Counter(r.job_id for r in outputs.results)
     missing = {i: n - results[i] for i, n in expected_ids.items() if results[i] < n}
@@ -296,13 +362,15 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
         f"fuzz: messages={len(messages)} results={sum(results.values())} ({dict(statuses)}) dead_letters={len(lettered)} {dict(kinds)} "
         f"missing={len(unanswered) + sum(missing.values())} crashes={len(worker_crashes)}"
     )
-    report(f"fuzz through the worker: {len(messages)} messages harvested from Hypothesis (derandomized); dead letters by kind {dict(kinds)}")
+    report(
+        f"fuzz through the worker: {len(messages)} messages harvested from Hypothesis (derandomized); dead letters by kind {dict(kinds)}"
+    )
     assert alive and starts(worker) == 1, f"the worker exited or restarted: {worker.log_path.read_text()[-3000:]}"
-    assert not worker_crashes, f"the worker crashed on {len(worker_crashes)} messages (their offsets stay uncommitted for good): " + "; ".join(
-        str(c.get("exception", c.get("text", "")))[-300:] for c in worker_crashes[:3]
+    assert not worker_crashes, (
+        f"the worker crashed on {len(worker_crashes)} messages (their offsets stay uncommitted for good): "
+        + "; ".join(str(c.get("exception", c.get("text", "")))[-300:] for c in worker_crashes[:3])
     )
     assert not unanswered, f"{len(unanswered)} messages are neither a dead letter nor a job: {unanswered[:3]}"
     assert not missing, f"{sum(missing.values())} jobs have no result: {dict(list(missing.items())[:5])}"
     assert not unexpected, f"results for ids that were never sent: {sorted(unexpected)[:5]}"
     assert positions == ends, f"the worker committed every partition to its end: {positions} vs {ends}"
-

@@ -4,9 +4,9 @@ provider's timeout_s, is retried, then the job escalates to the next model and f
 import asyncio
 
 from tests.integration.helpers import Setup, collect, job_bytes, make_topics, produce
+from worker.cli.runs import running_worker
 from worker.messages import Result
 from worker.providers import build_providers
-from worker.cli.runs import running_worker
 
 JOBS = 40
 TIMEOUT_S = 1
@@ -44,7 +44,9 @@ class HangingServer:
             await self._server.wait_closed()
 
 
-def test_a_provider_that_never_answers_times_out_each_attempt_and_the_jobs_escalate_and_finish_ok(bootstrap, report, summary):
+def test_a_provider_that_never_answers_times_out_each_attempt_and_the_jobs_escalate_and_finish_ok(
+    bootstrap, report, summary
+):
     server = HangingServer()
 
     async def scenario() -> list[Result]:
@@ -63,7 +65,10 @@ def test_a_provider_that_never_answers_times_out_each_attempt_and_the_jobs_escal
             LLM_ROUTER__WORKER__RETRY_BASE_S=0.1,
             LLM_ROUTER__ROUTING__BREAKER_FAILURES=1000,
         )
-        assert setup.config.providers["gemini"].api_key_env == "" and setup.config.providers["gemini"].kind == "openai_compatible"
+        assert (
+            setup.config.providers["gemini"].api_key_env == ""
+            and setup.config.providers["gemini"].kind == "openai_compatible"
+        )
         await make_topics(setup)
         ids = [f"hang-{i}" for i in range(JOBS)]
         try:
@@ -91,9 +96,13 @@ def test_a_provider_that_never_answers_times_out_each_attempt_and_the_jobs_escal
     for result in by_job.values():
         assert result.status == "ok", f"{result.job_id} failed: {result.error}"
         hung = [a for a in result.attempts if a.model == HANGING_MODEL]
-        assert [a.number for a in hung] == [1, 2], f"{result.job_id}: tried on {HANGING_MODEL} first, then retried once: {result.attempts}"
+        assert [a.number for a in hung] == [1, 2], (
+            f"{result.job_id}: tried on {HANGING_MODEL} first, then retried once: {result.attempts}"
+        )
         for attempt in hung:
-            assert attempt.outcome == "failed" and attempt.error is not None and attempt.error.kind == "timeout", attempt
+            assert attempt.outcome == "failed" and attempt.error is not None and attempt.error.kind == "timeout", (
+                attempt
+            )
             assert attempt.latency_ms >= TIMEOUT_S * 1000 * 0.9, f"the attempt waited out its timeout: {attempt}"
         last = result.attempts[-1]
         assert last.outcome == "ok" and last.model != HANGING_MODEL and result.model == last.model, result.attempts

@@ -5,7 +5,17 @@ import asyncio
 import math
 import random
 
-from tests.integration.helpers import Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce, provider_latency, settle_assignment
+from tests.integration.helpers import (
+    Outputs,
+    Setup,
+    WorkerProcess,
+    collect,
+    job_bytes,
+    make_topics,
+    produce,
+    provider_latency,
+    settle_assignment,
+)
 from tests.reliability.helpers import crashes, wait_committed
 
 JOBS = 10_000
@@ -31,7 +41,9 @@ def kill_points(rng: random.Random, jobs: int, kills: int, start: float = 0.05, 
     return [int(jobs * (start + width * k + rng.uniform(0, width * 0.7))) for k in range(kills)]
 
 
-def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_their_uncommitted_work(bootstrap, tmp_path, report, summary):
+def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_their_uncommitted_work(
+    bootstrap, tmp_path, report, summary
+):
     setup = Setup(
         bootstrap,
         LLM_ROUTER__WORKER__MAX_IN_FLIGHT=MAX_IN_FLIGHT,
@@ -48,7 +60,9 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
     async def wait_for_results(outputs: Outputs, count: int, collecting: asyncio.Task) -> None:
         while len(outputs.result_ids) < count:
             if collecting.done():
-                raise AssertionError(f"the run ended at {len(outputs.result_ids)} results before the kill point {count}")
+                raise AssertionError(
+                    f"the run ended at {len(outputs.result_ids)} results before the kill point {count}"
+                )
             await asyncio.sleep(0.02)
 
     async def scenario() -> tuple[Outputs, dict[int, int], dict[int, int | None]]:
@@ -59,13 +73,24 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
             await replica.wait_assigned()
         await settle_assignment(alive, partitions=PARTITIONS)
         outputs = Outputs()
-        collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=220, settle_s=3, outputs=outputs))
+        collecting = asyncio.create_task(
+            collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=220, settle_s=3, outputs=outputs)
+        )
         ends = await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
         for n, point in enumerate(points):
             await wait_for_results(outputs, point, collecting)
-            await settle_assignment(alive, partitions=PARTITIONS)  # kill a member of a stable group, never mid-rebalance
+            await settle_assignment(
+                alive, partitions=PARTITIONS
+            )  # kill a member of a stable group, never mid-rebalance
             victim = rng.choice(alive)
-            kills.append({"victim": victim.name, "partitions": victim.assigned(), "results_at_kill": len(outputs.result_ids), "point": point})
+            kills.append(
+                {
+                    "victim": victim.name,
+                    "partitions": victim.assigned(),
+                    "results_at_kill": len(outputs.result_ids),
+                    "point": point,
+                }
+            )
             victim.kill()
             alive.remove(victim)
             replacement = WorkerProcess(setup, tmp_path, f"replica-{REPLICAS + n}")
@@ -96,6 +121,8 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
     for replica in every:
         assert not crashes(replica), f"{replica.name} logged crashes: {crashes(replica)[:3]}"
     assert not missing, f"{len(missing)} jobs have no result (lost), e.g. {sorted(missing)[:5]}"
-    assert duplicates <= bound, f"{duplicates} duplicates over {len(kills)} kills, over the bound {bound} ({bound_each} a kill)"
+    assert duplicates <= bound, (
+        f"{duplicates} duplicates over {len(kills)} kills, over the bound {bound} ({bound_each} a kill)"
+    )
     assert all(r.status == "ok" for r in outputs.results)
     assert positions == ends, f"the group committed every partition to its end: {positions} vs {ends}"

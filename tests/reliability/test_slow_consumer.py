@@ -85,8 +85,14 @@ def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, tmp
         f"slow consumer: jobs={JOBS} worker alone {alone:.0f} jobs/s, beside a 1 record/s reader and an idle one {beside:.0f} jobs/s; "
         f"the slow reader read {read_during} meanwhile, committed {slow_committed} of {results} results"
     )
-    report(f"slow consumer: worker throughput alone {alone:.0f} jobs/s, with a slow and an idle results consumer {beside:.0f} jobs/s")
+    report(
+        f"slow consumer: worker throughput alone {alone:.0f} jobs/s, with a slow and an idle results consumer {beside:.0f} jobs/s"
+    )
     assert alive and not crashes(worker)
-    assert outputs.result_ids >= {f"beside-{i:05d}" for i in range(JOBS)}, "every job of the batch has its result on the topic"
-    assert read_during < JOBS // 10, f"the slow reader read {read_during} results while the worker finished {JOBS}: it was not slow"
+    assert outputs.result_ids >= {f"beside-{i:05d}" for i in range(JOBS)}, (
+        "every job of the batch has its result on the topic"
+    )
+    assert read_during < JOBS // 10, (
+        f"the slow reader read {read_during} results while the worker finished {JOBS}: it was not slow"
+    )
     assert slow_committed < results // 10, "the slow reader is far behind the results topic, and that held nothing up"

@@ -26,12 +26,30 @@ def test_default_config_loads_with_the_reference_prices():
         (lambda raw: raw["worker"].__setitem__("max_in_fligt", 5), "worker.max_in_fligt: unknown key"),
         (lambda raw: raw["kafka"]["topics"].__setitem__("extra", "x"), "kafka.topics.extra: unknown key"),
         (lambda raw: raw["worker"].__setitem__("max_in_flight", 0), "worker.max_in_flight: Expected `int` >= 1"),
-        (lambda raw: raw["models"]["gpt-4o"]["quality"].__setitem__("reasoning", 1.5), "models.gpt-4o.quality.reasoning: Expected `float` <= 1.0"),
-        (lambda raw: raw["models"]["llama-4-70b"].__delitem__("provider"), "models.llama-4-70b.provider: required key is missing"),
-        (lambda raw: raw["models"]["gpt-4o"].__setitem__("provider", "nobody"), "models.gpt-4o.provider: unknown provider 'nobody'"),
-        (lambda raw: raw["tasks"]["summarization"]["models"].append("gpt-5"), "tasks.summarization.models[3]: unknown model 'gpt-5'"),
-        (lambda raw: raw["classifier"]["rules"][1].__setitem__("task", "poetry"), "classifier.rules[1].task: unknown task 'poetry'"),
-        (lambda raw: raw["providers"]["openai"].__setitem__("kind", "carrier-pigeon"), "providers.openai.kind: Invalid enum value 'carrier-pigeon'"),
+        (
+            lambda raw: raw["models"]["gpt-4o"]["quality"].__setitem__("reasoning", 1.5),
+            "models.gpt-4o.quality.reasoning: Expected `float` <= 1.0",
+        ),
+        (
+            lambda raw: raw["models"]["llama-4-70b"].__delitem__("provider"),
+            "models.llama-4-70b.provider: required key is missing",
+        ),
+        (
+            lambda raw: raw["models"]["gpt-4o"].__setitem__("provider", "nobody"),
+            "models.gpt-4o.provider: unknown provider 'nobody'",
+        ),
+        (
+            lambda raw: raw["tasks"]["summarization"]["models"].append("gpt-5"),
+            "tasks.summarization.models[3]: unknown model 'gpt-5'",
+        ),
+        (
+            lambda raw: raw["classifier"]["rules"][1].__setitem__("task", "poetry"),
+            "classifier.rules[1].task: unknown task 'poetry'",
+        ),
+        (
+            lambda raw: raw["providers"]["openai"].__setitem__("kind", "carrier-pigeon"),
+            "providers.openai.kind: Invalid enum value 'carrier-pigeon'",
+        ),
     ],
 )
 def test_wrong_or_unknown_keys_name_their_path(mutate, message):

@@ -4,8 +4,8 @@ import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.pipeline.intake import Rejection, dead_letter, decode_job
 from worker.messages import DeadLetter, Job
+from worker.pipeline.intake import Rejection, dead_letter, decode_job
 
 LIMIT = 1024
 
@@ -17,7 +17,10 @@ def test_a_valid_job_decodes():
 
 
 def test_chat_messages_decode():
-    job = decode_job(b'{"id": "j2", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"}]}', LIMIT)
+    job = decode_job(
+        b'{"id": "j2", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"}]}',
+        LIMIT,
+    )
     assert isinstance(job, Job)
     assert job.text() == "be brief\nwhy?"
 
@@ -47,7 +50,12 @@ def test_dead_letter_keeps_the_original_bytes_and_the_source():
     rejection = Rejection("not_json", "not JSON: boom")
     record, value = dead_letter(rejection, "llm.jobs", 3, 41, b"boom", LIMIT)
     assert value == b"boom"
-    assert (record.source_topic, record.source_partition, record.source_offset, record.original_size) == ("llm.jobs", 3, 41, 4)
+    assert (record.source_topic, record.source_partition, record.source_offset, record.original_size) == (
+        "llm.jobs",
+        3,
+        41,
+        4,
+    )
     assert not record.truncated
     assert DeadLetter.from_headers(record.to_headers()) == record
 
@@ -67,7 +75,10 @@ job_like = st.fixed_dictionaries(
     optional={
         "id": st.one_of(st.text(max_size=5), st.integers()),
         "prompt": st.one_of(st.text(max_size=20), st.none()),
-        "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]), "content": st.text(max_size=5)}), max_size=2),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "bot"]), "content": st.text(max_size=5)}),
+            max_size=2,
+        ),
         "accuracy_floor": st.floats(allow_nan=False, min_value=-1, max_value=2),
         "max_output_tokens": st.integers(min_value=-5, max_value=5),
         "unknown": st.integers(),

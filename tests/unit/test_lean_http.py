@@ -10,7 +10,6 @@ from worker import runtime
 from worker.errors import ProviderError
 from worker.http.lean import LeanTransport
 
-
 pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
@@ -29,7 +28,13 @@ class Server:
             try:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
-                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        )
+                    )
                     body = await reader.readexactly(length)
                     self.requests.append(head + body)
                     reply = self.answer(head + body, len(self.requests))
@@ -52,15 +57,24 @@ class Server:
 
 
 def ok(body=b'{"ok": true}', extra=b""):
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: r1\r\n" + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: r1\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 def test_a_post_and_its_answer_with_keep_alive_reuse(loop):
     async def scenario():
         async with Server(lambda request, n: ok(b'{"n": %d}' % n)) as server:
             transport = LeanTransport(5, 10)
-            first = await transport.post(server.url, {"authorization": "Bearer k", "content-type": "application/json"}, b'{"q": 1}')
-            second = await transport.post(server.url, {"authorization": "Bearer k", "content-type": "application/json"}, b'{"q": 2}')
+            first = await transport.post(
+                server.url, {"authorization": "Bearer k", "content-type": "application/json"}, b'{"q": 1}'
+            )
+            second = await transport.post(
+                server.url, {"authorization": "Bearer k", "content-type": "application/json"}, b'{"q": 2}'
+            )
             await transport.close()
             return first, second, server
 
@@ -74,7 +88,7 @@ def test_a_post_and_its_answer_with_keep_alive_reuse(loop):
 
 
 def test_chunked_and_close_delimited_bodies_and_interim_responses(loop):
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n5;ext=1\r\n: 12}\r\n0\r\nX-Trailer: t\r\n\r\n"
+    chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n5;ext=1\r\n: 12}\r\n0\r\nX-Trailer: t\r\n\r\n'
     until_close = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 2\r\n\r\noverloaded"
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"{}")
 

@@ -8,8 +8,8 @@ import pytest
 
 from worker.ratelimit.buckets import Bucket
 from worker.ratelimit.gates import Gate, Usage
-from worker.ratelimit.limits import partition_share
 from worker.ratelimit.headers import RateLimitState, Window
+from worker.ratelimit.limits import partition_share
 
 
 def test_bucket_refills_continuously_up_to_its_capacity():
@@ -132,12 +132,19 @@ def test_a_request_larger_than_the_limit_fails_clearly():
 
 
 def test_a_call_cut_by_the_deadline_returns_its_reservation():
-    from worker.execution.runner import JobRunner
     from worker.config import load_config
+    from worker.execution.runner import JobRunner
     from worker.messages import Job
     from worker.providers import build_providers
 
-    config = load_config(env={f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")} | {"LLM_ROUTER__ROUTING__JOB_DEADLINE_S": "0.1", "LLM_ROUTER__MODELS__GPT_4O__TOKENS_PER_MINUTE": "100000", "LLM_ROUTER__PROVIDERS__OPENAI__LATENCY_MS": "1000"})
+    config = load_config(
+        env={f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+        | {
+            "LLM_ROUTER__ROUTING__JOB_DEADLINE_S": "0.1",
+            "LLM_ROUTER__MODELS__GPT_4O__TOKENS_PER_MINUTE": "100000",
+            "LLM_ROUTER__PROVIDERS__OPENAI__LATENCY_MS": "1000",
+        }
+    )
     runner = JobRunner(config, build_providers(config).clients)
     outcome = asyncio.run(runner.run(Job(id="j", prompt="q", model="gpt-4o")))
     gate = runner.limits.models["gpt-4o"]

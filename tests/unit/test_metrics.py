@@ -6,7 +6,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 
 from tests.metric_capture import Captured, points_by_name
-
 from worker.observability.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Distributions, Sums
 from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry
 
@@ -15,22 +14,38 @@ VALUES = [0.0, 0.01, 0.015, 0.02, 0.64, 0.641, 1.28, 3.0, 81.92, 100.0, 0.005, 0
 KEYS = ("gen_ai.request.model", "error.type")
 
 
-def comparable(point) -> tuple:  # noqa: ANN001
-    return (dict(point.attributes), point.count, pytest.approx(point.sum), tuple(point.bucket_counts), tuple(point.explicit_bounds), point.min, point.max)
+def comparable(point) -> tuple:
+    return (
+        dict(point.attributes),
+        point.count,
+        pytest.approx(point.sum),
+        tuple(point.bucket_counts),
+        tuple(point.explicit_bounds),
+        point.min,
+        point.max,
+    )
 
 
 def test_a_histogram_summed_by_the_worker_equals_the_sdks_and_goes_out_with_the_sdks_metrics():
     # The SDK's own histogram, as the worker recorded them before.
     sdk_reader = InMemoryMetricReader()
-    sdk_histogram = MeterProvider(metric_readers=[sdk_reader]).get_meter(SCOPE).create_histogram("d", unit="s", explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+    sdk_histogram = (
+        MeterProvider(metric_readers=[sdk_reader])
+        .get_meter(SCOPE)
+        .create_histogram("d", unit="s", explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+    )
     # The worker's, beside a counter of the SDK's, exported through the exporter wrapper telemetry_from_env uses.
     distributions = Distributions(SCOPE)
     captured = Captured()
-    reader = PeriodicExportingMetricReader(ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000)
+    reader = PeriodicExportingMetricReader(
+        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
+    )
     telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
     telemetry.meter.create_counter("c").add(1)
     ours = telemetry.distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS)
-    assert telemetry.distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS) is ours, "one histogram a name, whoever asks"
+    assert telemetry.distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS) is ours, (
+        "one histogram a name, whoever asks"
+    )
     for n, value in enumerate(VALUES):
         error = "timeout" if n % 3 == 0 else ""
         sdk_histogram.record(value, {"gen_ai.request.model": "gpt-4o", **({"error.type": error} if error else {})})
@@ -40,7 +55,9 @@ def test_a_histogram_summed_by_the_worker_equals_the_sdks_and_goes_out_with_the_
     exported = points_by_name(captured.data)
     expected = points_by_name(sdk_reader.get_metrics_data())["d"]
     assert sorted(map(comparable, exported["d"]), key=str) == sorted(map(comparable, expected), key=str)
-    assert sum(p.count for p in exported["d"]) == len(VALUES) and [p.value for p in exported["c"]] == [1], "the SDK's own metrics go out beside"
+    assert sum(p.count for p in exported["d"]) == len(VALUES) and [p.value for p in exported["c"]] == [1], (
+        "the SDK's own metrics go out beside"
+    )
     scope = captured.data.resource_metrics[0].scope_metrics
     assert [s.scope.name for s in scope] == [SCOPE] and {m.name for m in scope[0].metrics} == {"c", "d"}
     assert encode_metrics(captured.data).resource_metrics[0].scope_metrics[0].metrics, "the OTLP encoder takes them"
@@ -51,7 +68,9 @@ def test_no_histogram_goes_out_before_its_first_measurement_and_an_export_withou
     distributions = Distributions(SCOPE)
     distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS)
     captured = Captured()
-    reader = PeriodicExportingMetricReader(ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000)
+    reader = PeriodicExportingMetricReader(
+        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
+    )
     provider = MeterProvider(metric_readers=[reader])
     provider.get_meter(SCOPE).create_counter("c").add(1)
     reader.force_flush()
@@ -78,5 +97,7 @@ def test_attribute_sets_past_the_cardinality_limit_are_summed_together_as_the_sd
     assert len(overflow) == 1 and overflow[0].count == extra
     assert [o.value for o in observed if o.attributes == {"otel.metric.overflow": True}] == [extra]
     assert next(p.count for p in points if p.attributes == {"llm_router.task": "task-0"}) == 2
-    assert next(o.value for o in observed if o.attributes == {"llm_router.task": "task-0", "llm_router.tenant": "t"}) == 2
+    assert (
+        next(o.value for o in observed if o.attributes == {"llm_router.task": "task-0", "llm_router.tenant": "t"}) == 2
+    )
     assert sum(p.count for p in points) == sum(o.value for o in observed) == CARDINALITY_LIMIT + extra + 1

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.pipeline import outbox
 from worker.pipeline.outbox import murmur2, murmur2_python
@@ -33,7 +34,9 @@ def test_murmur2_of_known_keys(hash_key):
 def test_the_native_murmur2_is_used_where_the_dependency_has_wheels():
     """pyproject.toml installs `murmurhash2` on glibc Linux (x86_64, aarch64), macOS and Windows; the
     outbox must then hash in native code, not fall back to Python unnoticed."""
-    has_wheel = (sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") and platform.libc_ver()[0] == "glibc") or sys.platform == "darwin"
+    has_wheel = (
+        sys.platform == "linux" and platform.machine() in ("x86_64", "aarch64") and platform.libc_ver()[0] == "glibc"
+    ) or sys.platform == "darwin"
     if has_wheel:
         assert outbox.MURMUR2 == "native"
     # The name says which one the outbox calls.

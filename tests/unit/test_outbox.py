@@ -19,16 +19,23 @@ def _two_batches(outbox: Outbox, done: list[str]) -> tuple[dict[str, _Entry], li
     """Three jobs of two outputs each over two batches, as `_send` places them: a's and b's results in
     the first, b's and c's cost events in the second, and (the second batch still open) c's result too.
     Jobs from different flushes share a batch: the second holds c's result appended after b's output."""
-    entries = {name: _Entry([("llm.results", name.encode(), b"r", []), ("llm.costs", name.encode(), b"c", [])], lambda name=name: done.append(name), None) for name in "abc"}
+    entries = {
+        name: _Entry(
+            [("llm.results", name.encode(), b"r", []), ("llm.costs", name.encode(), b"c", [])],
+            lambda name=name: done.append(name),
+            None,
+        )
+        for name in "abc"
+    }
     for entry in entries.values():
-        outbox._unacknowledged += 1  # noqa: SLF001 - as `put` counts them
+        outbox._unacknowledged += 1
         entry.unacknowledged = 2  # as `_send` sets it
     loop = asyncio.get_running_loop()
     futures = [loop.create_future(), loop.create_future()]
     first = [(entries["a"], 0, 0), (entries["b"], 0, 0)]
     second = [(entries["b"], 1, 0), (entries["c"], 1, 0), (entries["c"], 0, 0), (entries["a"], 1, 0)]
-    futures[0].add_done_callback(lambda f: outbox._landed(("llm.results", 0), first, f))  # noqa: SLF001
-    futures[1].add_done_callback(lambda f: outbox._landed(("llm.costs", 1), second, f))  # noqa: SLF001
+    futures[0].add_done_callback(lambda f: outbox._landed(("llm.results", 0), first, f))
+    futures[1].add_done_callback(lambda f: outbox._landed(("llm.costs", 1), second, f))
     return entries, futures
 
 
@@ -56,7 +63,7 @@ def test_a_failed_batch_sends_its_jobs_again_and_their_earlier_acknowledgements_
         futures[0].set_exception(KafkaConnectionError("the broker went away"))
         await asyncio.sleep(0)
         assert done == [] and [e.failures for e in entries.values()] == [1, 1, 0], "a and b go again"
-        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1  # noqa: SLF001
+        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1
         futures[1].set_result(_landed(1, 10))
         await asyncio.sleep(0)
         # c is finished; a's and b's outputs in the second batch belong to their failed sending: they must
@@ -77,7 +84,7 @@ def test_a_cancelled_delivery_counts_as_failed():
         futures[0].set_result(_landed(0, 20))
         await asyncio.sleep(0)
         assert done == [] and [e.failures for e in entries.values()] == [1, 1, 1]
-        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1  # noqa: SLF001
+        assert outbox.unacknowledged == 3 and len(outbox._retries) == 1
         await outbox.close()
 
     asyncio.run(scenario())

@@ -5,7 +5,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from worker.errors import classify_http_error
-from worker.ratelimit.headers import anthropic_rate_limits, gemini_retry_delay, openai_rate_limits, parse_duration, retry_after_from_headers
+from worker.ratelimit.headers import (
+    anthropic_rate_limits,
+    gemini_retry_delay,
+    openai_rate_limits,
+    parse_duration,
+    retry_after_from_headers,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
@@ -16,7 +22,13 @@ NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
         (429, "requests", "rate_limit_exceeded", "Rate limit reached for gpt-4o", "rate_limited"),
         (429, "insufficient_quota", "insufficient_quota", "You exceeded your current quota", "quota"),
         (429, "rate_limit_error", "", "This request would exceed the rate limit", "rate_limited"),
-        (429, "RESOURCE_EXHAUSTED", "", "You exceeded your current quota, please check your plan and billing details.", "quota"),
+        (
+            429,
+            "RESOURCE_EXHAUSTED",
+            "",
+            "You exceeded your current quota, please check your plan and billing details.",
+            "quota",
+        ),
         (429, "RESOURCE_EXHAUSTED", "", "Resource has been exhausted (e.g. check quota).", "rate_limited"),
         (529, "overloaded_error", "", "Overloaded", "overloaded"),
         (503, "UNAVAILABLE", "", "The model is overloaded.", "overloaded"),
@@ -24,10 +36,28 @@ NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
         (502, "", "", "Bad gateway", "server"),
         (504, "DEADLINE_EXCEEDED", "", "Deadline expired", "timeout"),
         (408, "", "", "Request timeout", "timeout"),
-        (400, "invalid_request_error", "context_length_exceeded", "This model's maximum context length is 128000 tokens.", "context_too_long"),
+        (
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+            "This model's maximum context length is 128000 tokens.",
+            "context_too_long",
+        ),
         (400, "invalid_request_error", "", "prompt is too long: 210000 tokens > 200000 maximum", "context_too_long"),
-        (400, "BadRequestError", "400", "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens", "context_too_long"),
-        (400, "INVALID_ARGUMENT", "", "The input token count (1100000) exceeds the maximum number of tokens allowed (1048576).", "context_too_long"),
+        (
+            400,
+            "BadRequestError",
+            "400",
+            "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens",
+            "context_too_long",
+        ),
+        (
+            400,
+            "INVALID_ARGUMENT",
+            "",
+            "The input token count (1100000) exceeds the maximum number of tokens allowed (1048576).",
+            "context_too_long",
+        ),
         (400, "INVALID_ARGUMENT", "", "API key not valid. Please pass a valid API key.", "auth"),
         (400, "invalid_request_error", "", "Your credit balance is too low to access the Anthropic API.", "quota"),
         (401, "authentication_error", "", "invalid x-api-key", "auth"),
@@ -40,13 +70,35 @@ def test_error_taxonomy(status, error_type, code, message, kind):
     assert classify_http_error(status, error_type, code, message) == kind
 
 
-@pytest.mark.parametrize("text, seconds", [("6m0s", 360), ("1s", 1), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.5s", 0.5), ("59.1s", 59.1), ("5", 5), ("", None), ("soon", None)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("6m0s", 360),
+        ("1s", 1),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        ("0.5s", 0.5),
+        ("59.1s", 59.1),
+        ("5", 5),
+        ("", None),
+        ("soon", None),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
 
 
 def test_openai_headers():
-    state = openai_rate_limits({"x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "2999", "x-ratelimit-reset-requests": "20ms", "x-ratelimit-limit-tokens": "250000", "x-ratelimit-remaining-tokens": "249000", "x-ratelimit-reset-tokens": "6m0s"})
+    state = openai_rate_limits(
+        {
+            "x-ratelimit-limit-requests": "3000",
+            "x-ratelimit-remaining-requests": "2999",
+            "x-ratelimit-reset-requests": "20ms",
+            "x-ratelimit-limit-tokens": "250000",
+            "x-ratelimit-remaining-tokens": "249000",
+            "x-ratelimit-reset-tokens": "6m0s",
+        }
+    )
     assert (state.requests.limit, state.requests.remaining, state.requests.reset_s) == (3000, 2999, pytest.approx(0.02))
     assert (state.tokens.limit, state.tokens.remaining, state.tokens.reset_s) == (250000, 249000, 360)
     assert openai_rate_limits({}) is None
@@ -54,7 +106,17 @@ def test_openai_headers():
 
 def test_anthropic_headers_with_rfc3339_resets():
     reset = (NOW + timedelta(seconds=12)).isoformat().replace("+00:00", "Z")
-    state = anthropic_rate_limits({"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49", "anthropic-ratelimit-requests-reset": reset, "anthropic-ratelimit-output-tokens-limit": "8000", "anthropic-ratelimit-output-tokens-remaining": "7000", "anthropic-ratelimit-output-tokens-reset": reset}, NOW)
+    state = anthropic_rate_limits(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": reset,
+            "anthropic-ratelimit-output-tokens-limit": "8000",
+            "anthropic-ratelimit-output-tokens-remaining": "7000",
+            "anthropic-ratelimit-output-tokens-reset": reset,
+        },
+        NOW,
+    )
     assert (state.requests.limit, state.requests.remaining, state.requests.reset_s) == (50, 49, 12)
     assert state.output_tokens.remaining == 7000 and state.tokens is None
 
@@ -67,7 +129,14 @@ def test_retry_after_forms():
 
 
 def test_gemini_retry_info():
-    error = {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"}, {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "36s"}]}
+    error = {
+        "code": 429,
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure"},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "36s"},
+        ],
+    }
     assert gemini_retry_delay(error) == 36
     assert gemini_retry_delay({"details": []}) is None
 

@@ -5,15 +5,14 @@ import asyncio
 import msgspec
 import pytest
 
-from worker.execution.runner import JobRunner, backoff_s, check_answer
-from worker.routing.classify import Classifier
-from worker.config import load_config
 from worker.errors import ProviderError
+from worker.execution.runner import JobRunner, backoff_s, check_answer
 from worker.messages import ChatMessage, Checks, Job
-from worker.routing.plan import NoRoute, make_plan
-from worker.routing.pricing import attempt_cost, content_tokens, messages_prompt_tokens, prompt_tokens, text_tokens
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
+from worker.routing.classify import Classifier
+from worker.routing.plan import NoRoute, make_plan
+from worker.routing.pricing import attempt_cost, content_tokens, messages_prompt_tokens, prompt_tokens, text_tokens
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +39,21 @@ def test_reference_classifier(config, prompt, task):
 
 
 def test_the_jobs_own_task_wins(config):
-    assert Classifier(config.classifier).classify(Job(id="j", prompt="summarize", task="creative_writing")) == "creative_writing"
+    assert (
+        Classifier(config.classifier).classify(Job(id="j", prompt="summarize", task="creative_writing"))
+        == "creative_writing"
+    )
 
 
 def test_unverifiable_jobs_get_the_cheapest_model_over_the_floor_then_fallbacks(config):
     # No checks: a wrong answer cannot be caught, so the first model's prior must clear the floor (0.85).
     plan = make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10)
-    assert plan.models == ["gemini-2.5-flash", "llama-4-70b", "gpt-4o"] and plan.success_probability == pytest.approx(0.90)
-    assert make_plan(Job(id="j", prompt="q"), "code_generation", config, 10).models[0] == "llama-4-70b"  # gemini 0.84 < 0.85
+    assert plan.models == ["gemini-2.5-flash", "llama-4-70b", "gpt-4o"] and plan.success_probability == pytest.approx(
+        0.90
+    )
+    assert (
+        make_plan(Job(id="j", prompt="q"), "code_generation", config, 10).models[0] == "llama-4-70b"
+    )  # gemini 0.84 < 0.85
     plan = make_plan(Job(id="j", prompt="q", accuracy_floor=0.93), "simple_qa", config, 10)
     assert plan.models == ["gpt-4o", "claude-3-5-sonnet"], "fallbacks clear the floor too"
 
@@ -68,7 +74,9 @@ def test_expected_cost_counts_paid_failures(config):
     rates = {"gemini-2.5-flash": 0.5, "llama-4-70b": 0.5, "gpt-4o": 0.95, "claude-3-5-sonnet": 0.96}
     job = Job(id="j", prompt="q", checks=Checks(expected="a"), accuracy_floor=0.99)
     plan = make_plan(job, "simple_qa", config, 100, rate=lambda t, m: rates[m])
-    cost = {m: (100 * config.models[m].input_usd_per_mtok + 128 * config.models[m].output_usd_per_mtok) / 1e6 for m in rates}
+    cost = {
+        m: (100 * config.models[m].input_usd_per_mtok + 128 * config.models[m].output_usd_per_mtok) / 1e6 for m in rates
+    }
     expected, reach = 0.0, 1.0
     for m in plan.models:
         expected += reach * cost[m]
@@ -80,7 +88,9 @@ def test_learned_rates_move_the_plan(config):
     job = Job(id="j", prompt="q", checks=Checks(expected="a"))
     assert make_plan(job, "simple_qa", config, 10).models[0] == "gemini-2.5-flash"
     worse = {"gemini-2.5-flash": 0.2}
-    plan = make_plan(job, "simple_qa", config, 10, rate=lambda t, m: worse.get(m, config.models[m].quality["instruction_following"]))
+    plan = make_plan(
+        job, "simple_qa", config, 10, rate=lambda t, m: worse.get(m, config.models[m].quality["instruction_following"])
+    )
     assert plan.models[0] == "llama-4-70b"
 
 
@@ -88,31 +98,48 @@ def test_policies(config):
     fixed = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, policy="fixed"))
     assert make_plan(Job(id="j", prompt="q"), "code_generation", fixed, 10).models == ["claude-3-5-sonnet"]
     single = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, policy="single"))
-    assert make_plan(Job(id="j", prompt="q", checks=Checks(expected="a")), "summarization", single, 10).models == ["gpt-4o"]
+    assert make_plan(Job(id="j", prompt="q", checks=Checks(expected="a")), "summarization", single, 10).models == [
+        "gpt-4o"
+    ]
 
 
 def test_open_breakers_are_routed_around_unless_nothing_is_left(config):
     job = Job(id="j", prompt="q")
     assert "gemini-2.5-flash" not in make_plan(job, "simple_qa", config, 10, blocked={"gemini"}).models
-    assert make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, blocked={"gemini"}).models == ["gemini-2.5-flash"]
+    assert make_plan(
+        Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, blocked={"gemini"}
+    ).models == ["gemini-2.5-flash"]
 
 
 def test_constraints(config):
-    assert make_plan(Job(id="j", prompt="q", allowed_providers=["llama", "openai"]), "simple_qa", config, 10).models == ["llama-4-70b", "gpt-4o"]
-    assert make_plan(Job(id="j", prompt="q", model="claude-3-5-sonnet", max_output_tokens=9), "simple_qa", config, 10).models == ["claude-3-5-sonnet"]
+    assert make_plan(
+        Job(id="j", prompt="q", allowed_providers=["llama", "openai"]), "simple_qa", config, 10
+    ).models == ["llama-4-70b", "gpt-4o"]
+    assert make_plan(
+        Job(id="j", prompt="q", model="claude-3-5-sonnet", max_output_tokens=9), "simple_qa", config, 10
+    ).models == ["claude-3-5-sonnet"]
     assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 200_000).models == ["gemini-2.5-flash"]
     # a 300 ms budget for 128 expected output tokens: only gemini (400 ms per 100 tokens -> 512 ms) is too slow too
     plan = make_plan(Job(id="j", prompt="q", latency_budget_ms=1200), "simple_qa", config, 10)
     assert plan.models[0] == "gemini-2.5-flash"
     with pytest.raises(NoRoute, match="accuracy_floor 0.99 is above what any chain"):
         make_plan(Job(id="j", prompt="q", accuracy_floor=0.99), "simple_qa", config, 10)
-    assert make_plan(Job(id="j", prompt="q", accuracy_floor=0.99, checks=Checks(regex="a")), "simple_qa", config, 10).success_probability >= 0.99
+    assert (
+        make_plan(
+            Job(id="j", prompt="q", accuracy_floor=0.99, checks=Checks(regex="a")), "simple_qa", config, 10
+        ).success_probability
+        >= 0.99
+    )
 
 
 @pytest.mark.parametrize(
     "job, task, message",
     [
-        (Job(id="j", prompt="q", allowed_providers=["on-prem"]), "simple_qa", "allowed_providers ['on-prem'] excludes every candidate"),
+        (
+            Job(id="j", prompt="q", allowed_providers=["on-prem"]),
+            "simple_qa",
+            "allowed_providers ['on-prem'] excludes every candidate",
+        ),
         (Job(id="j", prompt="q", model="gpt-9"), "simple_qa", "pinned model 'gpt-9' is not configured"),
         (Job(id="j", prompt="q", task="astrology"), "astrology", "unknown task type 'astrology'"),
         (Job(id="j", prompt="q", latency_budget_ms=1), "simple_qa", "latency_budget_ms 1 is below"),
@@ -131,7 +158,9 @@ def test_too_long_for_every_window(config):
 
 def test_cost_is_arithmetic_on_the_price_table(config):
     assert attempt_cost(config.models["gpt-4o"], 1_000_000, 100_000) == pytest.approx(2.50 + 1.00)
-    assert attempt_cost(config.models["gemini-2.5-flash"], 2000, 500) == pytest.approx((2000 * 0.075 + 500 * 0.30) / 1e6)
+    assert attempt_cost(config.models["gemini-2.5-flash"], 2000, 500) == pytest.approx(
+        (2000 * 0.075 + 500 * 0.30) / 1e6
+    )
 
 
 def test_answer_checks():
@@ -156,9 +185,12 @@ def run(runner, job):
 
 def test_a_refused_attempt_is_paid_and_escalates(config):
     failing = msgspec.structs.replace(
-        config, providers={**config.providers, "gemini": msgspec.structs.replace(config.providers["gemini"], failure_rate=1.0)}
+        config,
+        providers={**config.providers, "gemini": msgspec.structs.replace(config.providers["gemini"], failure_rate=1.0)},
     )
-    outcome = run(JobRunner(failing, build_providers(failing).clients), Job(id="esc", prompt="What is 2+2?", tenant="t1"))
+    outcome = run(
+        JobRunner(failing, build_providers(failing).clients), Job(id="esc", prompt="What is 2+2?", tenant="t1")
+    )
     result = outcome.result
     assert result.status == "ok" and result.model == "llama-4-70b"
     assert [a.outcome for a in result.attempts] == ["failed", "ok"]
@@ -225,9 +257,18 @@ def test_quota_and_auth_take_the_provider_out_of_rotation(config):
 @pytest.mark.parametrize(
     "kind, decision",
     [
-        ("rate_limited", "retry"), ("overloaded", "retry"), ("server", "retry"), ("timeout", "retry"),
-        ("verification_failed", "escalate"), ("truncated", "escalate"), ("refused", "escalate"), ("empty_output", "escalate"), ("context_too_long", "escalate"),
-        ("quota", "fail"), ("auth", "fail"), ("bad_request", "fail"),
+        ("rate_limited", "retry"),
+        ("overloaded", "retry"),
+        ("server", "retry"),
+        ("timeout", "retry"),
+        ("verification_failed", "escalate"),
+        ("truncated", "escalate"),
+        ("refused", "escalate"),
+        ("empty_output", "escalate"),
+        ("context_too_long", "escalate"),
+        ("quota", "fail"),
+        ("auth", "fail"),
+        ("bad_request", "fail"),
     ],
 )
 def test_retry_or_escalate_for_every_error_kind(kind, decision):
@@ -238,7 +279,16 @@ def test_retry_or_escalate_for_every_error_kind(kind, decision):
 
 def test_context_too_long_jumps_to_a_model_whose_window_fits(config):
     runner, providers, _ = scripted_runner(config, llama=["context_too_long"])
-    result = run(runner, Job(id="t", prompt="q", allowed_providers=["llama", "openai", "gemini"], task="code_generation", accuracy_floor=0.88)).result
+    result = run(
+        runner,
+        Job(
+            id="t",
+            prompt="q",
+            allowed_providers=["llama", "openai", "gemini"],
+            task="code_generation",
+            accuracy_floor=0.88,
+        ),
+    ).result
     # llama (128K) said too long: gpt-4o (128K) is skipped, gemini (1M) is tried
     assert [a.model for a in result.attempts] == ["llama-4-70b", "gemini-2.5-flash"] and result.status == "ok"
     assert providers["openai"].calls == []
@@ -353,7 +403,11 @@ def test_the_prompt_estimate_of_the_runner_and_the_echo_is_the_pricing_rule(conf
 
 def test_models_of_a_provider_without_a_key_are_left_out(config):
     unavailable = {"gemini": "no API key: set GEMINI_API_KEY"}
-    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == ["llama-4-70b", "gpt-4o", "claude-3-5-sonnet"]
+    assert make_plan(Job(id="j", prompt="q"), "simple_qa", config, 10, unavailable).models == [
+        "llama-4-70b",
+        "gpt-4o",
+        "claude-3-5-sonnet",
+    ]
     with pytest.raises(NoRoute, match="gemini: no API key: set GEMINI_API_KEY"):
         make_plan(Job(id="j", prompt="q", allowed_providers=["gemini"]), "simple_qa", config, 10, unavailable)
 
@@ -361,7 +415,11 @@ def test_models_of_a_provider_without_a_key_are_left_out(config):
 def test_rules_can_be_patterns(config):
     from worker.config import ClassifierConfig, ClassifierRule
 
-    classifier = Classifier(ClassifierConfig(default_task="simple_qa", rules=[ClassifierRule(task="code_generation", patterns=[r"\bdef \w+\(", r"```"])]))
+    classifier = Classifier(
+        ClassifierConfig(
+            default_task="simple_qa", rules=[ClassifierRule(task="code_generation", patterns=[r"\bdef \w+\(", r"```"])]
+        )
+    )
     assert classifier.classify(Job(id="j", prompt="why does def f(x): fail?")) == "code_generation"
     assert classifier.classify(Job(id="j", prompt="what is a closure")) == "simple_qa"
 
@@ -376,17 +434,26 @@ def test_alternates_are_the_chain_models_that_may_go_first(config):
     # llama first expects 1,800 ms per 100 output tokens, over an 800 ms budget that gemini first meets.
     plan = make_plan(Job(id="j", prompt="q", checks=Checks(expected="a")), "simple_qa", config, 10)
     assert plan.models == ["gemini-2.5-flash", "llama-4-70b"] and plan.alternates == ("llama-4-70b",)
-    plan = make_plan(Job(id="j", prompt="q", checks=Checks(expected="a"), latency_budget_ms=800), "simple_qa", config, 10)
+    plan = make_plan(
+        Job(id="j", prompt="q", checks=Checks(expected="a"), latency_budget_ms=800), "simple_qa", config, 10
+    )
     assert plan.models == ["gemini-2.5-flash", "llama-4-70b"] and plan.alternates == ()
 
 
 def rerouting_config(config, waiting):
-    models = {**config.models, "gemini-2.5-flash": msgspec.structs.replace(config.models["gemini-2.5-flash"], requests_per_minute=60)}
-    return msgspec.structs.replace(config, models=models, rate_limits=msgspec.structs.replace(config.rate_limits, reroute_waiting=waiting))
+    models = {
+        **config.models,
+        "gemini-2.5-flash": msgspec.structs.replace(config.models["gemini-2.5-flash"], requests_per_minute=60),
+    }
+    return msgspec.structs.replace(
+        config, models=models, rate_limits=msgspec.structs.replace(config.rate_limits, reroute_waiting=waiting)
+    )
 
 
 async def run_many(runner, count, timeout_s):
-    tasks = [asyncio.create_task(runner.run(Job(id=f"j{i}", prompt="What is the capital of France?"))) for i in range(count)]
+    tasks = [
+        asyncio.create_task(runner.run(Job(id=f"j{i}", prompt="What is the capital of France?"))) for i in range(count)
+    ]
     done, pending = await asyncio.wait(tasks, timeout=timeout_s)
     for task in pending:
         task.cancel()

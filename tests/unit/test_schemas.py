@@ -1,7 +1,6 @@
 """schemas/ matches the Structs, and each sample is valid under both."""
 
 import json
-from pathlib import Path
 
 import jsonschema
 import msgspec

@@ -10,10 +10,13 @@ from worker.simulator.lean_server import Request
 from worker.simulator.server import Simulator
 from worker.simulator.settings import load_simulator_config
 
+
 def _simulator() -> Simulator:
     config = load_simulator_config()
     # gpt-4o's answer has a fixed length with one output token; its latency is per 100 output tokens.
-    model = msgspec.structs.replace(config.models["gpt-4o"], latency_jitter=0.0, output_tokens=1, requests_per_minute=0, tokens_per_minute=0)
+    model = msgspec.structs.replace(
+        config.models["gpt-4o"], latency_jitter=0.0, output_tokens=1, requests_per_minute=0, tokens_per_minute=0
+    )
     config = msgspec.structs.replace(config, latency_scale=1.0, models=config.models | {"gpt-4o": model})
     return Simulator(config)
 

@@ -14,7 +14,9 @@ def test_nothing_is_exported_unless_the_environment_asks():
     telemetry = telemetry_from_env({})
     assert not telemetry.tracing and type(telemetry.tracer_provider) is type(OFF.tracer_provider)
     assert type(telemetry.meter_provider) is type(OFF.meter_provider)
-    assert not telemetry_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"}).tracing
+    assert not telemetry_from_env(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"}
+    ).tracing
 
 
 def test_an_otlp_endpoint_turns_on_traces_and_metrics_over_http():
@@ -55,7 +57,9 @@ def test_trace_context_goes_into_and_out_of_kafka_headers():
     headers = [("other", b"x")]
     inject(headers, trace.set_span_in_context(span))
     carrier = trace_carrier(headers)
-    assert set(carrier) == {"traceparent"} and carrier["traceparent"].split("-")[2] == format(span.get_span_context().span_id, "016x")
+    assert set(carrier) == {"traceparent"} and carrier["traceparent"].split("-")[2] == format(
+        span.get_span_context().span_id, "016x"
+    )
     parent, links = telemetry.process_context(headers)
     assert trace.get_current_span(parent).get_span_context().span_id == span.get_span_context().span_id
     assert [link.context.span_id for link in links] == [span.get_span_context().span_id]

@@ -15,9 +15,9 @@ import orjson
 
 from worker import runtime
 from worker.config import Config, ConfigError, load_config
-from worker.pipeline.kafka import DeliveryError
-from worker.observability.logs import get_logger, setup_logging
 from worker.messages import Job, Result
+from worker.observability.logs import get_logger, setup_logging
+from worker.pipeline.kafka import DeliveryError
 
 log = get_logger("cli")
 
@@ -42,59 +42,126 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llm-router", description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar.")
+    parser = argparse.ArgumentParser(
+        prog="llm-router", description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar."
+    )
     parser.add_argument("--config", help="configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml)")
-    parser.add_argument("--log-level", default=None, help="level of the JSON logs on stderr (default INFO; ERROR for the demo)")
+    parser.add_argument(
+        "--log-level", default=None, help="level of the JSON logs on stderr (default INFO; ERROR for the demo)"
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    worker = commands.add_parser("worker", help="run a worker replica", description="Consume jobs, route and call models, publish results and cost events. SIGTERM drains and exits 0.")
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker replica",
+        description="Consume jobs, route and call models, publish results and cost events. SIGTERM drains and exits 0.",
+    )
     worker.set_defaults(func=_cmd_worker)
 
-    produce = commands.add_parser("produce", help="produce jobs from a JSON-lines file", description="Produce one job per line of FILE (or - for stdin) and print each job's id. A line without an id gets a new UUID. Invalid lines are reported with their line number and not produced (exit 1).")
+    produce = commands.add_parser(
+        "produce",
+        help="produce jobs from a JSON-lines file",
+        description="Produce one job per line of FILE (or - for stdin) and print each job's id. A line without an id gets a new UUID. Invalid lines are reported with their line number and not produced (exit 1).",
+    )
     produce.add_argument("file", help="JSON-lines file of jobs, or - for stdin")
-    produce.add_argument("--raw", action="store_true", help="send each line's bytes as they are, unvalidated (for testing the dead-letter path)")
+    produce.add_argument(
+        "--raw",
+        action="store_true",
+        help="send each line's bytes as they are, unvalidated (for testing the dead-letter path)",
+    )
     produce.set_defaults(func=_cmd_produce)
 
-    results = commands.add_parser("results", help="follow the results topic", description="Print one line per result from the results topic (from its beginning unless --from-end).")
+    results = commands.add_parser(
+        "results",
+        help="follow the results topic",
+        description="Print one line per result from the results topic (from its beginning unless --from-end).",
+    )
     results.add_argument("--json", action="store_true", help="print each result's raw JSON")
     results.add_argument("--from-end", action="store_true", help="only results published from now on")
     results.add_argument("--count", type=int, default=0, help="stop after this many results")
-    results.add_argument("--idle-timeout", type=float, default=0.0, help="stop after this many seconds with no new result")
+    results.add_argument(
+        "--idle-timeout", type=float, default=0.0, help="stop after this many seconds with no new result"
+    )
     results.set_defaults(func=_cmd_results)
 
     topics = commands.add_parser("topics", help="manage the topics")
     topic_commands = topics.add_subparsers(title="topics commands", metavar="COMMAND")
-    create = topic_commands.add_parser("create", help="create the jobs, results, costs and dead-letter topics", description="Create the four topics named in the configuration; existing ones are left as they are.")
+    create = topic_commands.add_parser(
+        "create",
+        help="create the jobs, results, costs and dead-letter topics",
+        description="Create the four topics named in the configuration; existing ones are left as they are.",
+    )
     create.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     create.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1)")
     create.set_defaults(func=_cmd_topics_create)
 
-    demo = commands.add_parser("demo", help="run the end-to-end demo on the embedded broker", description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names one), create the topics, start a worker, produce sample jobs (some malformed) and print the results and the cost by model.")
+    demo = commands.add_parser(
+        "demo",
+        help="run the end-to-end demo on the embedded broker",
+        description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names one), create the topics, start a worker, produce sample jobs (some malformed) and print the results and the cost by model.",
+    )
     demo.add_argument("--jobs", type=int, default=60, help="how many good sample jobs (default 60)")
     demo.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
     demo.set_defaults(func=_cmd_demo)
 
-    broker = commands.add_parser("broker", help="run the embedded broker in the foreground", description="Run the embedded Kafka-protocol broker (Tansu, in memory) on loopback until interrupted.")
+    broker = commands.add_parser(
+        "broker",
+        help="run the embedded broker in the foreground",
+        description="Run the embedded Kafka-protocol broker (Tansu, in memory) on loopback until interrupted.",
+    )
     broker.add_argument("--port", type=int, default=9092, help="port on 127.0.0.1 (default 9092)")
     broker.set_defaults(func=_cmd_broker)
 
-    evaluate = commands.add_parser("eval", help="compare routing policies on a workload", description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by side.")
+    evaluate = commands.add_parser(
+        "eval",
+        help="compare routing policies on a workload",
+        description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by side.",
+    )
     evaluate.add_argument("workload", help="JSON-lines file of jobs with checks.expected (see bench/workload.jsonl)")
     evaluate.add_argument("--json", action="store_true", help="one JSON object a line per policy")
-    evaluate.add_argument("--simulator-config", default=None, help="the simulated models (default config/simulator.toml)")
-    evaluate.add_argument("--policies", default="always-gpt-4o,reference,router", help="comma-separated (default: all three)")
-    evaluate.add_argument("--latency-scale", type=float, default=None, help="multiply the simulated latencies (default: the simulator config's)")
+    evaluate.add_argument(
+        "--simulator-config", default=None, help="the simulated models (default config/simulator.toml)"
+    )
+    evaluate.add_argument(
+        "--policies", default="always-gpt-4o,reference,router", help="comma-separated (default: all three)"
+    )
+    evaluate.add_argument(
+        "--latency-scale",
+        type=float,
+        default=None,
+        help="multiply the simulated latencies (default: the simulator config's)",
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
-    simulate = commands.add_parser("simulate", help="run the provider simulator", description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.")
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the provider simulator",
+        description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.",
+    )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8900, help="port (default 8900)")
-    simulate.add_argument("--config", dest="simulator_config", default=None, help="simulator configuration (default config/simulator.toml)")
-    simulate.add_argument("--latency-scale", type=float, default=None, help="multiply every latency (0: answer at once)")
-    simulate.add_argument("--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="auto (default): uvloop where installed")
+    simulate.add_argument(
+        "--config",
+        dest="simulator_config",
+        default=None,
+        help="simulator configuration (default config/simulator.toml)",
+    )
+    simulate.add_argument(
+        "--latency-scale", type=float, default=None, help="multiply every latency (0: answer at once)"
+    )
+    simulate.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="auto (default): uvloop where installed",
+    )
     simulate.set_defaults(func=_cmd_simulate)
 
-    schemas = commands.add_parser("schemas", help="write or check the JSON Schemas of the topics", description="Write schemas/ from the message Structs, or with --check fail when they differ.")
+    schemas = commands.add_parser(
+        "schemas",
+        help="write or check the JSON Schemas of the topics",
+        description="Write schemas/ from the message Structs, or with --check fail when they differ.",
+    )
     schemas.add_argument("--check", action="store_true", help="exit 1 if schemas/ differs from the Structs")
     schemas.add_argument("--dir", default=None, help="the schemas folder (default: the repo's schemas/)")
     schemas.set_defaults(func=_cmd_schemas)
@@ -118,7 +185,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         log.info(
             "worker starting",
             extra={
-                "bootstrap_servers": config.kafka.bootstrap_servers, "group_id": config.kafka.group_id, "jobs_topic": config.kafka.topics.jobs,
+                "bootstrap_servers": config.kafka.bootstrap_servers,
+                "group_id": config.kafka.group_id,
+                "jobs_topic": config.kafka.topics.jobs,
                 "event_loop": type(loop).__module__.partition(".")[0],
             },
         )
@@ -132,7 +201,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _telemetry(config: Config):  # noqa: ANN202 - worker.observability.telemetry.Telemetry
+def _telemetry(config: Config):
     from worker.observability.telemetry import telemetry_from_env
 
     try:
@@ -169,8 +238,8 @@ def parse_job_line(line: bytes) -> Job:
 def _cmd_produce(args: argparse.Namespace) -> int:
     from opentelemetry import trace
 
-    from worker.pipeline.kafka import make_producer
     from worker.observability.telemetry import inject, start_send_span
+    from worker.pipeline.kafka import make_producer
 
     config = _config(args)
     telemetry = _telemetry(config)
@@ -198,7 +267,13 @@ def _cmd_produce(args: argparse.Namespace) -> int:
                 if telemetry.tracing:  # a traced producer: each job carries its send span's context
                     span = start_send_span(telemetry, topic, key)
                     inject(headers, trace.set_span_in_context(span))
-                pending.append((await producer.send(topic, value, key=key, headers=headers or None), job_id or f"line {number}", span))
+                pending.append(
+                    (
+                        await producer.send(topic, value, key=key, headers=headers or None),
+                        job_id or f"line {number}",
+                        span,
+                    )
+                )
                 if len(pending) >= 1000:
                     await _print_acked(pending)
             await _print_acked(pending)
@@ -242,7 +317,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
     decoder = msgspec.json.Decoder(Result)
 
     async def run() -> int:
-        consumer = make_consumer(config.kafka, group_id=None, auto_offset_reset="latest" if args.from_end else "earliest")
+        consumer = make_consumer(
+            config.kafka, group_id=None, auto_offset_reset="latest" if args.from_end else "earliest"
+        )
         await consumer.start()
         consumer.subscribe([config.kafka.topics.results])
         seen = 0
@@ -275,7 +352,9 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
     from worker.pipeline.kafka import create_topics
 
     config = _config(args)
-    states = runtime.run(create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop)
+    states = runtime.run(
+        create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop
+    )
     for name, state in states.items():
         print(f"{name}\t{state}")
     return 0

@@ -14,11 +14,11 @@ import msgspec
 
 from worker import runtime
 from worker.broker import BrokerError, EmbeddedBroker
-from worker.config import Config, Topics
-from worker.pipeline.kafka import create_topics, make_consumer
-from worker.messages import CostEvent, DeadLetter, Job, Result
-from worker.providers import build_providers
 from worker.cli.runs import produce, running_worker
+from worker.config import Config, Topics
+from worker.messages import CostEvent, DeadLetter, Job, Result
+from worker.pipeline.kafka import create_topics, make_consumer
+from worker.providers import build_providers
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, SimulatorConfig, load_simulator_config
@@ -55,10 +55,26 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
     """A mix of task types, including a long-context prompt, a pinned model and an impossible job."""
     jobs: list[Job] = []
     specials = [
-        Job(id=f"{run_id}-long", prompt="Here is a long transcript. " + "The committee met and discussed the budget. " * 300 + "What was decided?"),
+        Job(
+            id=f"{run_id}-long",
+            prompt="Here is a long transcript. "
+            + "The committee met and discussed the budget. " * 300
+            + "What was decided?",
+        ),
         Job(id=f"{run_id}-pinned", prompt="What is 17 * 23?", model="gpt-4o", tenant="acme"),
-        Job(id=f"{run_id}-pii", prompt="Classify this customer complaint.", allowed_providers=["on-prem-only"], tenant="acme"),
-        Job(id=f"{run_id}-chat", messages=[msgspec.convert({"role": "system", "content": "Answer briefly."}, _Msg), msgspec.convert({"role": "user", "content": "Why is the sky blue?"}, _Msg)]),
+        Job(
+            id=f"{run_id}-pii",
+            prompt="Classify this customer complaint.",
+            allowed_providers=["on-prem-only"],
+            tenant="acme",
+        ),
+        Job(
+            id=f"{run_id}-chat",
+            messages=[
+                msgspec.convert({"role": "system", "content": "Answer briefly."}, _Msg),
+                msgspec.convert({"role": "user", "content": "Why is the sky blue?"}, _Msg),
+            ],
+        ),
     ]
     jobs.extend(specials[: max(0, count)])
     i = 0
@@ -75,7 +91,9 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
 from worker.messages import ChatMessage as _Msg  # noqa: E402
 
 
-def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool, simulator_url: str, env: Mapping[str, str]) -> tuple[Config, dict[str, str], list[str]]:
+def demo_config(
+    config: Config, bootstrap: str, run_id: str, suffix_topics: bool, simulator_url: str, env: Mapping[str, str]
+) -> tuple[Config, dict[str, str], list[str]]:
     """The demo's settings: its own group (and topics on a shared broker), and every provider whose
     API key is not set pointed at the simulator. Returns the config, the keys to use, and the
     providers left on their real endpoints."""
@@ -84,7 +102,14 @@ def demo_config(config: Config, bootstrap: str, run_id: str, suffix_topics: bool
     if suffix_topics:
         topics = Topics(**{k: f"{v}.demo-{run_id}" for k, v in msgspec.structs.asdict(topics).items()})
     # A short session timeout: the embedded broker holds a join for about half of it.
-    kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-demo-{run_id}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    kafka = replace(
+        config.kafka,
+        bootstrap_servers=bootstrap,
+        group_id=f"llm-router-demo-{run_id}",
+        topics=topics,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     providers, keys, real = {}, dict(env), []
     for name, provider in config.providers.items():
         if provider.kind == "echo" or (provider.api_key_env and env.get(provider.api_key_env)):
@@ -101,7 +126,9 @@ def simulator_weather() -> SimulatorConfig:
     models so that retries and escalation show."""
     config = load_simulator_config()
     models = dict(config.models)
-    models["gemini-2.5-flash"] = msgspec.structs.replace(models["gemini-2.5-flash"], errors=ErrorMix(refused=0.15, rate_limited=0.05), retry_after_s=0.2)
+    models["gemini-2.5-flash"] = msgspec.structs.replace(
+        models["gemini-2.5-flash"], errors=ErrorMix(refused=0.15, rate_limited=0.05), retry_after_s=0.2
+    )
     models["llama-4-70b"] = msgspec.structs.replace(models["llama-4-70b"], errors=ErrorMix(refused=0.15))
     return msgspec.structs.replace(config, models=models, latency_scale=0.5)
 
@@ -120,7 +147,10 @@ def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
             return 1
         print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
     try:
-        return runtime.run(_demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s), config.worker.event_loop)  # type: ignore[union-attr]
+        return runtime.run(
+            _demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s),
+            config.worker.event_loop,
+        )  # type: ignore[union-attr]
     finally:
         if broker:
             broker.stop()
@@ -132,7 +162,11 @@ async def _demo(config: Config, bootstrap: str, run_id: str, shared_broker: bool
     try:
         config, keys, real = demo_config(config, bootstrap, run_id, shared_broker, url, os.environ)
         simulated = sorted(set(config.providers) - set(real))
-        print(f"provider simulator on {url} for {', '.join(simulated) or 'no provider'}" + (f"; real endpoints for {', '.join(real)}" if real else ""), file=sys.stderr)
+        print(
+            f"provider simulator on {url} for {', '.join(simulated) or 'no provider'}"
+            + (f"; real endpoints for {', '.join(real)}" if real else ""),
+            file=sys.stderr,
+        )
         return await _run(config, keys, sample_jobs(count, run_id), timeout_s)
     finally:
         await simulator.stop()
@@ -143,7 +177,9 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
     await create_topics(config.kafka, partitions=4)
     encoder = msgspec.json.Encoder()
     async with running_worker(config, build_providers(config, env=keys)):
-        await produce(config.kafka, [(job.id.encode(), encoder.encode(job)) for job in jobs] + [(None, bad) for bad in MALFORMED])
+        await produce(
+            config.kafka, [(job.id.encode(), encoder.encode(job)) for job in jobs] + [(None, bad) for bad in MALFORMED]
+        )
         print(f"produced {len(jobs)} jobs and {len(MALFORMED)} malformed messages to {topics.jobs}", file=sys.stderr)
         results, costs, letters = await _follow(config, len(jobs), timeout_s)
     print(file=sys.stderr)
@@ -153,14 +189,21 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
     _print_letters(letters)
     missing = [job.id for job in jobs if job.id not in results]
     if missing or len(letters) < len(MALFORMED):
-        print(f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s", file=sys.stderr)
+        print(
+            f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s",
+            file=sys.stderr,
+        )
         return 1
     ok = sum(r.status == "ok" for r in results.values())
-    print(f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost.")
+    print(
+        f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost."
+    )
     return 0
 
 
-async def _follow(config: Config, expected: int, timeout_s: float) -> tuple[dict[str, Result], list[CostEvent], list[tuple[DeadLetter, bytes]]]:
+async def _follow(
+    config: Config, expected: int, timeout_s: float
+) -> tuple[dict[str, Result], list[CostEvent], list[tuple[DeadLetter, bytes]]]:
     """Read the output topics until every job has its result and every malformed message its dead letter."""
     topics = config.kafka.topics
     results: dict[str, Result] = {}
@@ -235,12 +278,27 @@ def _print_costs(costs: list[CostEvent]) -> None:
         t[2] += event.input_tokens
         t[3] += event.output_tokens
         t[4] += event.cost_usd
-    rows = [[m, str(t[0]), str(t[1]), str(t[2]), str(t[3]), f"${t[4]:.6f}"] for m, t in sorted(totals.items(), key=lambda kv: -kv[1][4])]
-    rows.append(["total", str(sum(t[0] for t in totals.values())), str(sum(t[1] for t in totals.values())), str(sum(t[2] for t in totals.values())), str(sum(t[3] for t in totals.values())), f"${sum(t[4] for t in totals.values()):.6f}"])
+    rows = [
+        [m, str(t[0]), str(t[1]), str(t[2]), str(t[3]), f"${t[4]:.6f}"]
+        for m, t in sorted(totals.items(), key=lambda kv: -kv[1][4])
+    ]
+    rows.append(
+        [
+            "total",
+            str(sum(t[0] for t in totals.values())),
+            str(sum(t[1] for t in totals.values())),
+            str(sum(t[2] for t in totals.values())),
+            str(sum(t[3] for t in totals.values())),
+            f"${sum(t[4] for t in totals.values()):.6f}",
+        ]
+    )
     _table(["model", "attempts", "failed", "input tok", "output tok", "cost"], rows)
 
 
 def _print_letters(letters: list[tuple[DeadLetter, bytes]]) -> None:
     print("\nDead letters")
-    rows = [[f"{d.source_partition}/{d.source_offset}", d.error_kind, d.error[:70], value[:30].decode(errors="replace")] for d, value in letters]
+    rows = [
+        [f"{d.source_partition}/{d.source_offset}", d.error_kind, d.error[:70], value[:30].decode(errors="replace")]
+        for d, value in letters
+    ]
     _table(["partition/offset", "kind", "error", "original bytes"], rows)

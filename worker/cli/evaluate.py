@@ -9,7 +9,6 @@ models answer with their configured accuracy; the worker verifies the answers ag
 
 from __future__ import annotations
 
-import asyncio
 import os
 import statistics
 import sys
@@ -22,12 +21,12 @@ import orjson
 
 from worker import runtime
 from worker.broker import EmbeddedBroker
-from worker.routing.classify import Classifier
-from worker.config import Config, Topics
-from worker.pipeline.kafka import create_topics, make_consumer
-from worker.messages import Job, Result
-from worker.providers import build_providers
 from worker.cli.runs import produce, running_worker
+from worker.config import Config, Topics
+from worker.messages import Job, Result
+from worker.pipeline.kafka import create_topics, make_consumer
+from worker.providers import build_providers
+from worker.routing.classify import Classifier
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import SimulatorConfig
@@ -81,10 +80,21 @@ def with_directives(job: Job, task: str) -> Job:
     return msgspec.structs.replace(job, messages=messages)
 
 
-def policy_config(config: Config, policy: str, bootstrap: str, run_id: str, simulator_url: str) -> tuple[Config, dict[str, str]]:
+def policy_config(
+    config: Config, policy: str, bootstrap: str, run_id: str, simulator_url: str
+) -> tuple[Config, dict[str, str]]:
     replace = msgspec.structs.replace
-    topics = Topics(**{k: f"{v}.eval-{run_id}-{policy}" for k, v in msgspec.structs.asdict(config.kafka.topics).items()})
-    kafka = replace(config.kafka, bootstrap_servers=bootstrap, group_id=f"llm-router-eval-{run_id}-{policy}", topics=topics, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+    topics = Topics(
+        **{k: f"{v}.eval-{run_id}-{policy}" for k, v in msgspec.structs.asdict(config.kafka.topics).items()}
+    )
+    kafka = replace(
+        config.kafka,
+        bootstrap_servers=bootstrap,
+        group_id=f"llm-router-eval-{run_id}-{policy}",
+        topics=topics,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
     providers, keys = {}, {}
     for name, provider in config.providers.items():
         providers[name], key_env = on_simulator(name, provider, simulator_url)
@@ -93,7 +103,15 @@ def policy_config(config: Config, policy: str, bootstrap: str, run_id: str, simu
     return replace(config, kafka=kafka, providers=providers, routing=routing), keys
 
 
-async def run_policy(config: Config, sim_config: SimulatorConfig, policy: str, jobs: list[Job], bootstrap: str, run_id: str, timeout_s: float) -> PolicyFigures:
+async def run_policy(
+    config: Config,
+    sim_config: SimulatorConfig,
+    policy: str,
+    jobs: list[Job],
+    bootstrap: str,
+    run_id: str,
+    timeout_s: float,
+) -> PolicyFigures:
     simulator = SimulatorServer(msgspec.convert(msgspec.to_builtins(sim_config), SimulatorConfig))
     url = await simulator.start()
     try:
@@ -102,7 +120,10 @@ async def run_policy(config: Config, sim_config: SimulatorConfig, policy: str, j
         await create_topics(config.kafka, partitions=4)
         encoder = msgspec.json.Encoder()
         async with running_worker(config, build_providers(config, env=keys)):
-            await produce(config.kafka, [(job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job)))) for job in jobs])
+            await produce(
+                config.kafka,
+                [(job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job)))) for job in jobs],
+            )
             results = await _collect(config, {job.id for job in jobs}, timeout_s)
     finally:
         await simulator.stop()
@@ -150,14 +171,26 @@ def figures(policy: str, jobs: list[Job], results: dict[str, Result]) -> PolicyF
     )
 
 
-def run_eval(config: Config, sim_config: SimulatorConfig, workload: str, policies: list[str], as_json: bool, timeout_s: float = 600.0) -> int:
+def run_eval(
+    config: Config,
+    sim_config: SimulatorConfig,
+    workload: str,
+    policies: list[str],
+    as_json: bool,
+    timeout_s: float = 600.0,
+) -> int:
     jobs = read_workload(workload)
     run_id = uuid.uuid4().hex[:8]
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None if external else EmbeddedBroker()
     bootstrap = external or broker.start()  # type: ignore[union-attr]
     try:
-        results = [runtime.run(run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop) for policy in policies]
+        results = [
+            runtime.run(
+                run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop
+            )
+            for policy in policies
+        ]
     finally:
         if broker:
             broker.stop()
@@ -179,9 +212,31 @@ def print_table(results: list[PolicyFigures]) -> None:
         saving = (1 - r.cost_per_correct_usd / other.cost_per_correct_usd) * 100
         return f"{saving:.1f}%" if saving >= 0 else f"no ({-saving:.0f}% dearer)"
 
-    headers = ["policy", "jobs", "accuracy", "cost / 1K jobs", "cost / correct", "cheaper than always-gpt-4o", "cheaper than reference", "p50", "p99", "attempts / job"]
+    headers = [
+        "policy",
+        "jobs",
+        "accuracy",
+        "cost / 1K jobs",
+        "cost / correct",
+        "cheaper than always-gpt-4o",
+        "cheaper than reference",
+        "p50",
+        "p99",
+        "attempts / job",
+    ]
     rows = [
-        [r.policy, str(r.jobs), f"{r.accuracy * 100:.1f}%", f"${r.cost_per_1k_jobs_usd:.4f}", f"${r.cost_per_correct_usd:.8f}", cheaper(r, "always-gpt-4o"), cheaper(r, "reference"), f"{r.p50_ms:.0f} ms", f"{r.p99_ms:.0f} ms", f"{r.attempts_per_job:.2f}"]
+        [
+            r.policy,
+            str(r.jobs),
+            f"{r.accuracy * 100:.1f}%",
+            f"${r.cost_per_1k_jobs_usd:.4f}",
+            f"${r.cost_per_correct_usd:.8f}",
+            cheaper(r, "always-gpt-4o"),
+            cheaper(r, "reference"),
+            f"{r.p50_ms:.0f} ms",
+            f"{r.p99_ms:.0f} ms",
+            f"{r.attempts_per_job:.2f}",
+        ]
         for r in results
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]

@@ -7,14 +7,16 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from worker.config import Config, KafkaConfig
+from worker.observability.telemetry import OFF, Telemetry
 from worker.pipeline.consume import Worker
 from worker.pipeline.kafka import make_producer
 from worker.providers import Providers
-from worker.observability.telemetry import OFF, Telemetry
 
 
 @asynccontextmanager
-async def running_worker(config: Config, providers: Providers | None = None, telemetry: Telemetry = OFF) -> AsyncIterator[Worker]:
+async def running_worker(
+    config: Config, providers: Providers | None = None, telemetry: Telemetry = OFF
+) -> AsyncIterator[Worker]:
     """A worker consuming in the background; on exit it is stopped (drained, committed) and awaited."""
     stop = asyncio.Event()
     worker = Worker(config, providers, telemetry)

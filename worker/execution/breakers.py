@@ -17,7 +17,9 @@ class BreakerState(Enum):
 
 
 class Breaker:
-    def __init__(self, threshold: int, cooldown_s: float, name: str = "", not_closed: set[Breaker] | None = None) -> None:
+    def __init__(
+        self, threshold: int, cooldown_s: float, name: str = "", not_closed: set[Breaker] | None = None
+    ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
         self.name = name

@@ -24,20 +24,20 @@ from msgspec import Struct
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from worker.execution.breakers import Breakers
-from worker.routing.classify import Classifier, TaskClassifier
 from worker.config import Config, ModelConfig
-from worker.execution.deadlines import Deadlines
 from worker.errors import Disposition, ProviderError, disposition
-from worker.routing.learning import QualityModel
+from worker.execution.breakers import Breakers
+from worker.execution.deadlines import Deadlines
+from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
+from worker.observability.metrics import Metrics
+from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
+from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.limits import RateLimits
-from worker.observability.metrics import Metrics
-from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
+from worker.routing.classify import Classifier, TaskClassifier
+from worker.routing.learning import QualityModel
 from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
 from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
-from worker.providers.base import Completion, CompletionRequest, Provider
-from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.routing.verify import verify
 
 OUT_OF_ROTATION = frozenset({"quota", "auth"})
@@ -102,7 +102,10 @@ class JobRunner:
         self._config = config
         self._telemetry = telemetry
         self.metrics = Metrics(telemetry.meter, telemetry.distributions)
-        self._gen_ai = {name: (PROVIDER_NAMES.get(p.kind, name), urlsplit(p.base_url).hostname if p.base_url else None) for name, p in config.providers.items()}
+        self._gen_ai = {
+            name: (PROVIDER_NAMES.get(p.kind, name), urlsplit(p.base_url).hostname if p.base_url else None)
+            for name, p in config.providers.items()
+        }
         self._providers = providers
         self._unavailable = dict(unavailable or {})
         self._unavailable_key = frozenset(self._unavailable)  # part of the plan cache's key
@@ -149,7 +152,10 @@ class JobRunner:
             output = None
             error = ErrorInfo("deadline_exceeded", f"the job deadline of {self._deadlines.seconds:g} s passed")
             if attempts:
-                error = ErrorInfo("deadline_exceeded", f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}")
+                error = ErrorInfo(
+                    "deadline_exceeded",
+                    f"{error.message} after {len(attempts)} attempt(s); last: {attempts[-1].error.message if attempts[-1].error else 'ok'}",
+                )
         except BaseException:
             self._end_spans(spans, None)
             raise
@@ -161,7 +167,15 @@ class JobRunner:
         return self._finish(job, task, started, attempts, events, spans, output, None if output is not None else error)
 
     def _finish(
-        self, job: Job, task: str, started: float, attempts: list[Attempt], events: list[CostEvent], spans: list[tuple[Span, int]] | None, output: str | None, error: ErrorInfo | None
+        self,
+        job: Job,
+        task: str,
+        started: float,
+        attempts: list[Attempt],
+        events: list[CostEvent],
+        spans: list[tuple[Span, int]] | None,
+        output: str | None,
+        error: ErrorInfo | None,
     ) -> JobOutcome:
         # An answer ends the job with the attempt that gave it, at its cost event's time; a failure ends it now.
         finished_at = events[-1].ts if output is not None and events else datetime.now(UTC)
@@ -191,14 +205,26 @@ class JobRunner:
     def _plan(self, job: Job, task: str, input_tokens: int) -> Plan:
         blocked = self.breakers.blocked(self._clock())
         key = (
-            task, job.model, job.accuracy_floor, job.latency_budget_ms, job.cost_cap_usd, tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
-            job.verifiable, job.max_output_tokens, input_tokens.bit_length(), blocked, self._unavailable_key, self.quality.version // 16,
+            task,
+            job.model,
+            job.accuracy_floor,
+            job.latency_budget_ms,
+            job.cost_cap_usd,
+            tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
+            job.verifiable,
+            job.max_output_tokens,
+            input_tokens.bit_length(),
+            blocked,
+            self._unavailable_key,
+            self.quality.version // 16,
         )
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 4096:
                 self._plans.clear()
-            plan = self._plans[key] = make_plan(job, task, self._config, input_tokens, self._unavailable, self.quality.rate, blocked)
+            plan = self._plans[key] = make_plan(
+                job, task, self._config, input_tokens, self._unavailable, self.quality.rate, blocked
+            )
         return plan
 
     async def _attempts(
@@ -229,7 +255,9 @@ class JobRunner:
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
                     breaker.start_call(self._clock())
-                attempt, completion, retry_after = await self._attempt(job, plan.task, provider, request, reserved, attempts, events, rerouted_from, spans)
+                attempt, completion, retry_after = await self._attempt(
+                    job, plan.task, provider, request, reserved, attempts, events, rerouted_from, spans
+                )
                 rerouted_from = None
                 attempts.append(attempt)
                 if attempt.error is None:
@@ -241,13 +269,17 @@ class JobRunner:
                     breaker.failed(self._clock())
                     if retries < worker.max_retries_per_job and breaker.allows(self._clock()):
                         # The provider's own retry delay, when it gave one, is the least we wait.
-                        await self._sleep(max(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s), retry_after or 0.0))
+                        await self._sleep(
+                            max(backoff_s(retries, worker.retry_base_s, worker.retry_cap_s), retry_after or 0.0)
+                        )
                         retries += 1
                         continue
                 else:
                     breaker.succeeded()  # the provider answered; the model could not
                 if attempt.error.kind in OUT_OF_ROTATION:
-                    self._unavailable[provider_name] = f"out of rotation after {attempt.error.kind}: {attempt.error.message}"
+                    self._unavailable[provider_name] = (
+                        f"out of rotation after {attempt.error.kind}: {attempt.error.message}"
+                    )
                     self._unavailable_key = frozenset(self._unavailable)
                 if attempt.error.kind == "context_too_long":
                     too_long_window = max(too_long_window, models[model].context_window)
@@ -256,13 +288,26 @@ class JobRunner:
             # No model of the chain has a larger window: jump to the cheapest one that has.
             wider = self._cheapest_wider(plan, too_long_window)
             if wider is not None:
-                return await self._attempts(job, Plan(plan.task, [wider], plan.max_output_tokens), messages, prompt_tokens, attempts, events, spans, jumped=True)
+                return await self._attempts(
+                    job,
+                    Plan(plan.task, [wider], plan.max_output_tokens),
+                    messages,
+                    prompt_tokens,
+                    attempts,
+                    events,
+                    spans,
+                    jumped=True,
+                )
         return None, ErrorInfo(last_error.kind, f"all {len(attempts)} attempt(s) failed; last: {last_error.message}")
 
     def _cheapest_wider(self, plan: Plan, window: int) -> str | None:
         """The cheapest available model outside the plan whose context window is larger than `window`."""
         models = self._config.models
-        wider = [n for n, m in models.items() if m.context_window > window and m.provider not in self._unavailable and n not in plan.models]
+        wider = [
+            n
+            for n, m in models.items()
+            if m.context_window > window and m.provider not in self._unavailable and n not in plan.models
+        ]
         return min(wider, key=lambda n: models[n].input_usd_per_mtok) if wider else None
 
     def _chain(self, plan: Plan, reserved: Allowance) -> tuple[list[str], str | None]:
@@ -275,7 +320,11 @@ class JobRunner:
         now = self._clock()
         for model in plan.alternates:
             provider = self._config.models[model].provider
-            if provider not in self._unavailable and self.breakers.of(provider).allows(now) and self.limits.has_capacity(model, reserved):
+            if (
+                provider not in self._unavailable
+                and self.breakers.of(provider).allows(now)
+                and self.limits.has_capacity(model, reserved)
+            ):
                 self.rerouted += 1
                 return first_instead(plan.models, model), first
         return plan.models, None
@@ -298,7 +347,9 @@ class JobRunner:
         number = len(earlier) + 1
         span = None
         if spans is not None:
-            span = self._attempt_span(provider.name, request, number, _reason(earlier[-1] if earlier else None, request.model, rerouted_from))
+            span = self._attempt_span(
+                provider.name, request, number, _reason(earlier[-1] if earlier else None, request.model, rerouted_from)
+            )
 
         waited = 0.0
         try:
@@ -306,7 +357,18 @@ class JobRunner:
                 if not gate.take_now(reserved):
                     waited += await gate.queue_for(reserved, job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, 0.0, ErrorInfo("bad_request", str(exc)), rerouted_from=rerouted_from)
+            attempt = Attempt(
+                number,
+                provider.name,
+                request.model,
+                "failed",
+                0,
+                0,
+                0.0,
+                0.0,
+                ErrorInfo("bad_request", str(exc)),
+                rerouted_from=rerouted_from,
+            )
             self._record(job, task, provider, model, request, events, span, spans, attempt)
             return attempt, None, None
         started = time.monotonic()
@@ -317,15 +379,41 @@ class JobRunner:
                 gate.correct(reserved, Allowance(1, 0, 0))
                 gate.observe(exc.rate_limits)  # type: ignore[arg-type]
                 if exc.kind == "rate_limited":
-                    gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo(exc.kind, exc.message), waited * 1000, rerouted_from)
+                    gate.throttle(
+                        exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s
+                    )
+            attempt = Attempt(
+                number,
+                provider.name,
+                request.model,
+                "failed",
+                0,
+                0,
+                0.0,
+                (time.monotonic() - started) * 1000,
+                ErrorInfo(exc.kind, exc.message),
+                waited * 1000,
+                rerouted_from,
+            )
             self._record(job, task, provider, model, request, events, span, spans, attempt)
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
             for gate in gates:
                 gate.correct(reserved, Allowance(1, 0, 0))
-            attempt = Attempt(number, provider.name, request.model, "failed", 0, 0, 0.0, (time.monotonic() - started) * 1000, ErrorInfo("deadline_exceeded", "the job deadline passed during the call"), waited * 1000, rerouted_from)
+            attempt = Attempt(
+                number,
+                provider.name,
+                request.model,
+                "failed",
+                0,
+                0,
+                0.0,
+                (time.monotonic() - started) * 1000,
+                ErrorInfo("deadline_exceeded", "the job deadline passed during the call"),
+                waited * 1000,
+                rerouted_from,
+            )
             self._record(job, task, provider, model, request, events, span, spans, attempt)
             raise
         latency = (time.monotonic() - started) * 1000
@@ -342,7 +430,19 @@ class JobRunner:
                 self.quality.record(task, request.model, error is None)
         elif error.kind in ("refused", "truncated", "empty_output"):
             self.quality.record(task, request.model, False)
-        attempt = Attempt(number, provider.name, request.model, "failed" if error else "ok", completion.input_tokens, completion.output_tokens, cost, latency, error, waited * 1000, rerouted_from)
+        attempt = Attempt(
+            number,
+            provider.name,
+            request.model,
+            "failed" if error else "ok",
+            completion.input_tokens,
+            completion.output_tokens,
+            cost,
+            latency,
+            error,
+            waited * 1000,
+            rerouted_from,
+        )
         self._record(job, task, provider, model, request, events, span, spans, attempt, completion)
         return attempt, completion, None
 
@@ -368,7 +468,9 @@ class JobRunner:
             self._describe(span, request, attempt, completion)
             spans.append((span, time.time_ns()))
 
-    def _attempt_span(self, provider: str, request: CompletionRequest, number: int, reason: tuple[str, str | None]) -> Span:
+    def _attempt_span(
+        self, provider: str, request: CompletionRequest, number: int, reason: tuple[str, str | None]
+    ) -> Span:
         """The attempt's span (`chat {model}`, CLIENT), a child of the job's process span; ended by the job."""
         gen_ai_provider, server = self._gen_ai[provider]
         api_model = self._config.models[request.model].api_model or request.model
@@ -387,25 +489,43 @@ class JobRunner:
         if reason[1]:
             attributes["llm_router.escalation.reason"] = reason[1]
         if self._telemetry.capture_content:
-            attributes["gen_ai.input.messages"] = orjson.dumps([{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in request.messages]).decode()
+            attributes["gen_ai.input.messages"] = orjson.dumps(
+                [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in request.messages]
+            ).decode()
         return self._telemetry.tracer.start_span(f"chat {api_model}", kind=SpanKind.CLIENT, attributes=attributes)  # type: ignore[arg-type]
 
-    def _describe(self, span: Span, request: CompletionRequest, attempt: Attempt, completion: Completion | None) -> None:
+    def _describe(
+        self, span: Span, request: CompletionRequest, attempt: Attempt, completion: Completion | None
+    ) -> None:
         """What the attempt came to: the response, its tokens, cost and wait (error.type only on the job's final failure)."""
-        attributes: dict[str, object] = {"llm_router.outcome": attempt.outcome, "llm_router.cost_usd": attempt.cost_usd, "llm_router.rate_limit_wait_ms": attempt.rate_limit_wait_ms}
+        attributes: dict[str, object] = {
+            "llm_router.outcome": attempt.outcome,
+            "llm_router.cost_usd": attempt.cost_usd,
+            "llm_router.rate_limit_wait_ms": attempt.rate_limit_wait_ms,
+        }
         if attempt.rerouted_from:
             attributes["llm_router.rerouted_from"] = attempt.rerouted_from
         if attempt.error is not None:
             attributes["llm_router.error.kind"] = attempt.error.kind
         if completion is not None:
-            attributes["gen_ai.response.model"] = completion.response_model or self._config.models[request.model].api_model or request.model
+            attributes["gen_ai.response.model"] = (
+                completion.response_model or self._config.models[request.model].api_model or request.model
+            )
             if completion.request_id:
                 attributes["gen_ai.response.id"] = completion.request_id
             attributes["gen_ai.response.finish_reasons"] = (completion.finish_reason,)
             attributes["gen_ai.usage.input_tokens"] = completion.input_tokens
             attributes["gen_ai.usage.output_tokens"] = completion.output_tokens
             if self._telemetry.capture_content:
-                attributes["gen_ai.output.messages"] = orjson.dumps([{"role": "assistant", "parts": [{"type": "text", "content": completion.text}], "finish_reason": completion.finish_reason}]).decode()
+                attributes["gen_ai.output.messages"] = orjson.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [{"type": "text", "content": completion.text}],
+                            "finish_reason": completion.finish_reason,
+                        }
+                    ]
+                ).decode()
         span.set_attributes(attributes)  # type: ignore[arg-type]
 
     def _cost_event(self, job: Job, task: str, attempt: Attempt) -> CostEvent:
@@ -424,13 +544,24 @@ class JobRunner:
             error_kind=attempt.error.kind if attempt.error else None,
         )
 
-    def _result(self, job: Job, task: str, started: float, attempts: list[Attempt], finished_at: datetime, output: str | None = None, error: ErrorInfo | None = None) -> Result:
+    def _result(
+        self,
+        job: Job,
+        task: str,
+        started: float,
+        attempts: list[Attempt],
+        finished_at: datetime,
+        output: str | None = None,
+        error: ErrorInfo | None = None,
+    ) -> Result:
         last = attempts[-1] if attempts else None
         return Result(
             job_id=job.id,
             status="failed" if error else "ok",
             attempts=attempts,
-            usage=Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts)) if len(attempts) != 1 else Usage(last.input_tokens, last.output_tokens),  # type: ignore[union-attr]
+            usage=Usage(sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts))
+            if len(attempts) != 1
+            else Usage(last.input_tokens, last.output_tokens),  # type: ignore[union-attr]
             cost_usd=sum(a.cost_usd for a in attempts) if len(attempts) != 1 else last.cost_usd,  # type: ignore[union-attr]
             latency_ms=(time.monotonic() - started) * 1000,
             finished_at=finished_at,

@@ -17,8 +17,8 @@ import ssl
 from collections import deque
 from urllib.parse import urlsplit
 
-from worker.execution.deadlines import Deadlines
 from worker.errors import ProviderError
+from worker.execution.deadlines import Deadlines
 from worker.http.transport import HttpResponse
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -56,7 +56,7 @@ def keeps_alive(version: str, headers: dict[str, str]) -> bool:
 class _Target:
     """A URL split once: where to connect and what the request line and Host header say."""
 
-    __slots__ = ("key", "host", "port", "tls", "head")
+    __slots__ = ("head", "host", "key", "port", "tls")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -98,7 +98,9 @@ class _Connection(asyncio.Protocol):
             if self._head is not None and self._head[2] is None and not self._head[3]:
                 self._complete(bytes(self._buffer))  # a body that ends with the connection
             else:
-                waiter.set_exception(ConnectionResetError(f"the server closed the connection{f': {exc}' if exc else ''}"))
+                waiter.set_exception(
+                    ConnectionResetError(f"the server closed the connection{f': {exc}' if exc else ''}")
+                )
 
     def eof_received(self) -> bool:
         return False  # close our side too: connection_lost follows
@@ -287,7 +289,9 @@ class LeanTransport:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             tls = self._ssl
-        _, connection = await asyncio.get_running_loop().create_connection(_Connection, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None)
+        _, connection = await asyncio.get_running_loop().create_connection(
+            _Connection, target.host, target.port, ssl=tls, server_hostname=target.host if tls else None
+        )
         return connection
 
     def _release(self, target: _Target, connection: _Connection) -> None:

@@ -7,7 +7,6 @@ fraction of aiohttp's CPU a call, and httpx took more than either (`make bench`,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -41,8 +40,12 @@ class AiohttpTransport:
     def _open(self):
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections, keepalive_timeout=30, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s), skip_auto_headers=("User-Agent",))
+        connector = aiohttp.TCPConnector(
+            limit=self._max_connections, limit_per_host=self._max_connections, keepalive_timeout=30, ttl_dns_cache=300
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s), skip_auto_headers=("User-Agent",)
+        )
         return self._session
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
@@ -52,7 +55,7 @@ class AiohttpTransport:
         try:
             async with session.post(url, data=body, headers=headers) as response:
                 return HttpResponse(response.status, response.headers, await response.read())
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderError("timeout", f"no answer from {url} within {self._timeout_s:g} s") from None
         except aiohttp.ClientError as exc:
             raise ProviderError("server", f"{url}: {type(exc).__name__}: {exc}") from None
@@ -71,7 +74,8 @@ class HttpxTransport:
 
         self._timeout_s = timeout_s
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s), limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         )
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:

@@ -22,7 +22,15 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics.export import AggregationTemporality, Histogram, HistogramDataPoint, Metric, MetricsData, ResourceMetrics, ScopeMetrics
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
+    Metric,
+    MetricsData,
+    ResourceMetrics,
+    ScopeMetrics,
+)
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from worker.messages import Attempt, Result
@@ -74,9 +82,11 @@ class Distribution:
     """A histogram summed here, per attribute set (attribute values in the order of `keys`; an empty
     value leaves its attribute out). Recorded on the event loop, read by the exporter's thread."""
 
-    __slots__ = ("name", "unit", "description", "_keys", "_bounds", "_points", "_lock")
+    __slots__ = ("_bounds", "_keys", "_lock", "_points", "description", "name", "unit")
 
-    def __init__(self, name: str, unit: str, description: str, keys: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, unit: str, description: str, keys: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> None:
         self.name, self.unit, self.description = name, unit, description
         self._keys = keys
         self._bounds = bounds
@@ -103,17 +113,32 @@ class Distribution:
     def metric(self, start_ns: int, now_ns: int) -> Metric | None:
         """The cumulative histogram as the SDK's exporters take it; None before any measurement."""
         with self._lock:
-            points = [(values, count, total, low, high, tuple(buckets)) for values, (count, total, low, high, buckets) in self._points.items()]
+            points = [
+                (values, count, total, low, high, tuple(buckets))
+                for values, (count, total, low, high, buckets) in self._points.items()
+            ]
         if not points:
             return None
         data = [
             HistogramDataPoint(
-                attributes=_attributes(self._keys, values), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
-                count=count, sum=total, bucket_counts=buckets, explicit_bounds=self._bounds, min=low, max=high,
+                attributes=_attributes(self._keys, values),
+                start_time_unix_nano=start_ns,
+                time_unix_nano=now_ns,
+                count=count,
+                sum=total,
+                bucket_counts=buckets,
+                explicit_bounds=self._bounds,
+                min=low,
+                max=high,
             )
             for values, count, total, low, high, buckets in points
         ]
-        return Metric(name=self.name, description=self.description, unit=self.unit, data=Histogram(data_points=data, aggregation_temporality=AggregationTemporality.CUMULATIVE))
+        return Metric(
+            name=self.name,
+            description=self.description,
+            unit=self.unit,
+            data=Histogram(data_points=data, aggregation_temporality=AggregationTemporality.CUMULATIVE),
+        )
 
 
 class Distributions:
@@ -124,7 +149,9 @@ class Distributions:
         self._by_name: dict[str, Distribution] = {}
         self._start_ns = time.time_ns()
 
-    def get(self, name: str, unit: str, description: str, keys: tuple[str, ...], bounds: tuple[float, ...]) -> Distribution:
+    def get(
+        self, name: str, unit: str, description: str, keys: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> Distribution:
         distribution = self._by_name.get(name)
         if distribution is None:
             distribution = self._by_name[name] = Distribution(name, unit, description, keys, bounds)
@@ -140,11 +167,18 @@ class Distributions:
         scopes = list(first.scope_metrics)
         for index, scope in enumerate(scopes):
             if scope.scope.name == self._scope:
-                scopes[index] = ScopeMetrics(scope=scope.scope, metrics=[*scope.metrics, *metrics], schema_url=scope.schema_url)
+                scopes[index] = ScopeMetrics(
+                    scope=scope.scope, metrics=[*scope.metrics, *metrics], schema_url=scope.schema_url
+                )
                 break
         else:
             scopes.append(ScopeMetrics(scope=InstrumentationScope(self._scope), metrics=metrics, schema_url=""))
-        return MetricsData(resource_metrics=[ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url), *others])
+        return MetricsData(
+            resource_metrics=[
+                ResourceMetrics(resource=first.resource, scope_metrics=scopes, schema_url=first.schema_url),
+                *others,
+            ]
+        )
 
 
 class Metrics:
@@ -153,20 +187,64 @@ class Metrics:
     def __init__(self, meter: Meter, distributions: Distributions) -> None:
         self._meter = meter
         gen_ai = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "server.address")
-        self.token_usage = distributions.get("gen_ai.client.token.usage", "{token}", "Tokens used by each call, by gen_ai.token.type", (*gen_ai, "gen_ai.token.type"), TOKEN_BUCKETS)
-        self.operation_duration = distributions.get("gen_ai.client.operation.duration", "s", "Duration of each call to a model", (*gen_ai, "error.type"), DURATION_BUCKETS)
-        self.jobs = self._counter("llm_router.jobs", "{job}", "Jobs finished, by outcome (ok, failed, dead_lettered)", ("llm_router.outcome", "llm_router.task", "llm_router.reason"))
-        self.cost = self._counter("llm_router.cost", "USD", "Cost of the attempts, by provider, model, tenant and task", ("llm_router.provider", "llm_router.model", "llm_router.tenant", "llm_router.task"))
-        self.escalations = self._counter("llm_router.escalations", "{escalation}", "Moves to the next model of a chain, by the failure that caused them", ("llm_router.reason", "llm_router.model"))
-        self.reroutes = self._counter("llm_router.reroutes", "{job}", "Jobs sent to another model of their chain for want of capacity", ("llm_router.model",))
-        self.attempts = distributions.get("llm_router.job.attempts", "{attempt}", "Attempts a job took", ("llm_router.task",), ATTEMPT_BUCKETS)
-        self.rate_limit_wait = distributions.get("llm_router.rate_limit.wait", "s", "Time an attempt waited for the rate limits", ("llm_router.provider", "llm_router.model"), WAIT_BUCKETS)
+        self.token_usage = distributions.get(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Tokens used by each call, by gen_ai.token.type",
+            (*gen_ai, "gen_ai.token.type"),
+            TOKEN_BUCKETS,
+        )
+        self.operation_duration = distributions.get(
+            "gen_ai.client.operation.duration",
+            "s",
+            "Duration of each call to a model",
+            (*gen_ai, "error.type"),
+            DURATION_BUCKETS,
+        )
+        self.jobs = self._counter(
+            "llm_router.jobs",
+            "{job}",
+            "Jobs finished, by outcome (ok, failed, dead_lettered)",
+            ("llm_router.outcome", "llm_router.task", "llm_router.reason"),
+        )
+        self.cost = self._counter(
+            "llm_router.cost",
+            "USD",
+            "Cost of the attempts, by provider, model, tenant and task",
+            ("llm_router.provider", "llm_router.model", "llm_router.tenant", "llm_router.task"),
+        )
+        self.escalations = self._counter(
+            "llm_router.escalations",
+            "{escalation}",
+            "Moves to the next model of a chain, by the failure that caused them",
+            ("llm_router.reason", "llm_router.model"),
+        )
+        self.reroutes = self._counter(
+            "llm_router.reroutes",
+            "{job}",
+            "Jobs sent to another model of their chain for want of capacity",
+            ("llm_router.model",),
+        )
+        self.attempts = distributions.get(
+            "llm_router.job.attempts", "{attempt}", "Attempts a job took", ("llm_router.task",), ATTEMPT_BUCKETS
+        )
+        self.rate_limit_wait = distributions.get(
+            "llm_router.rate_limit.wait",
+            "s",
+            "Time an attempt waited for the rate limits",
+            ("llm_router.provider", "llm_router.model"),
+            WAIT_BUCKETS,
+        )
 
-    def attempt(self, attempt: Attempt, api_model: str, provider_name: str, server: str | None, task: str, tenant: str | None) -> None:
+    def attempt(
+        self, attempt: Attempt, api_model: str, provider_name: str, server: str | None, task: str, tenant: str | None
+    ) -> None:
         """One attempt's tokens, duration, cost and rate-limit wait."""
         server = server or ""
         if attempt.error is not None and attempt.input_tokens == 0 and attempt.output_tokens == 0:
-            self.operation_duration.record(attempt.latency_ms / 1000, ("chat", provider_name, api_model, server, attempt.error.kind))
+            self.operation_duration.record(
+                attempt.latency_ms / 1000, ("chat", provider_name, api_model, server, attempt.error.kind)
+            )
         else:
             self.token_usage.record(attempt.input_tokens, ("chat", provider_name, api_model, server, "input"))
             self.token_usage.record(attempt.output_tokens, ("chat", provider_name, api_model, server, "output"))

@@ -91,7 +91,7 @@ class Telemetry:
             for provider in self._shutdown:
                 try:
                     provider.shutdown()
-                except Exception:  # noqa: BLE001 - reported by the exporter wrappers
+                except Exception:
                     pass
 
         thread = threading.Thread(target=stop, name="telemetry-shutdown", daemon=True)
@@ -117,29 +117,36 @@ def inject(headers: list[tuple[str, bytes]], context: Context | None = None) -> 
     headers.extend((k, v.encode("latin-1")) for k, v in carrier.items())
 
 
-def start_send_span(telemetry: Telemetry, topic: str, key: bytes | None):  # noqa: ANN201 - a Span
+def start_send_span(telemetry: Telemetry, topic: str, key: bytes | None):
     """The span of one message sent (`send {topic}`, PRODUCER): the caller injects it and ends it at the acknowledgement."""
-    attributes: dict[str, Any] = {"messaging.system": "kafka", "messaging.operation.name": "send", "messaging.operation.type": "send", "messaging.destination.name": topic}
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+    }
     if key is not None:
         attributes["messaging.kafka.message.key"] = key.decode("utf-8", "replace")
     return telemetry.tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes)
 
 
-def sent(span, metadata) -> None:  # noqa: ANN001 - a Span and aiokafka's RecordMetadata
+def sent(span, metadata) -> None:
     """End a send span at the broker's acknowledgement, with where the message landed."""
     span.set_attribute("messaging.destination.partition.id", str(metadata.partition))
     span.set_attribute("messaging.kafka.offset", metadata.offset)
     span.end()
 
 
-def not_sent(span, exc: BaseException) -> None:  # noqa: ANN001 - a Span
+def not_sent(span, exc: BaseException) -> None:
     """End a send span whose message did not get there (it may be sent again, without a span)."""
     span.set_attribute("error.type", type(exc).__name__)
     span.set_status(Status(StatusCode.ERROR, repr(exc)[:300]))
     span.end()
 
 
-def telemetry_from_env(env: Mapping[str, str] | None = None, process_parent: str = "producer", service_name: str = "llm-router") -> Telemetry:
+def telemetry_from_env(
+    env: Mapping[str, str] | None = None, process_parent: str = "producer", service_name: str = "llm-router"
+) -> Telemetry:
     """The telemetry the `OTEL_*` environment asks for (see the module's docstring); OFF when it asks for none."""
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -159,18 +166,32 @@ def telemetry_from_env(env: Mapping[str, str] | None = None, process_parent: str
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        tracer_provider = SdkTracerProvider(resource=resource, shutdown_on_exit=False)  # shut down by Telemetry.shutdown, bounded
+        tracer_provider = SdkTracerProvider(
+            resource=resource, shutdown_on_exit=False
+        )  # shut down by Telemetry.shutdown, bounded
         for name in traces:
-            tracer_provider.add_span_processor(BatchSpanProcessor(ReportedSpanExporter(_exporter("TRACES", name, env), name)))
+            tracer_provider.add_span_processor(
+                BatchSpanProcessor(ReportedSpanExporter(_exporter("TRACES", name, env), name))
+            )
     if metrics:
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        readers = [PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name, distributions)) for name in metrics]
+        readers = [
+            PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name, distributions))
+            for name in metrics
+        ]
         meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_sdk_logs()
     log.info("telemetry on", extra={"traces": traces, "metrics": metrics, "capture_content": capture})
-    return Telemetry(tracer_provider, meter_provider, capture, process_parent, [p for p in (tracer_provider, meter_provider) if p is not None], distributions)
+    return Telemetry(
+        tracer_provider,
+        meter_provider,
+        capture,
+        process_parent,
+        [p for p in (tracer_provider, meter_provider) if p is not None],
+        distributions,
+    )
 
 
 def _exporters(env: Mapping[str, str], signal: str) -> list[str]:
@@ -181,12 +202,16 @@ def _exporters(env: Mapping[str, str], signal: str) -> list[str]:
     names = [n.strip().lower() for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in ("otlp", "console", "none")]
     if unknown:
-        raise ValueError(f"OTEL_{signal}_EXPORTER: unknown exporter(s) {', '.join(unknown)} (known: otlp, console, none)")
+        raise ValueError(
+            f"OTEL_{signal}_EXPORTER: unknown exporter(s) {', '.join(unknown)} (known: otlp, console, none)"
+        )
     return [n for n in names if n != "none"]
 
 
 def _protocol(env: Mapping[str, str], signal: str) -> str:
-    protocol = env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    protocol = (
+        env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+    )
     if protocol not in ("http/protobuf", "grpc"):
         raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r} is not supported (http/protobuf or grpc)")
     return protocol
@@ -203,7 +228,7 @@ _EXPORTERS = {
 }
 
 
-def _exporter(signal: str, name: str, env: Mapping[str, str]):  # noqa: ANN202 - a span or metric exporter
+def _exporter(signal: str, name: str, env: Mapping[str, str]):
     """The `name` exporter (console or otlp) of `signal`; OTLP's endpoint, headers and timeout come from the environment."""
     module, _, cls = _EXPORTERS[(signal, "console" if name == "console" else _protocol(env, signal))].partition(":")
     try:
@@ -234,7 +259,7 @@ class _Outage:
         """Run one export; note its failure (an exception or a result other than `success`) or success. None if it raised."""
         try:
             result = export()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.failed(repr(exc))
             return None
         if result is success:
@@ -246,7 +271,10 @@ class _Outage:
     def succeeded(self) -> None:
         if self.failing:
             self.failing = False
-            log.info("telemetry export recovered", extra={"signal": self.signal, "exporter": self.name, "failed_exports": self.failures})
+            log.info(
+                "telemetry export recovered",
+                extra={"signal": self.signal, "exporter": self.name, "failed_exports": self.failures},
+            )
 
 
 class ReportedSpanExporter(SpanExporter):
@@ -256,7 +284,7 @@ class ReportedSpanExporter(SpanExporter):
         self._inner = inner
         self.outage = _Outage("spans", name)
 
-    def export(self, spans):  # noqa: ANN001, ANN201
+    def export(self, spans):
         result = self.outage.watch(lambda: self._inner.export(spans), SpanExportResult.SUCCESS)
         return SpanExportResult.FAILURE if result is None else result
 
@@ -272,21 +300,27 @@ class ReportedMetricExporter(MetricExporter):
     histograms (`distributions`, cumulative whatever temporality the exporter prefers) to each export."""
 
     def __init__(self, inner: Any, name: str, distributions: Distributions | None = None) -> None:
-        super().__init__(preferred_temporality=getattr(inner, "_preferred_temporality", None), preferred_aggregation=getattr(inner, "_preferred_aggregation", None))
+        super().__init__(
+            preferred_temporality=getattr(inner, "_preferred_temporality", None),
+            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
+        )
         self._inner = inner
         self._distributions = distributions
         self.outage = _Outage("metrics", name)
 
-    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):  # noqa: ANN001, ANN201
+    def export(self, metrics_data, timeout_millis: float = 10_000, **kwargs):
         if self._distributions is not None:
             metrics_data = self._distributions.add_to(metrics_data)
-        result = self.outage.watch(lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs), MetricExportResult.SUCCESS)
+        result = self.outage.watch(
+            lambda: self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs),
+            MetricExportResult.SUCCESS,
+        )
         return MetricExportResult.FAILURE if result is None else result
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
         return self._inner.force_flush(timeout_millis)
 
-    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:  # noqa: ANN003
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs) -> None:
         self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 

@@ -17,11 +17,11 @@ import contextvars
 import os
 import socket
 import time
-from datetime import UTC, datetime
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
@@ -30,20 +30,20 @@ from aiokafka.protocol.commit import OffsetCommitRequest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from worker.pipeline import state
-from worker.execution.runner import JobOutcome, JobRunner
-from worker.runtime import tune_gc
 from worker.config import Config
+from worker.execution.runner import JobOutcome, JobRunner
+from worker.messages import ErrorInfo, Job, Result, Usage
+from worker.observability.logs import get_logger
+from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
+from worker.pipeline import state
 from worker.pipeline.intake import Rejection, dead_letter, decode_job
 from worker.pipeline.kafka import DeliveryError, make_consumer, make_producer
-from worker.ratelimit.limits import partition_share
-from worker.observability.logs import get_logger
-from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Outbox, Output
-from worker.providers import Providers, build_providers
 from worker.pipeline.resumed import Resumed
-from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
+from worker.providers import Providers, build_providers
+from worker.ratelimit.limits import partition_share
+from worker.runtime import tune_gc
 
 log = get_logger("consume")
 
@@ -51,7 +51,7 @@ log = get_logger("consume")
 class Batch:
     """Records of one partition that one task runs in order (`Worker._run_records`); `done` of them are."""
 
-    __slots__ = ("records", "done", "task")
+    __slots__ = ("done", "records", "task")
     task: asyncio.Task[None]  # set at once by whoever makes the batch
 
     def __init__(self, records: list) -> None:
@@ -87,7 +87,9 @@ class Worker:
         providers = providers if providers is not None else build_providers(config)
         self.providers = providers.clients
         for name, reason in providers.unavailable.items():
-            log.warning("provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason})
+            log.warning(
+                "provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason}
+            )
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
@@ -113,9 +115,14 @@ class Worker:
         self._stop: asyncio.Event | None = None
         if self.exactly_once:
             self.consumer = make_consumer(config.kafka, isolation_level="read_committed")
-            self.transactional_id = config.kafka.transactional_id or f"{config.kafka.group_id}-{socket.gethostname()}-{os.getpid()}"
+            self.transactional_id = (
+                config.kafka.transactional_id or f"{config.kafka.group_id}-{socket.gethostname()}-{os.getpid()}"
+            )
             self.producer = make_producer(
-                config.kafka, enable_idempotence=True, transactional_id=self.transactional_id, transaction_timeout_ms=config.kafka.transaction_timeout_ms
+                config.kafka,
+                enable_idempotence=True,
+                transactional_id=self.transactional_id,
+                transaction_timeout_ms=config.kafka.transaction_timeout_ms,
             )
         else:
             self.consumer = make_consumer(config.kafka)
@@ -126,22 +133,54 @@ class Worker:
     def _observe(self) -> None:
         """Gauges read when the metric reader collects: in flight, lag, the rate-limit gates, learned rates."""
         metrics = self.runner.metrics
-        metrics.gauge("llm_router.jobs.in_flight", "{job}", "Jobs taken and not yet finished", lambda: [(self.tracker.in_flight, {})])
-        metrics.gauge("llm_router.consumer.lag", "{message}", "Messages of each owned partition of the jobs topic not yet committed", self._lag)
+        metrics.gauge(
+            "llm_router.jobs.in_flight",
+            "{job}",
+            "Jobs taken and not yet finished",
+            lambda: [(self.tracker.in_flight, {})],
+        )
+        metrics.gauge(
+            "llm_router.consumer.lag",
+            "{message}",
+            "Messages of each owned partition of the jobs topic not yet committed",
+            self._lag,
+        )
         gates = lambda: [(g, s) for g, s in self.runner.limits.stats().items()]  # noqa: E731
         metrics.gauge(
-            "llm_router.rate_limit.allowance", "1/min", "Each gate's allowance a minute (this replica's share)",
-            lambda: [(v, {"llm_router.gate": g, "llm_router.limit": k}) for g, s in gates() for k, v in s.allowance.items()],
+            "llm_router.rate_limit.allowance",
+            "1/min",
+            "Each gate's allowance a minute (this replica's share)",
+            lambda: [
+                (v, {"llm_router.gate": g, "llm_router.limit": k}) for g, s in gates() for k, v in s.allowance.items()
+            ],
         )
         metrics.gauge(
-            "llm_router.rate_limit.used", "1", "What each gate let through since start, by limit (requests, tokens)",
+            "llm_router.rate_limit.used",
+            "1",
+            "What each gate let through since start, by limit (requests, tokens)",
             lambda: [(v, {"llm_router.gate": g, "llm_router.limit": k}) for g, s in gates() for k, v in s.used.items()],
         )
-        metrics.gauge("llm_router.rate_limit.waiting", "{job}", "Jobs waiting at each gate", lambda: [(s.waiting, {"llm_router.gate": g}) for g, s in gates()])
-        metrics.gauge("llm_router.rate_limit.rate_limited", "{response}", "429s each gate received since start", lambda: [(s.rate_limited, {"llm_router.gate": g}) for g, s in gates()])
         metrics.gauge(
-            "llm_router.learned_success_rate", "1", "The learned probability of a correct answer, by task type and model",
-            lambda: [(rate, {"llm_router.task": task, "llm_router.model": model}) for task, rates in self.runner.quality.snapshot().items() for model, rate in rates.items()],
+            "llm_router.rate_limit.waiting",
+            "{job}",
+            "Jobs waiting at each gate",
+            lambda: [(s.waiting, {"llm_router.gate": g}) for g, s in gates()],
+        )
+        metrics.gauge(
+            "llm_router.rate_limit.rate_limited",
+            "{response}",
+            "429s each gate received since start",
+            lambda: [(s.rate_limited, {"llm_router.gate": g}) for g, s in gates()],
+        )
+        metrics.gauge(
+            "llm_router.learned_success_rate",
+            "1",
+            "The learned probability of a correct answer, by task type and model",
+            lambda: [
+                (rate, {"llm_router.task": task, "llm_router.model": model})
+                for task, rates in self.runner.quality.snapshot().items()
+                for model, rate in rates.items()
+            ],
         )
 
     def _lag(self) -> list[tuple[float, dict[str, str | int]]]:
@@ -150,7 +189,15 @@ class Worker:
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
             if highwater is not None:
-                out.append((highwater - committed.get(tp, 0), {"messaging.destination.name": tp.topic, "messaging.destination.partition.id": str(tp.partition)}))
+                out.append(
+                    (
+                        highwater - committed.get(tp, 0),
+                        {
+                            "messaging.destination.name": tp.topic,
+                            "messaging.destination.partition.id": str(tp.partition),
+                        },
+                    )
+                )
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -205,7 +252,10 @@ class Worker:
             return
         self.runner.quality.restore(states)
         if states:
-            log.info("learned rates restored", extra={"pairs": len({(s.task, s.model) for s in states}), "rates": self.runner.quality.snapshot()})
+            log.info(
+                "learned rates restored",
+                extra={"pairs": len({(s.task, s.model) for s in states}), "rates": self.runner.quality.snapshot()},
+            )
 
     async def _publish_rates_every(self, interval: float) -> None:
         while True:
@@ -244,11 +294,15 @@ class Worker:
                     self._pause()
                     self._capacity.clear()
                     capacity = asyncio.ensure_future(self._capacity.wait())
-                    await asyncio.wait({capacity, stopping}, timeout=worker.poll_timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {capacity, stopping}, timeout=worker.poll_timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED
+                    )
                     capacity.cancel()
                     continue
                 self._resume()
-                fetched = await self.consumer.getmany(timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free))
+                fetched = await self.consumer.getmany(
+                    timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free)
+                )
                 assigned = self.consumer.assignment() if fetched else frozenset()
                 for tp, records in fetched.items():
                     if tp in self._releasing or tp not in assigned:
@@ -316,7 +370,7 @@ class Worker:
             tasks[record.offset] = alone = Batch([record])
             alone.task = create_task(run(tp, alone, tasks), context=context.copy())
 
-    async def _handle(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:  # noqa: ANN001 - aiokafka's ConsumerRecord
+    async def _handle(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:
         """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction.
         `task` runs it (its job deadline cancels that task)."""
         try:
@@ -331,9 +385,12 @@ class Worker:
                 outputs = _with_headers(outputs, carried)
             self._hand_on(tp, record.offset, outputs)
         except Exception:
-            log.exception("job crashed; its offset stays uncommitted", extra={"partition": record.partition, "offset": record.offset})
+            log.exception(
+                "job crashed; its offset stays uncommitted",
+                extra={"partition": record.partition, "offset": record.offset},
+            )
 
-    async def _traced(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:  # noqa: ANN001
+    async def _traced(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:
         telemetry = self.telemetry
         parent, links = telemetry.process_context(record.headers)
         attributes = {
@@ -347,7 +404,9 @@ class Worker:
         }
         if record.key is not None:
             attributes["messaging.kafka.message.key"] = record.key.decode("utf-8", "replace")
-        with telemetry.tracer.start_as_current_span(f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes) as span:
+        with telemetry.tracer.start_as_current_span(
+            f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
+        ) as span:
             outputs = await self._process(record, task)
             if not span.is_recording():
                 # Not sampled: the outputs carry the process span's context.
@@ -377,10 +436,12 @@ class Worker:
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         """A job's outputs are acknowledged (or held for the transaction): its offset may be committed."""
         self.tracker.finish(tp, offset)
-        if self._paused and self.tracker.in_flight + self._held <= self._resume_at:  # the intake waits only while paused
+        if (
+            self._paused and self.tracker.in_flight + self._held <= self._resume_at
+        ):  # the intake waits only while paused
             self._capacity.set()
 
-    async def _process(self, record, task: asyncio.Task[None]) -> list[Output]:  # noqa: ANN001 - aiokafka's ConsumerRecord
+    async def _process(self, record, task: asyncio.Task[None]) -> list[Output]:
         """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
         decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
@@ -409,8 +470,15 @@ class Worker:
     def _internal_error(job: Job, exc: Exception) -> JobOutcome:
         log.exception("job failed inside the worker", extra={"job_id": job.id})
         result = Result(
-            job_id=job.id, status="failed", attempts=[], usage=Usage(), cost_usd=0.0, latency_ms=0.0,
-            finished_at=_now(), tenant=job.tenant, error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
+            job_id=job.id,
+            status="failed",
+            attempts=[],
+            usage=Usage(),
+            cost_usd=0.0,
+            latency_ms=0.0,
+            finished_at=_now(),
+            tenant=job.tenant,
+            error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
         )
         return JobOutcome(result, [])
 
@@ -423,10 +491,18 @@ class Worker:
         outputs.append((self._results_topic, key, encode(outcome.result), []))
         return outputs
 
-    def _dead_letter(self, rejection: Rejection, record) -> Output:  # noqa: ANN001
+    def _dead_letter(self, rejection: Rejection, record) -> Output:
         limit = self.config.worker.max_job_bytes
         letter, value = dead_letter(rejection, record.topic, record.partition, record.offset, record.value, limit)
-        log.warning("dead-lettered", extra={"kind": letter.error_kind, "error": letter.error[:300], "partition": record.partition, "offset": record.offset})
+        log.warning(
+            "dead-lettered",
+            extra={
+                "kind": letter.error_kind,
+                "error": letter.error[:300],
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        )
         return (self.config.kafka.topics.dlq, record.key, value, letter.to_headers())
 
     async def _commit_every(self, interval: float) -> None:
@@ -446,7 +522,10 @@ class Worker:
             if not self._member():
                 # The coordinator forgot this member (its session expired, or the broker lost its state):
                 # the partitions are lost, not revoked. Their finished jobs are redone by the next owner.
-                log.warning("not committed: this worker lost its membership of the group", extra={"partitions": sorted(tp.partition for tp in positions)})
+                log.warning(
+                    "not committed: this worker lost its membership of the group",
+                    extra={"partitions": sorted(tp.partition for tp in positions)},
+                )
                 return
             if self.exactly_once:
                 if not await self._commit_transaction(positions):
@@ -487,7 +566,10 @@ class Worker:
                 await self.producer.send_offsets_to_transaction(positions, self.config.kafka.group_id)
         except ProducerFenced as exc:
             # Another replica took this transactional id: this one must not write again.
-            log.error("fenced: another producer took this transactional id; stopping", extra={"transactional_id": self.transactional_id})
+            log.error(
+                "fenced: another producer took this transactional id; stopping",
+                extra={"transactional_id": self.transactional_id},
+            )
             self._fatal = exc
             if self._stop is not None:
                 self._stop.set()
@@ -532,15 +614,28 @@ class Worker:
             # Finished jobs' outputs still on their way to the broker: their offsets finish at the acknowledgement.
             left = self.config.worker.shutdown_grace_s - (time.monotonic() - started)
             if not await self.outbox.settled(max(0.0, left)):
-                log.warning("outputs not acknowledged within the grace period: their jobs stay uncommitted", extra={"reason": reason, "jobs": self.outbox.unacknowledged})
+                log.warning(
+                    "outputs not acknowledged within the grace period: their jobs stay uncommitted",
+                    extra={"reason": reason, "jobs": self.outbox.unacknowledged},
+                )
             await self.commit(partitions)
             self.tracker.drop(partitions)
             for tp in partitions:
                 self._tasks.pop(tp, None)
                 # Not committed: the partition's next owner redoes them.
-                self._not_sent({tp: list(self._ready.get(tp, ()))}, RuntimeError(f"not committed before the partition was released ({reason})"))
+                self._not_sent(
+                    {tp: list(self._ready.get(tp, ()))},
+                    RuntimeError(f"not committed before the partition was released ({reason})"),
+                )
                 self._held -= len(self._ready.pop(tp, {}))
-            log.info("partitions released", extra={"reason": reason, "partitions": sorted(tp.partition for tp in partitions), "drain_s": round(time.monotonic() - started, 3)})
+            log.info(
+                "partitions released",
+                extra={
+                    "reason": reason,
+                    "partitions": sorted(tp.partition for tp in partitions),
+                    "drain_s": round(time.monotonic() - started, 3),
+                },
+            )
         finally:
             self._releasing.difference_update(partitions)
         self._capacity.set()
@@ -584,7 +679,10 @@ class _Rebalance(ConsumerRebalanceListener):
         share = partition_share(len(assigned), total)
         if share > 0:
             worker.runner.limits.set_share(share)
-        log.info("partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned), "rate_limit_share": round(share, 4)})
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(tp.partition for tp in assigned), "rate_limit_share": round(share, 4)},
+        )
 
 
 def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> list[Output]:

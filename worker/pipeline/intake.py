@@ -34,11 +34,15 @@ def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
         return Rejection("not_json", f"not JSON: invalid UTF-8: {exc}")
     except RecursionError:  # nested deeper than the parser, re.compile or the JSON Schema check can go
         return Rejection("invalid_job", "not a valid job: nested too deeply")
-    except Exception as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
+    except (
+        Exception
+    ) as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
         return Rejection("invalid_job", f"not a valid job: {type(exc).__name__}: {exc}")
 
 
-def dead_letter(rejection: Rejection, topic: str, partition: int, offset: int, value: bytes | None, limit: int) -> tuple[DeadLetter, bytes]:
+def dead_letter(
+    rejection: Rejection, topic: str, partition: int, offset: int, value: bytes | None, limit: int
+) -> tuple[DeadLetter, bytes]:
     """The dead-letter record and the value to send: the original bytes, cut to `limit` if larger."""
     original = value or b""
     truncated = len(original) > limit

@@ -79,7 +79,15 @@ async def create_topics(config: KafkaConfig, partitions: int, replication_factor
             try:
                 # The learned-rates topic keeps the latest value per key: compacted.
                 response = await admin.create_topics(
-                    [NewTopic(name, partitions, replication_factor, topic_configs={"cleanup.policy": "compact"} if name == topics.state else {}) for name in missing]
+                    [
+                        NewTopic(
+                            name,
+                            partitions,
+                            replication_factor,
+                            topic_configs={"cleanup.policy": "compact"} if name == topics.state else {},
+                        )
+                        for name in missing
+                    ]
                 )
                 _raise_topic_errors(response)
             except TopicAlreadyExistsError:

@@ -17,7 +17,7 @@ P = TypeVar("P", bound=Hashable)
 class PartitionOffsets:
     """The offsets taken from one partition and not yet known to be committed."""
 
-    __slots__ = ("_order", "_done", "_next", "committed")
+    __slots__ = ("_done", "_next", "_order", "committed")
 
     def __init__(self) -> None:
         self._order: deque[int] = deque()
@@ -34,7 +34,9 @@ class PartitionOffsets:
         if not offsets:
             return
         if (self._next is not None and offsets[0] < self._next) or offsets[-1] < offsets[0]:
-            raise ValueError(f"offsets {offsets[0]}..{offsets[-1]} taken after {(self._next or 0) - 1}: offsets must increase")
+            raise ValueError(
+                f"offsets {offsets[0]}..{offsets[-1]} taken after {(self._next or 0) - 1}: offsets must increase"
+            )
         self._order.extend(offsets)
         self._next = offsets[-1] + 1
 

@@ -154,14 +154,14 @@ class Outbox:
                         partition = known[last_hash % len(known)]
                     where = (topic, partition)
                     current = opened.get(where)
-                    if current is None or current[0]._closed:  # noqa: SLF001 - none yet, or taken by the sender
+                    if current is None or current[0]._closed:
                         current = opened[where] = (producer.create_batch(), [])
                         new.append((where, *current))
                     batch, placed = current
                     # BatchBuilder.append without its wrapper (keyword arguments, serializers we do not
                     # use): a tenth of the outbox's work. Its record builder returns None when full.
-                    if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:  # noqa: SLF001
-                        batch._relative_offset += 1  # noqa: SLF001
+                    if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:
+                        batch._relative_offset += 1
                     else:
                         # Full: no more in it (the later outputs go after this one, in order), a new one takes it.
                         batch.close()
@@ -245,7 +245,7 @@ class Outbox:
 class _Landed:
     """Where one output of an acknowledged batch landed (what `sent` reads)."""
 
-    __slots__ = ("partition", "offset")
+    __slots__ = ("offset", "partition")
 
     def __init__(self, partition: int, offset: int) -> None:
         self.partition = partition

@@ -9,9 +9,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from worker.config import KafkaConfig
+from worker.observability.logs import get_logger
 from worker.pipeline.kafka import make_consumer
 from worker.routing.learning import RateState
-from worker.observability.logs import get_logger
 
 log = get_logger("state")
 _encoder = msgspec.json.Encoder()
@@ -39,7 +39,9 @@ async def load(config: KafkaConfig, idle_s: float = 0.5, limit_s: float = 10.0) 
                     try:
                         states.append(_decoder.decode(record.value))
                     except msgspec.DecodeError as exc:
-                        log.warning("unreadable learned state skipped", extra={"offset": record.offset, "error": str(exc)})
+                        log.warning(
+                            "unreadable learned state skipped", extra={"offset": record.offset, "error": str(exc)}
+                        )
                 quiet_since = time.monotonic()
     finally:
         await consumer.stop()

@@ -8,16 +8,21 @@ from collections.abc import Mapping
 from msgspec import Struct
 
 from worker.config import Config
+from worker.http.transport import make_transport
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.providers.echo import EchoProvider
 from worker.providers.gemini import GeminiProvider
-from worker.http.transport import make_transport
 from worker.providers.openai import OpenAIProvider
 
 __all__ = ["Completion", "CompletionRequest", "Provider", "Providers", "build_providers"]
 
-_ADAPTERS = {"openai": OpenAIProvider, "openai_compatible": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}
+_ADAPTERS = {
+    "openai": OpenAIProvider,
+    "openai_compatible": OpenAIProvider,
+    "anthropic": AnthropicProvider,
+    "gemini": GeminiProvider,
+}
 
 
 class Providers(Struct):

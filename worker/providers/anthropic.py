@@ -8,15 +8,27 @@ from datetime import UTC, datetime
 import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.http.transport import HttpResponse, Transport
+from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
 
-_FINISH: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "refusal"}
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "refusal",
+}
 
 
 class AnthropicProvider:
-    def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig], api_key: str | None, transport: Transport) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        models: dict[str, ModelConfig],
+        api_key: str | None,
+        transport: Transport,
+    ) -> None:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/v1/messages"
         self._models = {m: c.api_model or m for m, c in models.items()}
@@ -40,7 +52,9 @@ class AnthropicProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = await self._transport.post(self._url, self._headers, self._encoder.encode(self.request_body(request)))
+        response = await self._transport.post(
+            self._url, self._headers, self._encoder.encode(self.request_body(request))
+        )
         return parse_response(response, (time.monotonic() - started) * 1000, self.name)
 
     async def close(self) -> None:
@@ -59,11 +73,15 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthr
             error_type, message = str(error.get("type") or ""), str(error.get("message") or message)
         except (msgspec.DecodeError, AttributeError):
             pass
-        raise http_error(response.status, error_type, "", message, retry_after_from_headers(response.headers, now), limits)
+        raise http_error(
+            response.status, error_type, "", message, retry_after_from_headers(response.headers, now), limits
+        )
     data = decode_json(response.body, what)
     text = "".join(block.get("text", "") for block in data.get("content") or () if block.get("type") == "text")
     usage = data.get("usage") or {}
-    input_tokens = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"))
+    input_tokens = sum(
+        int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    )
     return Completion(
         text=text,
         finish_reason=_FINISH.get(data.get("stop_reason") or "", "other"),

@@ -61,8 +61,19 @@ def decode_json(body: bytes, what: str) -> dict:
     return data
 
 
-def http_error(status: int, error_type: str, code: str, message: str, retry_after_s: float | None, rate_limits: RateLimitState | None) -> ProviderError:
+def http_error(
+    status: int,
+    error_type: str,
+    code: str,
+    message: str,
+    retry_after_s: float | None,
+    rate_limits: RateLimitState | None,
+) -> ProviderError:
     """The ProviderError for a non-2xx answer: its kind decided by `worker.errors.classify_http_error`."""
     kind = classify_http_error(status, error_type, code, message, retry_hint=retry_after_s is not None)
-    detail = " ".join(part for part in (f"HTTP {status}", error_type or "", str(code or "") if code != error_type else "") if part)
-    return ProviderError(kind, f"{detail}: {message}".strip(), retry_after_s=retry_after_s, status=status, rate_limits=rate_limits)
+    detail = " ".join(
+        part for part in (f"HTTP {status}", error_type or "", str(code or "") if code != error_type else "") if part
+    )
+    return ProviderError(
+        kind, f"{detail}: {message}".strip(), retry_after_s=retry_after_s, status=status, rate_limits=rate_limits
+    )

@@ -12,8 +12,8 @@ import hashlib
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
-from worker.routing.pricing import estimate_tokens, messages_prompt_tokens
 from worker.providers.base import Completion, CompletionRequest
+from worker.routing.pricing import estimate_tokens, messages_prompt_tokens
 
 
 class EchoProvider:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.http.transport import HttpResponse, Transport
+from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.ratelimit.headers import gemini_retry_delay, retry_after_from_headers
 
 _REFUSED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
@@ -24,7 +24,14 @@ def _finish(reason: str) -> FinishReason:
 
 
 class GeminiProvider:
-    def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig], api_key: str | None, transport: Transport) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        models: dict[str, ModelConfig],
+        api_key: str | None,
+        transport: Transport,
+    ) -> None:
         self.name = name
         base = config.base_url.rstrip("/")
         self._urls = {m: f"{base}/models/{c.api_model or m}:generateContent" for m, c in models.items()}
@@ -39,7 +46,11 @@ class GeminiProvider:
         """`contents` with roles user/model, system messages as `systemInstruction`."""
         system = [m.content for m in request.messages if m.role == "system"]
         body: dict = {
-            "contents": [{"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]} for m in request.messages if m.role != "system"],
+            "contents": [
+                {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}
+                for m in request.messages
+                if m.role != "system"
+            ],
             "generationConfig": {"maxOutputTokens": request.max_output_tokens},
         }
         if system:

@@ -10,20 +10,33 @@ import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.http.transport import HttpResponse, Transport
+from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_after_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "refusal"}
 # Servers that take the older `max_tokens` rather than `max_completion_tokens`.
-_MAX_TOKENS_FIELD = {"": "max_completion_tokens", "groq": "max_completion_tokens", "vllm": "max_tokens", "ollama": "max_tokens", "together": "max_tokens"}
+_MAX_TOKENS_FIELD = {
+    "": "max_completion_tokens",
+    "groq": "max_completion_tokens",
+    "vllm": "max_tokens",
+    "ollama": "max_tokens",
+    "together": "max_tokens",
+}
 
 
 class OpenAIProvider:
     """`POST {base_url}/chat/completions` with a Bearer key."""
 
-    def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig], api_key: str | None, transport: Transport) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: ProviderConfig,
+        models: dict[str, ModelConfig],
+        api_key: str | None,
+        transport: Transport,
+    ) -> None:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._models = {m: c.api_model or m for m, c in models.items()}
@@ -44,7 +57,9 @@ class OpenAIProvider:
 
     async def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
-        response = await self._transport.post(self._url, self._headers, self._encoder.encode(self.request_body(request)))
+        response = await self._transport.post(
+            self._url, self._headers, self._encoder.encode(self.request_body(request))
+        )
         latency = (time.monotonic() - started) * 1000
         return parse_response(response, latency, self.name)
 
@@ -95,5 +110,9 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
         error = data.get("error") if isinstance(data.get("error"), dict) else data
         if isinstance(data.get("error"), str):  # some servers (Ollama) send {"error": "message"}
             return "", "", data["error"]
-        return str(error.get("type") or ""), str(error.get("code") or ""), str(error.get("message") or error.get("detail") or "")
+        return (
+            str(error.get("type") or ""),
+            str(error.get("code") or ""),
+            str(error.get("message") or error.get("detail") or ""),
+        )
     return "", "", str(data)[:300]

@@ -13,7 +13,7 @@ import math
 class Bucket:
     """`per_minute` units a minute, refilled continuously, never above `per_minute`."""
 
-    __slots__ = ("per_minute", "level", "updated")
+    __slots__ = ("level", "per_minute", "updated")
 
     def __init__(self, per_minute: float, now: float) -> None:
         self.per_minute = float(per_minute)

@@ -33,7 +33,12 @@ class Usage(Struct, frozen=True):
     output_tokens: int = 0
 
     def amounts(self) -> dict[str, float]:
-        return {"requests": self.requests, "tokens": self.input_tokens + self.output_tokens, "input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        return {
+            "requests": self.requests,
+            "tokens": self.input_tokens + self.output_tokens,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+        }
 
 
 class GateStats(Struct):
@@ -49,7 +54,14 @@ class GateStats(Struct):
 class Gate:
     """One allowance (a provider's or a model's): buckets per limit and a queue of waiters by priority."""
 
-    def __init__(self, name: str, limits: dict[str, int], share: float = 1.0, margin: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        limits: dict[str, int],
+        share: float = 1.0,
+        margin: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self._limits = {k: v for k, v in limits.items() if v > 0}
         self._margin = margin
@@ -152,7 +164,11 @@ class Gate:
                     self._schedule(wait)
                 else:
                     heapq.heappop(self._waiters)
-                    future.set_exception(ValueError(f"{self.name}: a request of {amounts} can never fit its per-minute limits {self._limits}"))
+                    future.set_exception(
+                        ValueError(
+                            f"{self.name}: a request of {amounts} can never fit its per-minute limits {self._limits}"
+                        )
+                    )
                     continue
                 return
             heapq.heappop(self._waiters)

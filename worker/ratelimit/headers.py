@@ -62,9 +62,17 @@ def _seconds_until(value: str | None, now: datetime) -> float | None:
 
 
 # Header names, made once (every answer is read for them): (window, limit, remaining, reset).
-_OPENAI_HEADERS = tuple((name, f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}") for name in ("requests", "tokens"))
+_OPENAI_HEADERS = tuple(
+    (name, f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
+    for name in ("requests", "tokens")
+)
 _ANTHROPIC_HEADERS = tuple(
-    (name.replace("-", "_"), f"anthropic-ratelimit-{name}-limit", f"anthropic-ratelimit-{name}-remaining", f"anthropic-ratelimit-{name}-reset")
+    (
+        name.replace("-", "_"),
+        f"anthropic-ratelimit-{name}-limit",
+        f"anthropic-ratelimit-{name}-remaining",
+        f"anthropic-ratelimit-{name}-reset",
+    )
     for name in ("requests", "tokens", "input-tokens", "output-tokens")
 )
 

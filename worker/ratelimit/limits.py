@@ -26,6 +26,7 @@ class RateLimits:
         self.backend = settings.backend
         self._shared = None
         if settings.backend == "local":
+
             def gate(name: str, limits: dict[str, int]) -> Gate:
                 return Gate(name, limits, margin=margin, clock=clock)
         else:
@@ -33,6 +34,7 @@ class RateLimits:
 
             def gate(name: str, limits: dict[str, int]) -> Gate:
                 return SharedGate(name, limits, shared, margin=margin, block_s=settings.block_s, clock=clock)
+
         self.providers = {name: gate(f"provider:{name}", _limits_of(p)) for name, p in config.providers.items()}
         self.models = {name: gate(f"model:{name}", _limits_of(m)) for name, m in config.models.items()}
         self._gates = {name: (self.models[name], self.providers[m.provider]) for name, m in config.models.items()}
@@ -63,10 +65,14 @@ class RateLimits:
             gate.set_share(share)
 
     def stats(self) -> dict[str, GateStats]:
-        return {gate.name: gate.stats() for gate in (*self.providers.values(), *self.models.values()) if gate.limited or gate.rate_limited}
+        return {
+            gate.name: gate.stats()
+            for gate in (*self.providers.values(), *self.models.values())
+            if gate.limited or gate.rate_limited
+        }
 
 
-def _limits_of(config) -> dict[str, int]:  # noqa: ANN001 - ProviderConfig or ModelConfig
+def _limits_of(config) -> dict[str, int]:
     return {
         "requests": config.requests_per_minute,
         "tokens": config.tokens_per_minute,

@@ -19,8 +19,8 @@ import math
 import time
 from collections.abc import Callable
 
-from worker.ratelimit.gates import KINDS, Gate
 from worker.observability.logs import get_logger
+from worker.ratelimit.gates import KINDS, Gate
 from worker.ratelimit.headers import RateLimitState
 
 log = get_logger("limits")
@@ -81,7 +81,7 @@ class SharedAllowance:
         """Fail fast, with the address, when Redis cannot be reached at start."""
         try:
             await self._redis.ping()
-        except Exception as exc:  # noqa: BLE001 - redis raises several kinds; all mean the same here
+        except Exception as exc:
             raise ConnectionError(f"rate_limits.backend {self.url}: cannot reach Redis: {exc}") from exc
 
     async def take(self, gate: str, capacities: dict[str, float], amounts: dict[str, float]) -> float:
@@ -94,12 +94,15 @@ class SharedAllowance:
     async def block(self, gate: str, seconds: float) -> None:
         await self._call(self._block, [f"{self.prefix}{gate}:blocked"], [max(1, int(seconds * 1000))])
 
-    async def _call(self, script, keys: list[str], args: list[float]) -> float:  # noqa: ANN001 - redis Script
+    async def _call(self, script, keys: list[str], args: list[float]) -> float:
         try:
             answer = float(await script(keys=keys, args=args))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not self._failing:
-                log.warning("Redis rate limiter unreachable: jobs wait at their gates until it answers", extra={"backend": self.url, "error": str(exc)})
+                log.warning(
+                    "Redis rate limiter unreachable: jobs wait at their gates until it answers",
+                    extra={"backend": self.url, "error": str(exc)},
+                )
             self._failing = True
             raise
         if self._failing:
@@ -116,7 +119,15 @@ class SharedGate(Gate):
 
     RETRY_S = 0.5  # after a failed round trip to Redis
 
-    def __init__(self, name: str, limits: dict[str, int], shared: SharedAllowance, margin: float = 0.0, block_s: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        name: str,
+        limits: dict[str, int],
+        shared: SharedAllowance,
+        margin: float = 0.0,
+        block_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(name, limits, margin=margin, clock=clock)
         self._shared = shared
         self._capacity = {k: v * (1 - margin) for k, v in self._limits.items()}
@@ -133,7 +144,7 @@ class SharedGate(Gate):
         short = any(amounts.get(k, 0.0) > c for k, c in self._credit.items())
         return 1e-3 if short else 0.0  # short of credit: the filler asks Redis
 
-    def has_capacity(self, usage) -> bool:  # noqa: ANN001 - limits.Usage
+    def has_capacity(self, usage) -> bool:
         """Nobody waits and no 429 closed the gate: the next block is likely to come at once."""
         return not self._waiters and self._clock() >= self._blocked_until
 
@@ -163,7 +174,11 @@ class SharedGate(Gate):
                 continue
             if wait == math.inf:
                 self._pop()
-                future.set_exception(ValueError(f"{self.name}: a request of {amounts} can never fit its per-minute limits {self._limits}"))
+                future.set_exception(
+                    ValueError(
+                        f"{self.name}: a request of {amounts} can never fit its per-minute limits {self._limits}"
+                    )
+                )
                 continue
             if now < self._blocked_until:
                 await asyncio.sleep(self._blocked_until - now)
@@ -175,7 +190,7 @@ class SharedGate(Gate):
             }
             try:
                 wait = await self._shared.take(self.name, self._capacity, need)
-            except Exception:  # noqa: BLE001 - logged once by SharedAllowance
+            except Exception:
                 await asyncio.sleep(self.RETRY_S)
                 continue
             if wait == 0.0:
@@ -187,7 +202,7 @@ class SharedGate(Gate):
     def _pop(self) -> None:
         heapq.heappop(self._waiters)
 
-    def correct(self, reserved, actual) -> None:  # noqa: ANN001 - limits.Usage
+    def correct(self, reserved, actual) -> None:
         """What the call did not use stays in this replica's credit; what it used beyond is owed."""
         self.in_flight -= 1
         reserved_amounts, actual_amounts = reserved.amounts(), actual.amounts()
@@ -210,7 +225,7 @@ class SharedGate(Gate):
     def set_share(self, share: float) -> None:
         """Shared limits are global: the partitions a replica owns do not change them."""
 
-    def stats(self):  # noqa: ANN201 - GateStats
+    def stats(self):
         stats = super().stats()
         stats.allowance = {k: round(c, 3) for k, c in self._capacity.items()}
         return stats

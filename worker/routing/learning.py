@@ -69,7 +69,9 @@ class QualityModel:
     def take_changes(self) -> list[RateState]:
         """The states changed since the last call (to publish)."""
         now = time.time()
-        changed = [RateState(task, model, *self._counts[(task, model)], updated_at=now) for task, model in sorted(self._dirty)]
+        changed = [
+            RateState(task, model, *self._counts[(task, model)], updated_at=now) for task, model in sorted(self._dirty)
+        ]
         self._dirty.clear()
         return changed
 
@@ -82,6 +84,6 @@ class QualityModel:
     def snapshot(self) -> dict[str, dict[str, float]]:
         """task -> model -> learned rate, for every pair with counts."""
         out: dict[str, dict[str, float]] = {}
-        for (task, model) in self._counts:
+        for task, model in self._counts:
             out.setdefault(task, {})[model] = round(self.rate(task, model), 4)
         return out

@@ -69,9 +69,15 @@ def make_plan(
         candidates = [routing.single_model]
     else:
         candidates = list(config.models)
-    max_output = job.max_output_tokens or (task_config and task_config.max_output_tokens) or config.worker.default_max_output_tokens
+    max_output = (
+        job.max_output_tokens
+        or (task_config and task_config.max_output_tokens)
+        or config.worker.default_max_output_tokens
+    )
     unavailable = unavailable or {}
-    rate = rate or (lambda t, m: config.models[m].quality.get(task_config.quality if task_config else "", routing.unknown_quality))
+    rate = rate or (
+        lambda t, m: config.models[m].quality.get(task_config.quality if task_config else "", routing.unknown_quality)
+    )
 
     allowed = set(job.allowed_providers) if job.allowed_providers is not None else None
     filters = [
@@ -88,8 +94,16 @@ def make_plan(
     candidates = [m for m in candidates if config.models[m].provider not in blocked] or candidates
 
     expected_output = max(1, int(max_output * routing.expected_output_share))
-    costs = {m: (input_tokens * config.models[m].input_usd_per_mtok + expected_output * config.models[m].output_usd_per_mtok) / 1e6 for m in candidates}
-    worst = {m: (input_tokens * config.models[m].input_usd_per_mtok + max_output * config.models[m].output_usd_per_mtok) / 1e6 for m in candidates}
+    costs = {
+        m: (input_tokens * config.models[m].input_usd_per_mtok + expected_output * config.models[m].output_usd_per_mtok)
+        / 1e6
+        for m in candidates
+    }
+    worst = {
+        m: (input_tokens * config.models[m].input_usd_per_mtok + max_output * config.models[m].output_usd_per_mtok)
+        / 1e6
+        for m in candidates
+    }
     latency = {m: config.models[m].latency_ms_per_100_output_tokens * expected_output / 100 for m in candidates}
     p = {m: min(max(rate(task, m), 1e-6), 1 - 1e-6) for m in candidates}
     default_floor = routing.default_verified_floor if job.verifiable else routing.default_accuracy_floor
@@ -120,7 +134,9 @@ def make_plan(
         best = min(clears, key=lambda c: (c[1] / c[2], len(c[0])))
     elif job.accuracy_floor is not None:
         top = max(c[2] for c in fits_cap)
-        raise NoRoute(f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches within the other constraints (best {top:.3f})")
+        raise NoRoute(
+            f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches within the other constraints (best {top:.3f})"
+        )
     else:
         best = max(fits_cap, key=lambda c: (c[2], -c[1]))
     chain = list(best[0])
@@ -129,7 +145,14 @@ def make_plan(
         fallbacks = [m for m in candidates if m not in chain and p[m] >= min(floor, p[chain[0]])]
         chain += sorted(fallbacks, key=lambda m: costs[m] / p[m])[: routing.max_chain - 1]
     alternates = tuple(m for m in chain[1:] if _may_go_first(m, chain, job.verifiable, p, latency, floor, budget))
-    return Plan(task=task, models=chain, max_output_tokens=max_output, expected_cost_usd=best[1], success_probability=best[2], alternates=alternates)
+    return Plan(
+        task=task,
+        models=chain,
+        max_output_tokens=max_output,
+        expected_cost_usd=best[1],
+        success_probability=best[2],
+        alternates=alternates,
+    )
 
 
 def first_instead(chain: list[str], model: str) -> list[str]:
@@ -137,7 +160,15 @@ def first_instead(chain: list[str], model: str) -> list[str]:
     return [model, *(m for m in chain if m != model)]
 
 
-def _may_go_first(model: str, chain: list[str], verifiable: bool, p: Mapping[str, float], latency: Mapping[str, float], floor: float, budget: float | None) -> bool:
+def _may_go_first(
+    model: str,
+    chain: list[str],
+    verifiable: bool,
+    p: Mapping[str, float],
+    latency: Mapping[str, float],
+    floor: float,
+    budget: float | None,
+) -> bool:
     """Whether the chain led by `model` still clears the floor and the latency budget."""
     reordered = first_instead(chain, model)
     if not verifiable and p[model] < floor:  # unverifiable: the first answer is the answer
@@ -149,7 +180,15 @@ def _may_go_first(model: str, chain: list[str], verifiable: bool, p: Mapping[str
     return budget is None or expected_latency <= budget
 
 
-def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int, max_output: int, config: Config, unavailable: Mapping[str, str]) -> str:
+def _explain(
+    constraint: str,
+    candidates: list[str],
+    job: Job,
+    input_tokens: int,
+    max_output: int,
+    config: Config,
+    unavailable: Mapping[str, str],
+) -> str:
     names = ", ".join(candidates)
     if constraint == "available":
         reasons = sorted({f"{config.models[m].provider}: {unavailable[config.models[m].provider]}" for m in candidates})
@@ -157,7 +196,9 @@ def _explain(constraint: str, candidates: list[str], job: Job, input_tokens: int
     if constraint == "allowed_providers":
         return f"allowed_providers {job.allowed_providers} excludes every candidate model ({names})"
     if constraint == "context window":
-        return f"about {input_tokens} input + {max_output} output tokens fit no candidate model's context window ({names})"
+        return (
+            f"about {input_tokens} input + {max_output} output tokens fit no candidate model's context window ({names})"
+        )
     if constraint == "latency_budget_ms":
         return f"latency_budget_ms {job.latency_budget_ms} is below every candidate model's expected latency ({names})"
     return f"cost_cap_usd {job.cost_cap_usd} is below one attempt's cost on every candidate model ({names})"

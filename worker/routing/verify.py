@@ -40,7 +40,9 @@ def verify(job: Job, text: str) -> ErrorInfo | None:
     if checks.regex is not None and not _pattern(checks.regex).search(text):
         return ErrorInfo("verification_failed", f"the answer does not match {checks.regex!r}")
     if checks.json_schema is not None:
-        error = next(iter(_validator(orjson.dumps(checks.json_schema, option=orjson.OPT_SORT_KEYS)).iter_errors(parsed)), None)
+        error = next(
+            iter(_validator(orjson.dumps(checks.json_schema, option=orjson.OPT_SORT_KEYS)).iter_errors(parsed)), None
+        )
         if error is not None:
             return ErrorInfo("verification_failed", f"the answer does not match the JSON Schema: {error.message}")
     return None

@@ -21,7 +21,22 @@ from worker.simulator.settings import ModelBehaviour
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)
 _TASK = re.compile(r"\[\[task:\s*([\w.-]+)\s*\]\]")
-FILLER = "the quick brown fox jumps over the lazy dog while the router counts tokens".split()
+FILLER = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "while",
+    "the",
+    "router",
+    "counts",
+    "tokens",
+]
 
 
 class SimRequest(Struct, frozen=True):
@@ -55,7 +70,11 @@ def latency_s(behaviour: ModelBehaviour, output_tokens: int, scale: float, rng: 
     if scale == 0 or behaviour.latency_ms == 0:
         return 0.0
     median = behaviour.latency_ms / 1000 * max(output_tokens, 1) / 100
-    return scale * median * math.exp(rng.gauss(0, behaviour.latency_jitter)) if behaviour.latency_jitter else scale * median
+    return (
+        scale * median * math.exp(rng.gauss(0, behaviour.latency_jitter))
+        if behaviour.latency_jitter
+        else scale * median
+    )
 
 
 def _unit(seed: int, model: str, prompt: str) -> float:
@@ -72,7 +91,9 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
     correct = None
     if expected:
         task = _TASK.search(prompt)
-        accuracy = behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
+        accuracy = (
+            behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
+        )
         correct = _unit(seed, request.model, prompt) < accuracy
         text = expected.group(1) if correct else f"I am not sure, but it is not {expected.group(1)[:1]}... perhaps 42."
     else:

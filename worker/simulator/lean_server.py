@@ -18,21 +18,32 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-
-from worker.observability.logs import get_logger
 from worker.http.lean import dechunk, keeps_alive, parse_headers, take_head
+from worker.observability.logs import get_logger
 
 log = get_logger("simulator")
 
 Handler = Callable[[Any], Awaitable["Response"]]
-REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    529: "Overloaded",
+}
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class Response:
     """A handler's answer: status, headers (names as written) and body."""
 
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int = 200, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
         self.status = status
@@ -48,9 +59,17 @@ def json_response(body: bytes, status: int = 200) -> Response:
 class Request:
     """What the handlers read of a request (as of aiohttp's): headers, path parameters, query, body."""
 
-    __slots__ = ("method", "path", "headers", "match_info", "query", "_body", "arrived")
+    __slots__ = ("_body", "arrived", "headers", "match_info", "method", "path", "query")
 
-    def __init__(self, method: str, path: str, headers: dict[str, str], query: dict[str, str], body: bytes, arrived: float | None = None) -> None:
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        query: dict[str, str],
+        body: bytes,
+        arrived: float | None = None,
+    ) -> None:
         self.arrived = time.monotonic() if arrived is None else arrived  # when its last byte was read
         self.method = method
         self.path = path
@@ -205,7 +224,9 @@ class LeanServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
-        self._server = await asyncio.get_running_loop().create_server(lambda: _Connection(self), host, port, backlog=4096, reuse_address=True)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self), host, port, backlog=4096, reuse_address=True
+        )
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

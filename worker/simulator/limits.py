@@ -46,4 +46,7 @@ class Limits:
         return True, 0.0, ""
 
     def state(self) -> list[LimitState]:
-        return [LimitState(name, int(b.per_minute), max(0, math.floor(b.level)), b.reset_s()) for name, b in self.buckets.items()]
+        return [
+            LimitState(name, int(b.per_minute), max(0, math.floor(b.level)), b.reset_s())
+            for name, b in self.buckets.items()
+        ]

@@ -1,13 +1,13 @@
 """The simulator's HTTP handlers, served by lean_server.py: the providers' paths, its counts and its controls.
 
-  POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
-  POST /v1/messages                              Anthropic
-  POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
-  GET  /_sim/stats                               what it served, as JSON
-  POST /_sim/reset                               zero the counts
-  GET  /_sim/models                              every model's behaviour
-  PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
-  PUT  /_sim/models/{model}                      replace a model's behaviour (unnamed fields: defaults)
+POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
+POST /v1/messages                              Anthropic
+POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
+GET  /_sim/stats                               what it served, as JSON
+POST /_sim/reset                               zero the counts
+GET  /_sim/models                              every model's behaviour
+PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
+PUT  /_sim/models/{model}                      replace a model's behaviour (unnamed fields: defaults)
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 import msgspec
 
 from worker import runtime
-from worker.runtime import tune_gc
 from worker.config import EventLoopChoice
-from worker.simulator import wire
-from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.routing.pricing import prompt_tokens
+from worker.runtime import tune_gc
+from worker.simulator import wire
 from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
+from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
+
 
 class ModelStats(msgspec.Struct):
     requests: int = 0
@@ -83,7 +84,11 @@ class Simulator:
         behaviour = self.config.models.get(model)
         wire_name = behaviour.wire if behaviour and behaviour.wire in ("openai", "openai_compatible") else "openai"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if isinstance(body, dict) else None
-        texts = [m.get("content") if isinstance(m.get("content"), str) else "" for m in body.get("messages") or []] if isinstance(body, dict) else None
+        texts = (
+            [m.get("content") if isinstance(m.get("content"), str) else "" for m in body.get("messages") or []]
+            if isinstance(body, dict)
+            else None
+        )
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body, request.arrived)
 
@@ -94,16 +99,32 @@ class Simulator:
         if isinstance(body, dict):
             system = body.get("system")
             texts = ([system] if isinstance(system, str) else [b.get("text", "") for b in system or []]) + [
-                m["content"] if isinstance(m.get("content"), str) else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
+                m["content"]
+                if isinstance(m.get("content"), str)
+                else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
                 for m in body.get("messages") or []
             ]
             if not request.headers.get("anthropic-version"):
-                return self._reply(wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model)
+                return self._reply(
+                    wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model
+                )
             if "max_tokens" not in body:
-                return self._reply(wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model)
+                return self._reply(
+                    wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model
+                )
         # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
-        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return await self._serve("anthropic", model, texts, body.get("max_tokens", 0) if isinstance(body, dict) else 0, key, body, request.arrived)
+        key = (
+            request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        )
+        return await self._serve(
+            "anthropic",
+            model,
+            texts,
+            body.get("max_tokens", 0) if isinstance(body, dict) else 0,
+            key,
+            body,
+            request.arrived,
+        )
 
     async def _gemini(self, request: Request) -> Response:
         model, _, action = request.match_info["target"].partition(":")
@@ -117,7 +138,9 @@ class Simulator:
             contents = body.get("contents") or []
             if isinstance(contents, dict):
                 contents = [contents]
-            texts = [p.get("text", "") for p in system.get("parts") or []] + [p.get("text", "") for c in contents for p in c.get("parts") or [] if isinstance(p, dict)]
+            texts = [p.get("text", "") for p in system.get("parts") or []] + [
+                p.get("text", "") for c in contents for p in c.get("parts") or [] if isinstance(p, dict)
+            ]
             config = body.get("generationConfig") or body.get("generation_config") or {}
             max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
@@ -129,7 +152,9 @@ class Simulator:
         except msgspec.DecodeError:
             return None
 
-    async def _serve(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any, arrived: float) -> Response:
+    async def _serve(
+        self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any, arrived: float
+    ) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
@@ -139,12 +164,16 @@ class Simulator:
         finally:
             stats.in_flight -= 1
 
-    async def _answer(self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any, arrived: float) -> Response:
+    async def _answer(
+        self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any, arrived: float
+    ) -> Response:
         """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
         so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
-            return self._reply(wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model)
+            return self._reply(
+                wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model
+            )
         if behaviour is None or behaviour.wire != wire_name:
             return self._reply(wire.error(wire_name, "", "not_found", model), model)
         flavor = behaviour.flavor
@@ -159,18 +188,39 @@ class Simulator:
         output_tokens = reply.output_tokens + behaviour.thinking_tokens
         limits = self._limits_for(key, model, behaviour)
         now = time.monotonic()
-        admitted, wait, binding = limits.admit({"requests": 1, "tokens": input_tokens + output_tokens, "input_tokens": input_tokens, "output_tokens": output_tokens}, now)
+        admitted, wait, binding = limits.admit(
+            {
+                "requests": 1,
+                "tokens": input_tokens + output_tokens,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+            },
+            now,
+        )
         headers = wire.rate_limit_headers(wire_name, limits.state())
         if not admitted:
             state = next(s for s in limits.state() if s.name == binding)
             detail = f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on {wire.LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. Please try again in {wire.go_duration(wait)}."
-            return self._reply(wire.error(wire_name, flavor, "rate_limited", model, detail, retry_after_s=wait if wait != float("inf") else 60.0, headers=headers), model)
+            return self._reply(
+                wire.error(
+                    wire_name,
+                    flavor,
+                    "rate_limited",
+                    model,
+                    detail,
+                    retry_after_s=wait if wait != float("inf") else 60.0,
+                    headers=headers,
+                ),
+                model,
+            )
         injected = pick_error(behaviour, self._rng)
         if injected == "timeout":
             await asyncio.sleep(self.config.timeout_hang_s)
         if injected:
             retry = behaviour.retry_after_s if injected == "rate_limited" else None
-            return self._reply(wire.error(wire_name, flavor, injected, model, retry_after_s=retry, headers=headers), model)
+            return self._reply(
+                wire.error(wire_name, flavor, injected, model, retry_after_s=retry, headers=headers), model
+            )
         delay = latency_s(behaviour, output_tokens, self.config.latency_scale, self._rng)
         if delay:
             await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
@@ -184,15 +234,25 @@ class Simulator:
                 model_stats.correct += 1
             else:
                 model_stats.wrong += 1
-        return self._reply(wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers), model)
+        return self._reply(
+            wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers), model
+        )
 
     @staticmethod
     def _context_error(wire_name: str, behaviour: ModelBehaviour, input_tokens: int, max_tokens: int) -> str:
         window = behaviour.context_window
         if wire_name == "anthropic":
-            return f"prompt is too long: {input_tokens} tokens > {window} maximum" if input_tokens + max_tokens > window else ""
+            return (
+                f"prompt is too long: {input_tokens} tokens > {window} maximum"
+                if input_tokens + max_tokens > window
+                else ""
+            )
         if wire_name == "gemini":
-            return f"The input token count ({input_tokens}) exceeds the maximum number of tokens allowed ({window})." if input_tokens > window else ""
+            return (
+                f"The input token count ({input_tokens}) exceeds the maximum number of tokens allowed ({window})."
+                if input_tokens > window
+                else ""
+            )
         if input_tokens + max_tokens > window:
             if behaviour.flavor == "vllm":
                 return f"This model's maximum context length is {window} tokens. However, you requested {input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion."

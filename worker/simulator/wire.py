@@ -26,7 +26,12 @@ def _request_id() -> str:
     return f"{_prefix}{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
-LIMIT_WORDS = {"requests": "requests per min (RPM)", "tokens": "tokens per min (TPM)", "input_tokens": "input tokens per min", "output_tokens": "output tokens per min"}
+LIMIT_WORDS = {
+    "requests": "requests per min (RPM)",
+    "tokens": "tokens per min (TPM)",
+    "input_tokens": "input tokens per min",
+    "output_tokens": "output tokens per min",
+}
 
 
 def go_duration(seconds: float) -> str:
@@ -54,11 +59,15 @@ def rate_limit_headers(wire: str, limits: list[LimitState]) -> dict[str, str]:
             prefix = f"anthropic-ratelimit-{state.name.replace('_', '-')}"
             headers[f"{prefix}-limit"] = str(state.limit)
             headers[f"{prefix}-remaining"] = str(state.remaining)
-            headers[f"{prefix}-reset"] = (now + timedelta(seconds=state.reset_s)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            headers[f"{prefix}-reset"] = (
+                (now + timedelta(seconds=state.reset_s)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            )
     return headers
 
 
-def success(wire: str, model: str, answer: Answer, input_tokens: int, thinking_tokens: int, headers: dict[str, str]) -> Reply:
+def success(
+    wire: str, model: str, answer: Answer, input_tokens: int, thinking_tokens: int, headers: dict[str, str]
+) -> Reply:
     """A 200 in the wire's shape."""
     request_id = _request_id()
     if wire in ("openai", "openai_compatible"):
@@ -71,7 +80,12 @@ def success(wire: str, model: str, answer: Answer, input_tokens: int, thinking_t
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": None if refused else answer.text, "refusal": answer.text if refused else None, "annotations": []},
+                    "message": {
+                        "role": "assistant",
+                        "content": None if refused else answer.text,
+                        "refusal": answer.text if refused else None,
+                        "annotations": [],
+                    },
                     "logprobs": None,
                     "finish_reason": "length" if answer.finish == "length" else "stop",
                 }
@@ -81,7 +95,12 @@ def success(wire: str, model: str, answer: Answer, input_tokens: int, thinking_t
                 "completion_tokens": answer.output_tokens + thinking_tokens,
                 "total_tokens": input_tokens + answer.output_tokens + thinking_tokens,
                 "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                "completion_tokens_details": {"reasoning_tokens": thinking_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": thinking_tokens,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
             },
             "service_tier": "default",
             "system_fingerprint": "fp_simulator",
@@ -123,7 +142,15 @@ def success(wire: str, model: str, answer: Answer, input_tokens: int, thinking_t
     return 200, headers | {"content-type": "application/json"}, _json.encode(body)
 
 
-def error(wire: str, flavor: str, kind: str, model: str, detail: str = "", retry_after_s: float | None = None, headers: dict[str, str] | None = None) -> Reply:
+def error(
+    wire: str,
+    flavor: str,
+    kind: str,
+    model: str,
+    detail: str = "",
+    retry_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
     """An error in the wire's own status, body and headers."""
     headers = dict(headers or {})
     if wire == "anthropic":
@@ -144,31 +171,71 @@ def error(wire: str, flavor: str, kind: str, model: str, detail: str = "", retry
 def _openai_error(kind: str, model: str, detail: str, flavor: str) -> tuple[int, dict]:
     table = {
         "rate_limited": (429, detail or f"Rate limit reached for {model}.", "requests", "rate_limit_exceeded"),
-        "quota": (429, "You exceeded your current quota, please check your plan and billing details.", "insufficient_quota", "insufficient_quota"),
-        "server": (500, "The server had an error while processing your request. Sorry about that!", "server_error", None),
+        "quota": (
+            429,
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+        "server": (
+            500,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+        ),
         "unavailable": (503, "The engine is currently overloaded, please try again later.", "server_error", None),
         "overloaded": (503, "The engine is currently overloaded, please try again later.", "server_error", None),
         "timeout": (504, "Gateway timeout.", "server_error", None),
         "context_too_long": (400, detail, "invalid_request_error", "context_length_exceeded"),
-        "auth": (401, "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.", "invalid_request_error", "invalid_api_key"),
-        "not_found": (404, f"The model `{model}` does not exist or you do not have access to it.", "invalid_request_error", "model_not_found"),
+        "auth": (
+            401,
+            "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        ),
+        "not_found": (
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            "model_not_found",
+        ),
         "bad_request": (400, detail or "Invalid request.", "invalid_request_error", None),
     }
     status, message, error_type, code = table[kind]
     if kind == "rate_limited" and detail.startswith("tokens:"):
-        error_type, message = "tokens", detail[len("tokens:"):]
+        error_type, message = "tokens", detail[len("tokens:") :]
     elif kind == "rate_limited":
         message = detail.removeprefix("requests:") or message
     if flavor == "vllm":
-        vllm_type = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 429: "RateLimitError"}.get(status, "InternalServerError")
+        vllm_type = {
+            400: "BadRequestError",
+            401: "AuthenticationError",
+            404: "NotFoundError",
+            429: "RateLimitError",
+        }.get(status, "InternalServerError")
         return status, {"object": "error", "message": message, "type": vllm_type, "param": None, "code": status}
-    return status, {"error": {"message": message, "type": error_type, "param": "messages" if kind == "context_too_long" else None, "code": code}}
+    return status, {
+        "error": {
+            "message": message,
+            "type": error_type,
+            "param": "messages" if kind == "context_too_long" else None,
+            "code": code,
+        }
+    }
 
 
 def _anthropic_error(kind: str, model: str, detail: str) -> tuple[int, dict]:
     table = {
-        "rate_limited": (429, "rate_limit_error", detail.split(":", 1)[-1] if detail else "This request would exceed your organization's rate limit."),
-        "quota": (400, "invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."),
+        "rate_limited": (
+            429,
+            "rate_limit_error",
+            detail.split(":", 1)[-1] if detail else "This request would exceed your organization's rate limit.",
+        ),
+        "quota": (
+            400,
+            "invalid_request_error",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+        ),
         "server": (500, "api_error", "Internal server error"),
         "unavailable": (503, "api_error", "Service unavailable"),
         "overloaded": (529, "overloaded_error", "Overloaded"),
@@ -179,20 +246,44 @@ def _anthropic_error(kind: str, model: str, detail: str) -> tuple[int, dict]:
         "bad_request": (400, "invalid_request_error", detail or "Invalid request"),
     }
     status, error_type, message = table[kind]
-    return status, {"type": "error", "error": {"type": error_type, "message": message}, "request_id": f"req_{uuid.uuid4().hex[:24]}"}
+    return status, {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": f"req_{uuid.uuid4().hex[:24]}",
+    }
 
 
 def _gemini_error(kind: str, model: str, detail: str, retry_after_s: float | None) -> tuple[int, dict]:
     table = {
-        "rate_limited": (429, "RESOURCE_EXHAUSTED", "You exceeded your current quota. Please migrate to a paid tier or retry later."),
-        "quota": (429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details."),
-        "server": (500, "INTERNAL", "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting"),
+        "rate_limited": (
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota. Please migrate to a paid tier or retry later.",
+        ),
+        "quota": (
+            429,
+            "RESOURCE_EXHAUSTED",
+            "You exceeded your current quota, please check your plan and billing details.",
+        ),
+        "server": (
+            500,
+            "INTERNAL",
+            "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+        ),
         "unavailable": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
         "overloaded": (503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
         "timeout": (504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
         "context_too_long": (400, "INVALID_ARGUMENT", detail),
-        "auth": (403, "PERMISSION_DENIED", "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API."),
-        "not_found": (404, "NOT_FOUND", f"models/{model} is not found for API version v1beta, or is not supported for generateContent."),
+        "auth": (
+            403,
+            "PERMISSION_DENIED",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+        ),
+        "not_found": (
+            404,
+            "NOT_FOUND",
+            f"models/{model} is not found for API version v1beta, or is not supported for generateContent.",
+        ),
         "bad_request": (400, "INVALID_ARGUMENT", detail or "Invalid JSON payload received."),
     }
     status, state, message = table[kind]
@@ -201,9 +292,26 @@ def _gemini_error(kind: str, model: str, detail: str, retry_after_s: float | Non
         error["details"] = [
             {
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_requests", "quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaDimensions": {"location": "global", "model": model}}],
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel",
+                        "quotaDimensions": {"location": "global", "model": model},
+                    }
+                ],
             },
-            {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
-            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{round(retry_after_s if retry_after_s is not None else 1.0, 3):g}s"},
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": f"{round(retry_after_s if retry_after_s is not None else 1.0, 3):g}s",
+            },
         ]
     return status, {"error": error}
