@@ -53,7 +53,7 @@ async def _consume(consumer: str, jobs: int) -> None:
         await _raw_loop(config.kafka, asyncio.Event(), stop_after=jobs)
         return
     async with running_worker(config) as worker:
-        while worker.stats.results_ok < jobs or worker.pipeline.outbox.unacknowledged:
+        while worker.stats.results_ok < jobs or worker.sink.unacknowledged:
             await asyncio.sleep(0.01)
 
 

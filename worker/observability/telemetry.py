@@ -177,8 +177,17 @@ def telemetry_from_env(
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
+        # The wrapper and the exporter it wraps must agree on the temporality the reader asks for.
+        temporality = metric_temporality(env)
         readers = [
-            PeriodicExportingMetricReader(ReportedMetricExporter(_exporter("METRICS", name, env), name, distributions))
+            PeriodicExportingMetricReader(
+                ReportedMetricExporter(
+                    _exporter("METRICS", name, env, preferred_temporality=temporality),
+                    name,
+                    distributions,
+                    preferred_temporality=temporality,
+                )
+            )
             for name in metrics
         ]
         meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
@@ -228,11 +237,36 @@ _EXPORTERS = {
 }
 
 
-def _exporter(signal: str, name: str, env: Mapping[str, str]):
+def metric_temporality(env: Mapping[str, str]) -> dict[type, Any]:
+    """The aggregation temporality of each instrument kind that OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE
+    asks for, as the OpenTelemetry specification defines its values: "cumulative" (the default) for all,
+    "delta" for counters and histograms, "lowmemory" for synchronous counters and histograms."""
+    from opentelemetry.sdk.metrics import (
+        Counter,
+        Histogram,
+        ObservableCounter,
+        ObservableGauge,
+        ObservableUpDownCounter,
+        UpDownCounter,
+    )
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    preference = env.get("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "cumulative").strip().lower()
+    delta: tuple[type, ...] = {
+        "delta": (Counter, Histogram, ObservableCounter),
+        "lowmemory": (Counter, Histogram),
+    }.get(preference, ())
+    kinds = (Counter, UpDownCounter, Histogram, ObservableCounter, ObservableUpDownCounter, ObservableGauge)
+    return {
+        kind: AggregationTemporality.DELTA if kind in delta else AggregationTemporality.CUMULATIVE for kind in kinds
+    }
+
+
+def _exporter(signal: str, name: str, env: Mapping[str, str], **options: Any):
     """The `name` exporter (console or otlp) of `signal`; OTLP's endpoint, headers and timeout come from the environment."""
     module, _, cls = _EXPORTERS[(signal, "console" if name == "console" else _protocol(env, signal))].partition(":")
     try:
-        return getattr(importlib.import_module(module), cls)()
+        return getattr(importlib.import_module(module), cls)(**options)
     except ImportError as exc:
         raise ValueError(f"OTLP over gRPC needs the grpc exporter: pip install 'llm-router[grpc]' ({exc})") from None
 
@@ -299,11 +333,14 @@ class ReportedMetricExporter(MetricExporter):
     """A metric exporter whose failures are reported once per outage, and which adds the worker's own
     histograms (`distributions`, cumulative whatever temporality the exporter prefers) to each export."""
 
-    def __init__(self, inner: Any, name: str, distributions: Distributions | None = None) -> None:
-        super().__init__(
-            preferred_temporality=getattr(inner, "_preferred_temporality", None),
-            preferred_aggregation=getattr(inner, "_preferred_aggregation", None),
-        )
+    def __init__(
+        self,
+        inner: Any,
+        name: str,
+        distributions: Distributions | None = None,
+        preferred_temporality: dict[type, Any] | None = None,
+    ) -> None:
+        super().__init__(preferred_temporality=preferred_temporality)
         self._inner = inner
         self._distributions = distributions
         self.outage = _Outage("metrics", name)

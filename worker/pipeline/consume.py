@@ -1,32 +1,27 @@
-"""The consume loop: Kafka in, many jobs in flight, outputs acknowledged, offsets committed.
+"""The consume loop: Kafka in, many jobs in flight, outputs delivered, offsets committed.
 
-Records arrive in batches from `getmany`. A task runs each partition's records of a fetch one after
-another while they finish without waiting; the first that waits keeps that task, and every record
-after it gets one of its own (`Worker._run_records`). A job hands its result and cost events (or its
-dead letter) to the outbox (outbox.py: one record batch per topic partition for all jobs finished
-meanwhile). A job's offset is finished only when the broker acknowledged its outputs (acks=all), and
-the committer commits per partition only the contiguous finished prefix. At `max_in_flight` the
-partitions are paused rather than buffered. A revoke or a stop lets in-flight jobs finish within the
-grace period, commits, and abandons the rest uncommitted (they are redelivered).
+Records arrive in batches from `getmany`; each record runs as a task of its own (an eager task where
+the Python version has them, so a job that needs no I/O finishes without a turn of the event loop).
+A finished job hands its result and cost events (or its dead letter) to the sink of the configured
+delivery (sinks.py): the outbox for at-least-once, a transaction for exactly-once. The sink finishes
+the job's offset when its outputs are safe, and the committer commits per partition only the
+contiguous finished prefix. At `max_in_flight` the partitions are paused rather than buffered. A
+revoke or a stop lets in-flight jobs finish within the grace period, commits, and abandons the rest
+uncommitted (they are redelivered).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import os
-import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
-from aiokafka.protocol.commit import OffsetCommitRequest
+from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -34,36 +29,18 @@ from worker.config import Config
 from worker.execution.runner import JobOutcome, JobRunner
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.observability.logs import get_logger
-from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, not_sent, sent, start_send_span
+from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
 from worker.pipeline.intake import Rejection, dead_letter, decode_job
-from worker.pipeline.kafka import DeliveryError, make_consumer, make_producer
+from worker.pipeline.kafka import make_consumer
 from worker.pipeline.offsets import OffsetTracker
-from worker.pipeline.outbox import Outbox, Output
-from worker.pipeline.resumed import Resumed
+from worker.pipeline.outbox import Output
+from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
 from worker.providers import Providers, build_providers
 from worker.ratelimit.limits import partition_share
 from worker.runtime import tune_gc
 
 log = get_logger("consume")
-
-
-class Batch:
-    """Records of one partition that one task runs in order (`Worker._run_records`); `done` of them are."""
-
-    __slots__ = ("done", "records", "task")
-    task: asyncio.Task[None]  # set at once by whoever makes the batch
-
-    def __init__(self, records: list) -> None:
-        self.records = records
-        self.done = 0
-
-    @property
-    def left(self) -> int:
-        return len(self.records) - self.done
-
-
-Running = dict[int, Batch]  # a partition's batches in progress, by the offset of their first record
 
 
 class WorkerStats(msgspec.Struct):
@@ -93,7 +70,7 @@ class Worker:
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._tasks: dict[TopicPartition, Running] = defaultdict(dict)
+        self._jobs: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
         self._releasing: set[TopicPartition] = set()
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -103,31 +80,18 @@ class Worker:
         self._paused = False
         # Paused partitions resume once a fiftieth of the limit is free, not at every finished job; not a
         # tenth either: with long calls each resume starts that many calls at once, and the bursts come
-        # back a call's length later (with 1 s calls at 5,200 in flight a tenth held jobs/s to 0.87 of
-        # in-flight / latency, a fiftieth to 0.92: `make bench`, section throughput).
+        # back a call's length later (`make bench`, section throughput).
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 50)
-        self.exactly_once = config.worker.delivery == "exactly_once"
-        # Exactly-once: finished jobs' outputs (and their send spans) wait here until a transaction
-        # commits them with their offsets.
-        self._ready: dict[TopicPartition, dict[int, tuple[list[Output], list | None]]] = defaultdict(dict)
-        self._held = 0
         self._fatal: BaseException | None = None  # a fenced transactional producer: the worker stops
         self._stop: asyncio.Event | None = None
-        if self.exactly_once:
+        self.sink: Sink
+        if config.worker.delivery == "exactly_once":
             self.consumer = make_consumer(config.kafka, isolation_level="read_committed")
-            self.transactional_id = (
-                config.kafka.transactional_id or f"{config.kafka.group_id}-{socket.gethostname()}-{os.getpid()}"
-            )
-            self.producer = make_producer(
-                config.kafka,
-                enable_idempotence=True,
-                transactional_id=self.transactional_id,
-                transaction_timeout_ms=config.kafka.transaction_timeout_ms,
-            )
+            self.sink = TransactionalSink(config.kafka, self._finish, fenced=self._fenced)
         else:
             self.consumer = make_consumer(config.kafka)
-            self.producer = make_producer(config.kafka)
-        self.outbox = Outbox(self.producer)  # at-least-once: outputs go as soon as their job is done
+            self.sink = OutboxSink(config.kafka, self.consumer, self._finish)
+        self.producer = self.sink.producer
         self._observe()
 
     def _observe(self) -> None:
@@ -206,7 +170,7 @@ class Worker:
         tune_gc()
         topics = self.config.kafka.topics
         await self.runner.limits.start()
-        await self._start_producer()
+        await self.sink.start()
         try:
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
@@ -217,32 +181,20 @@ class Worker:
             try:
                 await self._intake(stop)
             finally:
-                await self._release(self.tracker.partitions(), reason="shutdown")
+                await self.release(self.tracker.partitions(), reason="shutdown")
                 for task in (committer, publisher):
                     task.cancel()
                 await asyncio.gather(committer, publisher, return_exceptions=True)
                 await self._publish_rates()
                 await self.consumer.stop()
         finally:
-            await self.outbox.close()
-            await self.producer.stop()
+            await self.sink.close()
             await self.runner.limits.close()
             for provider in self.providers.values():
                 await provider.close()
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
         if self._fatal is not None:
             raise self._fatal
-
-    async def _start_producer(self) -> None:
-        try:
-            await self.producer.start()
-        except KafkaError as exc:
-            if self.exactly_once:
-                raise DeliveryError(
-                    f"worker.delivery = exactly_once needs a broker with transactions (Apache Kafka); "
-                    f"{self.config.kafka.bootstrap_servers} refused a transactional producer: {exc!r}"
-                ) from exc
-            raise
 
     async def _restore_learned_rates(self) -> None:
         try:
@@ -285,35 +237,48 @@ class Worker:
     async def _intake(self, stop: asyncio.Event) -> None:
         worker = self.config.worker
         stopping = asyncio.ensure_future(stop.wait())
-        loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                busy = self.tracker.in_flight + self._held
+                busy = self.tracker.in_flight + self.sink.held
                 free = worker.max_in_flight - busy
                 if free <= 0 or (self._paused and busy > self._resume_at):
-                    self._pause()
-                    self._capacity.clear()
-                    capacity = asyncio.ensure_future(self._capacity.wait())
-                    await asyncio.wait(
-                        {capacity, stopping}, timeout=worker.poll_timeout_ms / 1000, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    capacity.cancel()
+                    await self._wait_for_capacity(stopping)
                     continue
                 self._resume()
                 fetched = await self.consumer.getmany(
                     timeout_ms=worker.poll_timeout_ms, max_records=min(worker.batch_max_records, free)
                 )
-                assigned = self.consumer.assignment() if fetched else frozenset()
-                for tp, records in fetched.items():
-                    if tp in self._releasing or tp not in assigned:
-                        continue  # revoked meanwhile: its new owner takes these from the committed offset
-                    tasks = self._tasks[tp]
-                    self.tracker.take(tp, [record.offset for record in records])
-                    tasks[records[0].offset] = batch = Batch(records)
-                    batch.task = loop.create_task(self._run_records(tp, batch, tasks))
-                    self.stats.taken += len(records)
+                self._start_jobs(fetched)
         finally:
             stopping.cancel()
+
+    async def _wait_for_capacity(self, stopping: asyncio.Future[Any]) -> None:
+        """Pause the partitions until enough jobs finish (or the worker stops, or a poll interval passes)."""
+        self._pause()
+        self._capacity.clear()
+        capacity = asyncio.ensure_future(self._capacity.wait())
+        await asyncio.wait(
+            {capacity, stopping},
+            timeout=self.config.worker.poll_timeout_ms / 1000,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        capacity.cancel()
+
+    def _start_jobs(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """A task for each fetched record, except those of partitions revoked meanwhile (their new owner
+        takes them from the committed offset)."""
+        assigned = self.consumer.assignment() if fetched else frozenset()
+        for tp, records in fetched.items():
+            if tp in self._releasing or tp not in assigned:
+                continue
+            self.tracker.take(tp, [record.offset for record in records])
+            self.stats.taken += len(records)
+            running = self._jobs[tp]
+            for record in records:
+                job = _start_task(self._handle(tp, record))
+                if not job.done():  # an eager task may have finished already
+                    running.add(job)
+                    job.add_done_callback(running.discard)
 
     def _pause(self) -> None:
         assigned = self.consumer.assignment()
@@ -326,71 +291,25 @@ class Worker:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
 
-    async def _run_records(self, tp: TopicPartition, batch: Batch, tasks: Running) -> None:
-        """Run the batch's records in this task, one after another, while each finishes without waiting
-        (an in-process provider, a dead letter, no route). When one waits instead (any call over the
-        network), this task stays with it, and every record after it gets a task of its own at once
-        (`_hand_off`), as if each had had one from the start.
-
-        A job that waits must own the task it started in: the job deadline, and the HTTP clients'
-        timeouts, cancel the task that was current when they were set. A task a record costs its
-        creation, a turn of the event loop and its registration among all tasks: 5% of the worker's
-        instructions on jobs that need no I/O (`make bench`, worker_echo)."""
-        # The context the records after a waiting one start from (not the waiting job's: its spans);
-        # a batch of one has none after it.
-        context = contextvars.copy_context() if len(batch.records) > 1 else None
+    async def _handle(self, tp: TopicPartition, record: Any) -> None:
+        """Run one record (aiokafka's ConsumerRecord) to its outputs and hand them to the sink."""
         try:
-            handle = self._handle
-            while batch.done < len(batch.records):  # `_hand_off` shortens them
-                if batch.done == len(batch.records) - 1:  # the last: no record after it to hand off
-                    await handle(tp, batch.records[batch.done], batch.task)
-                    batch.done += 1
-                    continue
-                job = handle(tp, batch.records[batch.done], batch.task)
-                try:
-                    waiting_on = job.send(None)  # its first step: to its end, or to what it waits for
-                except StopIteration:
-                    batch.done += 1
-                    continue
-                self._hand_off(tp, batch, tasks, context)  # type: ignore[arg-type]  # not the last record: a batch of several
-                await Resumed(job, waiting_on)
-                batch.done += 1
-        finally:
-            tasks.pop(batch.records[0].offset, None)
-
-    def _hand_off(self, tp: TopicPartition, batch: Batch, tasks: Running, context: contextvars.Context) -> None:
-        """The batch's record `batch.done` waits: those after it get a task each. Not while the
-        partition is being released: the drain then waits for the batch as it is."""
-        waiting = batch.done
-        if waiting >= len(batch.records) - 1 or tp in self._releasing:
-            return
-        later, batch.records = batch.records[waiting + 1 :], batch.records[: waiting + 1]
-        create_task, run = asyncio.get_running_loop().create_task, self._run_records
-        for record in later:
-            tasks[record.offset] = alone = Batch([record])
-            alone.task = create_task(run(tp, alone, tasks), context=context.copy())
-
-    async def _handle(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:
-        """Run one record to its outputs and hand them on: to the outbox, or (exactly-once) to the next transaction.
-        `task` runs it (its job deadline cancels that task)."""
-        try:
-            telemetry = self.telemetry
-            if telemetry.tracing:
-                await self._traced(tp, record, task)
+            if self.telemetry.tracing:
+                await self._traced(tp, record)
                 return
             # No spans of ours: the producer's context still reaches the outputs as it came.
             carried = [(k, v) for k, v in record.headers if k in TRACE_HEADERS] if record.headers else []
-            outputs = await self._process(record, task)
+            outputs = await self._process(record)
             if carried:
                 outputs = _with_headers(outputs, carried)
-            self._hand_on(tp, record.offset, outputs)
+            self.sink.put(tp, record.offset, outputs, None)
         except Exception:
             log.exception(
                 "job crashed; its offset stays uncommitted",
                 extra={"partition": record.partition, "offset": record.offset},
             )
 
-    async def _traced(self, tp: TopicPartition, record, task: asyncio.Task[None]) -> None:
+    async def _traced(self, tp: TopicPartition, record: Any) -> None:
         telemetry = self.telemetry
         parent, links = telemetry.process_context(record.headers)
         attributes = {
@@ -407,12 +326,12 @@ class Worker:
         with telemetry.tracer.start_as_current_span(
             f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
         ) as span:
-            outputs = await self._process(record, task)
+            outputs = await self._process(record)
             if not span.is_recording():
                 # Not sampled: the outputs carry the process span's context.
                 context: list[tuple[str, bytes]] = []
                 inject(context)
-                self._hand_on(tp, record.offset, _with_headers(outputs, context))
+                self.sink.put(tp, record.offset, _with_headers(outputs, context), None)
                 return
             # A send span for each output, ended at the broker's acknowledgement (by the outbox), or
             # (exactly-once) when the transaction holding it commits.
@@ -423,26 +342,23 @@ class Worker:
                 headers = list(headers)
                 inject(headers, trace.set_span_in_context(send))
                 traced.append((topic, key, value, headers))
-            self._hand_on(tp, record.offset, traced, spans)
-
-    def _hand_on(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list | None = None) -> None:
-        if self.exactly_once:
-            self._ready[tp][offset] = (outputs, spans)
-            self._held += 1
-            self._finish(tp, offset)
-        else:
-            self.outbox.put(outputs, partial(self._finish, tp, offset), spans)
+            self.sink.put(tp, record.offset, traced, spans)
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         """A job's outputs are acknowledged (or held for the transaction): its offset may be committed."""
         self.tracker.finish(tp, offset)
-        if (
-            self._paused and self.tracker.in_flight + self._held <= self._resume_at
-        ):  # the intake waits only while paused
+        # The intake waits for capacity only while paused.
+        if self._paused and self.tracker.in_flight + self.sink.held <= self._resume_at:
             self._capacity.set()
 
-    async def _process(self, record, task: asyncio.Task[None]) -> list[Output]:
-        """A record's outputs: its result and cost events, or its dead letter (`task`: the one running it)."""
+    def _fenced(self, exc: BaseException) -> None:
+        """Another replica took the transactional id: this worker stops, and `run` raises `exc`."""
+        self._fatal = exc
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _process(self, record: Any) -> list[Output]:
+        """A record's (aiokafka's ConsumerRecord) outputs: its result and cost events, or its dead letter."""
         decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
@@ -456,7 +372,7 @@ class Worker:
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
         try:
-            outcome = await self.runner.run(decoded, task)
+            outcome = await self.runner.run(decoded)
         except Exception as exc:  # a bug must still give the job a result, never silence
             outcome = self._internal_error(decoded, exc)
         if outcome.result.status == "ok":
@@ -515,96 +431,43 @@ class Worker:
         async with self._commit_lock:
             if self._fatal is not None:
                 return
-            owned = [tp for tp in (partitions if partitions is not None else self.tracker.partitions())]
-            positions = self.tracker.to_commit(owned)
-            if not positions:
+            positions = self.tracker.to_commit(list(partitions) if partitions is not None else None)
+            if not positions or not await self._still_ours(positions):
                 return
-            if not self._member():
-                # The coordinator forgot this member (its session expired, or the broker lost its state):
-                # the partitions are lost, not revoked. Their finished jobs are redone by the next owner.
-                log.warning(
-                    "not committed: this worker lost its membership of the group",
-                    extra={"partitions": sorted(tp.partition for tp in positions)},
-                )
-                return
-            if self.exactly_once:
-                if not await self._commit_transaction(positions):
-                    return
-            else:
-                try:
-                    await self.consumer.commit(positions)
-                except KafkaError as exc:
-                    log.warning("commit failed", extra={"error": repr(exc)})
-                    return
-            self.tracker.committed(positions)
-            self.stats.commits += 1
+            if await self.sink.commit(positions):
+                self.tracker.committed(positions)
+                self.stats.commits += 1
+                self._capacity.set()  # exactly-once: the transaction's jobs no longer count in flight
 
-    def _member(self) -> bool:
-        """Whether the consumer still holds a generation of the group.
+    async def _still_ours(self, positions: dict[TopicPartition, int]) -> bool:
+        """Whether every partition's committed offset on the broker is still the last this worker committed.
 
-        When the coordinator answers UnknownMemberId or IllegalGeneration, aiokafka resets the
-        generation to -1 before it calls the revoke listener, and a commit sent then goes out as a
-        standalone commit, which a group without members accepts: it would write offsets of partitions
-        this worker no longer owns, or of a topic that was since recreated (a broker that lost its
-        data), where they skip the new jobs below them, or leave the partition stuck past its end."""
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        return coordinator is None or coordinator.generation != OffsetCommitRequest.DEFAULT_GENERATION_ID
-
-    async def _commit_transaction(self, positions: dict[TopicPartition, int]) -> bool:
-        """One transaction: the outputs of every job below `positions`, and the positions as the group's offsets."""
-        offsets = {tp: sorted(o for o in self._ready[tp] if o < position) for tp, position in positions.items()}
-        traced: list[tuple[Any, asyncio.Future[Any]]] = []  # (send span, the send's acknowledgement)
+        A worker whose membership the coordinator forgot (its session expired, or the broker lost its
+        state) is told so only at its next heartbeat, and aiokafka then sends its commits as standalone
+        commits, which a group without members accepts: they would write offsets of partitions this
+        worker no longer owns, or of a topic that was since recreated, where they skip the new jobs
+        below them. An offset that moved under this worker, or vanished, shows either case."""
+        ours = self.tracker.committed_positions()
         try:
-            async with self.producer.transaction():
-                for tp, finished in offsets.items():
-                    for offset in finished:
-                        outputs, spans = self._ready[tp][offset]
-                        for index, (topic, key, value, headers) in enumerate(outputs):
-                            acknowledged = await self.producer.send(topic, value, key=key, headers=headers)
-                            if spans:
-                                traced.append((spans[index], acknowledged))
-                await self.producer.send_offsets_to_transaction(positions, self.config.kafka.group_id)
-        except ProducerFenced as exc:
-            # Another replica took this transactional id: this one must not write again.
-            log.error(
-                "fenced: another producer took this transactional id; stopping",
-                extra={"transactional_id": self.transactional_id},
-            )
-            self._fatal = exc
-            if self._stop is not None:
-                self._stop.set()
-            self._not_sent(offsets, exc)
-            return False
+            found = await asyncio.gather(*(self.consumer.committed(tp) for tp in positions))
         except KafkaError as exc:
-            # Aborted: nothing of it is visible; the same outputs and offsets go in the next transaction.
-            log.warning("transaction failed, retried at the next commit", extra={"error": repr(exc)})
-            self._not_sent(offsets, exc)
+            log.warning("not committed: the committed offsets could not be read", extra={"error": repr(exc)})
             return False
-        for span, acknowledged in traced:
-            sent(span, acknowledged.result())  # committed: visible to read_committed consumers from now
-        for tp, finished in offsets.items():
-            ready = self._ready[tp]
-            for offset in finished:
-                del ready[offset]
-            self._held -= len(finished)
-        self._capacity.set()
+        moved = sorted(
+            tp.partition for tp, broker in zip(positions, found, strict=True) if broker != ours.get(tp, broker)
+        )
+        if moved:
+            # The partitions are lost, not revoked: their finished jobs are redone by the next owner.
+            log.warning(
+                "not committed: the group's offsets changed under this worker (membership lost)",
+                extra={"partitions": moved},
+            )
+            return False
         return True
 
-    def _not_sent(self, offsets: dict[TopicPartition, list[int]], exc: BaseException) -> None:
-        """The transaction holding these jobs' outputs failed: their send spans end with the error (the
-        outputs go in a later transaction, or to the partition's next owner, without spans)."""
-        for tp, finished in offsets.items():
-            ready = self._ready.get(tp, {})
-            for offset in finished:
-                outputs, spans = ready.get(offset, ([], None))
-                for span in spans or ():
-                    not_sent(span, exc)
-                if spans:
-                    ready[offset] = (outputs, None)
-
-    async def _release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
+    async def release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
         """Stop taking from `partitions`, let their jobs finish within the grace period, commit, forget."""
-        partitions = [tp for tp in partitions]
+        partitions = list(partitions)
         if not partitions:
             return
         self._releasing.update(partitions)
@@ -613,21 +476,16 @@ class Worker:
             await self._drain(partitions, reason, started + self.config.worker.shutdown_grace_s)
             # Finished jobs' outputs still on their way to the broker: their offsets finish at the acknowledgement.
             left = self.config.worker.shutdown_grace_s - (time.monotonic() - started)
-            if not await self.outbox.settled(max(0.0, left)):
+            if not await self.sink.settled(max(0.0, left)):
                 log.warning(
                     "outputs not acknowledged within the grace period: their jobs stay uncommitted",
-                    extra={"reason": reason, "jobs": self.outbox.unacknowledged},
+                    extra={"reason": reason, "jobs": self.sink.unacknowledged},
                 )
             await self.commit(partitions)
             self.tracker.drop(partitions)
+            self.sink.forget(partitions, reason)
             for tp in partitions:
-                self._tasks.pop(tp, None)
-                # Not committed: the partition's next owner redoes them.
-                self._not_sent(
-                    {tp: list(self._ready.get(tp, ()))},
-                    RuntimeError(f"not committed before the partition was released ({reason})"),
-                )
-                self._held -= len(self._ready.pop(tp, {}))
+                self._jobs.pop(tp, None)
             log.info(
                 "partitions released",
                 extra={
@@ -642,47 +500,41 @@ class Worker:
 
     async def _drain(self, partitions: list[TopicPartition], reason: str, until: float) -> None:
         """Wait for the jobs of `partitions` until `until` (monotonic), then cancel those left."""
+        jobs = {job for tp in partitions for job in self._jobs.get(tp, ())}
+        if not jobs:
+            return
+        log.info("draining in-flight jobs", extra={"reason": reason, "jobs": len(jobs)})
+        _, unfinished = await asyncio.wait(jobs, timeout=max(0.0, until - time.monotonic()))
+        if unfinished:
+            for job in unfinished:
+                job.cancel()
+            await asyncio.wait(unfinished)
+            self.stats.abandoned += len(unfinished)
+            log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": len(unfinished)})
 
-        def running() -> list[Batch]:
-            return [batch for tp in partitions for batch in self._tasks.get(tp, {}).values() if not batch.task.done()]
-
-        batches = running()
-        if batches:
-            log.info("draining in-flight jobs", extra={"reason": reason, "jobs": sum(batch.left for batch in batches)})
-        while batches:
-            left = until - time.monotonic()
-            if left <= 0:
-                unfinished = {batch.task for batch in batches}
-                abandoned = sum(batch.left for batch in batches)
-                for task in unfinished:
-                    task.cancel()
-                await asyncio.wait(unfinished)
-                self.stats.abandoned += abandoned
-                log.warning("abandoned unfinished jobs uncommitted", extra={"reason": reason, "jobs": abandoned})
-                return
-            await asyncio.wait({batch.task for batch in batches}, timeout=left)
-            batches = running()  # and those handed a task of their own meanwhile (`_hand_off`)
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        """New partitions: paused like the others while the worker is at capacity; the rate-limit share follows."""
+        if self._paused and partitions:
+            self.consumer.pause(*partitions)
+        total = len(self.consumer.partitions_for_topic(self.config.kafka.topics.jobs) or ())
+        share = partition_share(len(partitions), total)
+        if share > 0:
+            self.runner.limits.set_share(share)
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(tp.partition for tp in partitions), "rate_limit_share": round(share, 4)},
+        )
 
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, worker: Worker) -> None:
-        self._worker = worker
+        self.worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._worker._release(revoked, reason="revoked")
+        await self.worker.release(revoked, reason="revoked")
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        worker = self._worker
-        if worker._paused and assigned:
-            worker.consumer.pause(*assigned)
-        total = len(worker.consumer.partitions_for_topic(worker.config.kafka.topics.jobs) or ())
-        share = partition_share(len(assigned), total)
-        if share > 0:
-            worker.runner.limits.set_share(share)
-        log.info(
-            "partitions assigned",
-            extra={"partitions": sorted(tp.partition for tp in assigned), "rate_limit_share": round(share, 4)},
-        )
+        self.worker.assigned(assigned)
 
 
 def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> list[Output]:
@@ -692,3 +544,15 @@ def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> li
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _start_task(job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A task for one job: eager where Python has eager tasks (3.12+), so a job that finishes without
+    waiting (an in-process provider, a dead letter) costs no turn of the event loop."""
+    loop = asyncio.get_running_loop()
+    if _EAGER is not None:
+        return _EAGER(loop, job)
+    return loop.create_task(job)
+
+
+_EAGER: Callable[..., asyncio.Task[Any]] | None = getattr(asyncio, "eager_task_factory", None)

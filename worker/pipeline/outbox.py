@@ -83,7 +83,7 @@ class Outbox:
             asyncio.get_running_loop().call_soon(done)
             return
         self._unacknowledged += 1
-        self._queue(_Entry(outputs, done, spans))
+        self._queue(_Entry(outputs=outputs, done=done, spans=spans))
 
     def _queue(self, entry: _Entry) -> None:
         self._pending.append(entry)
@@ -154,20 +154,16 @@ class Outbox:
                         partition = known[last_hash % len(known)]
                     where = (topic, partition)
                     current = opened.get(where)
-                    if current is None or current[0]._closed:
+                    # BatchBuilder.append returns None when the batch is full, or closed because aiokafka's
+                    # sender took it: a new batch takes the output then (and those after it, in order).
+                    if (
+                        current is None
+                        or current[0].append(timestamp=None, key=key, value=value, headers=headers) is None
+                    ):
                         current = opened[where] = (producer.create_batch(), [])
                         new.append((where, *current))
+                        current[0].append(timestamp=None, key=key, value=value, headers=headers)
                     batch, placed = current
-                    # BatchBuilder.append without its wrapper (keyword arguments, serializers we do not
-                    # use): a tenth of the outbox's work. Its record builder returns None when full.
-                    if batch._builder.append(batch._relative_offset, None, key, value, headers) is not None:
-                        batch._relative_offset += 1
-                    else:
-                        # Full: no more in it (the later outputs go after this one, in order), a new one takes it.
-                        batch.close()
-                        batch, placed = current = opened[where] = (producer.create_batch(), [])
-                        new.append((where, *current))
-                        batch.append(timestamp=None, key=key, value=value, headers=headers)
                     placed.append((entry, index, generation))
             for (topic, partition), batch, placed in new:
                 future = await producer.send_batch(batch, topic, partition=partition)
