@@ -53,7 +53,7 @@ OVERFLOW: tuple[str, ...] = ()  # the values of the overflow set (a real set has
 def _attributes(keys: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str | bool]:
     if values is OVERFLOW:
         return {"otel.metric.overflow": True}
-    return {k: v for k, v in zip(keys, values) if v}
+    return {k: v for k, v in zip(keys, values, strict=True) if v}
 
 
 class Sums:

@@ -20,6 +20,7 @@ exporter). An exporter that fails is reported once per outage, not once per batc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -89,10 +90,8 @@ class Telemetry:
 
         def stop() -> None:
             for provider in self._shutdown:
-                try:
+                with contextlib.suppress(Exception):  # one failing exporter must not keep the others up
                     provider.shutdown()
-                except Exception:
-                    pass
 
         thread = threading.Thread(target=stop, name="telemetry-shutdown", daemon=True)
         thread.start()
@@ -118,7 +117,8 @@ def inject(headers: list[tuple[str, bytes]], context: Context | None = None) -> 
 
 
 def start_send_span(telemetry: Telemetry, topic: str, key: bytes | None):
-    """The span of one message sent (`send {topic}`, PRODUCER): the caller injects it and ends it at the acknowledgement."""
+    """The span of one message sent (`send {topic}`, PRODUCER): the caller injects it and ends it at the
+    acknowledgement."""
     attributes: dict[str, Any] = {
         "messaging.system": "kafka",
         "messaging.operation.name": "send",
@@ -263,7 +263,8 @@ def metric_temporality(env: Mapping[str, str]) -> dict[type, Any]:
 
 
 def _exporter(signal: str, name: str, env: Mapping[str, str], **options: Any):
-    """The `name` exporter (console or otlp) of `signal`; OTLP's endpoint, headers and timeout come from the environment."""
+    """The `name` exporter (console or otlp) of `signal`; OTLP's endpoint, headers and timeout come from the
+    environment."""
     module, _, cls = _EXPORTERS[(signal, "console" if name == "console" else _protocol(env, signal))].partition(":")
     try:
         return getattr(importlib.import_module(module), cls)(**options)
@@ -285,12 +286,14 @@ class _Outage:
         if not self.failing:
             self.failing = True
             log.warning(
-                f"telemetry export failing: {self.signal} are dropped until the collector answers (reported once per outage)",
+                f"telemetry export failing: {self.signal} are dropped until the collector answers "
+                "(reported once per outage)",
                 extra={"signal": self.signal, "exporter": self.name, "error": error},
             )
 
     def watch(self, export: Callable[[], Any], success: Any) -> Any:
-        """Run one export; note its failure (an exception or a result other than `success`) or success. None if it raised."""
+        """Run one export; note its failure (an exception or a result other than `success`) or success.
+        None if it raised."""
         try:
             result = export()
         except Exception as exc:

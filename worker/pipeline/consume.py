@@ -394,9 +394,9 @@ class Worker:
             latency_ms=0.0,
             finished_at=_now(),
             tenant=job.tenant,
-            error=ErrorInfo("internal", f"{type(exc).__name__}: {exc}"),
+            error=ErrorInfo(kind="internal", message=f"{type(exc).__name__}: {exc}"),
         )
-        return JobOutcome(result, [])
+        return JobOutcome(result=result, cost_events=[])
 
     def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
         key = outcome.result.job_id.encode()

@@ -67,7 +67,8 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
 
 
 async def create_topics(config: KafkaConfig, partitions: int, replication_factor: int = 1) -> dict[str, str]:
-    """Create the jobs, results, costs, dead-letter and learned-state topics; each one's state: "created" or "exists"."""
+    """Create the jobs, results, costs, dead-letter and learned-state topics; each one's state: "created" or
+    "exists"."""
     admin = AIOKafkaAdminClient(**_common(config))
     await admin.start()
     try:
