@@ -2,8 +2,11 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
+# The default configurations: the package carries config/ as worker/defaults/ (pyproject.toml), and
+# /app/config stays in the image as the file LLM_ROUTER_CONFIG names, which a mounted file replaces.
 COPY config ./config
 COPY schemas ./schemas
+# Without the `demo` extra: the image runs against a Kafka cluster, not the embedded broker.
 RUN pip install --no-cache-dir .
 ENV LLM_ROUTER_CONFIG=/app/config/router.toml
 ENTRYPOINT ["llm-router"]

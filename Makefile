@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval kafka kafka-stop schemas compose-check clean
+.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval kafka kafka-stop schemas compose-check wheel-check lint clean
 
 # Quiet on stdout (progress goes to stderr): `make bench`'s stdout is JSON lines only, even on a fresh clone.
 $(STAMP): pyproject.toml
 	@echo "installing into $(VENV) ..." >&2
 	@$(PYTHON) -m venv $(VENV) >&2
 	@$(BIN)/pip install --quiet --upgrade pip >&2
-	@$(BIN)/pip install --quiet -e '.[test]' >&2
+	@$(BIN)/pip install --quiet -e '.[test,demo]' >&2
 	@touch $(STAMP)
 
 venv install: $(STAMP)
@@ -66,9 +66,22 @@ kafka-stop:
 schemas: $(STAMP)
 	$(BIN)/llm-router schemas
 
+## Lint and types: ruff (lint and format check) over the Python of the repository, mypy over worker/,
+## and the layer contract of worker/ (import-linter, pyproject.toml).
+lint: $(STAMP)
+	$(BIN)/ruff check worker tests bench scripts
+	$(BIN)/ruff format --check worker tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
 ## Validates docker-compose.yml (Debian's docker-compose is installed when no compose is at hand).
 compose-check:
 	scripts/compose-check.sh
+
+## Builds the wheel, installs it with the demo extra into a fresh virtualenv and runs `llm-router demo`
+## outside the repository (downloads the dependencies from PyPI).
+wheel-check:
+	PYTHON=$(PYTHON) scripts/wheel-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis $(KAFKA_DIR)

