@@ -9,7 +9,9 @@ import orjson
 
 from worker.messages import CostEvent, DeadLetter, Job, Result
 
-SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# The checkout's schemas/ (beside worker/); an installed package has none: schemas/ in the current directory.
+_CHECKOUT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS_DIR = _CHECKOUT_SCHEMAS if (_CHECKOUT_SCHEMAS / "samples").is_dir() else Path("schemas")
 
 # File stem -> (Struct, the topic key in config `kafka.topics` it travels on).
 SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {

@@ -175,7 +175,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Write schemas/ from the message Structs, or with --check fail when they differ.",
     )
     schemas.add_argument("--check", action="store_true", help="exit 1 if schemas/ differs from the Structs")
-    schemas.add_argument("--dir", default=None, help="the schemas folder (default: the repo's schemas/)")
+    schemas.add_argument(
+        "--dir", default=None, help="the schemas folder (default: the checkout's schemas/, else ./schemas)"
+    )
     schemas.set_defaults(func=_cmd_schemas)
     return parser
 
