@@ -1,4 +1,4 @@
-"""Shared: the Kafka broker, a Redis server on loopback, and the measured figures tests report."""
+"""Shared: the Kafka broker, worker replicas, a Redis server on loopback, and the measured figures tests report."""
 
 import os
 import shutil
@@ -27,11 +27,12 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
-    """A Redis server (Debian's redis-server) on loopback for the shared rate limiter; fails, never skips, without it."""
+    """A Redis server (Debian's redis-server) on loopback for the shared rate limiter; fails, never skips, if absent."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(
-            "redis-server is not installed: `scripts/redis.sh install` (apt-get install redis-server) or `make test`, which runs it",
+            "redis-server is not installed: `scripts/redis.sh install` (apt-get install redis-server) "
+            "or `make test`, which runs it",
             pytrace=False,
         )
     port = free_port()
@@ -60,6 +61,18 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture
+def replicas(tmp_path):
+    """Worker replicas (`llm-router worker` processes) for one test, logging into its tmp_path: started with
+    `replicas.start(setup)` or `replicas.start_settled(setup, count)`; every one is stopped when the test ends."""
+    # Imported here: the unit tests, which never start a replica, need not load the Kafka helpers.
+    from tests.integration.helpers import Replicas
+
+    started = Replicas(tmp_path)
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

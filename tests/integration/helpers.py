@@ -1,4 +1,4 @@
-"""Helpers for integration tests: unique topics per test, producing, collecting, worker processes."""
+"""Helpers for integration tests: unique topics per test, producing, collecting, worker replicas in processes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -166,17 +166,18 @@ class WorkerProcess:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         env = setup.process_env() | {k: str(v) for k, v in overrides.items()}
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker"],
-            env=env,
-            cwd=REPO,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        with open(self.log_path, "wb") as log:  # the process writes through its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
 
     def events(self) -> list[dict]:
+        """Every line of the log so far, a JSON log line as its dict, any other line as `(not json)`."""
         lines = self.log_path.read_bytes().splitlines()
         out = []
         for line in lines:
@@ -197,6 +198,7 @@ class WorkerProcess:
         return latest
 
     async def wait_assigned(self, timeout_s: float = 60) -> list[int]:
+        """Wait until the replica has partitions (failing if it exits first); returns them."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -209,19 +211,20 @@ class WorkerProcess:
         raise AssertionError(f"{self.name} got no partitions in {timeout_s} s: {self.log_path.read_text()[-3000:]}")
 
     def signal(self, sig: int) -> None:
+        """Send `sig` to the process."""
         self.process.send_signal(sig)
 
     def kill(self) -> None:
+        """SIGKILL: the replica dies at once, with whatever it had in flight."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
     def wait(self, timeout_s: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout_s)
-        finally:
-            self._log.flush()
+        """Wait for the process to exit; its exit code."""
+        return self.process.wait(timeout=timeout_s)
 
     def stop(self) -> None:
+        """SIGTERM if it still runs (the worker drains and commits), SIGKILL after 30 s; nothing if it has exited."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -229,7 +232,6 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
 
 
 async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60, partitions: int = 4) -> None:
@@ -244,26 +246,50 @@ async def settle_assignment(replicas: list[WorkerProcess], timeout_s: float = 60
     raise AssertionError(f"the assignment did not settle: {[r.assigned() for r in replicas]}")
 
 
-async def start_replicas(
-    replicas: list[WorkerProcess], setup: Setup, log_dir: Path, count: int, partitions: int, **overrides: object
-) -> None:
-    """Add `count` worker processes to `replicas` (the caller stops them), and wait until each has
-    partitions and the group's assignment has settled."""
-    replicas.extend(WorkerProcess(setup, log_dir, f"replica-{n}", **overrides) for n in range(count))
-    for replica in replicas:
-        await replica.wait_assigned()
-    await settle_assignment(replicas, partitions=partitions)
+class Replicas:
+    """The worker replicas (`llm-router worker` processes) of one test, their logs in one folder.
 
+    The `replicas` fixture gives each test one, and stops every replica it started when the test ends."""
 
-async def kill_busiest_at(
-    outputs: Outputs, results: int, replicas: list[WorkerProcess], setup: Setup, log_dir: Path, **overrides: object
-) -> dict:
-    """Once `results` jobs have results, SIGKILL the replica owning most partitions and start another
-    (appended to `replicas`); returns the victim's partitions and the results counted at the kill."""
-    while len(outputs.result_ids) < results:
-        await asyncio.sleep(0.02)
-    victim = max(replicas, key=lambda r: len(r.assigned()))
-    facts = {"victim_partitions": victim.assigned(), "results_at_kill": len(outputs.result_ids)}
-    victim.kill()
-    replicas.append(WorkerProcess(setup, log_dir, f"replica-{len(replicas)}", **overrides))
-    return facts
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[WorkerProcess] = []
+
+    def __iter__(self) -> Iterator[WorkerProcess]:
+        return iter(self.started)
+
+    def start(self, setup: Setup, name: str | None = None, **overrides: object) -> WorkerProcess:
+        """Start one replica (`replica-N` unless named) with the setup's env and `overrides`."""
+        replica = WorkerProcess(setup, self.log_dir, name or f"replica-{len(self.started)}", **overrides)
+        self.started.append(replica)
+        return replica
+
+    def alive(self) -> list[WorkerProcess]:
+        """The replicas whose process is still running."""
+        return [r for r in self.started if r.process.poll() is None]
+
+    async def start_settled(
+        self, setup: Setup, count: int, partitions: int = 4, **overrides: object
+    ) -> list[WorkerProcess]:
+        """Start `count` replicas and wait until each has partitions and the group's assignment has settled."""
+        group = [self.start(setup, **overrides) for _ in range(count)]
+        for replica in group:
+            await replica.wait_assigned()
+        await settle_assignment(group, partitions=partitions)
+        return group
+
+    async def kill_busiest_at(self, outputs: Outputs, results: int, setup: Setup, **overrides: object) -> dict:
+        """Once `results` jobs have results, SIGKILL the live replica owning most partitions and start another;
+        returns the victim's partitions and the results counted at the kill."""
+        while len(outputs.result_ids) < results:
+            await asyncio.sleep(0.02)
+        victim = max(self.alive(), key=lambda r: len(r.assigned()))
+        facts = {"victim_partitions": victim.assigned(), "results_at_kill": len(outputs.result_ids)}
+        victim.kill()
+        self.start(setup, **overrides)
+        return facts
+
+    def stop(self) -> None:
+        """Stop every replica still running (SIGTERM, SIGKILL after 30 s); calling it again is harmless."""
+        for replica in self.started:
+            replica.stop()

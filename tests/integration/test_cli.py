@@ -5,7 +5,7 @@ import sys
 
 import orjson
 
-from tests.integration.helpers import REPO, Setup, WorkerProcess
+from tests.integration.helpers import REPO, Setup
 
 
 def cli(setup: Setup, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def cli(setup: Setup, *args: str, stdin: bytes | None = None, timeout: float = 6
     )
 
 
-def test_topics_produce_worker_results(bootstrap, tmp_path):
+def test_topics_produce_worker_results(bootstrap, tmp_path, replicas):
     setup = Setup(bootstrap)
     created = cli(setup, "topics", "create", "--partitions", "3")
     assert created.returncode == 0, created.stderr
@@ -48,12 +48,10 @@ def test_topics_produce_worker_results(bootstrap, tmp_path):
     assert from_stdin.returncode == 0 and from_stdin.stdout.decode().split() == ["cli-5"]
     ids.append("cli-5")
 
-    worker = WorkerProcess(setup, tmp_path, "w")
-    try:
-        raw = cli(setup, "results", "--json", "--count", "4", timeout=90)
-        human = cli(setup, "results", "--count", "4", timeout=60)
-    finally:
-        worker.stop()
+    replicas.start(setup, "w")
+    raw = cli(setup, "results", "--json", "--count", "4", timeout=90)
+    human = cli(setup, "results", "--count", "4", timeout=60)
+    replicas.stop()
     assert raw.returncode == 0, raw.stderr
     results = [orjson.loads(line) for line in raw.stdout.decode().splitlines()]
     assert sorted(r["job_id"] for r in results) == sorted(ids)

@@ -9,7 +9,6 @@ import pytest
 
 from tests.integration.helpers import (
     Setup,
-    WorkerProcess,
     collect,
     committed,
     job_bytes,
@@ -19,7 +18,6 @@ from tests.integration.helpers import (
 )
 from worker.cli.runs import running_worker
 from worker.messages import Checks
-from worker.pipeline.consume import Worker
 
 
 def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
@@ -35,25 +33,23 @@ def test_every_job_gets_one_result_and_a_cost_event_per_attempt(bootstrap):
 
     async def scenario():
         await make_topics(setup)
-        stop = asyncio.Event()
-        worker = Worker(setup.config)
-        run = asyncio.create_task(worker.run(stop))
+        done = asyncio.Event()
         watch = {"max_in_flight": 0, "paused": False}
 
-        async def watcher():
-            while not stop.is_set():
+        async def watcher(worker):
+            while not done.is_set():
                 watch["max_in_flight"] = max(watch["max_in_flight"], worker.tracker.in_flight)
                 watch["paused"] |= bool(worker.consumer.paused())
                 await asyncio.sleep(0.002)
 
-        watching = asyncio.create_task(watcher())
-        ends = await produce(
-            setup, [(job_id.encode(), job_bytes(job_id, prompt, tenant="acme")) for job_id, prompt in jobs]
-        )
-        outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=90, settle_s=0.5)
-        await asyncio.sleep(0.3)  # one more commit interval
-        stop.set()
-        await run
+        async with running_worker(setup.config) as worker:
+            watching = asyncio.create_task(watcher(worker))
+            ends = await produce(
+                setup, [(job_id.encode(), job_bytes(job_id, prompt, tenant="acme")) for job_id, prompt in jobs]
+            )
+            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=90, settle_s=0.5)
+            await asyncio.sleep(0.3)  # one more commit interval
+            done.set()
         await watching
         return outputs, worker, watch, ends, await committed(setup, list(ends))
 
@@ -91,14 +87,8 @@ def test_a_job_that_waits_holds_up_neither_the_jobs_fetched_with_it_nor_their_de
         ends = await produce(
             setup, [(i.encode(), job_bytes(i, model="gpt-4o") if i in slow else job_bytes(i)) for i in ids]
         )
-        stop = asyncio.Event()
-        worker = Worker(setup.config)
-        run = asyncio.create_task(worker.run(stop))
-        try:
+        async with running_worker(setup.config) as worker:
             outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=0.3)
-        finally:
-            stop.set()
-            await run
         return outputs, worker, ends, await committed(setup, list(ends))
 
     outputs, worker, ends, positions = asyncio.run(scenario())
@@ -114,7 +104,7 @@ def test_a_job_that_waits_holds_up_neither_the_jobs_fetched_with_it_nor_their_de
     assert positions == ends and worker.stats.abandoned == 0
 
 
-def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(bootstrap, tmp_path):
+def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(bootstrap, replicas):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__MAX_JOB_BYTES=4096)
     bad_kinds = [
         (b"not json at all", "not_json"),
@@ -135,30 +125,26 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
         else:
             messages.append((f"good-{i}".encode(), job_bytes(f"good-{i}")))
             good.append(f"good-{i}")
-    worker = WorkerProcess(setup, tmp_path, "w1")
-    try:
+    worker = replicas.start(setup, "w1")
 
-        async def scenario():
-            await make_topics(setup)
-            await worker.wait_assigned()
-            ends = await produce(setup, messages)
-            outputs = await collect(
-                setup,
-                until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters),
-                timeout_s=90,
-                settle_s=1.0,
-            )
-            return outputs, ends, await committed(setup, list(ends))
-
-        outputs, ends, positions = asyncio.run(scenario())
-        assert worker.process.poll() is None, "the worker must not exit on bad input"
-        starts = [e for e in worker.events() if e.get("event") == "worker starting"]
-        assert len(starts) == 1
-        assert starts[0]["event_loop"] == "uvloop", (
-            "worker processes run on uvloop by default (worker.event_loop = auto)"
+    async def scenario():
+        await make_topics(setup)
+        await worker.wait_assigned()
+        ends = await produce(setup, messages)
+        outputs = await collect(
+            setup,
+            until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters),
+            timeout_s=90,
+            settle_s=1.0,
         )
-    finally:
-        worker.stop()
+        return outputs, ends, await committed(setup, list(ends))
+
+    outputs, ends, positions = asyncio.run(scenario())
+    assert worker.process.poll() is None, "the worker must not exit on bad input"
+    starts = [e for e in worker.events() if e.get("event") == "worker starting"]
+    assert len(starts) == 1
+    assert starts[0]["event_loop"] == "uvloop", "worker processes run on uvloop by default (worker.event_loop = auto)"
+    worker.stop()
     assert outputs.result_ids == set(good)
     assert len(expected_letters) == 200 and len(outputs.letters) == 200
     by_key = {key: (letter, value) for letter, key, value in outputs.letters}
@@ -171,11 +157,11 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
     assert positions == ends, "the offsets of dead letters are committed too"
 
 
-def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, tmp_path):
+def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(bootstrap, replicas):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=20)
     slow = provider_latency(4000)
     ids = [f"t{i}" for i in range(300)]
-    first = WorkerProcess(setup, tmp_path, "first", **slow)
+    first = replicas.start(setup, "first", **slow)
 
     async def scenario():
         await make_topics(setup)
@@ -189,18 +175,12 @@ def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(boot
         code = await asyncio.to_thread(first.wait, 40)
         elapsed = time.monotonic() - sent
         before = await collect(setup, until=lambda o: False, timeout_s=3)
-        second = WorkerProcess(setup, tmp_path, "second")
-        try:
-            await second.wait_assigned()
-            after = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=2)
-        finally:
-            second.stop()
+        await replicas.start(setup, "second").wait_assigned()
+        after = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=2)
         return code, elapsed, before, after
 
-    try:
-        code, elapsed, before, after = asyncio.run(scenario())
-    finally:
-        first.stop()
+    code, elapsed, before, after = asyncio.run(scenario())
+    replicas.stop()
     drained = [e for e in first.events() if e.get("event") == "draining in-flight jobs"]
     assert code == 0
     assert elapsed < 20, f"exit took {elapsed:.1f} s, over the grace period"
@@ -210,11 +190,11 @@ def test_sigterm_drains_in_flight_jobs_commits_and_a_restart_redoes_nothing(boot
     assert after.duplicates() == 0, "no job redone after the restart: the drained offsets were committed"
 
 
-def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redelivered(bootstrap, tmp_path):
+def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redelivered(bootstrap, replicas):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=0.5)
     ids = [f"a{i}" for i in range(100)]
     slow = provider_latency(10000)
-    first = WorkerProcess(setup, tmp_path, "first", **slow)
+    first = replicas.start(setup, "first", **slow)
 
     async def scenario():
         await make_topics(setup)
@@ -225,18 +205,12 @@ def test_a_grace_period_too_short_abandons_jobs_uncommitted_and_they_are_redeliv
         )  # taken, and each call takes 10 s (a busy broker can take a second to serve the first fetch)
         first.signal(signal.SIGTERM)
         code = await asyncio.to_thread(first.wait, 30)
-        second = WorkerProcess(setup, tmp_path, "second")
-        try:
-            await second.wait_assigned()
-            outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=1)
-        finally:
-            second.stop()
+        await replicas.start(setup, "second").wait_assigned()
+        outputs = await collect(setup, until=lambda o: len(o.result_ids) >= len(ids), timeout_s=60, settle_s=1)
         return code, outputs
 
-    try:
-        code, outputs = asyncio.run(scenario())
-    finally:
-        first.stop()
+    code, outputs = asyncio.run(scenario())
+    replicas.stop()
     abandoned = [e for e in first.events() if e.get("event") == "abandoned unfinished jobs uncommitted"]
     assert code == 0 and abandoned and abandoned[0]["jobs"] > 0
     assert outputs.result_ids == set(ids) and outputs.duplicates() == 0
@@ -275,9 +249,9 @@ def test_learned_rates_survive_a_restart_through_the_state_topic(bootstrap):
         async with running_worker(setup.config) as first:
             await produce(setup, [(k.encode(), v) for k, v in jobs])
             await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=60)
-        second = Worker(setup.config)
-        await second._restore_learned_rates()
-        await second.producer.stop()
+        # A restarted worker restores the learned rates from the state topic as it starts, before its first job.
+        async with running_worker(setup.config) as second:
+            pass
         return first.runner.quality, second.runner.quality
 
     learned, restored = asyncio.run(scenario())

@@ -178,9 +178,7 @@ def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(boot
 
 
 @pytest.mark.parametrize("backend", ["partition share", "redis"])
-def test_three_replicas_share_one_key(bootstrap, tmp_path, report, request, backend):
-    from tests.integration.helpers import start_replicas
-
+def test_three_replicas_share_one_key(bootstrap, tmp_path, replicas, report, request, backend):
     process, url = start_simulator(tmp_path, requests_per_minute=RPM)
     shared = {}
     if backend == "redis":
@@ -189,12 +187,11 @@ def test_three_replicas_share_one_key(bootstrap, tmp_path, report, request, back
             "LLM_ROUTER__RATE_LIMITS__REDIS_PREFIX": f"test:{tmp_path.name}:",
         }
     setup = worker_setup(bootstrap, url, **shared)
-    replicas = []
     jobs = 2400
 
     async def scenario():
         await make_topics(setup, partitions=12)
-        await start_replicas(replicas, setup, tmp_path, 3, partitions=12, **KEYS)
+        await replicas.start_settled(setup, 3, partitions=12, **KEYS)
         await produce(
             setup, [(f"s{i}".encode(), job_bytes(f"s{i}", f"question {i}", model="gpt-4o")) for i in range(jobs)]
         )
@@ -204,8 +201,7 @@ def test_three_replicas_share_one_key(bootstrap, tmp_path, report, request, back
     try:
         samples, served = asyncio.run(scenario())
     finally:
-        for replica in replicas:
-            replica.stop()
+        replicas.stop()  # before the simulator they call
         process.terminate()
         process.wait(timeout=10)
     shares = [

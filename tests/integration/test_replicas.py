@@ -5,15 +5,12 @@ import asyncio
 from tests.integration.helpers import (
     Outputs,
     Setup,
-    WorkerProcess,
     collect,
     job_bytes,
-    kill_busiest_at,
     make_topics,
     produce,
     provider_latency,
     settle_assignment,
-    start_replicas,
 )
 
 JOBS = 2000
@@ -22,7 +19,7 @@ COMMIT_INTERVAL_MS = 100
 LATENCY_MS = 200
 
 
-def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap, tmp_path, report):
+def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap, replicas, report):
     setup = Setup(
         bootstrap,
         LLM_ROUTER__WORKER__MAX_IN_FLIGHT=MAX_IN_FLIGHT,
@@ -30,32 +27,29 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
         **provider_latency(LATENCY_MS),
     )
     ids = [f"k{i:05d}" for i in range(JOBS)]
-    replicas: list[WorkerProcess] = []
     facts = {}
 
     async def scenario() -> Outputs:
         await make_topics(setup, partitions=4)
-        await start_replicas(replicas, setup, tmp_path, 3, partitions=4)
+        await replicas.start_settled(setup, 3, partitions=4)
         outputs = Outputs()
         collecting = asyncio.create_task(
             collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=240, settle_s=3, outputs=outputs)
         )
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        facts.update(await kill_busiest_at(outputs, JOBS // 4, replicas, setup, tmp_path))
+        facts.update(await replicas.kill_busiest_at(outputs, JOBS // 4, setup))
         await collecting
         return outputs
 
-    try:
-        outputs = asyncio.run(scenario())
-    finally:
-        for replica in replicas:
-            replica.stop()
+    outputs = asyncio.run(scenario())
+    replicas.stop()
     missing = set(ids) - outputs.result_ids
     duplicates = outputs.duplicates()
     bound = MAX_IN_FLIGHT * (1 + (COMMIT_INTERVAL_MS + LATENCY_MS - 1) // LATENCY_MS)
     report(
         f"SIGKILL of 1 of 3 replicas mid-run: jobs={JOBS} results={len(outputs.results)} missing={len(missing)} "
-        f"duplicates={duplicates} (bound {bound}: max_in_flight {MAX_IN_FLIGHT} + what finishes in one commit interval) "
+        f"duplicates={duplicates} "
+        f"(bound {bound}: max_in_flight {MAX_IN_FLIGHT} + what finishes in one commit interval) "
         f"results_at_kill={facts['results_at_kill']} victim_partitions={facts['victim_partitions']}"
     )
     assert facts["victim_partitions"], "the killed replica owned partitions"
@@ -65,36 +59,30 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     assert all(r.status == "ok" for r in outputs.results)
 
 
-def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, tmp_path, report):
+def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, replicas, report):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **provider_latency(6000))
     ids = [f"r{i}" for i in range(400)]
-    first = WorkerProcess(setup, tmp_path, "first")
-    second = None
+    first = replicas.start(setup, "first")
 
     async def scenario():
-        nonlocal second
         await make_topics(setup, partitions=4)
         assert sorted(await first.wait_assigned()) == [0, 1, 2, 3]
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
-        await asyncio.sleep(
-            0.5
-        )  # all 400 are in flight on the first replica (each call takes 6 s: longer than the second one takes to start and join)
-        second = WorkerProcess(setup, tmp_path, "second")
-        await settle_assignment([first, second])
+        # All 400 are in flight on the first replica: each call takes 6 s, longer than the second one takes to
+        # start and join.
+        await asyncio.sleep(0.5)
+        await settle_assignment([first, replicas.start(setup, "second")])
         return await collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=90, settle_s=2)
 
-    try:
-        outputs = asyncio.run(scenario())
-    finally:
-        first.stop()
-        if second:
-            second.stop()
+    outputs = asyncio.run(scenario())
+    replicas.stop()
     revoked = [e for e in first.events() if e.get("event") == "partitions released" and e.get("reason") == "revoked"]
     drained = [
         e for e in first.events() if e.get("event") == "draining in-flight jobs" and e.get("reason") == "revoked"
     ]
     report(
-        f"revoke hand-over: jobs={len(ids)} drained_on_revoke={drained[0]['jobs'] if drained else 0} duplicates={outputs.duplicates()}"
+        f"revoke hand-over: jobs={len(ids)} drained_on_revoke={drained[0]['jobs'] if drained else 0} "
+        f"duplicates={outputs.duplicates()}"
     )
     assert revoked and drained and drained[0]["jobs"] > 0, "the revoke found jobs in flight and let them finish"
     assert outputs.result_ids == set(ids)

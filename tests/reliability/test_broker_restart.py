@@ -18,6 +18,7 @@ import pytest
 from tests.integration.helpers import (
     REPO,
     Outputs,
+    Replicas,
     Setup,
     WorkerProcess,
     collect,
@@ -57,7 +58,7 @@ def assert_survived(worker: WorkerProcess) -> None:
 
 
 def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and_every_job_gets_its_result(
-    bootstrap, tmp_path, report, summary
+    bootstrap, tmp_path, replicas, report, summary
 ):
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         kafka_dir = os.environ.get("LLM_ROUTER_TEST_KAFKA_DIR")
@@ -68,16 +69,16 @@ def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and
                 "scripts/test-on-kafka.sh .venv/bin/python -m pytest -m reliability (or unset KAFKA_BOOTSTRAP_SERVERS for Tansu)",
                 pytrace=False,
             )
-        restart_apache_kafka(bootstrap, kafka_dir, tmp_path, report, summary)
+        restart_apache_kafka(bootstrap, kafka_dir, replicas, report, summary)
     else:
-        replace_tansu(tmp_path, report, summary)
+        replace_tansu(tmp_path, replicas, report, summary)
 
 
-def restart_apache_kafka(bootstrap: str, kafka_dir: str, tmp_path, report, summary) -> None:
+def restart_apache_kafka(bootstrap: str, kafka_dir: str, replicas: Replicas, report, summary) -> None:
     port = bootstrap.split(",")[0].rpartition(":")[2]
     setup = Setup(bootstrap, **SLOW)
     ids = [f"restart-{i:05d}" for i in range(3000)]
-    worker = WorkerProcess(setup, tmp_path, "worker")
+    worker = replicas.start(setup, "worker")
     stopped = False
     facts: dict = {}
 
@@ -125,7 +126,7 @@ def restart_apache_kafka(bootstrap: str, kafka_dir: str, tmp_path, report, summa
     )
 
 
-def replace_tansu(tmp_path, report, summary) -> None:
+def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
     port = free_port()
     first = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-first.log")
     second = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-second.log")
@@ -136,7 +137,7 @@ def replace_tansu(tmp_path, report, summary) -> None:
     setup = Setup(first.bootstrap_servers, **SLOW)
     before_ids = [f"before-{i:05d}" for i in range(3000)]
     after_ids = [f"after-{i:05d}" for i in range(500)]
-    worker = WorkerProcess(setup, tmp_path, "worker")
+    worker = replicas.start(setup, "worker")
     facts: dict = {}
 
     async def scenario() -> tuple[Outputs, dict[int, int], dict[int, int | None]]:

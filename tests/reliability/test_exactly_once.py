@@ -14,15 +14,12 @@ from tests.integration.helpers import (
     REPO,
     Outputs,
     Setup,
-    WorkerProcess,
     broker_has_transactions,
     collect,
     job_bytes,
-    kill_busiest_at,
     make_topics,
     produce,
     provider_latency,
-    start_replicas,
 )
 
 JOBS = 3000
@@ -37,7 +34,7 @@ EXACTLY_ONCE = {
 
 
 def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refused_without_transactions(
-    bootstrap, tmp_path, summary
+    bootstrap, replicas, summary
 ):
     setup = Setup(bootstrap, **EXACTLY_ONCE, **provider_latency(20))
     if not asyncio.run(broker_has_transactions(bootstrap)):
@@ -55,12 +52,11 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
         return
 
     ids = [f"x{i:05d}" for i in range(JOBS)]
-    replicas: list[WorkerProcess] = []
     facts = {}
 
     async def scenario() -> Outputs:
         await make_topics(setup, partitions=PARTITIONS)
-        await start_replicas(replicas, setup, tmp_path, 3, partitions=PARTITIONS)
+        await replicas.start_settled(setup, 3, partitions=PARTITIONS)
         outputs = Outputs()
         collecting = asyncio.create_task(
             collect(
@@ -74,18 +70,13 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
         )
         await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
         facts.update(
-            await kill_busiest_at(
-                outputs, JOBS // 3, replicas, setup, tmp_path, LLM_ROUTER__KAFKA__TRANSACTIONAL_ID="replacement"
-            )
+            await replicas.kill_busiest_at(outputs, JOBS // 3, setup, LLM_ROUTER__KAFKA__TRANSACTIONAL_ID="replacement")
         )
         await collecting
         return outputs
 
-    try:
-        outputs = asyncio.run(scenario())
-    finally:
-        for replica in replicas:
-            replica.stop()
+    outputs = asyncio.run(scenario())
+    replicas.stop()
     missing = set(ids) - outputs.result_ids
     attempts = [(c.job_id, c.attempt) for c in outputs.costs]
     cost_duplicates = len(attempts) - len(set(attempts))

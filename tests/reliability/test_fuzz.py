@@ -17,7 +17,7 @@ import msgspec
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.helpers import Setup, WorkerProcess, collect, make_topics
+from tests.integration.helpers import Setup, collect, make_topics
 from tests.reliability.helpers import crashes, starts, wait_committed
 from worker.messages import Job
 from worker.pipeline.intake import Rejection, decode_job
@@ -290,7 +290,7 @@ MAX_JOB_BYTES = 16 * 1024
 
 
 def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_letter(
-    bootstrap, tmp_path, report, summary
+    bootstrap, replicas, report, summary
 ):
     cases = harvest(
         st.one_of(raw_messages.map(lambda v: (v, ["raw"], False)), near_valid_jobs(), near_valid_jobs()), MESSAGES
@@ -300,7 +300,7 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
         unique = f"fuzz-{n:04d}"
         messages.append((unique.encode(), value.replace(ID.encode(), unique.encode()) if value is not None else None))
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__MAX_JOB_BYTES=MAX_JOB_BYTES)
-    worker = WorkerProcess(setup, tmp_path, "worker")
+    worker = replicas.start(setup, "worker")
 
     async def scenario():
         await make_topics(setup, partitions=4)
@@ -327,11 +327,9 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
         positions, _ = await wait_committed(setup, ends, timeout_s=10)
         return placed, outputs, ends, positions
 
-    try:
-        placed, outputs, ends, positions = asyncio.run(scenario())
-        alive = worker.process.poll() is None
-    finally:
-        worker.stop()
+    placed, outputs, ends, positions = asyncio.run(scenario())
+    alive = worker.process.poll() is None
+    worker.stop()
 
     by_place = {place: (key, value) for place, (key, value) in zip(placed, messages)}
     lettered: dict[tuple[int, int], str] = {}

@@ -8,7 +8,6 @@ import random
 from tests.integration.helpers import (
     Outputs,
     Setup,
-    WorkerProcess,
     collect,
     job_bytes,
     make_topics,
@@ -42,7 +41,7 @@ def kill_points(rng: random.Random, jobs: int, kills: int, start: float = 0.05, 
 
 
 def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_their_uncommitted_work(
-    bootstrap, tmp_path, report, summary
+    bootstrap, replicas, report, summary
 ):
     setup = Setup(
         bootstrap,
@@ -54,7 +53,6 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
     rng = random.Random(SEED)
     points = kill_points(rng, JOBS, KILLS)
     ids = [f"kill-{i:05d}" for i in range(JOBS)]
-    every: list[WorkerProcess] = []
     kills: list[dict] = []
 
     async def wait_for_results(outputs: Outputs, count: int, collecting: asyncio.Task) -> None:
@@ -67,11 +65,7 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
 
     async def scenario() -> tuple[Outputs, dict[int, int], dict[int, int | None]]:
         await make_topics(setup, partitions=PARTITIONS)
-        alive = [WorkerProcess(setup, tmp_path, f"replica-{n}") for n in range(REPLICAS)]
-        every.extend(alive)
-        for replica in alive:
-            await replica.wait_assigned()
-        await settle_assignment(alive, partitions=PARTITIONS)
+        alive = await replicas.start_settled(setup, REPLICAS, partitions=PARTITIONS)
         outputs = Outputs()
         collecting = asyncio.create_task(
             collect(setup, until=lambda o: o.result_ids >= set(ids), timeout_s=220, settle_s=3, outputs=outputs)
@@ -93,19 +87,14 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
             )
             victim.kill()
             alive.remove(victim)
-            replacement = WorkerProcess(setup, tmp_path, f"replica-{REPLICAS + n}")
-            every.append(replacement)
-            alive.append(replacement)
+            alive.append(replicas.start(setup, f"replica-{REPLICAS + n}"))
         await collecting
         # Every output is acknowledged; the survivors commit within a commit interval.
         positions, _ = await wait_committed(setup, ends, timeout_s=30)
         return outputs, ends, positions
 
-    try:
-        outputs, ends, positions = asyncio.run(scenario())
-    finally:
-        for replica in every:
-            replica.stop()
+    outputs, ends, positions = asyncio.run(scenario())
+    replicas.stop()
     missing = set(ids) - outputs.result_ids
     duplicates = outputs.duplicates()
     bound = len(kills) * bound_each
@@ -118,7 +107,7 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
     assert len(kills) == KILLS, f"only {len(kills)} of {KILLS} kills happened"
     assert all(k["partitions"] for k in kills), f"every killed replica owned partitions: {kills}"
     assert all(k["results_at_kill"] < JOBS for k in kills), f"every kill happened mid-run: {kills}"
-    for replica in every:
+    for replica in replicas:
         assert not crashes(replica), f"{replica.name} logged crashes: {crashes(replica)[:3]}"
     assert not missing, f"{len(missing)} jobs have no result (lost), e.g. {sorted(missing)[:5]}"
     assert duplicates <= bound, (

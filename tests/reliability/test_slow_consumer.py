@@ -6,7 +6,7 @@ import time
 
 from aiokafka import TopicPartition
 
-from tests.integration.helpers import Setup, WorkerProcess, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import Setup, collect, job_bytes, make_topics, produce
 from tests.reliability.helpers import crashes, wait_committed
 from worker.pipeline.kafka import make_consumer
 
@@ -15,9 +15,9 @@ WARM_UP = 300
 PARTITIONS = 4
 
 
-def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, tmp_path, report, summary):
+def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, replicas, report, summary):
     setup = Setup(bootstrap)
-    worker = WorkerProcess(setup, tmp_path, "worker")
+    worker = replicas.start(setup, "worker")
     slow = {"read": 0}
 
     async def run_batch(prefix: str, count: int) -> tuple[float, dict[int, int]]:
@@ -75,11 +75,9 @@ def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, tmp
             await lag_consumer.stop()
         return alone, beside, read_during, outputs, slow_committed
 
-    try:
-        alone, beside, read_during, outputs, slow_committed = asyncio.run(scenario())
-        alive = worker.process.poll() is None
-    finally:
-        worker.stop()
+    alone, beside, read_during, outputs, slow_committed = asyncio.run(scenario())
+    alive = worker.process.poll() is None
+    worker.stop()
     results = len(outputs.results)
     summary(
         f"slow consumer: jobs={JOBS} worker alone {alone:.0f} jobs/s, beside a 1 record/s reader and an idle one {beside:.0f} jobs/s; "

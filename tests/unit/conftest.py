@@ -6,6 +6,6 @@ ECHO = {f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in ("OPENAI", "ANTHROP
 
 
 @pytest.fixture(scope="module")
-def echo_config():
+def config():
     """The default configuration with the in-process echo provider behind every provider."""
     return load_config(env=ECHO)

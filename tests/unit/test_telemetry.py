@@ -1,12 +1,8 @@
-"""Telemetry set-up from the OTEL_* environment, trace-context headers, and logs carrying trace ids."""
+"""Telemetry set-up from the OTEL_* environment, and trace context in and out of Kafka headers."""
 
-import logging
-
-import orjson
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.observability.logs import JsonFormatter
 from worker.observability.telemetry import OFF, Telemetry, inject, telemetry_from_env, trace_carrier
 
 
@@ -66,13 +62,3 @@ def test_trace_context_goes_into_and_out_of_kafka_headers():
     root, links = Telemetry(TracerProvider(), process_parent="link").process_context(headers)
     assert root is None and len(links) == 1, "link mode: a trace of its own, linked to the producer"
     assert telemetry.process_context([]) == (None, [])
-
-
-def test_log_lines_carry_the_current_trace_and_span_ids():
-    telemetry = Telemetry(TracerProvider())
-    record = logging.LogRecord("llm_router.x", logging.INFO, __file__, 1, "hello", None, None)
-    assert "trace_id" not in orjson.loads(JsonFormatter().format(record))
-    with telemetry.tracer.start_as_current_span("job") as span:
-        entry = orjson.loads(JsonFormatter().format(record))
-    assert entry["trace_id"] == format(span.get_span_context().trace_id, "032x")
-    assert entry["span_id"] == format(span.get_span_context().span_id, "016x")

@@ -27,7 +27,7 @@ def test_replicas_draw_from_one_bucket_and_together_never_pass_the_limit(redis_u
         granted: list[float] = []
 
         async def one(gate):
-            await gate.acquire(Usage(1, 0, 0))
+            await gate.acquire(Usage(requests=1, input_tokens=0, output_tokens=0))
             granted.append(time.monotonic())
 
         start = time.monotonic()
@@ -54,7 +54,7 @@ def test_a_429_on_one_replica_closes_the_gate_of_every_replica(redis_url):
         first.throttle(1.0)
         await asyncio.sleep(0.05)  # the block reaches Redis
         start = time.monotonic()
-        await second.acquire(Usage(1, 0, 0))
+        await second.acquire(Usage(requests=1, input_tokens=0, output_tokens=0))
         waited = time.monotonic() - start
         await a.close()
         await b.close()
@@ -68,8 +68,10 @@ def test_what_a_call_did_not_use_stays_in_the_local_credit_without_a_round_trip(
     async def scenario():
         shared = allowance(redis_url)
         gate = SharedGate("model:m", {"tokens": 6000}, shared, block_s=0.1)
-        await gate.acquire(Usage(0, 100, 900))  # 1,000 tokens reserved
-        gate.correct(Usage(0, 100, 900), Usage(0, 100, 50))  # 150 used: 850 back in the credit
+        reserved = Usage(requests=0, input_tokens=100, output_tokens=900)
+        await gate.acquire(reserved)  # 1,000 tokens reserved
+        # 150 used: 850 back in the credit
+        gate.correct(reserved, Usage(requests=0, input_tokens=100, output_tokens=50))
         calls = 0
         original = shared.take
 
@@ -79,7 +81,7 @@ def test_what_a_call_did_not_use_stays_in_the_local_credit_without_a_round_trip(
             return await original(*args)
 
         shared.take = counting
-        await gate.acquire(Usage(0, 100, 700))  # 800 fit the credit
+        await gate.acquire(Usage(requests=0, input_tokens=100, output_tokens=700))  # 800 fit the credit
         await shared.close()
         return calls, gate.stats()
 
@@ -93,7 +95,7 @@ def test_a_request_larger_than_a_minutes_limit_fails_at_once(redis_url):
         shared = allowance(redis_url)
         gate = SharedGate("model:m", {"tokens": 1000}, shared)
         with pytest.raises(ValueError, match="can never fit"):
-            await gate.acquire(Usage(1, 900, 500))
+            await gate.acquire(Usage(requests=1, input_tokens=900, output_tokens=500))
         await shared.close()
 
     asyncio.run(scenario())
@@ -109,7 +111,7 @@ def test_an_unreachable_redis_fails_the_start_naming_its_address():
         finally:
             await limits.close()
 
-    with pytest.raises(ConnectionError, match="redis://127.0.0.1:1/0: cannot reach Redis"):
+    with pytest.raises(ConnectionError, match=r"redis://127\.0\.0\.1:1/0: cannot reach Redis"):
         asyncio.run(scenario())
 
 
