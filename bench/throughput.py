@@ -462,8 +462,10 @@ def _latency(http: _Phase, raw: _Phase) -> Figure:
     """
     paced = [(record, _RESULT.decode(record.value)) for key, record in http.results.items() if key in http.sent_ms]
     provider = [_provider_ms(result) for _, result in paced]
-    inside = [result.latency_ms - p for (_, result), p in zip(paced, provider)]
-    end_to_end = [record.timestamp - http.sent_ms[record.key] - p for (record, _), p in zip(paced, provider)]
+    inside = [result.latency_ms - p for (_, result), p in zip(paced, provider, strict=True)]
+    end_to_end = [
+        record.timestamp - http.sent_ms[record.key] - p for (record, _), p in zip(paced, provider, strict=True)
+    ]
     floor = [rec.timestamp - raw.sent_ms[key] for key, rec in raw.results.items() if key in raw.sent_ms]
     return {
         "bench": "latency",
@@ -480,7 +482,7 @@ def _latency(http: _Phase, raw: _Phase) -> Figure:
 
 
 def _simulator_config(folder: Path) -> Path:
-    """The simulator's models, MODEL answering in CALL_S (the median; CALL_JITTER around it), without errors or limits."""
+    """The simulator's models, MODEL answering in CALL_S (median; CALL_JITTER around it), without errors or limits."""
     config = load_simulator_config()
     model = msgspec.structs.replace(
         config.models[MODEL], latency_jitter=CALL_JITTER, output_tokens=1, requests_per_minute=0, tokens_per_minute=0

@@ -40,7 +40,9 @@ def test_router_beats_always_gpt4o_and_the_reference_routes(bootstrap, report):
     vs_gpt = 1 - router["cost_per_correct_usd"] / gpt["cost_per_correct_usd"]
     vs_reference = 1 - router["cost_per_correct_usd"] / reference["cost_per_correct_usd"]
     report(
-        f"eval on bench/workload.jsonl: router accuracy {router['accuracy']:.3f} (always-gpt-4o {gpt['accuracy']:.3f}, reference {reference['accuracy']:.3f}); cost per correct {vs_gpt:.1%} below always-gpt-4o, {vs_reference:.1%} below the reference routes"
+        f"eval on bench/workload.jsonl: router accuracy {router['accuracy']:.3f} "
+        f"(always-gpt-4o {gpt['accuracy']:.3f}, reference {reference['accuracy']:.3f}); "
+        f"cost per correct {vs_gpt:.1%} below always-gpt-4o, {vs_reference:.1%} below the reference routes"
     )
     assert vs_gpt >= 0.60
     assert vs_reference >= 0.20

@@ -58,7 +58,7 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
             LLM_ROUTER__WORKER__RETRY_CAP_S=0.05,
             **{
                 f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind
-                for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"))
+                for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"), strict=True)
             },
         )
         try:
@@ -94,6 +94,7 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
     assert {"rate_limited", "refused"} <= kinds, kinds
     ok = [r for r in outputs.results if r.status == "ok"]
     report(
-        f"HTTP end to end: jobs={len(jobs)} ok={len(ok)} attempts={len(attempts)} simulator_requests={served['requests']} "
-        f"429s={served['rate_limited_sent']} cost_events_usd={costs:.6f} served_tokens_x_prices_usd={expected:.6f} error_kinds={sorted(kinds)}"
+        f"HTTP end to end: jobs={len(jobs)} ok={len(ok)} attempts={len(attempts)} "
+        f"simulator_requests={served['requests']} 429s={served['rate_limited_sent']} "
+        f"cost_events_usd={costs:.6f} served_tokens_x_prices_usd={expected:.6f} error_kinds={sorted(kinds)}"
     )

@@ -52,7 +52,7 @@ def worker_setup(bootstrap, url, **extra):
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": 1,  # jobs still waiting for the allowance are abandoned, not drained
         **{
             f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind
-            for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"))
+            for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"), strict=True)
         },
     }
     return Setup(bootstrap, **(overrides | extra))
@@ -102,7 +102,9 @@ def test_one_replica_uses_the_request_allowance_without_a_single_429(bootstrap, 
     steady = [s for s in samples if 1300 < s[1] < jobs]
     rate = slope(steady)
     report(
-        f"rate limit, one replica: {RPM} requests/min limit, 0.5 s calls: steady served rate {rate * 60:.0f}/min = {rate * 60 / RPM:.1%} of the limit over {steady[-1][0] - steady[0][0]:.1f} s; 429s from the simulator: {served['rate_limited_sent']}"
+        f"rate limit, one replica: {RPM} requests/min limit, 0.5 s calls: steady served rate "
+        f"{rate * 60:.0f}/min = {rate * 60 / RPM:.1%} of the limit over {steady[-1][0] - steady[0][0]:.1f} s; "
+        f"429s from the simulator: {served['rate_limited_sent']}"
     )
     assert served["rate_limited_sent"] == 0
     assert rate * 60 >= 0.97 * RPM
@@ -135,7 +137,8 @@ def test_after_a_429_with_a_retry_delay_nobody_calls_the_provider_until_it_has_p
         process.terminate()
         process.wait(timeout=10)
     report(
-        f"429 with a 5 s retry delay: calls in flight when it began {in_flight}; requests to the provider in the next 4.8 s: {sent}"
+        f"429 with a 5 s retry delay: calls in flight when it began {in_flight}; "
+        f"requests to the provider in the next 4.8 s: {sent}"
     )
     assert sent <= in_flight + 1, "only the calls already under way (and the one that met the first 429)"
 
@@ -170,7 +173,9 @@ def test_a_tokens_per_minute_limit_binds_before_the_request_limit_and_holds(boot
     token_rate = slope([(t, tokens) for t, tokens, _ in steady]) * 60
     request_rate = slope([(t, ok) for t, _, ok in steady]) * 60
     report(
-        f"rate limit, tokens: {TPM} tokens/min and {RPM} requests/min: steady {token_rate:.0f} tokens/min = {token_rate / TPM:.1%} of the token limit at {request_rate:.0f} requests/min; 429s: {served['rate_limited_sent']}"
+        f"rate limit, tokens: {TPM} tokens/min and {RPM} requests/min: steady {token_rate:.0f} tokens/min = "
+        f"{token_rate / TPM:.1%} of the token limit at {request_rate:.0f} requests/min; "
+        f"429s: {served['rate_limited_sent']}"
     )
     assert served["rate_limited_sent"] == 0
     assert token_rate >= 0.97 * TPM
@@ -210,7 +215,8 @@ def test_three_replicas_share_one_key(bootstrap, tmp_path, replicas, report, req
     steady = [s for s in samples if RPM * 1.1 < s[1] < jobs * 0.95]
     rate = slope(steady) * 60
     report(
-        f"rate limit, 3 replicas, {backend} (shares {shares}): combined {rate:.0f}/min = {rate / RPM:.1%} of {RPM}/min; 429s: {served['rate_limited_sent']}"
+        f"rate limit, 3 replicas, {backend} (shares {shares}): combined {rate:.0f}/min = "
+        f"{rate / RPM:.1%} of {RPM}/min; 429s: {served['rate_limited_sent']}"
     )
     assert served["rate_limited_sent"] == 0
     assert rate >= (0.97 if backend == "redis" else 0.90) * RPM

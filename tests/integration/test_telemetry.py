@@ -1,4 +1,7 @@
-"""OpenTelemetry from `llm-router produce` to the result: one trace, metrics equal to the cost events, a dead collector."""
+"""OpenTelemetry from `llm-router produce` to the result.
+
+One trace, metrics equal to the cost events, a dead collector.
+"""
 
 import asyncio
 import subprocess
@@ -338,6 +341,7 @@ def test_a_dead_collector_loses_spans_never_jobs_and_is_reported_once(bootstrap,
     assert len(sdk_lines) <= 5, sdk_lines
     report(
         f"dead collector: {count} jobs in {dead_s:.1f} s with the collector dead, {live_s:.1f} s with it alive "
-        f"(dead/alive speed {live_s / dead_s:.0%}), {plain_s:.1f} s untraced; export failures reported {len(failing)} times "
-        f"(once per signal); SDK log lines {len(sdk_lines)}; the live sink took {exported['requests']} requests"
+        f"(dead/alive speed {live_s / dead_s:.0%}), {plain_s:.1f} s untraced; "
+        f"export failures reported {len(failing)} times (once per signal); SDK log lines {len(sdk_lines)}; "
+        f"the live sink took {exported['requests']} requests"
     )

@@ -71,7 +71,9 @@ def test_a_drop_in_a_cheap_models_accuracy_moves_the_task_type_within_a_few_hund
     moved_at = next(i for i, m in enumerate(after) if m != "gemini-2.5-flash")
     settled = after[moved_at + 40 :]
     report(
-        f"drift: gemini simple_qa accuracy 0.90 -> 0.20 after job 200; the plan moved off gemini {moved_at} jobs later; learned rate now {learned:.2f}; later jobs first on {sorted(set(settled))}"
+        f"drift: gemini simple_qa accuracy 0.90 -> 0.20 after job 200; "
+        f"the plan moved off gemini {moved_at} jobs later; learned rate now {learned:.2f}; "
+        f"later jobs first on {sorted(set(settled))}"
     )
     assert moved_at <= 300
     assert settled and settled.count("gemini-2.5-flash") <= len(settled) * 0.05
@@ -105,7 +107,9 @@ def test_a_provider_answering_503_to_everything_is_routed_around_once_its_breake
 
     warmup, outcomes, llama_before, llama_after = asyncio.run(_with_simulator(body, sim_config))
     report(
-        f"fault: llama answers 503 to everything; requests to it while its breaker closed: {llama_before}, in the 300 jobs after it opened: {llama_after - llama_before}; jobs ok: {sum(o.result.status == 'ok' for o in warmup + outcomes)}/{len(warmup + outcomes)}"
+        f"fault: llama answers 503 to everything; requests to it while its breaker closed: {llama_before}, "
+        f"in the 300 jobs after it opened: {llama_after - llama_before}; "
+        f"jobs ok: {sum(o.result.status == 'ok' for o in warmup + outcomes)}/{len(warmup + outcomes)}"
     )
     assert all(o.result.status == "ok" for o in warmup + outcomes), "jobs complete through the other providers"
     assert llama_before <= 10, "the breaker opened after a few consecutive failures"

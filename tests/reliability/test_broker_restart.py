@@ -64,9 +64,11 @@ def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and
         kafka_dir = os.environ.get("LLM_ROUTER_TEST_KAFKA_DIR")
         if not kafka_dir:
             pytest.fail(
-                "KAFKA_BOOTSTRAP_SERVERS is set but LLM_ROUTER_TEST_KAFKA_DIR is not: this test restarts the broker, so it needs "
+                "KAFKA_BOOTSTRAP_SERVERS is set but LLM_ROUTER_TEST_KAFKA_DIR is not: "
+                "this test restarts the broker, so it needs "
                 "the broker's directory. Run it on a broker it may restart: "
-                "scripts/test-on-kafka.sh .venv/bin/python -m pytest -m reliability (or unset KAFKA_BOOTSTRAP_SERVERS for Tansu)",
+                "scripts/test-on-kafka.sh .venv/bin/python -m pytest -m reliability "
+                "(or unset KAFKA_BOOTSTRAP_SERVERS for Tansu)",
                 pytrace=False,
             )
         restart_apache_kafka(bootstrap, kafka_dir, replicas, report, summary)
@@ -113,10 +115,12 @@ def restart_apache_kafka(bootstrap: str, kafka_dir: str, replicas: Replicas, rep
             kafka_sh("start", "--dir", kafka_dir, "--port", port)
     missing = set(ids) - outputs.result_ids
     summary(
-        f"broker restart (Apache Kafka): jobs={len(ids)} committed_at_stop={facts['committed_at_stop']} outage={OUTAGE_S}s+start duplicates={outputs.duplicates()} lost={len(missing)}"
+        f"broker restart (Apache Kafka): jobs={len(ids)} committed_at_stop={facts['committed_at_stop']} "
+        f"outage={OUTAGE_S}s+start duplicates={outputs.duplicates()} lost={len(missing)}"
     )
     report(
-        f"broker restart (Apache Kafka): the broker took {facts['broker_start_s']} s to start again; the worker logged {publish_retries(worker)} publish retries"
+        f"broker restart (Apache Kafka): the broker took {facts['broker_start_s']} s to start again; "
+        f"the worker logged {publish_retries(worker)} publish retries"
     )
     assert facts["committed_at_stop"] < len(ids), "the broker stopped mid-run"
     assert not missing, f"{len(missing)} jobs have no result after the restart, e.g. {sorted(missing)[:5]}"
@@ -180,13 +184,15 @@ def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
     missing = set(after_ids) - outputs.result_ids
     after = [r for r in outputs.results if r.job_id.startswith("after-")]
     summary(
-        f"broker restart (Tansu, replaced empty): jobs_before={len(before_ids)} committed_at_stop={facts['committed_at_stop']} "
-        f"outage={OUTAGE_S}s jobs_after={len(after_ids)} duplicates_after={len(after) - len({r.job_id for r in after})} lost_after={len(missing)}"
+        f"broker restart (Tansu, replaced empty): jobs_before={len(before_ids)} "
+        f"committed_at_stop={facts['committed_at_stop']} outage={OUTAGE_S}s jobs_after={len(after_ids)} "
+        f"duplicates_after={len(after) - len({r.job_id for r in after})} lost_after={len(missing)}"
     )
     report(f"broker restart (Tansu): the worker logged {publish_retries(worker)} publish retries during the outage")
     assert facts["committed_at_stop"] < len(before_ids), "the broker stopped mid-run"
     assert not missing, (
-        f"{len(missing)} of the {len(after_ids)} jobs produced after the outage have no result, e.g. {sorted(missing)[:5]}; "
+        f"{len(missing)} of the {len(after_ids)} jobs produced after the outage have no result, "
+        f"e.g. {sorted(missing)[:5]}; "
         f"the group's committed offsets {positions}, the jobs topic's ends {ends}"
     )
     assert all(r.status == "ok" for r in after)

@@ -47,7 +47,8 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
         assert done.returncode == 1, done.stderr[-2000:]
         assert "exactly_once needs a broker with transactions" in done.stderr, done.stderr[-2000:]
         summary(
-            "exactly-once: the broker has no transactions (embedded Tansu): the worker refused the mode with the reason (run on Apache Kafka: make test-kafka)"
+            "exactly-once: the broker has no transactions (embedded Tansu): "
+            "the worker refused the mode with the reason (run on Apache Kafka: make test-kafka)"
         )
         return
 
@@ -81,8 +82,9 @@ def test_exactly_once_results_are_seen_once_despite_a_kill_or_the_mode_is_refuse
     attempts = [(c.job_id, c.attempt) for c in outputs.costs]
     cost_duplicates = len(attempts) - len(set(attempts))
     summary(
-        f"exactly-once (Apache Kafka): jobs={JOBS} kills=1 results={len(outputs.results)} duplicates={outputs.duplicates()} "
-        f"cost-event duplicates={cost_duplicates} lost={len(missing)} (results at the kill: {facts['results_at_kill']})"
+        f"exactly-once (Apache Kafka): jobs={JOBS} kills=1 results={len(outputs.results)} "
+        f"duplicates={outputs.duplicates()} cost-event duplicates={cost_duplicates} lost={len(missing)} "
+        f"(results at the kill: {facts['results_at_kill']})"
     )
     assert facts["victim_partitions"] and facts["results_at_kill"] < JOBS, (
         "the kill happened mid-run on a replica that owned partitions"

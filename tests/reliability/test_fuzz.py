@@ -331,7 +331,7 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
     alive = worker.process.poll() is None
     worker.stop()
 
-    by_place = {place: (key, value) for place, (key, value) in zip(placed, messages)}
+    by_place = {place: (key, value) for place, (key, value) in zip(placed, messages, strict=True)}
     lettered: dict[tuple[int, int], str] = {}
     for letter, key, _ in outputs.letters:
         place = (letter.source_partition, letter.source_offset)
@@ -357,11 +357,13 @@ def test_every_fuzzed_message_through_the_worker_ends_as_a_result_or_a_dead_lett
     kinds = Counter(lettered.values())
     statuses = Counter(r.status for r in outputs.results)
     summary(
-        f"fuzz: messages={len(messages)} results={sum(results.values())} ({dict(statuses)}) dead_letters={len(lettered)} {dict(kinds)} "
+        f"fuzz: messages={len(messages)} results={sum(results.values())} ({dict(statuses)}) "
+        f"dead_letters={len(lettered)} {dict(kinds)} "
         f"missing={len(unanswered) + sum(missing.values())} crashes={len(worker_crashes)}"
     )
     report(
-        f"fuzz through the worker: {len(messages)} messages harvested from Hypothesis (derandomized); dead letters by kind {dict(kinds)}"
+        f"fuzz through the worker: {len(messages)} messages harvested from Hypothesis (derandomized); "
+        f"dead letters by kind {dict(kinds)}"
     )
     assert alive and starts(worker) == 1, f"the worker exited or restarted: {worker.log_path.read_text()[-3000:]}"
     assert not worker_crashes, (

@@ -84,12 +84,15 @@ def test_a_provider_that_never_answers_times_out_each_attempt_and_the_jobs_escal
     timeouts = [a for r in results for a in r.attempts if a.model == HANGING_MODEL]
     finals = {r.model for r in results}
     summary(
-        f"hanging provider: jobs={JOBS} ok={sum(r.status == 'ok' for r in results)} timeouts_on_{HANGING_MODEL}={len(timeouts)} "
+        f"hanging provider: jobs={JOBS} ok={sum(r.status == 'ok' for r in results)} "
+        f"timeouts_on_{HANGING_MODEL}={len(timeouts)} "
         f"connections={server.connections} answered_by={sorted(m for m in finals if m)}"
     )
     report(
-        f"hanging provider: attempt latencies on {HANGING_MODEL} {min(a.latency_ms for a in timeouts):.0f}..{max(a.latency_ms for a in timeouts):.0f} ms "
-        f"(timeout_s={TIMEOUT_S}); job latencies {min(r.latency_ms for r in results):.0f}..{max(r.latency_ms for r in results):.0f} ms"
+        f"hanging provider: attempt latencies on {HANGING_MODEL} "
+        f"{min(a.latency_ms for a in timeouts):.0f}..{max(a.latency_ms for a in timeouts):.0f} ms "
+        f"(timeout_s={TIMEOUT_S}); job latencies "
+        f"{min(r.latency_ms for r in results):.0f}..{max(r.latency_ms for r in results):.0f} ms"
     )
     assert len(by_job) == JOBS
     assert server.connections > 0 and server.bytes_read > 0, "the requests reached the hanging server"

@@ -100,7 +100,8 @@ def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_thei
     bound = len(kills) * bound_each
     summary(f"kills: jobs={JOBS} kills={len(kills)} duplicates={duplicates} (bound {bound}) lost={len(missing)}")
     report(
-        f"kills: seed={SEED} partitions={PARTITIONS} max_in_flight={MAX_IN_FLIGHT} commit_interval_ms={worker_config.commit_interval_ms} latency_ms={LATENCY_MS} "
+        f"kills: seed={SEED} partitions={PARTITIONS} max_in_flight={MAX_IN_FLIGHT} "
+        f"commit_interval_ms={worker_config.commit_interval_ms} latency_ms={LATENCY_MS} "
         f"bound per kill {bound_each}; kill points {points}, kills at results {[k['results_at_kill'] for k in kills]} "
         f"(victims {[(k['victim'], k['partitions']) for k in kills]})"
     )

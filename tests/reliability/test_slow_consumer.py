@@ -59,7 +59,7 @@ def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, rep
         try:
             await asyncio.wait_for(reading.wait(), 60)
             read_before = slow["read"]
-            beside, ends = await run_batch("beside", JOBS)
+            beside, _ = await run_batch("beside", JOBS)
             read_during = slow["read"] - read_before
         finally:
             stop.set()
@@ -80,11 +80,13 @@ def test_a_slow_or_absent_results_consumer_never_slows_the_worker(bootstrap, rep
     worker.stop()
     results = len(outputs.results)
     summary(
-        f"slow consumer: jobs={JOBS} worker alone {alone:.0f} jobs/s, beside a 1 record/s reader and an idle one {beside:.0f} jobs/s; "
+        f"slow consumer: jobs={JOBS} worker alone {alone:.0f} jobs/s, "
+        f"beside a 1 record/s reader and an idle one {beside:.0f} jobs/s; "
         f"the slow reader read {read_during} meanwhile, committed {slow_committed} of {results} results"
     )
     report(
-        f"slow consumer: worker throughput alone {alone:.0f} jobs/s, with a slow and an idle results consumer {beside:.0f} jobs/s"
+        f"slow consumer: worker throughput alone {alone:.0f} jobs/s, "
+        f"with a slow and an idle results consumer {beside:.0f} jobs/s"
     )
     assert alive and not crashes(worker)
     assert outputs.result_ids >= {f"beside-{i:05d}" for i in range(JOBS)}, (

@@ -101,7 +101,7 @@ def test_a_missing_file_or_bad_toml_is_a_clear_error(tmp_path):
 def test_dead_letters_must_fit_in_a_request():
     raw = raw_default()
     raw["kafka"]["max_request_bytes"] = raw["worker"]["max_job_bytes"]
-    with pytest.raises(ConfigError, match="kafka.max_request_bytes: must exceed worker.max_job_bytes"):
+    with pytest.raises(ConfigError, match=r"kafka\.max_request_bytes: must exceed worker\.max_job_bytes"):
         parse_config(raw)
 
 
