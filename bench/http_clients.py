@@ -1,7 +1,9 @@
 """The worker's adapters over each HTTP client (lean, aiohttp, httpx) against the simulator, side by side in one run.
 
 The simulator runs in a process of its own answering at once, so what differs is the client's
-cost: requests per second and the client process's CPU time per request.
+cost: requests per second and the client process's CPU time per request. Then what a call's timeout
+costs at 5,000 calls in flight, on the worker's event loop: `asyncio.timeout` against the one timer
+the lean client uses (worker/http/timeouts.py).
 """
 
 from __future__ import annotations
@@ -13,14 +15,20 @@ import sys
 import time
 from pathlib import Path
 
+from bench import throughput
+from worker import runtime
 from worker.broker import free_port, wait_for_port
 from worker.config import load_config
+from worker.http.timeouts import CallTimeouts
 from worker.messages import ChatMessage
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = ("lean", "aiohttp", "httpx")
+TIMEOUT_IN_FLIGHT = 5_000
+TIMEOUT_CALLS = 100_000
+TIMEOUTS = ("none", "asyncio.timeout", "CallTimeouts")
 
 
 async def _measure(url: str, client: str, requests: int, concurrency: int) -> dict:
@@ -50,6 +58,62 @@ async def _measure(url: str, client: str, requests: int, concurrency: int) -> di
     finally:
         await provider.close()
     return {"requests_per_s": requests / wall, "cpu_us_per_request": cpu / requests * 1e6}
+
+
+async def _timeout_cpu(kind: str) -> float:
+    """CPU µs a call: TIMEOUT_IN_FLIGHT tasks each awaiting answers (futures set a loop iteration later)
+    in turn, each wait under a 60 s timeout of `kind` ("none": no timeout)."""
+    loop = asyncio.get_running_loop()
+    timeouts = CallTimeouts(60)
+    waiting: list[asyncio.Future[None]] = []
+
+    async def calls() -> None:
+        for _ in range(TIMEOUT_CALLS // TIMEOUT_IN_FLIGHT):
+            answer = loop.create_future()
+            waiting.append(answer)
+            if kind == "asyncio.timeout":
+                async with asyncio.timeout(60):
+                    await answer
+            elif kind == "CallTimeouts":
+                timeout = timeouts.start()
+                try:
+                    await answer
+                finally:
+                    timeouts.end(timeout)
+            else:
+                await answer
+
+    async def answer_all(done: asyncio.Future[list[None]]) -> None:
+        while not done.done():
+            await asyncio.sleep(0)
+            answers = waiting[:]
+            waiting.clear()
+            for answer in answers:
+                answer.set_result(None)
+
+    cpu = time.process_time()
+    done = asyncio.gather(*(calls() for _ in range(TIMEOUT_IN_FLIGHT)))
+    answering = asyncio.ensure_future(answer_all(done))
+    await done
+    cpu = time.process_time() - cpu
+    await answering
+    return cpu / TIMEOUT_CALLS * 1e6
+
+
+def timeout_costs(rounds: int = 3) -> dict:
+    """What a call's timeout adds to its CPU, by kind: the median round, less the median without one."""
+    samples: dict[str, list[float]] = {kind: [] for kind in TIMEOUTS}
+    for _ in range(rounds):
+        for kind in TIMEOUTS:
+            samples[kind].append(runtime.run(_timeout_cpu(kind), throughput.EVENT_LOOP))
+    base = statistics.median(samples["none"])
+    return {
+        "bench": "http_call_timeout",
+        "in_flight": TIMEOUT_IN_FLIGHT,
+        "event_loop": runtime.loop_name(throughput.EVENT_LOOP),
+        "asyncio_timeout_us_per_call": round(statistics.median(samples["asyncio.timeout"]) - base, 2),
+        "call_timeouts_us_per_call": round(statistics.median(samples["CallTimeouts"]) - base, 2),
+    }
 
 
 def run(requests: int = 3000, concurrency: int = 64, rounds: int = 3) -> list[dict]:
@@ -92,4 +156,5 @@ def run(requests: int = 3000, concurrency: int = 64, rounds: int = 3) -> list[di
         )
         choice["cpu_ratio_to_" + other] = round(by[chosen]["cpu_us_per_request"] / by[other]["cpu_us_per_request"], 2)
     figures.append(choice)
+    figures.append(timeout_costs())
     return figures

@@ -13,6 +13,13 @@ from worker.http.lean import LeanTransport
 pytestmark = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """Straight to the loopback server, whatever proxy the machine names (test_http_transport.py covers them)."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 class Server:
     """A loopback server: `answer(request_bytes, count)` gives the raw bytes to write back (None: say nothing)."""
 
@@ -88,7 +95,10 @@ def test_a_post_and_its_answer_with_keep_alive_reuse(loop):
 
 
 def test_chunked_and_close_delimited_bodies_and_interim_responses(loop):
-    chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"a"\r\n5;ext=1\r\n: 12}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b'4\r\n{"a"\r\n5;ext=1\r\n: 12}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
     until_close = b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 2\r\n\r\noverloaded"
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"{}")
 

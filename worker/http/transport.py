@@ -1,12 +1,14 @@
-"""One pooled HTTP client per provider, behind a small interface so the client library can be chosen.
+"""The transport contract: how a provider adapter POSTs to its API and what comes back.
 
-`lean` (lean_http.py, on asyncio's protocols) is the default: against the simulator it took a
-fraction of aiohttp's CPU a call, and httpx took more than either (`make bench`, section
-`http_client`); aiohttp and httpx stay selectable per provider (`http_client`).
+Every transport (worker/http/lean.py, the default; aiohttp_client.py; httpx_client.py) pools its
+connections per provider, honours the environment's proxies and the CAs it is told to trust
+(worker/http/network.py), takes answers gzip-encoded, and refuses an answer larger than
+`max_response_bytes`, decoded. Its failures are ProviderErrors built here, so they read alike.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -18,87 +20,31 @@ from worker.errors import ProviderError
 class HttpResponse(Struct, frozen=True):
     status: int
     headers: Mapping[str, str]  # case-insensitive
-    body: bytes
+    body: bytes  # decoded (no Content-Encoding left)
 
 
 class Transport(Protocol):
-    """POSTs JSON bodies; raises ProviderError("timeout") on a timeout and ("server") when unreachable."""
+    """POSTs JSON bodies; raises ProviderError("timeout") on a timeout and ("server") when unreachable, when
+    the answer is malformed or larger than its limit."""
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse: ...
 
     async def close(self) -> None: ...
 
 
-class AiohttpTransport:
-    """A pooled aiohttp session, created on first use (it needs the running loop)."""
-
-    def __init__(self, timeout_s: float, max_connections: int) -> None:
-        self._timeout_s = timeout_s
-        self._max_connections = max_connections
-        self._session = None
-
-    def _open(self):
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=self._max_connections, keepalive_timeout=30, ttl_dns_cache=300
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout_s), skip_auto_headers=("User-Agent",)
-        )
-        return self._session
-
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
-        import aiohttp
-
-        session = self._session or self._open()
-        try:
-            async with session.post(url, data=body, headers=headers) as response:
-                return HttpResponse(response.status, response.headers, await response.read())
-        except TimeoutError:
-            raise ProviderError("timeout", f"no answer from {url} within {self._timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise ProviderError("server", f"{url}: {type(exc).__name__}: {exc}") from None
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+def timed_out(url: str, seconds: float) -> ProviderError:
+    """The error of a call that got no whole answer within its timeout."""
+    return ProviderError("timeout", f"no answer from {url} within {seconds:g} s")
 
 
-class HttpxTransport:
-    """A pooled httpx client."""
-
-    def __init__(self, timeout_s: float, max_connections: int) -> None:
-        import httpx
-
-        self._timeout_s = timeout_s
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
-
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
-        import httpx
-
-        try:
-            response = await self._client.post(url, content=body, headers=headers)
-        except httpx.TimeoutException:
-            raise ProviderError("timeout", f"no answer from {url} within {self._timeout_s:g} s") from None
-        except httpx.HTTPError as exc:
-            raise ProviderError("server", f"{url}: {type(exc).__name__}: {exc}") from None
-        return HttpResponse(response.status_code, response.headers, response.content)
-
-    async def close(self) -> None:
-        await self._client.aclose()
+def unreachable(url: str, exc: BaseException) -> ProviderError:
+    """The error of a call that could not be made or answered (refused, reset, TLS, proxy, malformed)."""
+    message = f"{url}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in message:  # or wrapped
+        message += " (trust the server's CA with the provider's ca_bundle, or SSL_CERT_FILE / SSL_CERT_DIR)"
+    return ProviderError("server", message)
 
 
-def make_transport(client: str, timeout_s: float, max_connections: int) -> Transport:
-    """The transport for a provider's `http_client` setting."""
-    if client == "httpx":
-        return HttpxTransport(timeout_s, max_connections)
-    if client == "lean":
-        from worker.http.lean import LeanTransport
-
-        return LeanTransport(timeout_s, max_connections)
-    return AiohttpTransport(timeout_s, max_connections)
+def too_large(url: str, detail: str) -> ProviderError:
+    """The error of an answer over the provider's `max_response_bytes`."""
+    return ProviderError("server", f"{url}: {detail} (the provider's max_response_bytes)")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from msgspec import Struct
 
-from worker.config import Config
-from worker.http.transport import make_transport
+from worker.config import Config, ConfigError
+from worker.http import make_transport
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.providers.echo import EchoProvider
@@ -46,6 +46,9 @@ def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Pro
         if provider.api_key_env and not key:
             unavailable[name] = f"no API key: set {provider.api_key_env}"
             continue
-        transport = make_transport(provider.http_client, provider.timeout_s, provider.max_connections)
+        try:
+            transport = make_transport(provider)
+        except ConfigError as exc:
+            raise ConfigError(f"providers.{name}: {exc}") from None
         clients[name] = _ADAPTERS[provider.kind](name, provider, models, key, transport)
-    return Providers(clients, unavailable)
+    return Providers(clients=clients, unavailable=unavailable)

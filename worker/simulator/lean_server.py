@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from worker.http.lean import dechunk, keeps_alive, parse_headers, take_head
+from worker.http.wire import dechunk, keeps_alive, parse_headers, take_head
 from worker.observability.logs import get_logger
 
 log = get_logger("simulator")
