@@ -3,7 +3,7 @@
 The simulator runs in a process of its own answering at once, so what differs is the client's
 cost: requests per second and the client process's CPU time per request. Then what a call's timeout
 costs at 5,000 calls in flight, on the worker's event loop: `asyncio.timeout` against the one timer
-the lean client uses (worker/http/timeouts.py).
+the lean client uses (worker/timers.py).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from bench import throughput
 from worker import runtime
 from worker.broker import free_port, wait_for_port
 from worker.config import load_config
-from worker.http.timeouts import CallTimeouts
 from worker.messages import ChatMessage
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
+from worker.timers import Deadlines
 
 REPO = Path(__file__).resolve().parent.parent
 CLIENTS = ("lean", "aiohttp", "httpx")
@@ -64,7 +64,7 @@ async def _timeout_cpu(kind: str) -> float:
     """CPU µs a call: TIMEOUT_IN_FLIGHT tasks each awaiting answers (futures set a loop iteration later)
     in turn, each wait under a 60 s timeout of `kind` ("none": no timeout)."""
     loop = asyncio.get_running_loop()
-    timeouts = CallTimeouts(60)
+    timeouts = Deadlines(60)
     waiting: list[asyncio.Future[None]] = []
 
     async def calls() -> None:

@@ -3,7 +3,6 @@
 - transport.py: the contract (HttpResponse, the Transport protocol, the errors a transport raises);
 - wire.py: HTTP/1.1 parsing, shared by the lean client and the simulator's server;
 - network.py: the environment's proxies and the TLS context (system CAs, SSL_CERT_FILE, ca_bundle);
-- timeouts.py: one timer for every call's timeout;
 - lean.py (the default), aiohttp_client.py, httpx_client.py: the transports, chosen per provider by
   `http_client`. Each honours the environment's proxies, the provider's `ca_bundle`, takes gzip and
   refuses an answer over `max_response_bytes`. The lean client took the least CPU a call (`make

@@ -17,7 +17,7 @@ client keeps what the calls need:
 - Content-Length, chunked and close-delimited bodies, `Accept-Encoding: gzip` and gzip decoding,
   and a cap on the body (`max_response_bytes`) checked as the bytes arrive and again as they decode,
   so an oversized or gzip-bomb answer is refused without being held;
-- one timeout over the whole call (worker/http/timeouts.py: one timer for every call, up to 20 ms
+- one timeout over the whole call (worker/timers.py: one timer for every call, up to 20 ms
   late), and the errors of the Transport contract (worker/http/transport.py).
 """
 
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from worker.config import MAX_RESPONSE_BYTES, ConfigError
 from worker.http.network import Proxies, check_ca_bundle, ssl_context
-from worker.http.timeouts import CallTimeouts
+from worker.timers import Deadlines
 from worker.http.transport import HttpResponse, timed_out, too_large, unreachable
 from worker.http.wire import BodyTooLarge, ChunkedBody, gunzip, keeps_alive, parse_headers, take_head
 
@@ -232,7 +232,7 @@ class LeanTransport:
                     ' (http_client = "aiohttp" reaches https:// ones)'
                 )
         self._timeout_s = timeout_s
-        self._timeouts = CallTimeouts(timeout_s)  # one timer for every call's timeout
+        self._timeouts = Deadlines(timeout_s)  # one timer for every call's timeout
         self._max = max_connections
         self._new_connection = partial(_Connection, max_response_bytes)
         self._ca_bundle = ca_bundle
@@ -275,7 +275,7 @@ class LeanTransport:
                 return response
             raise AssertionError("unreachable")
         except asyncio.CancelledError:
-            if timeout.caused():
+            if timeout.timed_out():
                 raise timed_out(url, self._timeout_s) from None
             raise
         except (ConnectionError, OSError) as exc:  # connecting (or the tunnel, or TLS) failed

@@ -1,7 +1,7 @@
-"""Job deadlines: every job gets the same number of seconds, and one timer watches them all.
+"""Deadlines of one length for many tasks (each job's, each HTTP call's), and one timer watching them all.
 
-`asyncio.timeout` costs a timer handle, a heap push and a cancel for every job, a tenth of the
-worker's CPU on short jobs (`make bench`, section throughput). Deadlines of one length expire in the
+`asyncio.timeout` costs a timer handle, a heap push and a cancel for every job or call: 8.3 µs a call
+against 1.3 (`make bench`, section http_client, http_call_timeout), at thousands in flight. Deadlines of one length expire in the
 order they were set, so they go into buckets of TICK_S by expiry time, oldest first in the dict (a
 dict keeps insertion order), and a single timer, armed for the oldest bucket, cancels the tasks of
 the buckets whose time has come. A deadline fires up to TICK_S late, never early. The semantics are
@@ -49,7 +49,7 @@ class Deadlines:
             raise RuntimeError("a deadline needs a running task")
         loop = task.get_loop()
         bucket = math.ceil((loop.time() + self.seconds) / TICK_S)
-        deadline = Deadline(task, bucket, task.cancelling())
+        deadline = Deadline(task=task, bucket=bucket, cancelling=task.cancelling())
         members = self._buckets.get(bucket)
         if members is None:
             members = self._buckets[bucket] = set()

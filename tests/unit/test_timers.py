@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from worker.execution.deadlines import TICK_S, Deadlines
+from worker.timers import TICK_S, Deadlines
 
 
 async def _job(deadlines: Deadlines, seconds: float) -> str:
