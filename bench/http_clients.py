@@ -40,7 +40,12 @@ async def _measure(url: str, client: str, requests: int, concurrency: int) -> di
         }
     )
     provider = build_providers(config, env={"OPENAI_API_KEY": "bench"}).clients["openai"]
-    request = CompletionRequest("bench", "gpt-4o", [ChatMessage("user", "What is the capital of France?")], 64)
+    request = CompletionRequest(
+        job_id="bench",
+        model="gpt-4o",
+        messages=[ChatMessage(role="user", content="What is the capital of France?")],
+        max_output_tokens=64,
+    )
     remaining = requests
 
     async def loop() -> None:

@@ -488,7 +488,7 @@ def _simulator_config(folder: Path) -> Path:
         config.models[MODEL], latency_jitter=CALL_JITTER, output_tokens=1, requests_per_minute=0, tokens_per_minute=0
     )
     # With one output token the filler answer has a fixed length; the latency is per 100 output tokens.
-    tokens = answer(model, SimRequest(MODEL, ["x"], 1024), config.seed, Random(0)).output_tokens
+    tokens = answer(model, SimRequest(model=MODEL, texts=["x"], max_tokens=1024), config.seed, Random(0)).output_tokens
     model = msgspec.structs.replace(model, latency_ms=CALL_S * 1000 * 100 / tokens)
     path = folder / "simulator.toml"
     path.write_text(

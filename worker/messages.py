@@ -18,21 +18,22 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
 
 
-class ChatMessage(Struct, forbid_unknown_fields=True):
+class ChatMessage(Struct, forbid_unknown_fields=True, kw_only=True):
     """One message of a chat-form prompt."""
 
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True):
+class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """What an answer must satisfy to count as correct; a failed check escalates to the next model."""
 
     expected: (
         Annotated[
             str,
             Meta(
-                description="The right answer (evaluation sets): compared ignoring case, surrounding spaces and final punctuation."
+                description="The right answer (evaluation sets): compared ignoring case, surrounding spaces and "
+                "final punctuation."
             ),
         ]
         | None
@@ -59,7 +60,7 @@ class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True):
                 raise ValueError(f"checks.json_schema is not a valid JSON Schema: {exc.message}") from None
 
 
-class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
+class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """A prompt job, as produced to the jobs topic. Exactly one of `messages` or `prompt` is set."""
 
     id: JobId
@@ -100,21 +101,21 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True):
         return "\n".join(m.content for m in self.messages or ())
 
 
-class Usage(Struct):
+class Usage(Struct, kw_only=True):
     """Tokens summed over every attempt of a job."""
 
     input_tokens: NonNegInt = 0
     output_tokens: NonNegInt = 0
 
 
-class ErrorInfo(Struct):
+class ErrorInfo(Struct, kw_only=True):
     """Why a job or an attempt failed: `kind` is machine-readable, `message` is for people."""
 
     kind: str
     message: str
 
 
-class Attempt(Struct, omit_defaults=True):
+class Attempt(Struct, omit_defaults=True, kw_only=True):
     """One call to one model for a job."""
 
     number: Annotated[int, Meta(ge=1)]
@@ -132,12 +133,13 @@ class Attempt(Struct, omit_defaults=True):
     rerouted_from: Annotated[
         str | None,
         Meta(
-            description="The model planned first, when too many jobs waited for its allowance and this attempt went to the next model of the chain with capacity."
+            description="The model planned first, when too many jobs waited for its allowance and this attempt "
+            "went to the next model of the chain with capacity."
         ),
     ] = None
 
 
-class Result(Struct, omit_defaults=True):
+class Result(Struct, omit_defaults=True, kw_only=True):
     """The one result of a job, keyed by job id on the results topic."""
 
     job_id: JobId
@@ -155,7 +157,7 @@ class Result(Struct, omit_defaults=True):
     error: ErrorInfo | None = None
 
 
-class CostEvent(Struct, omit_defaults=True):
+class CostEvent(Struct, omit_defaults=True, kw_only=True):
     """What one attempt cost, one event per provider attempt, keyed by job id on the costs topic."""
 
     job_id: JobId
@@ -172,7 +174,7 @@ class CostEvent(Struct, omit_defaults=True):
     error_kind: str | None = None
 
 
-class DeadLetter(Struct, omit_defaults=True):
+class DeadLetter(Struct, omit_defaults=True, kw_only=True):
     """Why a message went to the dead-letter topic.
 
     On the wire the dead letter's value is the original message's bytes, unchanged (so it can be

@@ -43,11 +43,15 @@ def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="
     config = sim_config(sim, client)
     providers = build_providers(config, env=KEYS)
     provider = providers.clients[MODELS[model][0]]
-    messages = ([ChatMessage("system", system)] if system else []) + [ChatMessage("user", prompt)]
+    messages = ([ChatMessage(role="system", content=system)] if system else []) + [
+        ChatMessage(role="user", content=prompt)
+    ]
 
     async def run():
         try:
-            return await provider.complete(CompletionRequest("job-1", model, messages, max_tokens))
+            return await provider.complete(
+                CompletionRequest(job_id="job-1", model=model, messages=messages, max_output_tokens=max_tokens)
+            )
         finally:
             await provider.close()
 
@@ -208,7 +212,14 @@ def test_auth_and_bad_request_kinds(sim, provider):
         client = build_providers(cfg, env=env).clients[provider]
         try:
             with pytest.raises(ProviderError) as info:
-                await client.complete(CompletionRequest("j", model_name, [ChatMessage("user", "hi")], 10))
+                await client.complete(
+                    CompletionRequest(
+                        job_id="j",
+                        model=model_name,
+                        messages=[ChatMessage(role="user", content="hi")],
+                        max_output_tokens=10,
+                    )
+                )
             return info.value
         finally:
             await client.close()
@@ -235,7 +246,12 @@ def test_openai_compatible_quirks(compat, field):
         "llama", config.providers["llama"], {"llama-4-70b": config.models["llama-4-70b"]}, "k", transport=None
     )
     body = provider.request_body(
-        CompletionRequest("j", "llama-4-70b", [ChatMessage("system", "s"), ChatMessage("user", "u")], 77)
+        CompletionRequest(
+            job_id="j",
+            model="llama-4-70b",
+            messages=[ChatMessage(role="system", content="s"), ChatMessage(role="user", content="u")],
+            max_output_tokens=77,
+        )
     )
     assert body == {
         "model": "llama-4-70b",

@@ -33,7 +33,7 @@ def test_format_result_shows_the_output_or_the_error():
         job_id="a",
         status="ok",
         attempts=[],
-        usage=Usage(1, 2),
+        usage=Usage(input_tokens=1, output_tokens=2),
         cost_usd=0.5,
         latency_ms=12,
         finished_at=datetime.now(UTC),
@@ -41,7 +41,7 @@ def test_format_result_shows_the_output_or_the_error():
         model="m",
     )
     assert "hello world" in format_result(ok) and "\tok\t" in format_result(ok)
-    failed = msgspec.structs.replace(ok, status="failed", output=None, error=ErrorInfo("no_route", "why"))
+    failed = msgspec.structs.replace(ok, status="failed", output=None, error=ErrorInfo(kind="no_route", message="why"))
     assert "no_route: why" in format_result(failed)
 
 

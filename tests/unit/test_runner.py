@@ -7,12 +7,17 @@ import time
 
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from tests.unit.helpers import run
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.execution.runner import JobRunner, backoff_s, check_answer
 from worker.messages import Job
+from worker.observability.telemetry import Telemetry
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
 
@@ -220,3 +225,119 @@ def test_a_call_cut_by_the_deadline_returns_its_reservation():
     gate = runner.limits.models["gpt-4o"]
     assert outcome.result.error.kind == "deadline_exceeded"
     assert gate.in_flight == 0 and gate.stats().used["tokens"] == 0
+
+
+def test_a_job_no_model_can_serve_fails_with_no_route_and_costs_nothing(config):
+    outcome = run(JobRunner(config, build_providers(config).clients), Job(id="j", prompt="q", model="gpt-9"))
+    result = outcome.result
+    assert result.status == "failed" and result.error.kind == "no_route" and "gpt-9" in result.error.message
+    assert result.attempts == [] and outcome.cost_events == [] and result.cost_usd == 0 and result.model is None
+
+
+def test_a_request_larger_than_a_whole_minutes_limit_is_a_bad_request_that_costs_nothing():
+    config = load_config(
+        env={f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")}
+        | {"LLM_ROUTER__MODELS__GPT_4O__TOKENS_PER_MINUTE": "100"}
+    )
+    runner = JobRunner(config, build_providers(config).clients)
+    outcome = run(runner, Job(id="j", prompt="q", model="gpt-4o", max_output_tokens=500))
+    result = outcome.result
+    assert result.status == "failed" and result.error.kind == "bad_request" and "can never fit" in result.error.message
+    assert [(a.model, a.error.kind, a.cost_usd) for a in result.attempts] == [("gpt-4o", "bad_request", 0.0)]
+    assert [e.error_kind for e in outcome.cost_events] == ["bad_request"]
+    assert runner.limits.models["gpt-4o"].in_flight == 0
+
+
+class HangingAfter(ScriptedProvider):
+    """Fails with the given kinds, then never answers."""
+
+    async def complete(self, request):
+        if self.kinds:
+            return await super().complete(request)
+        self.calls.append(request.model)
+        await asyncio.sleep(10)
+
+
+def test_a_deadline_after_failed_attempts_names_them_and_the_cut_call_is_a_cost_event(config):
+    short = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, job_deadline_s=0.2))
+
+    async def sleep(seconds):
+        return None
+
+    providers = {name: HangingAfter(name, ["server"]) for name in config.providers}
+    outcome = run(JobRunner(short, providers, sleep=sleep), Job(id="t", prompt="q"))
+    error = outcome.result.error
+    assert error.kind == "deadline_exceeded"
+    assert error.message == "the job deadline of 0.2 s passed after 1 attempt(s); last: scripted"
+    assert [e.error_kind for e in outcome.cost_events] == ["server", "deadline_exceeded"]
+
+
+def traced_runner(config, **kinds):
+    """A scripted runner whose spans go to an in-memory exporter."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider)
+    providers = {name: ScriptedProvider(name, kinds.get(name, [])) for name in config.providers}
+
+    async def sleep(seconds):
+        return None
+
+    return JobRunner(config, providers, sleep=sleep, telemetry=telemetry), telemetry, exporter
+
+
+async def run_traced(runner, telemetry, job):
+    with telemetry.tracer.start_as_current_span("process llm.jobs"):
+        return await runner.run(job)
+
+
+def test_each_attempt_span_says_why_it_was_made_and_only_a_final_failure_is_an_error(config):
+    runner, telemetry, exporter = traced_runner(config, gemini=["server", "verification_failed"])
+    outcome = asyncio.run(run_traced(runner, telemetry, Job(id="t", prompt="q")))
+    assert outcome.result.status == "ok" and outcome.result.model == "llama-4-70b"
+    *attempts, job = exporter.get_finished_spans()
+    assert job.name == "process llm.jobs" and job.status.status_code is StatusCode.UNSET
+    assert [
+        (
+            s.name,
+            s.attributes["llm_router.attempt"],
+            s.attributes["llm_router.attempt.reason"],
+            s.attributes.get("llm_router.escalation.reason"),
+            s.attributes["llm_router.outcome"],
+        )
+        for s in attempts
+    ] == [
+        ("chat gemini-2.5-flash", 1, "planned", None, "failed"),
+        ("chat gemini-2.5-flash", 2, "retry", "server", "failed"),
+        ("chat llama-4-70b", 3, "escalation", "verification_failed", "ok"),
+    ]
+    assert not any("error.type" in s.attributes for s in attempts)
+
+    exporter.clear()
+    runner, telemetry, exporter = traced_runner(config, gemini=["auth"], llama=["auth"])
+    outcome = asyncio.run(run_traced(runner, telemetry, Job(id="u", prompt="q", allowed_providers=["gemini", "llama"])))
+    assert outcome.result.error.kind == "auth"
+    *attempts, job = exporter.get_finished_spans()
+    assert [s.attributes.get("error.type") for s in attempts] == [None, "auth"]
+    assert job.attributes["error.type"] == "auth" and job.status.status_code is StatusCode.ERROR
+
+
+def test_a_cancellation_that_is_not_the_deadline_propagates_and_ends_the_attempt_spans(config):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider)
+    providers = {name: HangingAfter(name, []) for name in config.providers}
+    runner = JobRunner(config, providers, telemetry=telemetry)
+
+    async def scenario():
+        task = asyncio.create_task(run_traced(runner, telemetry, Job(id="t", prompt="q")))
+        while not any(p.calls for p in providers.values()):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    attempt = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat "))
+    assert attempt.attributes["llm_router.error.kind"] == "deadline_exceeded" and "error.type" not in attempt.attributes

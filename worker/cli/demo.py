@@ -16,7 +16,7 @@ from worker import runtime
 from worker.broker import BrokerError, EmbeddedBroker
 from worker.cli.runs import produce, running_worker
 from worker.config import Config, Topics
-from worker.messages import CostEvent, DeadLetter, Job, Result
+from worker.messages import ChatMessage, CostEvent, DeadLetter, Job, Result
 from worker.pipeline.kafka import create_topics, make_consumer
 from worker.providers import build_providers
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
@@ -71,8 +71,8 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
         Job(
             id=f"{run_id}-chat",
             messages=[
-                msgspec.convert({"role": "system", "content": "Answer briefly."}, _Msg),
-                msgspec.convert({"role": "user", "content": "Why is the sky blue?"}, _Msg),
+                ChatMessage(role="system", content="Answer briefly."),
+                ChatMessage(role="user", content="Why is the sky blue?"),
             ],
         ),
     ]
@@ -86,9 +86,6 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
         jobs.append(Job(id=f"{run_id}-{i:03d}", prompt=prompt, task=task, tenant=("acme" if i % 2 else "globex")))
         i += 1
     return jobs
-
-
-from worker.messages import ChatMessage as _Msg  # noqa: E402
 
 
 def demo_config(

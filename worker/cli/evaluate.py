@@ -38,7 +38,7 @@ POLICIES = {
 }
 
 
-class PolicyFigures(msgspec.Struct):
+class PolicyFigures(msgspec.Struct, kw_only=True):
     policy: str
     jobs: int
     correct: int

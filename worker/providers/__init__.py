@@ -25,7 +25,7 @@ _ADAPTERS = {
 }
 
 
-class Providers(Struct):
+class Providers(Struct, kw_only=True):
     """The provider clients that can be called, and why the others cannot."""
 
     clients: dict[str, Provider]

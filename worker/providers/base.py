@@ -14,7 +14,7 @@ from worker.ratelimit.headers import RateLimitState
 FinishReason = Literal["stop", "length", "refusal", "other"]
 
 
-class CompletionRequest(Struct, frozen=True):
+class CompletionRequest(Struct, frozen=True, kw_only=True):
     """One call to one model (`model` is the router's model name)."""
 
     job_id: str
@@ -23,7 +23,7 @@ class CompletionRequest(Struct, frozen=True):
     max_output_tokens: int
 
 
-class Completion(Struct, frozen=True):
+class Completion(Struct, frozen=True, kw_only=True):
     """A provider's answer, normalised across wire APIs.
 
     Token counts follow the OpenTelemetry GenAI conventions: input includes cached tokens (and

@@ -48,8 +48,13 @@ class EchoProvider:
                 request_id=f"echo-{request.job_id}-{request.model}",
             )
         text = f"[{request.model}] {messages[-1].content}"[: request.max_output_tokens * 4]
-        # Positional: a Struct made from keywords takes twice as long.
-        return Completion(text, "stop", input_tokens, estimate_tokens(text), f"echo-{request.job_id}-{request.model}")
+        return Completion(
+            text=text,
+            finish_reason="stop",
+            input_tokens=input_tokens,
+            output_tokens=estimate_tokens(text),
+            request_id=f"echo-{request.job_id}-{request.model}",
+        )
 
     def _fails(self, request: CompletionRequest) -> bool:
         digest = hashlib.blake2b(f"{request.job_id}\0{request.model}".encode(), digest_size=8).digest()

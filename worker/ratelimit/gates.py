@@ -25,7 +25,7 @@ from worker.ratelimit.headers import RateLimitState
 KINDS = ("requests", "tokens", "input_tokens", "output_tokens")
 
 
-class Usage(Struct, frozen=True):
+class Usage(Struct, frozen=True, kw_only=True):
     """What one attempt takes from the allowance."""
 
     requests: int = 1
@@ -41,7 +41,7 @@ class Usage(Struct, frozen=True):
         }
 
 
-class GateStats(Struct):
+class GateStats(Struct, kw_only=True):
     """A gate's figures: its allowance (this replica's share, per minute), what it let through, who waits."""
 
     allowance: dict[str, float]

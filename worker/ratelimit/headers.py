@@ -13,7 +13,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
-class Window(Struct, frozen=True, omit_defaults=True):
+class Window(Struct, frozen=True, omit_defaults=True, kw_only=True):
     """One limit: its size, what remains, and seconds until it is whole again."""
 
     limit: int | None = None
@@ -21,7 +21,7 @@ class Window(Struct, frozen=True, omit_defaults=True):
     reset_s: float | None = None
 
 
-class RateLimitState(Struct, frozen=True, omit_defaults=True):
+class RateLimitState(Struct, frozen=True, omit_defaults=True, kw_only=True):
     """A provider's view of our limits, as its last answer's headers told it."""
 
     requests: Window | None = None
@@ -83,7 +83,9 @@ def openai_rate_limits(headers: Mapping[str, str]) -> RateLimitState | None:
     for name, limit_header, remaining_header, reset_header in _OPENAI_HEADERS:
         limit, remaining, reset = headers.get(limit_header), headers.get(remaining_header), headers.get(reset_header)
         if limit or remaining or reset:
-            windows[name] = Window(_int(limit), _int(remaining), parse_duration(reset) if reset else None)
+            windows[name] = Window(
+                limit=_int(limit), remaining=_int(remaining), reset_s=parse_duration(reset) if reset else None
+            )
     return RateLimitState(**windows) if windows else None
 
 
@@ -93,7 +95,7 @@ def anthropic_rate_limits(headers: Mapping[str, str], now: datetime) -> RateLimi
     for name, limit_header, remaining_header, reset_header in _ANTHROPIC_HEADERS:
         limit, remaining, reset = headers.get(limit_header), headers.get(remaining_header), headers.get(reset_header)
         if limit or remaining or reset:
-            windows[name] = Window(_int(limit), _int(remaining), _seconds_until(reset, now))
+            windows[name] = Window(limit=_int(limit), remaining=_int(remaining), reset_s=_seconds_until(reset, now))
     return RateLimitState(**windows) if windows else None
 
 

@@ -14,7 +14,7 @@ from msgspec import Struct
 from worker.config import Config
 
 
-class RateState(Struct, frozen=True):
+class RateState(Struct, frozen=True, kw_only=True):
     """The counts behind one task type and model (what the state topic carries, keyed `task|model`)."""
 
     task: str
@@ -69,9 +69,10 @@ class QualityModel:
     def take_changes(self) -> list[RateState]:
         """The states changed since the last call (to publish)."""
         now = time.time()
-        changed = [
-            RateState(task, model, *self._counts[(task, model)], updated_at=now) for task, model in sorted(self._dirty)
-        ]
+        changed = []
+        for task, model in sorted(self._dirty):
+            successes, failures = self._counts[(task, model)]
+            changed.append(RateState(task=task, model=model, successes=successes, failures=failures, updated_at=now))
         self._dirty.clear()
         return changed
 

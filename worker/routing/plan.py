@@ -31,7 +31,7 @@ class NoRoute(Exception):
     """No model can serve the job; the message says which constraint could not be met."""
 
 
-class Plan(Struct, frozen=True):
+class Plan(Struct, frozen=True, kw_only=True):
     task: str
     models: list[str]
     max_output_tokens: int

@@ -32,17 +32,19 @@ def verify(job: Job, text: str) -> ErrorInfo | None:
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            return ErrorInfo("verification_failed", f"the answer is not JSON: {exc}")
+            return ErrorInfo(kind="verification_failed", message=f"the answer is not JSON: {exc}")
     if checks is None:
         return None
     if checks.expected is not None and text.strip(_EDGES).casefold() != checks.expected.strip(_EDGES).casefold():
-        return ErrorInfo("verification_failed", "the answer differs from the expected answer")
+        return ErrorInfo(kind="verification_failed", message="the answer differs from the expected answer")
     if checks.regex is not None and not _pattern(checks.regex).search(text):
-        return ErrorInfo("verification_failed", f"the answer does not match {checks.regex!r}")
+        return ErrorInfo(kind="verification_failed", message=f"the answer does not match {checks.regex!r}")
     if checks.json_schema is not None:
         error = next(
             iter(_validator(orjson.dumps(checks.json_schema, option=orjson.OPT_SORT_KEYS)).iter_errors(parsed)), None
         )
         if error is not None:
-            return ErrorInfo("verification_failed", f"the answer does not match the JSON Schema: {error.message}")
+            return ErrorInfo(
+                kind="verification_failed", message=f"the answer does not match the JSON Schema: {error.message}"
+            )
     return None

@@ -39,7 +39,7 @@ FILLER = [
 ]
 
 
-class SimRequest(Struct, frozen=True):
+class SimRequest(Struct, frozen=True, kw_only=True):
     """A request in wire-neutral form."""
 
     model: str
@@ -47,7 +47,7 @@ class SimRequest(Struct, frozen=True):
     max_tokens: int
 
 
-class Answer(Struct, frozen=True):
+class Answer(Struct, frozen=True, kw_only=True):
     text: str
     output_tokens: int
     finish: Literal["stop", "length", "refusal"]
@@ -86,7 +86,7 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
     """The model's answer: the expected one with its accuracy, else a wrong one; filler without a directive."""
     prompt = "\n".join(request.texts)
     if rng.random() < behaviour.errors.refused:
-        return Answer("I can't help with that request.", 8, "refusal")
+        return Answer(text="I can't help with that request.", output_tokens=8, finish="refusal")
     expected = _EXPECT.search(prompt)
     correct = None
     if expected:
@@ -102,5 +102,10 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
         text = f"Simulated answer from {request.model}: " + " ".join(words)
     tokens = max(1, estimate_tokens(text))
     if tokens > request.max_tokens:
-        return Answer(text[: request.max_tokens * 4], request.max_tokens, "length", correct=False if expected else None)
-    return Answer(text, tokens, "stop", correct)
+        return Answer(
+            text=text[: request.max_tokens * 4],
+            output_tokens=request.max_tokens,
+            finish="length",
+            correct=False if expected else None,
+        )
+    return Answer(text=text, output_tokens=tokens, finish="stop", correct=correct)

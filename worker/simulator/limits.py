@@ -9,7 +9,7 @@ from msgspec import Struct
 from worker.ratelimit.buckets import Bucket
 
 
-class LimitState(Struct, frozen=True):
+class LimitState(Struct, frozen=True, kw_only=True):
     name: str  # requests, tokens, input_tokens, output_tokens
     limit: int
     remaining: int
@@ -47,6 +47,6 @@ class Limits:
 
     def state(self) -> list[LimitState]:
         return [
-            LimitState(name, int(b.per_minute), max(0, math.floor(b.level)), b.reset_s())
+            LimitState(name=name, limit=int(b.per_minute), remaining=max(0, math.floor(b.level)), reset_s=b.reset_s())
             for name, b in self.buckets.items()
         ]

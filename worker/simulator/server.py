@@ -32,7 +32,7 @@ from worker.simulator.limits import Limits
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
 
 
-class ModelStats(msgspec.Struct):
+class ModelStats(msgspec.Struct, kw_only=True):
     requests: int = 0
     ok: int = 0
     input_tokens: int = 0
@@ -42,7 +42,7 @@ class ModelStats(msgspec.Struct):
     statuses: dict[str, int] = {}
 
 
-class Stats(msgspec.Struct):
+class Stats(msgspec.Struct, kw_only=True):
     """What the simulator served since it started (or was reset)."""
 
     requests: int = 0
@@ -183,7 +183,7 @@ class Simulator:
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
             return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
-        request = SimRequest(model, texts, max_tokens)
+        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens)
         reply = answer(behaviour, request, self.config.seed, self._rng)
         output_tokens = reply.output_tokens + behaviour.thinking_tokens
         limits = self._limits_for(key, model, behaviour)

@@ -16,7 +16,7 @@ Rate = Annotated[float, Meta(ge=0, le=1)]
 PerMinute = Annotated[int, Meta(ge=0)]
 
 
-class ErrorMix(Struct, forbid_unknown_fields=True, omit_defaults=True):
+class ErrorMix(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """The share of requests answered with each error (checked in this order, before serving)."""
 
     rate_limited: Rate = 0.0  # 429 with the provider's own retry hint (retry_after_s)
@@ -28,7 +28,7 @@ class ErrorMix(Struct, forbid_unknown_fields=True, omit_defaults=True):
     refused: Rate = 0.0  # 200 with the provider's refusal shape
 
 
-class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True):
+class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     """One model as the simulator serves it, under the name clients send."""
 
     wire: Literal["openai", "anthropic", "gemini", "openai_compatible"]
@@ -50,7 +50,7 @@ class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True):
     output_tokens_per_minute: PerMinute = 0
 
 
-class SimulatorConfig(Struct, forbid_unknown_fields=True):
+class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     models: dict[str, ModelBehaviour]
     seed: int = 7
     latency_scale: Annotated[float, Meta(ge=0)] = 1.0  # multiplies every latency (0: answer at once)

@@ -1,0 +1,132 @@
+"""One job while it runs: the state the attempt loop carries from the job's task to its result."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from msgspec import Struct
+from opentelemetry.trace import Span
+
+from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
+from worker.providers.base import Completion
+
+_NOTHING_TRIED = ErrorInfo(kind="no_route", message="no model of the plan could be tried")
+
+
+class JobRun(Struct, kw_only=True):
+    """A job from the moment the worker takes it to its result: what its attempts need, what they leave
+    behind. Built once a job (a Struct: made in C), and only by the runner of that job."""
+
+    job: Job
+    task: str
+    messages: list[ChatMessage]
+    text_tokens: int  # the prompt's estimated tokens: what the plan is made for
+    prompt_tokens: int  # the same with each message's overhead: what a call reserves for its prompt
+    started: float  # time.monotonic() when the worker took the job
+    span: Span | None  # the job's span when it is sampled; then its attempts get spans too
+    spans: list[tuple[Span, int]] | None  # the attempts' spans, each with the time its call ended
+    attempts: list[Attempt] = []
+    cost_events: list[CostEvent] = []
+    rerouted_from: str | None = None  # the model planned first, when the job went to another model first
+    last_error: ErrorInfo | None = None  # of the latest failed attempt
+    too_long_window: int = 0  # the largest context window a model found the prompt too long for
+
+    def reason(self, model: str) -> tuple[str, str | None]:
+        """Why the next attempt, on `model`, is made: planned, rerouted, a retry or an escalation (and the
+        failure behind it)."""
+        if self.rerouted_from and not self.attempts:
+            return "rerouted", None
+        if not self.attempts:
+            return "planned", None
+        previous = self.attempts[-1]
+        kind = previous.error.kind if previous.error else None
+        return ("retry" if previous.model == model else "escalation"), kind
+
+    def attempt(
+        self,
+        provider: str,
+        model: str,
+        error: ErrorInfo | None,
+        *,
+        completion: Completion | None = None,
+        cost_usd: float = 0.0,
+        latency_ms: float = 0.0,
+        waited_ms: float = 0.0,
+    ) -> Attempt:
+        """The job's next attempt as it ended: failed with `error`, or not; `completion` when the model
+        answered (a call that got no answer billed nothing)."""
+        return Attempt(
+            number=len(self.attempts) + 1,
+            provider=provider,
+            model=model,
+            outcome="failed" if error else "ok",
+            input_tokens=completion.input_tokens if completion else 0,
+            output_tokens=completion.output_tokens if completion else 0,
+            cost_usd=cost_usd,
+            latency_ms=latency_ms,
+            error=error,
+            rate_limit_wait_ms=waited_ms,
+            rerouted_from=None if self.attempts else self.rerouted_from,  # only a job's first attempt went elsewhere
+        )
+
+    def cost_event(self, attempt: Attempt) -> CostEvent:
+        """What `attempt` cost, for the costs topic."""
+        return CostEvent(
+            job_id=self.job.id,
+            attempt=attempt.number,
+            provider=attempt.provider,
+            model=attempt.model,
+            input_tokens=attempt.input_tokens,
+            output_tokens=attempt.output_tokens,
+            cost_usd=attempt.cost_usd,
+            outcome=attempt.outcome,
+            ts=datetime.now(UTC),
+            tenant=self.job.tenant,
+            task=self.task,
+            error_kind=attempt.error.kind if attempt.error else None,
+        )
+
+    def failure(self) -> ErrorInfo:
+        """Why the job failed when no attempt gave an answer: the last failure, and how many there were."""
+        last = self.last_error or _NOTHING_TRIED
+        return ErrorInfo(kind=last.kind, message=f"all {len(self.attempts)} attempt(s) failed; last: {last.message}")
+
+    def deadline_passed(self, seconds: float) -> ErrorInfo:
+        """Why the job failed when its deadline of `seconds` cut it short."""
+        message = f"the job deadline of {seconds:g} s passed"
+        if self.attempts:
+            last = self.attempts[-1].error
+            message += f" after {len(self.attempts)} attempt(s); last: {last.message if last else 'ok'}"
+        return ErrorInfo(kind="deadline_exceeded", message=message)
+
+    def result(self, output: str | None, error: ErrorInfo | None) -> Result:
+        """The job's one result. An answer ends the job with the attempt that gave it, at its cost event's
+        time; a failure ends it now."""
+        attempts = self.attempts
+        finished_at = self.cost_events[-1].ts if output is not None and self.cost_events else datetime.now(UTC)
+        last = attempts[-1] if attempts else None
+        if last is not None and len(attempts) == 1:  # most jobs: no sums to make
+            usage = Usage(input_tokens=last.input_tokens, output_tokens=last.output_tokens)
+            cost_usd = last.cost_usd
+        else:
+            usage = Usage(
+                input_tokens=sum(a.input_tokens for a in attempts), output_tokens=sum(a.output_tokens for a in attempts)
+            )
+            cost_usd = sum(a.cost_usd for a in attempts)
+        answered_by = last if last is not None and error is None else None
+        return Result(
+            job_id=self.job.id,
+            status="failed" if error else "ok",
+            attempts=attempts,
+            usage=usage,
+            cost_usd=cost_usd,
+            latency_ms=(time.monotonic() - self.started) * 1000,
+            finished_at=finished_at,
+            output=output,
+            model=answered_by.model if answered_by else None,
+            provider=answered_by.provider if answered_by else None,
+            task=self.task,
+            tenant=self.job.tenant,
+            error=error,
+        )
