@@ -19,7 +19,7 @@ from msgspec import Struct
 TICK_S = 0.02
 
 
-class Deadline(Struct, eq=False):  # eq=False: hashed by identity, a member of its bucket's set
+class Deadline(Struct, eq=False, kw_only=True):  # eq=False: hashed by identity, a member of its bucket's set
     """One job's deadline; `expired` once it cancelled its task. (A Struct: built in C, once a job.)"""
 
     task: asyncio.Task

@@ -21,7 +21,9 @@ def load(name: str) -> dict:
 
 def response(body, status: int = 200, **headers: str) -> HttpResponse:
     raw = (FIXTURES / body).read_bytes() if isinstance(body, str) else json.dumps(body).encode()
-    return HttpResponse(status, CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()}), raw)
+    return HttpResponse(
+        status=status, headers=CIMultiDict({k.replace("_", "-"): v for k, v in headers.items()}), body=raw
+    )
 
 
 def failure(parse, body, status: int, **headers: str) -> ProviderError:

@@ -47,7 +47,7 @@ def test_rejections_say_why():
 
 
 def test_dead_letter_keeps_the_original_bytes_and_the_source():
-    rejection = Rejection("not_json", "not JSON: boom")
+    rejection = Rejection(kind="not_json", message="not JSON: boom")
     record, value = dead_letter(rejection, "llm.jobs", 3, 41, b"boom", LIMIT)
     assert value == b"boom"
     assert (record.source_topic, record.source_partition, record.source_offset, record.original_size) == (
@@ -61,7 +61,9 @@ def test_dead_letter_keeps_the_original_bytes_and_the_source():
 
 
 def test_dead_letter_of_an_oversized_message_is_cut_to_the_limit_and_says_so():
-    record, value = dead_letter(Rejection("too_large", "big"), "llm.jobs", 0, 0, b"y" * (LIMIT + 10), LIMIT)
+    record, value = dead_letter(
+        Rejection(kind="too_large", message="big"), "llm.jobs", 0, 0, b"y" * (LIMIT + 10), LIMIT
+    )
     assert len(value) == LIMIT and record.truncated and record.original_size == LIMIT + 10
 
 

@@ -21,9 +21,9 @@ def _two_batches(outbox: Outbox, done: list[str]) -> tuple[dict[str, _Entry], li
     Jobs from different flushes share a batch: the second holds c's result appended after b's output."""
     entries = {
         name: _Entry(
-            [("llm.results", name.encode(), b"r", []), ("llm.costs", name.encode(), b"c", [])],
-            lambda name=name: done.append(name),
-            None,
+            outputs=[("llm.results", name.encode(), b"r", []), ("llm.costs", name.encode(), b"c", [])],
+            done=lambda name=name: done.append(name),
+            spans=None,
         )
         for name in "abc"
     }

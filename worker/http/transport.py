@@ -17,7 +17,7 @@ from msgspec import Struct
 from worker.errors import ProviderError
 
 
-class HttpResponse(Struct, frozen=True):
+class HttpResponse(Struct, frozen=True, kw_only=True):
     status: int
     headers: Mapping[str, str]  # case-insensitive
     body: bytes  # decoded (no Content-Encoding left)

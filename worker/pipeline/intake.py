@@ -11,7 +11,7 @@ from worker.messages import DeadLetter, Job
 _decoder = msgspec.json.Decoder(Job)
 
 
-class Rejection(msgspec.Struct, frozen=True):
+class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """Why a message is not a job."""
 
     kind: str
@@ -21,23 +21,23 @@ class Rejection(msgspec.Struct, frozen=True):
 def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
     """Decode one message value; never raises."""
     if value is None:
-        return Rejection("invalid_job", "the message has no value (a tombstone), expected a JSON job")
+        return Rejection(kind="invalid_job", message="the message has no value (a tombstone), expected a JSON job")
     if len(value) > max_bytes:
-        return Rejection("too_large", f"the message is {len(value)} bytes, over the limit of {max_bytes}")
+        return Rejection(kind="too_large", message=f"the message is {len(value)} bytes, over the limit of {max_bytes}")
     try:
         return _decoder.decode(value)
     except msgspec.ValidationError as exc:
-        return Rejection("invalid_job", f"not a valid job: {exc}")
+        return Rejection(kind="invalid_job", message=f"not a valid job: {exc}")
     except msgspec.DecodeError as exc:
-        return Rejection("not_json", f"not JSON: {exc}")
+        return Rejection(kind="not_json", message=f"not JSON: {exc}")
     except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
-        return Rejection("not_json", f"not JSON: invalid UTF-8: {exc}")
+        return Rejection(kind="not_json", message=f"not JSON: invalid UTF-8: {exc}")
     except RecursionError:  # nested deeper than the parser, re.compile or the JSON Schema check can go
-        return Rejection("invalid_job", "not a valid job: nested too deeply")
+        return Rejection(kind="invalid_job", message="not a valid job: nested too deeply")
     except (
         Exception
     ) as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
-        return Rejection("invalid_job", f"not a valid job: {type(exc).__name__}: {exc}")
+        return Rejection(kind="invalid_job", message=f"not a valid job: {type(exc).__name__}: {exc}")
 
 
 def dead_letter(

@@ -40,7 +40,7 @@ Output = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
-class _Entry(Struct):  # a Struct: made in C, once a job
+class _Entry(Struct, kw_only=True):  # a Struct: made in C, once a job
     """One job's outputs, what to call when all are acknowledged, and their send spans (traced jobs)."""
 
     outputs: list[Output]
