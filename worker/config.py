@@ -257,10 +257,10 @@ def describe_validation_error(exc: msgspec.ValidationError, raw: dict[str, Any],
     path = _resolve_keys(raw, tokens, message, root or Config)
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
     if unknown:
-        return f"{'.'.join(path + [unknown.group(1)])}: unknown key"
+        return f"{'.'.join([*path, unknown.group(1)])}: unknown key"
     missing = re.fullmatch(r"Object missing required field `(.+)`", message)
     if missing:
-        return f"{'.'.join(path + [missing.group(1)])}: required key is missing"
+        return f"{'.'.join([*path, missing.group(1)])}: required key is missing"
     return f"{'.'.join(path) or '(top level)'}: {message}"
 
 
@@ -268,7 +268,7 @@ def _resolve_keys(raw: dict[str, Any], tokens: list[str], message: str, root: ty
     """Name the dict keys msgspec reports as `[...]`: the one whose entry alone repeats the error."""
     path: list[str] = []
     node: Any = raw
-    for i, token in enumerate(tokens):
+    for token in tokens:
         if token.startswith("."):
             path.append(token[1:])
             node = node.get(token[1:]) if isinstance(node, dict) else None
@@ -303,9 +303,9 @@ def _check_references(config: Config, source: str) -> None:
         if model.provider not in config.providers:
             errors.append(f"models.{name}.provider: unknown provider {model.provider!r}")
     for name, task in config.tasks.items():
-        for i, model in enumerate(task.models):
-            if model not in config.models:
-                errors.append(f"tasks.{name}.models[{i}]: unknown model {model!r}")
+        for i, model_name in enumerate(task.models):
+            if model_name not in config.models:
+                errors.append(f"tasks.{name}.models[{i}]: unknown model {model_name!r}")
     for i, rule in enumerate(config.classifier.rules):
         if rule.task not in config.tasks:
             errors.append(f"classifier.rules[{i}].task: unknown task {rule.task!r}")
@@ -351,9 +351,9 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             key = next((k for k in table if _norm(k) == _norm(segment)), None)
             if key is None:
                 key = segment.lower()
-                if not _known_path(path + [key]):
+                if not _known_path([*path, key]):
                     raise ConfigError(
-                        f"environment {ENV_PREFIX}{'__'.join(segments)}: unknown key {'.'.join(path + [key])}"
+                        f"environment {ENV_PREFIX}{'__'.join(segments)}: unknown key {'.'.join([*path, key])}"
                     )
             path.append(key)
             if i == len(segments) - 1:

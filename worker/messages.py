@@ -16,6 +16,7 @@ from msgspec import Meta, Struct
 JobId = Annotated[str, Meta(min_length=1, max_length=256, description="Unique id of the job.")]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
+DeadLetterKind = Literal["not_json", "invalid_job", "too_large"]
 
 
 class ChatMessage(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -182,7 +183,7 @@ class DeadLetter(Struct, omit_defaults=True, kw_only=True):
     named `dlq.<field>` with its value as UTF-8 text.
     """
 
-    error_kind: Literal["not_json", "invalid_job", "too_large"]
+    error_kind: DeadLetterKind
     error: str
     source_topic: str
     source_partition: NonNegInt

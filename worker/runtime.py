@@ -5,9 +5,9 @@ The event loop:
 
 On uvloop the worker spends about a tenth less CPU a job with the in-process echo provider and a
 third less over HTTP, and the simulator answers more calls a core (`make bench`, section throughput:
-every consumer there, the raw floor included, runs on the loop named here). `worker.event_loop` chooses: "auto" (the default)
-takes uvloop when it can be imported (a dependency on Linux and macOS), "uvloop" insists on it,
-"asyncio" keeps the standard loop.
+every consumer there, the raw floor included, runs on the loop named here). `worker.event_loop`
+chooses: "auto" (the default) takes uvloop when it can be imported (a dependency on Linux and
+macOS), "uvloop" insists on it, "asyncio" keeps the standard loop.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def loop_factory(choice: EventLoopChoice = "auto") -> Callable[[], asyncio.Abstr
     except ImportError as exc:
         if choice == "uvloop":
             raise ConfigError(
-                f'worker.event_loop: "uvloop" but uvloop cannot be imported ({exc}); install it, or choose "auto" or "asyncio"'
+                f'worker.event_loop: "uvloop" but uvloop cannot be imported ({exc}); '
+                'install it, or choose "auto" or "asyncio"'
             ) from None
         return None
     return uvloop.new_event_loop
@@ -50,7 +51,7 @@ def run(main: Coroutine[Any, Any, T], choice: EventLoopChoice = "auto") -> T:
         return runner.run(main)
 
 
-# The garbage collector: The garbage collector's settings for a long-running process with thousands of requests in flight.
+# The garbage collector's settings for a long-running process with thousands of requests in flight.
 #
 # Thousands of jobs (or, in the simulator, calls) in flight outlive the young generations, so with the
 # default thresholds (700, 10, 10) full collections of the whole heap ran every second or so: they

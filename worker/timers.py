@@ -1,12 +1,12 @@
 """Deadlines of one length for many tasks (each job's, each HTTP call's), and one timer watching them all.
 
 `asyncio.timeout` costs a timer handle, a heap push and a cancel for every job or call: 8.3 µs a call
-against 1.3 (`make bench`, section http_client, http_call_timeout), at thousands in flight. Deadlines of one length expire in the
-order they were set, so they go into buckets of TICK_S by expiry time, oldest first in the dict (a
-dict keeps insertion order), and a single timer, armed for the oldest bucket, cancels the tasks of
-the buckets whose time has come. A deadline fires up to TICK_S late, never early. The semantics are
-those of `asyncio.timeout`: the task is cancelled, and `Deadline.expired` tells that cancellation
-from any other (which keeps propagating).
+against 1.3 (`make bench`, section http_client, http_call_timeout), at thousands in flight.
+Deadlines of one length expire in the order they were set, so they go into buckets of TICK_S by
+expiry time, oldest first in the dict (a dict keeps insertion order), and a single timer, armed for
+the oldest bucket, cancels the tasks of the buckets whose time has come. A deadline fires up to
+TICK_S late, never early. The semantics are those of `asyncio.timeout`: the task is cancelled, and
+`Deadline.expired` tells that cancellation from any other (which keeps propagating).
 """
 
 from __future__ import annotations

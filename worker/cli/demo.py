@@ -134,20 +134,19 @@ def run_demo(config: Config, jobs: int = 60, timeout_s: float = 120.0) -> int:
     """Run the demo; 0 when every job got its result and every malformed message its dead letter."""
     run_id = uuid.uuid4().hex[:8]
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None
-    if not external:
+    broker: EmbeddedBroker | None = None
+    if external:
+        bootstrap = external
+    else:
         broker = EmbeddedBroker()
         try:
-            broker.start()
+            bootstrap = broker.start()
         except BrokerError as exc:
             print(f"llm-router demo: {exc}", file=sys.stderr)
             return 1
-        print(f"embedded broker (Tansu, in memory) on {broker.bootstrap_servers}", file=sys.stderr)
+        print(f"embedded broker (Tansu, in memory) on {bootstrap}", file=sys.stderr)
     try:
-        return runtime.run(
-            _demo(config, external or broker.bootstrap_servers, run_id, bool(external), jobs, timeout_s),
-            config.worker.event_loop,
-        )  # type: ignore[union-attr]
+        return runtime.run(_demo(config, bootstrap, run_id, bool(external), jobs, timeout_s), config.worker.event_loop)
     finally:
         if broker:
             broker.stop()
@@ -187,13 +186,15 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
     missing = [job.id for job in jobs if job.id not in results]
     if missing or len(letters) < len(MALFORMED):
         print(
-            f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s) missing after {timeout_s:.0f} s",
+            f"\nFAILED: {len(missing)} job(s) without a result, {len(MALFORMED) - len(letters)} dead letter(s)"
+            f" missing after {timeout_s:.0f} s",
             file=sys.stderr,
         )
         return 1
     ok = sum(r.status == "ok" for r in results.values())
     print(
-        f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters, {len(costs)} cost events, nothing lost."
+        f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters,"
+        f" {len(costs)} cost events, nothing lost."
     )
     return 0
 
@@ -245,10 +246,10 @@ def _progress(done: int, total: int) -> None:
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
 def _print_results(jobs: list[Job], results: dict[str, Result]) -> None:
@@ -260,7 +261,11 @@ def _print_results(jobs: list[Job], results: dict[str, Result]) -> None:
             rows.append([job.id, "MISSING", "", "", "", "", ""])
             continue
         path = " > ".join(f"{a.model}{'' if a.outcome == 'ok' else ' x'}" for a in r.attempts) or "-"
-        detail = (r.output or "")[:40] if r.status == "ok" else f"{r.error.kind}: {r.error.message}"[:70]  # type: ignore[union-attr]
+        if r.status == "ok":
+            detail = (r.output or "")[:40]
+        else:
+            assert r.error is not None  # the worker sends every failed result with its error
+            detail = f"{r.error.kind}: {r.error.message}"[:70]
         rows.append([job.id, r.status, r.task or "-", path, f"${r.cost_usd:.6f}", f"{r.latency_ms:.0f}ms", detail])
     _table(["job", "status", "task", "attempts (x = failed)", "cost", "latency", "output / error"], rows)
 

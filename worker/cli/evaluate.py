@@ -72,7 +72,8 @@ def read_workload(path: str | Path) -> list[Job]:
 
 def with_directives(job: Job, task: str) -> Job:
     """The job as sent: its prompt carries the simulator's directives."""
-    directive = f"\n[[expect: {job.checks.expected}]] [[task: {task}]]"  # type: ignore[union-attr]
+    assert job.checks is not None  # read_workload admits only jobs with checks.expected
+    directive = f"\n[[expect: {job.checks.expected}]] [[task: {task}]]"
     if job.prompt is not None:
         return msgspec.structs.replace(job, prompt=job.prompt + directive)
     messages = list(job.messages or [])
@@ -182,8 +183,12 @@ def run_eval(
     jobs = read_workload(workload)
     run_id = uuid.uuid4().hex[:8]
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None if external else EmbeddedBroker()
-    bootstrap = external or broker.start()  # type: ignore[union-attr]
+    broker: EmbeddedBroker | None = None
+    if external:
+        bootstrap = external
+    else:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
     try:
         results = [
             runtime.run(
@@ -240,8 +245,8 @@ def print_table(results: list[PolicyFigures]) -> None:
         for r in results
     ]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     sys.stdout.flush()

@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 
 from worker.config import MAX_RESPONSE_BYTES, ConfigError
 from worker.http.network import Proxies, check_ca_bundle, ssl_context
-from worker.timers import Deadlines
 from worker.http.transport import HttpResponse, timed_out, too_large, unreachable
 from worker.http.wire import BodyTooLarge, ChunkedBody, gunzip, keeps_alive, parse_headers, take_head
+from worker.timers import Deadlines
 
 
 class _Target:

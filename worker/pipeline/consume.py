@@ -37,6 +37,7 @@ from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
 from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
 from worker.providers import Providers, build_providers
+from worker.ratelimit.gates import GateStats
 from worker.ratelimit.limits import partition_share
 from worker.runtime import tune_gc
 
@@ -109,7 +110,10 @@ class Worker:
             "Messages of each owned partition of the jobs topic not yet committed",
             self._lag,
         )
-        gates = lambda: [(g, s) for g, s in self.runner.limits.stats().items()]  # noqa: E731
+
+        def gates() -> list[tuple[str, GateStats]]:
+            return list(self.runner.limits.stats().items())
+
         metrics.gauge(
             "llm_router.rate_limit.allowance",
             "1/min",

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from worker.messages import DeadLetter, Job
+from worker.messages import DeadLetter, DeadLetterKind, Job
 
 _decoder = msgspec.json.Decoder(Job)
 
@@ -14,7 +14,7 @@ _decoder = msgspec.json.Decoder(Job)
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     """Why a message is not a job."""
 
-    kind: str
+    kind: DeadLetterKind
     message: str
 
 
@@ -47,7 +47,7 @@ def dead_letter(
     original = value or b""
     truncated = len(original) > limit
     record = DeadLetter(
-        error_kind=rejection.kind,  # type: ignore[arg-type]
+        error_kind=rejection.kind,
         error=rejection.message,
         source_topic=topic,
         source_partition=partition,

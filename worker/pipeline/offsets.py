@@ -46,7 +46,8 @@ class PartitionOffsets:
         if not order:
             return False
         if offset != order[0]:  # not the oldest pending one: it waits in `done` until the ones before it finish
-            if offset < order[0] or offset >= self._next or offset in done:  # type: ignore[operator]  # `_next` is set once an offset is
+            assert self._next is not None  # set by `take`, which put the pending offsets in `order`
+            if offset < order[0] or offset >= self._next or offset in done:
                 return False
             done.add(offset)
             return True

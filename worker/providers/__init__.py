@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from msgspec import Struct
 
-from worker.config import Config, ConfigError
-from worker.http import make_transport
+from worker.config import Config, ConfigError, ModelConfig, ProviderConfig
+from worker.http import Transport, make_transport
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.providers.echo import EchoProvider
@@ -17,7 +17,10 @@ from worker.providers.openai import OpenAIProvider
 
 __all__ = ["Completion", "CompletionRequest", "Provider", "Providers", "build_providers"]
 
-_ADAPTERS = {
+# An adapter's constructor: (name, provider config, its models, API key, transport).
+_Adapter = Callable[[str, ProviderConfig, dict[str, ModelConfig], str | None, Transport], Provider]
+
+_ADAPTERS: dict[str, _Adapter] = {
     "openai": OpenAIProvider,
     "openai_compatible": OpenAIProvider,
     "anthropic": AnthropicProvider,

@@ -83,6 +83,7 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemin
     data = decode_json(response.body, what)
     usage = data.get("usageMetadata") or {}
     candidates = data.get("candidates") or []
+    finish: FinishReason
     if not candidates:
         block = (data.get("promptFeedback") or {}).get("blockReason") or ""
         text, finish = "", ("refusal" if block else "other")

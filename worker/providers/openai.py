@@ -71,12 +71,12 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
     """A Chat Completions answer (or error) as a Completion (or ProviderError)."""
     limits = openai_rate_limits(response.headers)
     if response.status >= 300:
-        error_type, code, message = _error_fields(response.body)
+        error_type, code, error_message = _error_fields(response.body)
         retry = retry_after_from_headers(response.headers, datetime.now(UTC))
         if retry is None and response.status == 429:
-            hint = _TRY_AGAIN.search(message)  # "Please try again in 579ms."
+            hint = _TRY_AGAIN.search(error_message)  # "Please try again in 579ms."
             retry = parse_duration(hint.group(1)) if hint else None
-        raise http_error(response.status, error_type, code, message, retry, limits)
+        raise http_error(response.status, error_type, code, error_message, retry, limits)
     data = decode_json(response.body, what)
     choices = data.get("choices") or []
     if not choices:
@@ -107,9 +107,11 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     except msgspec.DecodeError:
         return "", "", body[:300].decode(errors="replace")
     if isinstance(data, dict):
-        error = data.get("error") if isinstance(data.get("error"), dict) else data
-        if isinstance(data.get("error"), str):  # some servers (Ollama) send {"error": "message"}
-            return "", "", data["error"]
+        error = data.get("error")
+        if isinstance(error, str):  # some servers (Ollama) send {"error": "message"}
+            return "", "", error
+        if not isinstance(error, dict):  # vLLM's flat form: the fields are at the top level
+            error = data
         return (
             str(error.get("type") or ""),
             str(error.get("code") or ""),

@@ -114,14 +114,14 @@ def make_plan(
     chains = []
     longest = routing.max_chain if job.verifiable else 1
     for length in range(1, min(longest, len(candidates)) + 1):
-        for chain in permutations(candidates, length):
+        for ordering in permutations(candidates, length):
             expected_cost = expected_latency = 0.0
             reach = 1.0  # probability that the chain gets this far
-            for m in chain:
+            for m in ordering:
                 expected_cost += reach * costs[m]
                 expected_latency += reach * latency[m]
                 reach *= 1 - p[m]
-            chains.append((chain, expected_cost, 1 - reach, expected_latency, sum(worst[m] for m in chain)))
+            chains.append((ordering, expected_cost, 1 - reach, expected_latency, sum(worst[m] for m in ordering)))
 
     fits_budget = [c for c in chains if budget is None or c[3] <= budget]
     if not fits_budget:
@@ -135,7 +135,8 @@ def make_plan(
     elif job.accuracy_floor is not None:
         top = max(c[2] for c in fits_cap)
         raise NoRoute(
-            f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches within the other constraints (best {top:.3f})"
+            f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches"
+            f" within the other constraints (best {top:.3f})"
         )
     else:
         best = max(fits_cap, key=lambda c: (c[2], -c[1]))

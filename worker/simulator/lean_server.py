@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote
 
 from worker.http.wire import dechunk, keeps_alive, parse_headers, take_head
@@ -123,7 +123,7 @@ class _Connection(asyncio.Protocol):
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a stream server's connection: a full Transport
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -200,7 +200,11 @@ class Simulator:
         headers = wire.rate_limit_headers(wire_name, limits.state())
         if not admitted:
             state = next(s for s in limits.state() if s.name == binding)
-            detail = f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on {wire.LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. Please try again in {wire.go_duration(wait)}."
+            detail = (
+                f"{'tokens' if 'tokens' in binding else 'requests'}:Rate limit reached for {model} on "
+                f"{wire.LIMIT_WORDS[binding]}: Limit {state.limit}, Remaining {state.remaining}. "
+                f"Please try again in {wire.go_duration(wait)}."
+            )
             return self._reply(
                 wire.error(
                     wire_name,
@@ -255,8 +259,16 @@ class Simulator:
             )
         if input_tokens + max_tokens > window:
             if behaviour.flavor == "vllm":
-                return f"This model's maximum context length is {window} tokens. However, you requested {input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion."
-            return f"This model's maximum context length is {window} tokens. However, your messages resulted in {input_tokens} tokens and {max_tokens} completion tokens were requested. Please reduce the length of the messages."
+                return (
+                    f"This model's maximum context length is {window} tokens. However, you requested "
+                    f"{input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the "
+                    "completion). Please reduce the length of the messages or completion."
+                )
+            return (
+                f"This model's maximum context length is {window} tokens. However, your messages resulted in "
+                f"{input_tokens} tokens and {max_tokens} completion tokens were requested. Please reduce the length "
+                "of the messages."
+            )
         return ""
 
     def _limits_for(self, key: str, model: str, behaviour: ModelBehaviour) -> Limits:
@@ -319,6 +331,7 @@ class Simulator:
         try:
             fields = msgspec.json.decode(await request.read())
             if merge:
+                assert current is not None  # a merge into an unknown model was answered 404 above
                 errors = msgspec.to_builtins(current.errors) | fields.get("errors", {})
                 fields = msgspec.to_builtins(current) | fields | {"errors": errors}
             updated = msgspec.convert(fields, ModelBehaviour)

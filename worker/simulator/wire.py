@@ -22,7 +22,8 @@ _prefix = uuid.uuid4().hex[:12]
 
 
 def _request_id() -> str:
-    """24 hex digits, unique in the process: a random prefix and a counter (uuid4 a call cost more than the rest of the answer)."""
+    """24 hex digits, unique in the process: a random prefix and a counter (uuid4 a call cost more than
+    the rest of the answer)."""
     return f"{_prefix}{next(_ids) & 0xFFFFFFFFFFFF:012x}"
 
 
@@ -234,7 +235,8 @@ def _anthropic_error(kind: str, model: str, detail: str) -> tuple[int, dict]:
         "quota": (
             400,
             "invalid_request_error",
-            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits.",
+            "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+            "purchase credits.",
         ),
         "server": (500, "api_error", "Internal server error"),
         "unavailable": (503, "api_error", "Service unavailable"),
@@ -277,7 +279,8 @@ def _gemini_error(kind: str, model: str, detail: str, retry_after_s: float | Non
         "auth": (
             403,
             "PERMISSION_DENIED",
-            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+            "Method doesn't allow unregistered callers (callers without established identity). Please use API Key "
+            "or other form of API consumer identity to call this API.",
         ),
         "not_found": (
             404,
