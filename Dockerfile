@@ -1,4 +1,5 @@
-FROM python:3.11-slim
+# Python 3.12: asyncio's eager tasks (a job that needs no I/O runs without a turn of the event loop).
+FROM python:3.12-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker

@@ -1,5 +1,6 @@
 # llm-router: `make demo` and `make test` work on a fresh machine (they create .venv themselves).
-PYTHON ?= python3
+# Python 3.12+ where the machine has it (asyncio's eager tasks), else python3: scripts/python.sh.
+PYTHON ?= $(shell scripts/python.sh)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp

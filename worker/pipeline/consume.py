@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -71,7 +72,8 @@ class Worker:
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._jobs: dict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        # The running jobs of each owned partition, by offset: what a release waits for, or cancels.
+        self._jobs: dict[TopicPartition, dict[int, asyncio.Task[None]]] = defaultdict(dict)
         self._releasing: set[TopicPartition] = set()
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -272,6 +274,7 @@ class Worker:
         """A task for each fetched record, except those of partitions revoked meanwhile (their new owner
         takes them from the committed offset)."""
         assigned = self.consumer.assignment() if fetched else frozenset()
+        start = _task_starter()
         for tp, records in fetched.items():
             if tp in self._releasing or tp not in assigned:
                 continue
@@ -279,10 +282,9 @@ class Worker:
             self.stats.taken += len(records)
             running = self._jobs[tp]
             for record in records:
-                job = _start_task(self._handle(tp, record))
+                job = start(self._handle(tp, record, running))
                 if not job.done():  # an eager task may have finished already
-                    running.add(job)
-                    job.add_done_callback(running.discard)
+                    running[record.offset] = job
 
     def _pause(self) -> None:
         assigned = self.consumer.assignment()
@@ -295,8 +297,9 @@ class Worker:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
 
-    async def _handle(self, tp: TopicPartition, record: Any) -> None:
-        """Run one record (aiokafka's ConsumerRecord) to its outputs and hand them to the sink."""
+    async def _handle(self, tp: TopicPartition, record: Any, running: dict[int, asyncio.Task[None]]) -> None:
+        """Run one record (aiokafka's ConsumerRecord) to its outputs and hand them to the sink; then leave
+        `running`, its partition's running jobs."""
         try:
             if self.telemetry.tracing:
                 await self._traced(tp, record)
@@ -312,6 +315,8 @@ class Worker:
                 "job crashed; its offset stays uncommitted",
                 extra={"partition": record.partition, "offset": record.offset},
             )
+        finally:
+            running.pop(record.offset, None)
 
     async def _traced(self, tp: TopicPartition, record: Any) -> None:
         telemetry = self.telemetry
@@ -504,7 +509,7 @@ class Worker:
 
     async def _drain(self, partitions: list[TopicPartition], reason: str, until: float) -> None:
         """Wait for the jobs of `partitions` until `until` (monotonic), then cancel those left."""
-        jobs = {job for tp in partitions for job in self._jobs.get(tp, ())}
+        jobs = {job for tp in partitions for job in self._jobs.get(tp, {}).values()}
         if not jobs:
             return
         log.info("draining in-flight jobs", extra={"reason": reason, "jobs": len(jobs)})
@@ -550,13 +555,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _start_task(job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    """A task for one job: eager where Python has eager tasks (3.12+), so a job that finishes without
-    waiting (an in-process provider, a dead letter) costs no turn of the event loop."""
+def _task_starter() -> Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]:
+    """What starts a job's task on the running loop: an eager task where Python has them (3.12+), so a
+    job that finishes without waiting (an in-process provider, a dead letter) costs no turn of the loop."""
     loop = asyncio.get_running_loop()
-    if _EAGER is not None:
-        return _EAGER(loop, job)
-    return loop.create_task(job)
-
-
-_EAGER: Callable[..., asyncio.Task[Any]] | None = getattr(asyncio, "eager_task_factory", None)
+    eager = getattr(asyncio, "eager_task_factory", None)
+    return partial(eager, loop) if eager is not None else loop.create_task
