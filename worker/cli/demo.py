@@ -14,8 +14,8 @@ import msgspec
 
 from worker import runtime
 from worker.broker import BrokerError, EmbeddedBroker
-from worker.cli.runs import produce, running_worker
-from worker.config import Config, Topics
+from worker.cli.runs import produce, run_kafka, running_worker
+from worker.config import Config
 from worker.messages import ChatMessage, CostEvent, DeadLetter, Job, Result
 from worker.pipeline.kafka import create_topics, make_consumer
 from worker.providers import build_providers
@@ -94,19 +94,7 @@ def demo_config(
     """The demo's settings: its own group (and topics on a shared broker), and every provider whose
     API key is not set pointed at the simulator. Returns the config, the keys to use, and the
     providers left on their real endpoints."""
-    replace = msgspec.structs.replace
-    topics = config.kafka.topics
-    if suffix_topics:
-        topics = Topics(**{k: f"{v}.demo-{run_id}" for k, v in msgspec.structs.asdict(topics).items()})
-    # A short session timeout: the embedded broker holds a join for about half of it.
-    kafka = replace(
-        config.kafka,
-        bootstrap_servers=bootstrap,
-        group_id=f"llm-router-demo-{run_id}",
-        topics=topics,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    kafka = run_kafka(config.kafka, bootstrap, f"demo-{run_id}", own_topics=suffix_topics)
     providers, keys, real = {}, dict(env), []
     for name, provider in config.providers.items():
         if provider.kind == "echo" or (provider.api_key_env and env.get(provider.api_key_env)):
@@ -115,7 +103,7 @@ def demo_config(
             continue
         providers[name], key_env = on_simulator(name, provider, simulator_url)
         keys[key_env] = SIMULATOR_KEY
-    return replace(config, kafka=kafka, providers=providers), keys, real
+    return msgspec.structs.replace(config, kafka=kafka, providers=providers), keys, real
 
 
 def simulator_weather() -> SimulatorConfig:

@@ -21,8 +21,8 @@ import orjson
 
 from worker import runtime
 from worker.broker import EmbeddedBroker
-from worker.cli.runs import produce, running_worker
-from worker.config import Config, Topics
+from worker.cli.runs import produce, run_kafka, running_worker
+from worker.config import Config
 from worker.messages import Job, Result
 from worker.pipeline.kafka import create_topics, make_consumer
 from worker.providers import build_providers
@@ -85,17 +85,7 @@ def policy_config(
     config: Config, policy: str, bootstrap: str, run_id: str, simulator_url: str
 ) -> tuple[Config, dict[str, str]]:
     replace = msgspec.structs.replace
-    topics = Topics(
-        **{k: f"{v}.eval-{run_id}-{policy}" for k, v in msgspec.structs.asdict(config.kafka.topics).items()}
-    )
-    kafka = replace(
-        config.kafka,
-        bootstrap_servers=bootstrap,
-        group_id=f"llm-router-eval-{run_id}-{policy}",
-        topics=topics,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    kafka = run_kafka(config.kafka, bootstrap, f"eval-{run_id}-{policy}")
     providers, keys = {}, {}
     for name, provider in config.providers.items():
         providers[name], key_env = on_simulator(name, provider, simulator_url)

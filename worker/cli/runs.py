@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
-from worker.config import Config, KafkaConfig
+import msgspec
+
+from worker.config import Config, KafkaConfig, Topics
 from worker.observability.telemetry import OFF, Telemetry
 from worker.pipeline.consume import Worker
 from worker.pipeline.kafka import make_producer
@@ -40,3 +42,20 @@ async def produce(kafka: KafkaConfig, messages: Iterable[tuple[bytes | None, byt
         return ends
     finally:
         await producer.stop()
+
+
+def run_kafka(kafka: KafkaConfig, bootstrap: str, name: str, own_topics: bool = True) -> KafkaConfig:
+    """Kafka settings for one in-process run (the demo's, an eval policy's): the group `llm-router-NAME`,
+    with `own_topics` topics suffixed `.NAME` (a shared broker keeps runs apart), and a short session
+    timeout, as the embedded broker holds a join for about half of it."""
+    topics = kafka.topics
+    if own_topics:
+        topics = Topics(**{k: f"{v}.{name}" for k, v in msgspec.structs.asdict(topics).items()})
+    return msgspec.structs.replace(
+        kafka,
+        bootstrap_servers=bootstrap,
+        group_id=f"llm-router-{name}",
+        topics=topics,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
