@@ -94,7 +94,7 @@ def run() -> list[dict]:
         raise SystemExit("bench instructions needs valgrind on the PATH (Debian: apt-get install valgrind)")
     broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker()
     try:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]  # broker is set when the variable is not
         counts: dict[str, dict[int, int]] = {consumer: {} for consumer in CONSUMERS}
         for jobs in (SMALL, LARGE):
             jobs_topic = f"bench-instructions-{uuid.uuid4().hex[:8]}.jobs"

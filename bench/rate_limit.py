@@ -97,7 +97,7 @@ def run() -> list[dict]:
         broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else EmbeddedBroker()
         try:
             wait_for_port("127.0.0.1", port, 30, simulator)
-            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
+            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]  # broker is set when the variable is not
             samples, stats = asyncio.run(_run(bootstrap, f"http://127.0.0.1:{port}"))
         finally:
             simulator.terminate()

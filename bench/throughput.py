@@ -355,7 +355,7 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
 
 
 def _jobs(prefix: str, count: int, **fields: object) -> list[Job]:
-    return [Job(id=f"{prefix}{i}", prompt=f"What is the capital of France? ({i})", **fields) for i in range(count)]  # type: ignore[arg-type]
+    return [Job(id=f"{prefix}{i}", prompt=f"What is the capital of France? ({i})", **fields) for i in range(count)]  # type: ignore[arg-type]  # fields: Job keywords
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -636,7 +636,7 @@ def run() -> list[Figure]:
         try:
             wait_for_port("127.0.0.1", port, 30, simulator)
             wait_for_port("127.0.0.1", sink_port, 30, sink)
-            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]
+            bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or broker.start()  # type: ignore[union-attr]  # broker is set when the variable is not
             pids = {"reader": os.getpid(), "simulator": simulator.pid}
             if broker and broker._process:
                 pids["broker"] = broker._process.pid

@@ -58,7 +58,7 @@ def test_a_job_finishes_one_turn_after_its_last_outputs_acknowledgement_and_once
 
 def test_a_failed_batch_sends_its_jobs_again_and_their_earlier_acknowledgements_no_longer_count():
     async def scenario() -> None:
-        outbox, done = Outbox(None), []  # type: ignore[arg-type]
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # no producer: nothing is sent here
         entries, futures = _two_batches(outbox, done)
         futures[0].set_exception(KafkaConnectionError("the broker went away"))
         await asyncio.sleep(0)
@@ -78,7 +78,7 @@ def test_a_failed_batch_sends_its_jobs_again_and_their_earlier_acknowledgements_
 
 def test_a_cancelled_delivery_counts_as_failed():
     async def scenario() -> None:
-        outbox, done = Outbox(None), []  # type: ignore[arg-type]
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # no producer: nothing is sent here
         entries, futures = _two_batches(outbox, done)
         futures[1].cancel()
         futures[0].set_result(_landed(0, 20))
@@ -92,7 +92,7 @@ def test_a_cancelled_delivery_counts_as_failed():
 
 def test_a_job_without_outputs_is_done_at_once():
     async def scenario() -> None:
-        outbox, done = Outbox(None), []  # type: ignore[arg-type]
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # no producer: nothing is sent here
         outbox.put([], lambda: done.append("x"))
         await asyncio.sleep(0)
         assert done == ["x"] and outbox.unacknowledged == 0

@@ -36,4 +36,4 @@ def test_the_choice_is_configured_and_checked():
     with pytest.raises(ConfigError, match="event_loop"):
         load_config(env={"LLM_ROUTER__WORKER__EVENT_LOOP": "trio"})
     with pytest.raises(ValueError, match="unknown event loop"):
-        runtime.loop_factory("trio")  # type: ignore[arg-type]
+        runtime.loop_factory("trio")  # type: ignore[arg-type]  # a value the type forbids, on purpose
