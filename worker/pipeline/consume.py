@@ -13,6 +13,7 @@ uncommitted (they are redelivered).
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
@@ -559,5 +560,6 @@ def _task_starter() -> Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
     """What starts a job's task on the running loop: an eager task where Python has them (3.12+), so a
     job that finishes without waiting (an in-process provider, a dead letter) costs no turn of the loop."""
     loop = asyncio.get_running_loop()
-    eager = getattr(asyncio, "eager_task_factory", None)
-    return partial(eager, loop) if eager is not None else loop.create_task
+    if sys.version_info >= (3, 12):
+        return partial(asyncio.Task, loop=loop, eager_start=True)
+    return loop.create_task

@@ -37,10 +37,7 @@ class Sink(Protocol):
     """What the consume loop needs of a delivery guarantee."""
 
     producer: Any
-
-    @property
-    def held(self) -> int:
-        """Jobs finished but still counted in flight: their outputs wait for a commit."""
+    held: int  # jobs finished but still counted in flight: their outputs wait for a commit
 
     @property
     def unacknowledged(self) -> int:
@@ -67,10 +64,7 @@ class OutboxSink:
         self.outbox = Outbox(self.producer)
         self._consumer = consumer
         self._finish = finish
-
-    @property
-    def held(self) -> int:
-        return 0  # a job's offset finishes only when its outputs are acknowledged
+        self.held = 0  # a job's offset finishes only when its outputs are acknowledged
 
     @property
     def unacknowledged(self) -> int:
@@ -122,15 +116,11 @@ class TransactionalSink:
         self._fenced = fenced
         # Finished jobs' outputs (and their send spans), by partition and offset, until their transaction.
         self._ready: dict[TopicPartition, dict[int, tuple[list[Output], list[Any] | None]]] = defaultdict(dict)
-        self._held = 0
-
-    @property
-    def held(self) -> int:
-        return self._held
+        self.held = 0
 
     @property
     def unacknowledged(self) -> int:
-        return self._held
+        return self.held
 
     async def start(self) -> None:
         """Connect the producer; DeliveryError when the broker has no transactions."""
@@ -145,7 +135,7 @@ class TransactionalSink:
     def put(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None) -> None:
         """Hold a job's outputs for the next transaction; its offset may be committed with them."""
         self._ready[tp][offset] = (outputs, spans)
-        self._held += 1
+        self.held += 1
         self._finish(tp, offset)
 
     async def commit(self, positions: dict[TopicPartition, int]) -> bool:
@@ -182,7 +172,7 @@ class TransactionalSink:
             ready = self._ready[tp]
             for offset in finished:
                 del ready[offset]
-            self._held -= len(finished)
+            self.held -= len(finished)
         return True
 
     async def settled(self, timeout: float) -> bool:
@@ -194,7 +184,7 @@ class TransactionalSink:
         error = RuntimeError(f"not committed before the partition was released ({reason})")
         for tp in partitions:
             self._not_sent({tp: list(self._ready.get(tp, ()))}, error)
-            self._held -= len(self._ready.pop(tp, {}))
+            self.held -= len(self._ready.pop(tp, {}))
 
     async def close(self) -> None:
         """Disconnect the producer (an open transaction is aborted by the broker)."""
