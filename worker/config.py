@@ -66,6 +66,8 @@ class KafkaConfig(Struct, forbid_unknown_fields=True):
     sasl_mechanism: str = ""
     sasl_username_env: str = "KAFKA_SASL_USERNAME"
     sasl_password_env: str = "KAFKA_SASL_PASSWORD"
+    # How long a command (and the worker at start) waits for a broker before it gives up (exit 1).
+    connect_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     linger_ms: Annotated[int, Meta(ge=0)] = 5
     max_request_bytes: PosInt = 8 * 1024 * 1024
     session_timeout_ms: PosInt = 10000

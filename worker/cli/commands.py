@@ -20,7 +20,7 @@ from worker.broker import NOT_INSTALLED
 from worker.config import Config, ConfigError, load_config
 from worker.messages import Job, Result
 from worker.observability.logs import get_logger, setup_logging
-from worker.pipeline.kafka import DeliveryError
+from worker.pipeline.kafka import BrokerUnavailable, DeliveryError
 
 log = get_logger("cli")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llm-router: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (DeliveryError, ConnectionError) as exc:  # the broker or Redis cannot serve the configuration
+    except (BrokerUnavailable, DeliveryError, ConnectionError) as exc:  # no broker, or it or Redis cannot serve
         print(f"llm-router: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from worker.config import KafkaConfig
 
 
 class DeliveryError(Exception):
     """The broker cannot give the delivery the configuration asks for (exactly-once without transactions)."""
+
+
+class BrokerUnavailable(Exception):
+    """No broker answered within the connect timeout; the message names the bootstrap servers."""
+
+
+async def wait_for_broker(config: KafkaConfig, timeout_s: float | None = None) -> None:
+    """Return once a broker of `config.bootstrap_servers` answers a metadata request, trying again every
+    half second; BrokerUnavailable after `timeout_s` (default `kafka.connect_timeout_s`)."""
+    timeout_s = config.connect_timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        client = AIOKafkaClient(**_common(config), request_timeout_ms=max(1000, int(min(left, 10) * 1000)))
+        try:
+            async with asyncio.timeout(max(0.1, left)):
+                await client.bootstrap()
+            return
+        except (KafkaConnectionError, KafkaError, OSError, TimeoutError) as exc:
+            last = exc
+        finally:
+            await client.close()
+        if time.monotonic() + 0.5 >= deadline:
+            # A refused connection says nothing the first part does not; anything else (TLS, auth) is the clue.
+            detail = "" if isinstance(last, KafkaConnectionError) or not str(last) else f": {last}"
+            raise BrokerUnavailable(
+                f"no Kafka broker answered at {config.bootstrap_servers} within {timeout_s:g} s{detail}"
+            )
+        await asyncio.sleep(0.5)
 
 
 def _common(config: KafkaConfig) -> dict[str, Any]:
