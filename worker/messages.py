@@ -13,7 +13,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-JobId = Annotated[str, Meta(min_length=1, max_length=256, description="Unique id of the job.")]
+JobId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        # No C0/C1 control character or DEL; Job also refuses other non-printable characters (str.isprintable).
+        pattern="^[^\\x00-\\x1f\\x7f-\\x9f]+$",
+        description="Unique id of the job: printable text, no control characters.",
+    ),
+]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
 DeadLetterKind = Literal["not_json", "invalid_job", "too_large"]
@@ -85,10 +94,14 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     metadata: dict[str, Any] = {}
 
     def __post_init__(self) -> None:
+        if not self.id.isprintable():  # bidi overrides, zero-width and other format characters too
+            raise ValueError("`id` must be printable text, without control or format characters")
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a job needs exactly one of `messages` or `prompt`")
         if self.messages is not None and not self.messages:
             raise ValueError("`messages` must not be empty")
+        if not self.text().strip():  # nothing to answer: running it would bill a model for nothing
+            raise ValueError("the prompt is empty or blank" if self.prompt is not None else "the messages hold no text")
 
     @property
     def verifiable(self) -> bool:

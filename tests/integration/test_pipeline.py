@@ -106,22 +106,28 @@ def test_a_job_that_waits_holds_up_neither_the_jobs_fetched_with_it_nor_their_de
 
 def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(bootstrap, replicas):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__MAX_JOB_BYTES=4096)
+    # Each with the id it can be answered under (None: unreadable), filled in per message.
     bad_kinds = [
-        (b"not json at all", "not_json"),
-        (b'{"prompt": "no id"}', "invalid_job"),
-        (b'{"id": "", "prompt": "empty id"}', "invalid_job"),
-        (b'{"id": "x", "prompt": "p", "unknown_field": 1}', "invalid_job"),
-        (b'{"id": "x", "messages": [{"role": "user"}]}', "invalid_job"),
-        (b'{"id": "x", "prompt": "' + b"y" * 5000 + b'"}', "too_large"),
-        (b"\x00\x01\x02", "not_json"),
-        (b"null", "invalid_job"),
+        (b"not json at all", "not_json", None),
+        (b'{"prompt": "no id"}', "invalid_job", None),
+        (b'{"id": "", "prompt": "empty id"}', "invalid_job", None),
+        (b'{"id": "ID", "prompt": "p", "unknown_field": 1}', "invalid_job", "ID"),
+        (b'{"id": "ID", "messages": [{"role": "user"}]}', "invalid_job", "ID"),
+        (b'{"id": "ID", "prompt": "' + b"y" * 5000 + b'"}', "too_large", "ID"),
+        (b'{"id": "ID", "prompt": "  "}', "invalid_job", "ID"),
+        (b'{"id": "tab\\there", "prompt": "p"}', "invalid_job", None),
+        (b"\x00\x01\x02", "not_json", None),
+        (b"null", "invalid_job", None),
     ]
-    messages, expected_letters, good = [], [], []
+    messages, expected_letters, good, rejected = [], [], [], {}
     for i in range(400):
         if i % 2:
-            value, kind = bad_kinds[(i // 2) % len(bad_kinds)]
+            template, kind, readable = bad_kinds[(i // 2) % len(bad_kinds)]
+            value = template.replace(b'"ID"', f'"bad-{i}"'.encode())
             messages.append((f"bad-{i}".encode(), value))
             expected_letters.append((f"bad-{i}".encode(), value, kind))
+            if readable:
+                rejected[f"bad-{i}"] = kind
         else:
             messages.append((f"good-{i}".encode(), job_bytes(f"good-{i}")))
             good.append(f"good-{i}")
@@ -133,7 +139,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
         ends = await produce(setup, messages)
         outputs = await collect(
             setup,
-            until=lambda o: len(o.result_ids) >= len(good) and len(o.letters) >= len(expected_letters),
+            until=lambda o: len(o.result_ids) >= len(good) + len(rejected) and len(o.letters) >= len(expected_letters),
             timeout_s=90,
             settle_s=1.0,
         )
@@ -145,12 +151,18 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(boot
     assert len(starts) == 1
     assert starts[0]["event_loop"] == "uvloop", "worker processes run on uvloop by default (worker.event_loop = auto)"
     worker.stop()
-    assert outputs.result_ids == set(good)
+    # A dead-lettered job whose id can be read is answered on the results topic too, with the same reason.
+    assert outputs.result_ids == set(good) | set(rejected) and len(rejected) == 80
+    failed = {r.job_id: r for r in outputs.results if r.job_id in rejected}
     assert len(expected_letters) == 200 and len(outputs.letters) == 200
     by_key = {key: (letter, value) for letter, key, value in outputs.letters}
     for key, value, kind in expected_letters:
         letter, sent_back = by_key[key]
         assert letter.error_kind == kind and letter.error
+        if key.decode() in rejected:
+            result = failed[key.decode()]
+            assert result.status == "failed" and result.error is not None and not result.attempts
+            assert (result.error.kind, result.error.message) == (kind, letter.error)
         assert letter.source_topic == setup.topics.jobs and letter.original_size == len(value)
         assert sent_back == value[:4096]
         assert letter.truncated == (len(value) > 4096)

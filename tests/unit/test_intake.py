@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.messages import DeadLetter, Job
-from worker.pipeline.intake import Rejection, dead_letter, decode_job
+from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
 
 LIMIT = 1024
 
@@ -94,3 +94,44 @@ def test_near_valid_jobs_decode_or_are_rejected(raw):
     assert isinstance(outcome, (Job, Rejection))
     if isinstance(outcome, Job):
         assert outcome.id and (outcome.prompt is None) != (outcome.messages is None)
+
+
+def test_blank_prompts_and_textless_messages_are_invalid_jobs():
+    check(b'{"id": "a", "prompt": ""}', "invalid_job", "empty or blank")
+    check(b'{"id": "a", "prompt": " \\n\\t "}', "invalid_job", "empty or blank")
+    check(
+        b'{"id": "a", "messages": [{"role": "system", "content": " "}, {"role": "user", "content": ""}]}',
+        "invalid_job",
+        "no text",
+    )
+
+
+def test_ids_are_printable_text():
+    for bad in ("a\\tb", "a\\nb", "\\u001b[31mred", "a\\u009bb", "a\\u202eb", "zero\\u200bwidth"):
+        check(b'{"id": "' + bad.encode() + b'", "prompt": "x"}', "invalid_job", "id")
+    for good in ("job-1", "caf\\u00e9 42", "a b/c:d"):
+        assert isinstance(decode_job(b'{"id": "' + good.encode() + b'", "prompt": "x"}', LIMIT), Job)
+
+
+def test_a_rejected_message_with_a_readable_id_gets_a_failed_result_with_the_same_reason():
+    too_large = decode_job(b'{"id": "big", "prompt": "' + b"x" * LIMIT + b'"}', LIMIT)
+    invalid = decode_job(b'{"id": "v", "prompt": "x", "temperature": 3}', LIMIT)
+    for rejection, kind in ((too_large, "too_large"), (invalid, "invalid_job")):
+        assert isinstance(rejection, Rejection)
+        result = rejected_result(rejection)
+        assert result is not None and result.job_id == rejection.job_id and result.status == "failed"
+        assert result.error is not None and (result.error.kind, result.error.message) == (kind, rejection.message)
+        assert result.attempts == [] and result.cost_usd == 0
+
+
+def test_a_rejected_message_without_a_readable_id_gets_no_result():
+    for value in (
+        b"not json",
+        b'{"prompt": "x"}',
+        b'{"id": 7, "prompt": "x"}',
+        b'{"id": "a\\u202eb", "prompt": 1}',
+        b"[]",
+    ):
+        rejection = decode_job(value, LIMIT)
+        assert isinstance(rejection, Rejection) and rejection.job_id is None
+        assert rejected_result(rejection) is None

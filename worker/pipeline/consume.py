@@ -33,7 +33,7 @@ from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
-from worker.pipeline.intake import Rejection, dead_letter, decode_job
+from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
 from worker.pipeline.kafka import make_consumer
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
@@ -378,7 +378,11 @@ class Worker:
                 span = trace.get_current_span()
                 span.set_attribute("error.type", "dead_lettered")
                 span.set_status(Status(StatusCode.ERROR, decoded.kind))
-            return [self._dead_letter(decoded, record)]
+            outputs = [self._dead_letter(decoded, record)]
+            result = rejected_result(decoded)
+            if result is not None:  # whoever waits on the results topic for its id is answered too
+                outputs.append((self._results_topic, result.job_id.encode(), self._encoder.encode(result), []))
+            return outputs
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
         try:

@@ -6,16 +6,26 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from worker.messages import DeadLetter, DeadLetterKind, Job
+from worker.messages import DeadLetter, DeadLetterKind, ErrorInfo, Job, JobId, Result, Usage
 
 _decoder = msgspec.json.Decoder(Job)
 
 
+class _IdOnly(msgspec.Struct):
+    """What a message that is not a valid job may still tell: a valid id, to answer on the results topic."""
+
+    id: JobId
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):
-    """Why a message is not a job."""
+    """Why a message is not a job; `job_id` when its id could still be read (it then gets a failed result)."""
 
     kind: DeadLetterKind
     message: str
+    job_id: str | None = None
 
 
 def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
@@ -23,11 +33,12 @@ def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
     if value is None:
         return Rejection(kind="invalid_job", message="the message has no value (a tombstone), expected a JSON job")
     if len(value) > max_bytes:
-        return Rejection(kind="too_large", message=f"the message is {len(value)} bytes, over the limit of {max_bytes}")
+        message = f"the message is {len(value)} bytes, over the limit of {max_bytes}"
+        return Rejection(kind="too_large", message=message, job_id=_readable_id(value))
     try:
         return _decoder.decode(value)
     except msgspec.ValidationError as exc:
-        return Rejection(kind="invalid_job", message=f"not a valid job: {exc}")
+        return Rejection(kind="invalid_job", message=f"not a valid job: {exc}", job_id=_readable_id(value))
     except msgspec.DecodeError as exc:
         return Rejection(kind="not_json", message=f"not JSON: {exc}")
     except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
@@ -38,6 +49,31 @@ def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
         Exception
     ) as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
         return Rejection(kind="invalid_job", message=f"not a valid job: {type(exc).__name__}: {exc}")
+
+
+def _readable_id(value: bytes) -> str | None:
+    """The message's id when it is a JSON object with a valid `id`, whatever else is wrong with it."""
+    try:
+        job_id = _id_decoder.decode(value).id
+    except Exception:  # any failure only means there is no id to answer to
+        return None
+    return job_id if job_id.isprintable() else None
+
+
+def rejected_result(rejection: Rejection) -> Result | None:
+    """The failed result a rejected message with a readable id gets, so whoever waits for it is answered."""
+    if rejection.job_id is None:
+        return None
+    return Result(
+        job_id=rejection.job_id,
+        status="failed",
+        attempts=[],
+        usage=Usage(),
+        cost_usd=0.0,
+        latency_ms=0.0,
+        finished_at=datetime.now(UTC),
+        error=ErrorInfo(kind=rejection.kind, message=rejection.message),
+    )
 
 
 def dead_letter(
