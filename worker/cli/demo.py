@@ -165,7 +165,7 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
             config.kafka, [(job.id.encode(), encoder.encode(job)) for job in jobs] + [(None, bad) for bad in MALFORMED]
         )
         print(f"produced {len(jobs)} jobs and {len(MALFORMED)} malformed messages to {topics.jobs}", file=sys.stderr)
-        results, costs, letters = await _follow(config, len(jobs), timeout_s)
+        results, costs, letters = await _follow(config, {job.id for job in jobs}, timeout_s)
     print(file=sys.stderr)
 
     _print_results(jobs, results)
@@ -188,9 +188,10 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
 
 
 async def _follow(
-    config: Config, expected: int, timeout_s: float
+    config: Config, ids: set[str], timeout_s: float
 ) -> tuple[dict[str, Result], list[CostEvent], list[tuple[DeadLetter, bytes]]]:
-    """Read the output topics until every job has its result and every malformed message its dead letter."""
+    """Read the output topics until every job of `ids` has its result and every malformed message its dead
+    letter (a malformed message with a readable id has a failed result too)."""
     topics = config.kafka.topics
     results: dict[str, Result] = {}
     costs: list[CostEvent] = []
@@ -200,10 +201,10 @@ async def _follow(
     await consumer.start()
     result_decoder, cost_decoder = msgspec.json.Decoder(Result), msgspec.json.Decoder(CostEvent)
     deadline = time.monotonic() + timeout_s
-    total = expected + len(MALFORMED)
+    total = len(ids) + len(MALFORMED)
     shown = -1
     try:
-        while (len(results) < expected or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
+        while (not ids <= results.keys() or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
@@ -214,7 +215,7 @@ async def _follow(
                         costs.append(cost_decoder.decode(record.value))
                     else:
                         letters.append((DeadLetter.from_headers(record.headers), record.value))
-            done = len(results) + len(letters)
+            done = len(ids & results.keys()) + len(letters)
             if done != shown:
                 shown = done
                 _progress(done, total)
