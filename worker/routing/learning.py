@@ -20,7 +20,8 @@ from worker.config import Config
 
 
 class RateState(Struct, frozen=True, kw_only=True):
-    """The counts behind one task type and model (what the state topic carries, keyed `task|model`)."""
+    """The counts behind one task type and model (what the state topic carries, keyed `task|model`); a
+    model's JSON format reliability travels as the pseudo task type `JSON_FORMAT`."""
 
     task: str
     model: str
