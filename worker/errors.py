@@ -18,7 +18,11 @@ class Disposition(Enum):
 
 
 TRANSIENT = frozenset({"rate_limited", "overloaded", "server", "timeout"})
-CAPABILITY = frozenset({"verification_failed", "truncated", "refused", "empty_output", "context_too_long"})
+# format_failed: the answer is not the JSON the job asked for; verification_failed: it is, or the job asked
+# for none, and a check found it wrong. Only the second is evidence about the model's accuracy.
+CAPABILITY = frozenset(
+    {"verification_failed", "format_failed", "truncated", "refused", "empty_output", "context_too_long"}
+)
 FATAL = frozenset({"quota", "auth", "bad_request"})
 
 

@@ -39,7 +39,7 @@ def sim_config(sim, client="aiohttp"):
     return load_config(env=env)
 
 
-def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="aiohttp"):
+def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="aiohttp", json_output=False):
     config = sim_config(sim, client)
     providers = build_providers(config, env=KEYS)
     provider = providers.clients[MODELS[model][0]]
@@ -50,7 +50,13 @@ def call(sim, model, prompt="hello there", max_tokens=400, system=None, client="
     async def run():
         try:
             return await provider.complete(
-                CompletionRequest(job_id="job-1", model=model, messages=messages, max_output_tokens=max_tokens)
+                CompletionRequest(
+                    job_id="job-1",
+                    model=model,
+                    messages=messages,
+                    max_output_tokens=max_tokens,
+                    json_output=json_output,
+                )
             )
         finally:
             await provider.close()
@@ -258,3 +264,84 @@ def test_openai_compatible_quirks(compat, field):
         "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
         field: 77,
     }
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_json_output_is_asked_in_each_wire_format_and_answered_as_json(sim, model):
+    completion, _ = call(sim, model, "Capital of France? [[expect: Paris]] [[task: simple_qa]]", json_output=True)
+    assert completion.finish_reason == "stop"
+    served = sim.stats()["models"][MODELS[model][1]]
+    assert msgspec.json.decode(completion.text) == {"answer": "Paris"} or served["wrong"] == 1, completion.text
+    assert isinstance(msgspec.json.decode(completion.text), dict)
+    plain, _ = call(sim, model, "Capital of France? [[expect: Paris]] [[task: simple_qa]]")
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(plain.text)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_model_whose_json_mode_fails_answers_prose(sim, model):
+    sim.patch(MODELS[model][1], json_failure=1.0)
+    completion, _ = call(sim, model, "Name a colour.", json_output=True)
+    assert completion.finish_reason == "stop"
+    with pytest.raises(msgspec.DecodeError):
+        msgspec.json.decode(completion.text)
+
+
+def json_request(*messages):
+    return CompletionRequest(
+        job_id="j",
+        model="m",
+        messages=[ChatMessage(role=role, content=content) for role, content in messages],
+        max_output_tokens=50,
+        json_output=True,
+    )
+
+
+def adapter(kind):
+    from worker.providers.anthropic import AnthropicProvider
+    from worker.providers.gemini import GeminiProvider
+    from worker.providers.openai import OpenAIProvider
+
+    config = load_config()
+    cls = {"openai": OpenAIProvider, "anthropic": AnthropicProvider, "gemini": GeminiProvider}[kind]
+    return cls(kind, config.providers[kind], {}, "k", transport=None)
+
+
+def test_openai_json_mode_and_the_word_json_it_needs():
+    from worker.providers.openai import JSON_INSTRUCTION
+
+    provider = adapter("openai")
+    body = provider.request_body(json_request(("user", "Name a colour.")))
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["messages"] == [
+        {"role": "system", "content": JSON_INSTRUCTION},
+        {"role": "user", "content": "Name a colour."},
+    ]
+    body = provider.request_body(json_request(("system", "Be brief."), ("user", "Name a colour.")))
+    assert body["messages"][0] == {"role": "system", "content": f"Be brief.\n\n{JSON_INSTRUCTION}"}
+    assert len(body["messages"]) == 2, "one system message, first"
+    body = provider.request_body(json_request(("user", "Name a colour, as Json.")))
+    assert body["messages"] == [{"role": "user", "content": "Name a colour, as Json."}], "it already says JSON"
+    plain = provider.request_body(msgspec.structs.replace(json_request(("user", "hi")), json_output=False))
+    assert "response_format" not in plain
+
+
+def test_gemini_json_mode_is_the_response_mime_type():
+    body = adapter("gemini").request_body(json_request(("user", "Name a colour.")))
+    assert body["generationConfig"] == {"maxOutputTokens": 50, "responseMimeType": "application/json"}
+    assert body["contents"] == [{"role": "user", "parts": [{"text": "Name a colour."}]}]
+
+
+def test_anthropic_asks_for_json_by_instruction_and_prefill():
+    from worker.providers.anthropic import JSON_INSTRUCTION
+
+    provider = adapter("anthropic")
+    body = provider.request_body(json_request(("system", "Be brief."), ("user", "Name a colour.")))
+    assert body["system"] == f"Be brief.\n\n{JSON_INSTRUCTION}"
+    assert body["messages"] == [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "{"},
+    ]
+    own = provider.request_body(json_request(("user", "Name a colour."), ("assistant", "[")))
+    assert own["messages"][-1] == {"role": "assistant", "content": "["}, "the job's own prefill is kept, alone"
+    assert own["system"] == JSON_INSTRUCTION

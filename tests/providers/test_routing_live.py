@@ -115,3 +115,89 @@ def test_a_provider_answering_503_to_everything_is_routed_around_once_its_breake
     assert llama_before <= 10, "the breaker opened after a few consecutive failures"
     assert llama_after - llama_before <= 1
     assert {o.result.model for o in outcomes} <= {"gpt-4o", "claude-3-5-sonnet", "gemini-2.5-flash"}
+
+
+def test_format_failures_and_truncations_leave_the_learned_accuracy_and_the_cheapest_route(report):
+    """Issue 20's acceptance: 50 JSON jobs that fail their format check on one model, and 150 jobs cut at
+    their own cap of 16 tokens, leave that model's learned accuracy for the task type unchanged, and
+    plain jobs keep their cheapest route."""
+    cheap = "gemini-2.5-flash"
+
+    async def body(server, url):
+        config = router_config(url)
+        providers = build_providers(config, env=KEYS)
+        runner = JobRunner(config, providers.clients, providers.unavailable)
+        server.simulator.config.models[cheap] = msgspec.structs.replace(
+            server.simulator.config.models[cheap], json_failure=1.0
+        )
+        schema = {"type": "object", "required": ["answer"]}
+
+        async def first_model_of_a_plain_job(name):
+            outcome = await runner.run(Job(id=name, prompt="What is the capital of France?", task="simple_qa"))
+            return outcome.result.attempts[0].model
+
+        before = {m: runner.quality.rate("simple_qa", m) for m in config.models}
+        plain_before = await first_model_of_a_plain_job("plain-before")
+        formats = await asyncio.gather(
+            *(
+                runner.run(
+                    Job(
+                        id=f"json{i}",
+                        prompt=f"Item {i} as a JSON object.",
+                        task="simple_qa",
+                        model=cheap,
+                        response_format="json",
+                        checks=Checks(json_schema=schema),
+                    )
+                )
+                for i in range(50)
+            )
+        )
+        escalated = await asyncio.gather(
+            *(
+                runner.run(Job(id=f"esc{i}", prompt=f"Item {i} as JSON.", task="simple_qa", response_format="json"))
+                for i in range(20)
+            )
+        )
+        truncated = await asyncio.gather(
+            *(
+                runner.run(Job(id=f"cut{i}", prompt=f"Tell story {i}.", task="simple_qa", max_output_tokens=16))
+                for i in range(150)
+            )
+        )
+        plain_after = await first_model_of_a_plain_job("plain-after")
+        after = {m: runner.quality.rate("simple_qa", m) for m in config.models}
+        try:
+            return before, after, plain_before, plain_after, formats, escalated, truncated, runner.quality
+        finally:
+            for client in providers.clients.values():
+                await client.close()
+
+    before, after, plain_before, plain_after, formats, escalated, truncated, quality = asyncio.run(
+        _with_simulator(body)
+    )
+    config = router_config("http://unused")
+    cheapest = min(
+        config.models, key=lambda m: config.models[m].input_usd_per_mtok + config.models[m].output_usd_per_mtok
+    )
+    format_failures = sum(
+        a.model == cheap and a.error.kind == "format_failed" for o in formats for a in o.result.attempts
+    )
+    cut_attempts = [a for o in truncated for a in o.result.attempts]
+    first_of_escalated = [o.result.attempts[0].model for o in escalated]
+    report(
+        f"format/truncation: {format_failures} format failures on {cheap}, {len(cut_attempts)} attempts of 150 jobs "
+        f"cut at 16 tokens; {cheap} simple_qa accuracy {before[cheap]:.4f} -> {after[cheap]:.4f}, JSON format "
+        f"reliability {quality.json_format.rate(cheap):.4f}; plain jobs first on {plain_before} -> {plain_after}; "
+        f"later JSON jobs first on {sorted(set(first_of_escalated))}"
+    )
+    assert format_failures == 50
+    assert all(o.result.error.kind == "format_failed" for o in formats)
+    assert all(o.result.status == "ok" and msgspec.json.decode(o.result.output) for o in escalated)
+    assert all(o.result.error.kind == "truncated" for o in truncated)
+    assert sum(a.model == cheap for a in cut_attempts) == 150
+    assert {(a.error.kind, a.output_tokens) for a in cut_attempts} == {("truncated", 16)}, "the job's cap is hard"
+    assert after == before, "no model's accuracy for the task type moved"
+    assert quality.snapshot() == {}, "nothing was learned about accuracy"
+    assert quality.json_format.rate(cheap) < 0.25
+    assert plain_before == plain_after == cheapest == cheap

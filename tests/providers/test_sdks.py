@@ -1,5 +1,7 @@
 """The official SDKs, pointed at the simulator, parse its answers and raise their own typed errors."""
 
+import json
+
 import anthropic
 import openai
 import pytest
@@ -72,6 +74,29 @@ def test_gemini_sdk_parses_generate_content(sim, api_version):
     assert response.text
     assert response.candidates[0].finish_reason == genai_types.FinishReason.STOP
     assert response.usage_metadata.prompt_token_count > 0 and response.usage_metadata.candidates_token_count > 0
+
+
+def test_each_sdks_json_mode_is_taken_and_answered_with_json(sim):
+    completion = openai_client(sim).chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": f"{PROMPT} Answer in JSON."}],
+        max_completion_tokens=50,
+        response_format={"type": "json_object"},
+    )
+    assert json.loads(completion.choices[0].message.content).keys() == {"answer"}
+    message = anthropic_client(sim).messages.create(
+        model="claude-3-5-sonnet-20241022",
+        max_tokens=50,
+        system="Answer with one JSON object only.",
+        messages=[{"role": "user", "content": PROMPT}, {"role": "assistant", "content": "{"}],
+    )
+    assert json.loads("{" + message.content[0].text).keys() == {"answer"}, "the answer continues the prefill"
+    response = gemini_client(sim).models.generate_content(
+        model="gemini-2.5-flash",
+        contents=PROMPT,
+        config=genai_types.GenerateContentConfig(max_output_tokens=50, response_mime_type="application/json"),
+    )
+    assert json.loads(response.text).keys() == {"answer"}
 
 
 def test_truncation_is_reported_as_each_sdk_expects(sim):

@@ -16,10 +16,11 @@ from tests.unit.helpers import run
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.execution.runner import JobRunner, backoff_s, check_answer
-from worker.messages import Job
+from worker.messages import Checks, Job
 from worker.observability.telemetry import Telemetry
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
+from worker.routing.learning import FORMAT_PRIOR
 
 
 def test_answer_checks():
@@ -341,3 +342,149 @@ def test_a_cancellation_that_is_not_the_deadline_propagates_and_ends_the_attempt
     asyncio.run(scenario())
     attempt = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat "))
     assert attempt.attributes["llm_router.error.kind"] == "deadline_exceeded" and "error.type" not in attempt.attributes
+
+
+class AnsweringProvider:
+    """A provider whose models answer as scripted: `answer(request)` gives (text, finish reason); the
+    requests it got are kept."""
+
+    def __init__(self, name, answer):
+        self.name = name
+        self.answer = answer
+        self.requests = []
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        self.requests.append(request)
+        text, finish = self.answer(request)
+        return Completion(text=text, finish_reason=finish, input_tokens=10, output_tokens=request.max_output_tokens)
+
+    async def close(self):
+        return None
+
+
+def answering_runner(config, answer, **answers):
+    """A runner whose providers answer with `answer`, or with the one given by provider name."""
+    providers = {name: AnsweringProvider(name, answers.get(name, answer)) for name in config.providers}
+    return JobRunner(config, providers), providers
+
+
+def learned(runner):
+    """What the runner learned: accuracy per task and model, and JSON format reliability per model."""
+    return runner.quality.snapshot(), runner.quality.json_format.snapshot()
+
+
+@pytest.mark.parametrize(
+    ("job", "text", "finish", "kind", "accuracy", "json_format"),
+    [
+        (Job(id="w", prompt="2+2?", checks=Checks(expected="4")), "5", "stop", "verification_failed", "down", None),
+        (Job(id="r", prompt="2+2?", checks=Checks(expected="4")), "4", "stop", None, "up", None),
+        (Job(id="f", prompt="q"), "no", "refusal", "refused", "down", None),
+        (Job(id="e", prompt="q"), " ", "stop", "empty_output", "down", None),
+        (Job(id="j", prompt="q", response_format="json"), "it is 4", "stop", "format_failed", None, "down"),
+        (Job(id="k", prompt="q", response_format="json"), '{"a": 4}', "stop", None, None, "up"),
+        (
+            Job(id="s", prompt="q", checks=Checks(json_schema={"type": "array"})),
+            "4!",
+            "stop",
+            "format_failed",
+            None,
+            "down",
+        ),
+        (
+            Job(id="t", prompt="q", checks=Checks(json_schema={"type": "array"})),
+            "{}",
+            "stop",
+            "verification_failed",
+            "down",
+            "up",
+        ),
+        (Job(id="c", prompt="q", max_output_tokens=16), "cut", "length", "truncated", None, None),
+        (
+            Job(id="d", prompt="q", response_format="json", max_output_tokens=16),
+            '{"a',
+            "length",
+            "truncated",
+            None,
+            None,
+        ),
+    ],
+)
+def test_what_each_outcome_teaches(config, job, text, finish, kind, accuracy, json_format):
+    """A wrong, refused or empty answer counts against the model's accuracy for the task type; an answer
+    that is not the JSON asked for counts against its JSON format reliability only; a truncation counts
+    against nothing."""
+    runner, _ = answering_runner(config, lambda request: (text, finish))
+    job = msgspec.structs.replace(job, model="gemini-2.5-flash", task="simple_qa")  # one model, no escalation
+    prior = runner.quality.rate("simple_qa", "gemini-2.5-flash")
+    result = run(runner, job).result
+    assert (result.error.kind if result.error else None) == kind
+    assert [a.error.kind if a.error else None for a in result.attempts] == [kind]
+    accuracy_now = runner.quality.rate("simple_qa", "gemini-2.5-flash")
+    format_now = runner.quality.json_format.rate("gemini-2.5-flash")
+    moved = {None: lambda now, before: now == before, "up": float.__gt__, "down": float.__lt__}
+    assert moved[accuracy](accuracy_now, prior), f"accuracy {prior} -> {accuracy_now}"
+    assert moved[json_format](format_now, FORMAT_PRIOR), f"format reliability {FORMAT_PRIOR} -> {format_now}"
+    snapshot, formats = learned(runner)
+    assert ("gemini-2.5-flash" in snapshot.get("simple_qa", {})) == (accuracy is not None)
+    assert ("gemini-2.5-flash" in formats) == (json_format is not None)
+
+
+def test_a_format_failure_escalates_and_is_a_cost_event_of_its_own_kind(config):
+    runner, providers = answering_runner(
+        config, lambda request: ('{"answer": 4}', "stop"), gemini=lambda request: ("The answer is 4.", "stop")
+    )
+    outcome = run(runner, Job(id="jf", prompt="2+2? Answer in JSON.", response_format="json", task="simple_qa"))
+    result = outcome.result
+    assert result.status == "ok" and result.output == '{"answer": 4}' and result.model != "gemini-2.5-flash"
+    first, last = outcome.cost_events[0], outcome.cost_events[-1]
+    assert (first.model, first.error_kind, last.error_kind) == ("gemini-2.5-flash", "format_failed", None)
+    assert all(r.json_output for p in providers.values() for r in p.requests), "every call asked for JSON"
+    assert runner.quality.snapshot() == {}, "no accuracy learned: only formats were judged"
+
+
+def test_a_fenced_json_answer_is_accepted_and_given_as_the_model_wrote_it(config):
+    fenced = '```json\n{"answer": 4}\n```'
+    runner, _ = answering_runner(config, lambda request: (fenced, "stop"))
+    result = run(runner, Job(id="jc", prompt="2+2 in JSON", response_format="json", task="simple_qa")).result
+    assert result.status == "ok" and len(result.attempts) == 1 and result.output == fenced
+
+
+def test_plain_jobs_do_not_ask_for_json(config):
+    runner, providers = answering_runner(config, lambda request: ("4", "stop"))
+    assert run(runner, Job(id="p", prompt="2+2?", task="simple_qa")).result.status == "ok"
+    assert [r.json_output for p in providers.values() for r in p.requests] == [False]
+
+
+def test_an_answer_cut_at_the_workers_cap_tries_the_same_model_once_with_double_the_cap(config):
+    """simple_qa's cap is 256: the answer needs 400 tokens, so the model is asked again with 512."""
+    runner, providers = answering_runner(
+        config, lambda request: ("long answer", "length" if request.max_output_tokens < 400 else "stop")
+    )
+    result = run(runner, Job(id="tc", prompt="explain", task="simple_qa")).result
+    assert result.status == "ok" and result.model == "gemini-2.5-flash"
+    assert [r.max_output_tokens for r in providers["gemini"].requests] == [256, 512]
+    assert [(a.model, a.error.kind if a.error else None) for a in result.attempts] == [
+        ("gemini-2.5-flash", "truncated"),
+        ("gemini-2.5-flash", None),
+    ]
+    assert learned(runner) == ({}, {}), "a truncation teaches nothing"
+
+
+def test_a_larger_cap_is_tried_once_a_job_then_the_next_models_keep_it(config):
+    runner, providers = answering_runner(config, lambda request: ("endless", "length"))
+    result = run(runner, Job(id="tn", prompt="explain", task="simple_qa")).result
+    assert result.status == "failed" and result.error.kind == "truncated"
+    caps = [(r.model, r.max_output_tokens) for p in providers.values() for r in p.requests]
+    assert [c for c in caps if c[0] == "gemini-2.5-flash"] == [("gemini-2.5-flash", 256), ("gemini-2.5-flash", 512)]
+    assert len(caps) == len(result.attempts) and len(caps) > 2
+    assert all(cap == 512 for model, cap in caps if model != "gemini-2.5-flash")
+    assert learned(runner) == ({}, {})
+
+
+def test_a_jobs_own_cap_is_a_hard_limit(config):
+    runner, providers = answering_runner(config, lambda request: ("endless", "length"))
+    result = run(runner, Job(id="th", prompt="explain", task="simple_qa", max_output_tokens=16)).result
+    assert result.status == "failed" and result.error.kind == "truncated"
+    requests = [r for p in providers.values() for r in p.requests]
+    assert [r.max_output_tokens for r in requests] == [16] * len(requests)
+    assert len({r.model for r in requests}) == len(requests), "each model once: the next model, the same cap"

@@ -2,11 +2,14 @@
 
 A transient error (rate limited, overloaded, 5xx, timeout) retries the same model after an
 exponential backoff with full jitter, at least the provider's own retry delay, within the job's
-retry budget. A capability failure (refused, truncated, empty, failed verification) escalates to the
-next model; context too long jumps to the next model whose window is larger. Quota and auth errors
+retry budget. A capability failure (refused, truncated, empty, not the JSON asked for, failed
+verification) escalates to the next model; context too long jumps to the next model whose window is
+larger; an answer cut at the worker's own output cap (the job set none) first tries the same model
+once more with a larger cap. Quota and auth errors
 take the provider out of rotation; consecutive failures open its circuit breaker. The job deadline
-bounds it all. Every attempt is recorded with its tokens and cost, and verified outcomes teach the
-learned success rates.
+bounds it all. Every attempt is recorded with its tokens and cost; outcomes that show whether the model
+can do the task (a checked answer, a refusal, an empty answer) teach the learned success rates, an
+answer to a JSON job teaches the model's JSON format reliability, and a truncation teaches nothing.
 
 The way of a job through `JobRunner`: `run` takes it (`_start`: its task, prompt estimate and span),
 plans it (`_plan`), tries the plan's models (`_attempts`, each attempt in `_attempt`, recorded by
@@ -23,6 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import anyio
+import msgspec
 import orjson
 from msgspec import Struct
 from opentelemetry import trace
@@ -45,7 +49,7 @@ from worker.routing.classify import Classifier, TaskClassifier
 from worker.routing.learning import QualityModel
 from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
 from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
-from worker.routing.verify import verify
+from worker.routing.verify import has_answer_checks, verify, wants_json
 from worker.timers import Deadlines
 
 OUT_OF_ROTATION = frozenset({"quota", "auth"})
@@ -183,6 +187,7 @@ class JobRunner:
             job.cost_cap_usd,
             tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
             job.verifiable,
+            wants_json(job),
             job.max_output_tokens,
             run.text_tokens.bit_length(),
             blocked,
@@ -193,8 +198,10 @@ class JobRunner:
         if plan is None:
             if len(self._plans) > 4096:
                 self._plans.clear()
+            # A JSON job needs a correct answer that is JSON too: the model's format reliability counts.
+            rate = self.quality.json_rate if wants_json(job) else self.quality.rate
             plan = self._plans[key] = make_plan(
-                job, run.task, self._config, run.text_tokens, self._unavailable, self.quality.rate, blocked
+                job, run.task, self._config, run.text_tokens, self._unavailable, rate, blocked
             )
         return plan
 
@@ -202,16 +209,19 @@ class JobRunner:
         """Try the plan's models in order, each again after a transient failure: the answer, or None when
         no model gave one."""
         models = self._config.models
-        reserved = reservation(run.prompt_tokens, plan.max_output_tokens)
+        planned = reservation(run.prompt_tokens, plan.max_output_tokens)
+        json_output = wants_json(run.job)
         retries = 0  # the job's retry budget, spent across the chain's models
-        for model in self._chain(run, plan, reserved):
+        for model in self._chain(run, plan, planned):
             provider_name = models[model].provider
             if provider_name in self._unavailable or models[model].context_window <= run.too_long_window:
                 continue
             provider = self._providers[provider_name]
             breaker = self.breakers.of(provider_name)
+            cap = self._output_cap(run, plan, model)
+            reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
             request = CompletionRequest(
-                job_id=run.job.id, model=model, messages=run.messages, max_output_tokens=plan.max_output_tokens
+                job_id=run.job.id, model=model, messages=run.messages, max_output_tokens=cap, json_output=json_output
             )
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
@@ -224,6 +234,12 @@ class JobRunner:
                 run.last_error = attempt.error
                 delay_s = self._retry_delay(breaker, attempt.error, retries, retry_after_s)
                 if delay_s is None:
+                    larger = self._larger_cap(run, model, attempt.error, cap)
+                    if larger is not None:  # cut at the worker's own cap: the same model once, with room to finish
+                        cap = run.raised_cap = larger
+                        reserved = reservation(run.prompt_tokens, cap)
+                        request = msgspec.structs.replace(request, max_output_tokens=cap)
+                        continue
                     self._leave(run, provider_name, model, attempt.error)
                     break
                 await self._sleep(delay_s)
@@ -235,6 +251,23 @@ class JobRunner:
                 jump = Plan(task=plan.task, models=[wider], max_output_tokens=plan.max_output_tokens)
                 return await self._attempts(run, jump, jumped=True)
         return None
+
+    def _output_cap(self, run: JobRun, plan: Plan, model: str) -> int:
+        """The output-token cap of a call to `model`: the plan's, or the larger one a truncated answer led
+        to, within the model's context window."""
+        if not run.raised_cap:
+            return plan.max_output_tokens
+        room = self._config.models[model].context_window - run.prompt_tokens
+        return max(plan.max_output_tokens, min(run.raised_cap, room))
+
+    def _larger_cap(self, run: JobRun, model: str, error: ErrorInfo, cap: int) -> int | None:
+        """After `model`'s answer was cut at `cap`: the larger cap to try it again with (double, within its
+        context window), or None. Only once a job, and only when the cap was the worker's: a job's own
+        `max_output_tokens` is a hard limit."""
+        if error.kind != "truncated" or run.job.max_output_tokens is not None or run.raised_cap:
+            return None
+        larger = min(2 * cap, self._config.models[model].context_window - run.prompt_tokens)
+        return larger if larger > cap else None
 
     def _chain(self, run: JobRun, plan: Plan, reserved: Allowance) -> list[str]:
         """The plan's chain, or, when too many jobs wait for its first model's allowance, the chain led
@@ -358,13 +391,21 @@ class JobRunner:
                 gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
 
     def _judge(self, run: JobRun, model: str, completion: Completion) -> ErrorInfo | None:
-        """Why `model`'s answer does not count, or None when it does; a verified or failed answer teaches
-        the learned rates."""
+        """Why `model`'s answer does not count, or None when it does. What the outcome shows is learned:
+        a refusal, an empty or a checked answer teach the model's accuracy for the task type; an answer to
+        a JSON job teaches its JSON format reliability; a truncation teaches nothing (the cap cut it)."""
         error = check_answer(completion)
-        if error is not None:  # refused, truncated or empty: the model failed the task
-            self.quality.record(run.task, model, False)
-        elif run.job.verifiable:  # only a job with checks or structured output can fail them
-            error = verify(run.job, completion.text)
+        if error is not None:
+            if error.kind != "truncated":  # refused or empty: the model failed the task
+                self.quality.record(run.task, model, False)
+            return error
+        if not run.job.verifiable:  # only a job with checks or structured output can fail them
+            return None
+        error = verify(run.job, completion.text)
+        formatted = error is None or error.kind != "format_failed"
+        if wants_json(run.job):
+            self.quality.record_format(model, formatted)
+        if formatted and has_answer_checks(run.job):  # a check judged the answer: right or wrong
             self.quality.record(run.task, model, error is None)
         return error
 

@@ -153,6 +153,15 @@ class Worker:
                 for model, rate in rates.items()
             ],
         )
+        metrics.gauge(
+            "llm_router.json_format_rate",
+            "1",
+            "The learned probability that a model's answer to a JSON job is JSON, by model",
+            lambda: [
+                (rate, {"llm_router.model": model})
+                for model, rate in self.runner.quality.json_format.snapshot().items()
+            ],
+        )
 
     def _lag(self) -> list[tuple[float, dict[str, str | int]]]:
         committed = self.tracker.committed_positions()

@@ -6,11 +6,17 @@ import time
 from datetime import UTC, datetime
 
 import msgspec
+from msgspec.structs import replace
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
 from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
+
+# The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
+# started with "{" (a prefill: the final assistant message, which the model continues).
+JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
+JSON_PREFILL = "{"
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -39,15 +45,21 @@ class AnthropicProvider:
         self._encoder = msgspec.json.Encoder()
 
     def request_body(self, request: CompletionRequest) -> dict:
-        """System messages go to the top-level `system`; the rest stay in order."""
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        """System messages go to the top-level `system`; the rest stay in order. A JSON answer is asked for
+        by an instruction and a prefill (when the conversation ends with the user's turn)."""
+        system = [m.content for m in request.messages if m.role == "system"]
+        messages = [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"]
+        if request.json_output:
+            system.append(JSON_INSTRUCTION)
+            if prefills(request):
+                messages.append({"role": "assistant", "content": JSON_PREFILL})
         body: dict = {
             "model": self._models.get(request.model, request.model),
             "max_tokens": request.max_output_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            "messages": messages,
         }
         if system:
-            body["system"] = system
+            body["system"] = "\n\n".join(system)
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -55,10 +67,19 @@ class AnthropicProvider:
         response = await self._transport.post(
             self._url, self._headers, self._encoder.encode(self.request_body(request))
         )
-        return parse_response(response, (time.monotonic() - started) * 1000, self.name)
+        completion = parse_response(response, (time.monotonic() - started) * 1000, self.name)
+        if prefills(request) and completion.text and completion.finish_reason != "refusal":
+            # The answer continues the prefill, which the API does not repeat: the model's whole answer.
+            completion = replace(completion, text=JSON_PREFILL + completion.text)
+        return completion
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def prefills(request: CompletionRequest) -> bool:
+    """Whether the call starts the answer with the JSON prefill: a JSON job whose last message is the user's."""
+    return request.json_output and bool(request.messages) and request.messages[-1].role == "user"
 
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthropic") -> Completion:

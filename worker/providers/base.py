@@ -21,6 +21,8 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
     model: str
     messages: list[ChatMessage]
     max_output_tokens: int
+    # The job asks for a JSON answer: each adapter asks for it in its provider's own way.
+    json_output: bool = False
 
 
 class Completion(Struct, frozen=True, kw_only=True):

@@ -3,12 +3,15 @@
 It stands in for a real provider in the demo, the tests and the benchmarks. `latency_ms` makes each
 call take that long; `failure_rate` makes that share of attempts end in a refusal (a paid, failed attempt that
 escalates), chosen by a hash of job id and model so a job fails the same way every time it runs.
+Asked for JSON, it answers a JSON object holding the same text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+
+import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
@@ -17,7 +20,8 @@ from worker.routing.pricing import estimate_tokens, messages_prompt_tokens
 
 
 class EchoProvider:
-    """Answers with the start of the last message, within the request's output-token cap."""
+    """Answers with the start of the last message (in a JSON object when asked for JSON), within the
+    request's output-token cap."""
 
     def __init__(self, name: str, config: ProviderConfig, models: dict[str, ModelConfig]) -> None:
         self.name = name
@@ -47,7 +51,10 @@ class EchoProvider:
                 output_tokens=7,
                 request_id=f"echo-{request.job_id}-{request.model}",
             )
-        text = f"[{request.model}] {messages[-1].content}"[: request.max_output_tokens * 4]
+        text = f"[{request.model}] {messages[-1].content}"
+        if request.json_output:
+            text = msgspec.json.encode({"answer": text}).decode()
+        text = text[: request.max_output_tokens * 4]
         return Completion(
             text=text,
             finish_reason="stop",

@@ -55,6 +55,8 @@ class GeminiProvider:
         }
         if system:
             body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
+        if request.json_output:  # JSON mode: the answer is constrained to JSON
+            body["generationConfig"]["responseMimeType"] = "application/json"
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:

@@ -16,6 +16,8 @@ from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_a
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "refusal"}
+# JSON mode (`response_format: json_object`) is refused unless a message asks for JSON in words.
+JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
 # Servers that take the older `max_tokens` rather than `max_completion_tokens`.
 _MAX_TOKENS_FIELD = {
     "": "max_completion_tokens",
@@ -49,11 +51,17 @@ class OpenAIProvider:
 
     def request_body(self, request: CompletionRequest) -> dict:
         """The JSON body: only fields every OpenAI-compatible server accepts (Groq rejects `n`, `logprobs`...)."""
-        return {
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        body = {
             "model": self._models.get(request.model, request.model),
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": messages,
             self._max_tokens_field: request.max_output_tokens,
         }
+        if request.json_output:
+            body["response_format"] = {"type": "json_object"}
+            if not any("json" in m.content.lower() for m in request.messages):
+                _instruct(messages, JSON_INSTRUCTION)
+        return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
@@ -65,6 +73,15 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def _instruct(messages: list[dict], instruction: str) -> None:
+    """Add `instruction` to the system message that leads `messages`, or lead them with one (some servers'
+    chat templates take a single system message, first)."""
+    if messages and messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{instruction}"}
+    else:
+        messages.insert(0, {"role": "system", "content": instruction})
 
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "openai") -> Completion:

@@ -3,7 +3,8 @@
 A prompt may carry directives for evaluation sets: `[[expect: ANSWER]]` (the right answer) and
 `[[task: TYPE]]` (the task type whose accuracy applies). The model answers ANSWER with its
 accuracy for that task type, decided by a hash of seed, model and prompt (so a model that gets a
-question wrong gets it wrong every time), and a wrong answer otherwise.
+question wrong gets it wrong every time), and a wrong answer otherwise. Asked for JSON, it answers
+JSON (ANSWER as it is when it is JSON, else `{"answer": ...}`), except for its `json_failure` share.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import random
 import re
 from typing import Literal
 
+import msgspec
 from msgspec import Struct
 
 from worker.routing.pricing import estimate_tokens
@@ -45,6 +47,7 @@ class SimRequest(Struct, frozen=True, kw_only=True):
     model: str
     texts: list[str]  # every message's text, system first
     max_tokens: int
+    json: bool = False  # the request asked for JSON (its wire's JSON mode)
 
 
 class Answer(Struct, frozen=True, kw_only=True):
@@ -82,6 +85,15 @@ def _unit(seed: int, model: str, prompt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def _as_json(text: str) -> str:
+    """`text` as a JSON answer: itself when it is JSON, else `{"answer": text}`."""
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return msgspec.json.encode({"answer": text}).decode()
+    return text
+
+
 def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: random.Random) -> Answer:
     """The model's answer: the expected one with its accuracy, else a wrong one; filler without a directive."""
     prompt = "\n".join(request.texts)
@@ -100,6 +112,8 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
         wanted = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
         words = [FILLER[i % len(FILLER)] for i in range(wanted)]
         text = f"Simulated answer from {request.model}: " + " ".join(words)
+    if request.json:
+        text = _as_json(text) if rng.random() >= behaviour.json_failure else f"Sure! Here it is: {text}"
     tokens = max(1, estimate_tokens(text))
     if tokens > request.max_tokens:
         return Answer(

@@ -90,20 +90,30 @@ class Simulator:
             else None
         )
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body, request.arrived)
+        response_format = body.get("response_format") if isinstance(body, dict) else None
+        json = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
+        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body, request.arrived, json=json)
 
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         texts = None
+        prefill, json = "", False
         if isinstance(body, dict):
             system = body.get("system")
-            texts = ([system] if isinstance(system, str) else [b.get("text", "") for b in system or []]) + [
+            system_texts = [system] if isinstance(system, str) else [b.get("text", "") for b in system or []]
+            messages = body.get("messages") or []
+            texts = system_texts + [
                 m["content"]
                 if isinstance(m.get("content"), str)
                 else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
-                for m in body.get("messages") or []
+                for m in messages
             ]
+            # A final assistant message is a prefill: the answer continues it. A JSON one, or a system
+            # prompt asking for JSON, is how the Messages API is asked for JSON.
+            if messages and messages[-1].get("role") == "assistant":
+                prefill = texts[-1]
+            json = prefill.lstrip().startswith(("{", "[")) or any("json" in t.lower() for t in system_texts)
             if not request.headers.get("anthropic-version"):
                 return self._reply(
                     wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model
@@ -124,6 +134,8 @@ class Simulator:
             key,
             body,
             request.arrived,
+            json=json,
+            prefill=prefill,
         )
 
     async def _gemini(self, request: Request) -> Response:
@@ -133,6 +145,7 @@ class Simulator:
         body = await self._body(request)
         texts = None
         max_tokens = 8192
+        json = False
         if isinstance(body, dict):
             system = body.get("systemInstruction") or body.get("system_instruction") or {}
             contents = body.get("contents") or []
@@ -143,8 +156,9 @@ class Simulator:
             ]
             config = body.get("generationConfig") or body.get("generation_config") or {}
             max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
+            json = (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json"
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
-        return await self._serve("gemini", model, texts, max_tokens, key, body, request.arrived)
+        return await self._serve("gemini", model, texts, max_tokens, key, body, request.arrived, json=json)
 
     async def _body(self, request: Request) -> Any:
         try:
@@ -153,22 +167,41 @@ class Simulator:
             return None
 
     async def _serve(
-        self, wire_name: str, model: str, texts: list[str] | None, max_tokens: int, key: str, body: Any, arrived: float
+        self,
+        wire_name: str,
+        model: str,
+        texts: list[str] | None,
+        max_tokens: int,
+        key: str,
+        body: Any,
+        arrived: float,
+        json: bool = False,
+        prefill: str = "",
     ) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            return await self._answer(wire_name, model, texts, max_tokens, key, body, arrived)
+            return await self._answer(wire_name, model, texts, max_tokens, key, body, arrived, json, prefill)
         finally:
             stats.in_flight -= 1
 
     async def _answer(
-        self, wire_name: str, model: str, texts: list[str] | None, max_tokens: Any, key: str, body: Any, arrived: float
+        self,
+        wire_name: str,
+        model: str,
+        texts: list[str] | None,
+        max_tokens: Any,
+        key: str,
+        body: Any,
+        arrived: float,
+        json: bool = False,
+        prefill: str = "",
     ) -> Response:
         """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
-        so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
+        so the time the simulator itself took to get to it under load is part of the latency, not added to it.
+        `json`: the request asked for JSON; `prefill`: the start of the answer the request gave (not repeated)."""
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
             return self._reply(
@@ -183,8 +216,10 @@ class Simulator:
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
             return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
-        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens)
+        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens, json=json)
         reply = answer(behaviour, request, self.config.seed, self._rng)
+        if prefill and reply.text.startswith(prefill):
+            reply = msgspec.structs.replace(reply, text=reply.text[len(prefill) :])
         output_tokens = reply.output_tokens + behaviour.thinking_tokens
         limits = self._limits_for(key, model, behaviour)
         now = time.monotonic()

@@ -43,6 +43,8 @@ class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
     accuracy: dict[str, Rate] = {}
     default_accuracy: Rate = 0.9
     errors: ErrorMix = msgspec.field(default_factory=ErrorMix)
+    # The share of answers to a request for JSON (each wire's JSON mode) given in prose anyway.
+    json_failure: Rate = 0.0
     retry_after_s: Annotated[float, Meta(ge=0)] = 1.0
     requests_per_minute: PerMinute = 0  # 0: no limit
     tokens_per_minute: PerMinute = 0
