@@ -9,15 +9,14 @@ are what a user sees.
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import msgspec
 import pytest
 
 from tests.integration.helpers import (
-    PROVIDERS,
     REPO,
     Setup,
     WorkerProcess,
@@ -29,6 +28,8 @@ from tests.integration.helpers import (
 )
 from tests.reliability.helpers import all_or_stalled, crashes
 from worker.broker import BrokerError, EmbeddedBroker, free_port
+from worker.simulator.server import SimulatorServer
+from worker.simulator.settings import ErrorMix, load_simulator_config
 
 OUTAGE_S = 30
 IN_FLIGHT = 500
@@ -70,9 +71,9 @@ def test_a_broker_killed_for_30_s_with_500_jobs_in_flight_costs_a_few_lines_no_j
         facts["kill_at_line"] = len(worker.events())
         first.stop()  # everything it held is gone; the worker holds its 500 jobs
         await asyncio.sleep(OUTAGE_S)
-        assert worker.process.poll() is None, f"the worker exited during the outage: {worker.log_path.read_text()[-3000:]}"
-        # Held while the new, empty broker starts and the topics are made again: Tansu would take the held outputs
-        # for topics it does not have yet, and lose them when they are created (tests/reliability/test_broker_restart.py).
+        assert worker.process.poll() is None, f"the worker exited in the outage: {worker.log_path.read_text()[-3000:]}"
+        # Held while the new, empty broker starts and the topics are made again: Tansu would take the held
+        # outputs for topics it does not have yet, and lose them when they are created (test_broker_restart.py).
         worker.signal(signal.SIGSTOP)
         try:
             second.start()
@@ -137,3 +138,122 @@ def test_with_every_provider_key_unset_the_worker_exits_2_within_2_s_naming_the_
         assert variable in lines[0], lines[0]
     assert "Traceback" not in done.stderr
     assert took < 2, f"the worker took {took:.2f} s to exit"
+
+
+def openai_only(bootstrap: str, base_url: str, **overrides: object) -> Setup:
+    """A setup whose one usable provider is OpenAI's wire at `base_url` (the others' keys are unset)."""
+    unset = {f"LLM_ROUTER__PROVIDERS__{p}__API_KEY_ENV": "LLM_ROUTER_TEST_UNSET_KEY" for p in ("ANTHROPIC", "GEMINI")}
+    kinds = {"LLM_ROUTER__PROVIDERS__ANTHROPIC__KIND": "anthropic", "LLM_ROUTER__PROVIDERS__GEMINI__KIND": "gemini"}
+    return Setup(
+        bootstrap,
+        LLM_ROUTER__PROVIDERS__OPENAI__KIND="openai",
+        LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL=f"{base_url}/v1",
+        LLM_ROUTER__PROVIDERS__LLAMA__KIND="openai_compatible",
+        LLM_ROUTER__PROVIDERS__LLAMA__API_KEY_ENV="LLM_ROUTER_TEST_UNSET_KEY",
+        LLM_ROUTER__WORKER__RETRY_BASE_S=0.01,
+        LLM_ROUTER__WORKER__RETRY_CAP_S=0.05,
+        OPENAI_API_KEY="sk-sim",
+        **unset,
+        **kinds,
+        **overrides,
+    )
+
+
+def simulator_with(errors: ErrorMix):
+    config = load_simulator_config()
+    models = {name: msgspec.structs.replace(m, errors=errors) for name, m in config.models.items()}
+    return msgspec.structs.replace(config, models=models, latency_scale=0.01)
+
+
+def test_a_provider_out_of_quota_is_one_line_and_pauses_the_partitions_instead_of_failing_the_backlog(
+    bootstrap, replicas, report
+):
+    in_flight = 4
+    ids = [f"quota-{i:03d}" for i in range(200)]
+
+    async def scenario():
+        server = SimulatorServer(simulator_with(ErrorMix(quota=1.0)))
+        url = await server.start()
+        try:
+            setup = openai_only(bootstrap, url, LLM_ROUTER__WORKER__MAX_IN_FLIGHT=in_flight)
+            worker = replicas.start(setup, "worker")
+            await make_topics(setup, partitions=1)
+            await worker.wait_assigned()
+            await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                e.get("event", "").startswith("no provider can take jobs") for e in worker.events()
+            ):
+                await asyncio.sleep(0.2)
+            # Long enough for a worker draining its backlog into failures to fail many of the 200.
+            outputs = await collect(setup, until=lambda o: False, timeout_s=5)
+            return worker, outputs
+        finally:
+            await server.stop()
+
+    worker, outputs = asyncio.run(scenario())
+    events = [e.get("event", "") for e in own_lines(worker)]
+    failed = [r for r in outputs.results if r.status == "failed"]
+    report(
+        f"provider out of quota: {events.count('provider out of rotation')} out-of-rotation line, "
+        f"{len(failed)} failed results (jobs in flight at most {in_flight}), {len(ids) - len(outputs.results)} "
+        "jobs left waiting"
+    )
+    assert events.count("provider out of rotation") == 1, events
+    assert sum(e.startswith("no provider can take jobs") for e in events) == 1, events
+    assert worker.process.poll() is None
+    assert 1 <= len(failed) <= in_flight, f"only the jobs in flight fail, not the backlog: {len(failed)} failed"
+    assert all(r.error and r.error.kind == "quota" for r in failed)
+    worker.stop()
+    assert worker.process.returncode == 0
+
+
+def test_a_provider_refusing_connections_is_one_line_when_it_starts_and_one_with_the_count_when_it_ends(
+    bootstrap, replicas, report
+):
+    port = free_port()  # nothing listens there until the simulator starts on it
+    ids = [f"refused-{i:03d}" for i in range(40)]
+
+    async def scenario():
+        setup = openai_only(
+            bootstrap,
+            f"http://127.0.0.1:{port}",
+            LLM_ROUTER__ROUTING__BREAKER_COOLDOWN_S=0.5,
+            LLM_ROUTER__WORKER__MAX_IN_FLIGHT=8,
+        )
+        worker = replicas.start(setup, "worker")
+        await make_topics(setup, partitions=1)
+        await worker.wait_assigned()
+        await produce(setup, [(i.encode(), job_bytes(i)) for i in ids])
+        await asyncio.sleep(4)  # the outage: calls refused, the breaker opening and probing
+        server = SimulatorServer(simulator_with(ErrorMix()), port=port)
+        await server.start()
+        try:
+            outputs = await collect(setup, until=all_or_stalled(set(ids), stall_s=20), timeout_s=60, settle_s=1)
+        finally:
+            await server.stop()
+        return worker, outputs
+
+    worker, outputs = asyncio.run(scenario())
+    lines = own_lines(worker)
+    events = [e.get("event", "") for e in lines]
+    refused = [
+        a for r in outputs.results for a in r.attempts if a.error and "ConnectionRefusedError" in a.error.message
+    ]
+    ended = [e for e in lines if e.get("event") == "provider reachable again"]
+    report(
+        f"provider refusing connections: lines {events.count('provider unreachable')} at the start, "
+        f"{len(ended)} at the end with failed_calls={ended[0]['failed_calls'] if ended else None}; "
+        f"refused attempts in the results {len(refused)}"
+    )
+    assert events.count("provider unreachable") == 1, events
+    assert len(ended) == 1, events
+    assert refused, "calls were refused during the outage"
+    # Every refused call belongs to a job, and every job has its result: the count is theirs.
+    assert outputs.result_ids == set(ids)
+    assert ended[0]["failed_calls"] == len(refused)
+    assert events.count("circuit breaker opened") == 1 and events.count("circuit breaker closed") == 1, events
+    assert sum(e.startswith("no provider can take jobs") for e in events) == 1, events
+    assert sum(e.startswith("a provider can take jobs again") for e in events) == 1, events
+    worker.stop()
+    assert worker.process.returncode == 0

@@ -31,7 +31,7 @@ from opentelemetry.util.types import AttributeValue
 
 from worker.config import Config
 from worker.errors import TRANSIENT, Disposition, ProviderError, disposition
-from worker.execution.breakers import Breaker, Breakers
+from worker.execution.breakers import Breaker, Breakers, BreakerState
 from worker.execution.health import BREAKER_GAUGE, ProviderHealth
 from worker.execution.job_run import JobRun
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result
@@ -146,6 +146,14 @@ class JobRunner:
                 (BREAKER_GAUGE[state], {"llm_router.provider": p})
                 for p, state in self.breakers.states(self._clock()).items()
             ],
+        )
+
+    def healthy(self) -> bool:
+        """Whether some provider in rotation has its breaker closed: jobs flow, not only probes."""
+        now = self._clock()
+        return any(
+            name not in self._unavailable and self.breakers.of(name).state(now) is BreakerState.CLOSED
+            for name in self._providers
         )
 
     def serving(self) -> bool:

@@ -301,6 +301,8 @@ class Worker:
                     continue
                 busy = self.tracker.in_flight + self.sink.held
                 free = worker.max_in_flight - busy
+                if self._no_provider_since is not None:  # only a probe may go out: one job at a time
+                    free = min(free, 0 if busy else 1)
                 if free <= 0 or (self._paused and busy > self._resume_at):
                     await self._wait_for_capacity(stopping)
                     continue
@@ -325,9 +327,10 @@ class Worker:
         capacity.cancel()
 
     def _provider_available(self) -> bool:
-        """Whether some provider can take a job; the change either way is logged once."""
+        """Whether some provider can take a job, if only as a probe (a breaker half-open, a rotation retry
+        due). The pause is logged when none can; the resume once a provider takes jobs again, not probes."""
         serving = self.runner.serving()
-        if serving and self._no_provider_since is not None:
+        if self._no_provider_since is not None and self.runner.healthy():
             log.info(
                 "a provider can take jobs again: partitions resumed",
                 extra={"paused_s": round(time.monotonic() - self._no_provider_since, 1)},
