@@ -182,6 +182,8 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
     breaker_cooldown_s: NonNegFloat = 10.0
     job_deadline_s: Annotated[float, Meta(gt=0)] = 600.0
     state_publish_interval_s: Annotated[float, Meta(gt=0)] = 5.0
+    # A provider out of rotation (quota, auth) gets one probe job this many seconds later.
+    rotation_retry_s: Annotated[float, Meta(gt=0)] = 300.0
 
 
 class RateLimitsConfig(Struct, forbid_unknown_fields=True):

@@ -45,6 +45,7 @@ class ProviderError(Exception):
         retry_after_s: float | None = None,
         status: int | None = None,
         rate_limits: object | None = None,
+        connect_failed: bool = False,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -52,6 +53,8 @@ class ProviderError(Exception):
         self.retry_after_s = retry_after_s
         self.status = status
         self.rate_limits = rate_limits
+        # No connection could be made (refused, unknown host): the provider is unreachable, not failing.
+        self.connect_failed = connect_failed
 
 
 _CONTEXT_MARKERS = (

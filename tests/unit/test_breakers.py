@@ -37,3 +37,23 @@ def test_breakers_block_a_provider_while_its_breaker_is_open_or_probing_and_not_
     assert breakers.blocked(12) == {"llama"}
     llama.succeeded()
     assert breakers.blocked(12) == frozenset()
+
+
+def test_a_breaker_tells_when_it_opens_and_closes_not_at_each_failure():
+    changes = []
+    breakers = Breakers(threshold=2, cooldown_s=10, on_change=lambda *change: changes.append(change))
+    gemini = breakers.of("gemini")
+    gemini.failed(0)
+    assert changes == []
+    gemini.failed(1)
+    assert changes == [("gemini", BreakerState.OPEN, 2)]
+    gemini.start_call(12)
+    gemini.failed(12)  # the probe failed: still open, nothing new to say
+    gemini.failed(13)
+    assert changes == [("gemini", BreakerState.OPEN, 2)]
+    gemini.start_call(24)
+    gemini.succeeded()
+    assert changes[-1][:2] == ("gemini", BreakerState.CLOSED) and len(changes) == 2
+    gemini.succeeded()
+    assert len(changes) == 2, "closed already"
+    assert breakers.states(24) == {"gemini": BreakerState.CLOSED}

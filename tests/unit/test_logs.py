@@ -5,7 +5,7 @@ import logging
 import orjson
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.observability.logs import JsonFormatter
+from worker.observability.logs import JsonFormatter, RateLimit
 from worker.observability.telemetry import Telemetry
 
 
@@ -17,3 +17,27 @@ def test_log_lines_carry_the_current_trace_and_span_ids():
         entry = orjson.loads(JsonFormatter().format(record))
     assert entry["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert entry["span_id"] == format(span.get_span_context().span_id, "016x")
+
+
+def test_the_rate_limit_lets_a_message_through_once_per_interval_and_counts_what_it_held_back():
+    now = [0.0]
+    limit = RateLimit(30.0, clock=lambda: now[0])
+
+    def record(msg, *args, name="aiokafka.conn"):
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, msg, args, None)
+
+    first = record("Unable connect to node with id %s: %s", 0, "refused")
+    assert limit.filter(first) and not hasattr(first, "suppressed")
+    # The same template with other arguments is the same message; another template or logger is not.
+    assert [limit.filter(record("Unable connect to node with id %s: %s", 0, f"e{i}")) for i in range(3)] == [False] * 3
+    assert limit.filter(record("Unable to update metadata from %s", [0]))
+    assert limit.filter(record("Unable connect to node with id %s: %s", 0, "x", name="aiokafka.client"))
+    now[0] = 30.0
+    after = record("Unable connect to node with id %s: %s", 0, "refused")
+    assert limit.filter(after) and after.suppressed == 3
+    entry = orjson.loads(JsonFormatter().format(after))
+    assert entry["suppressed"] == 3 and entry["logger"] == "aiokafka.conn"
+    assert limit.suppressed_total == 3
+    again = record("Unable connect to node with id %s: %s", 0, "refused")
+    now[0] = 61.0
+    assert limit.filter(again) and not hasattr(again, "suppressed"), "nothing held back since the last one"

@@ -488,3 +488,44 @@ def test_a_jobs_own_cap_is_a_hard_limit(config):
     requests = [r for p in providers.values() for r in p.requests]
     assert [r.max_output_tokens for r in requests] == [16] * len(requests)
     assert len({r.model for r in requests}) == len(requests), "each model once: the next model, the same cap"
+
+
+def test_a_provider_out_of_rotation_gets_one_probe_job_after_the_retry_period_and_comes_back_when_it_answers(
+    config, caplog
+):
+    now = [0.0]
+    runner, providers, _ = scripted_runner(config, clock=lambda: now[0], llama=["quota", "quota"])
+    job = {"prompt": "q", "allowed_providers": ["llama", "openai"]}
+    with caplog.at_level("INFO", logger="llm_router.providers"):
+        assert run(runner, Job(id="a", **job)).result.model == "gpt-4o"
+        assert run(runner, Job(id="b", **job)).result.model == "gpt-4o"
+        assert providers["llama"].calls == ["llama-4-70b"], "out of rotation: not called again"
+        now[0] = config.routing.rotation_retry_s
+        assert runner.serving()
+        # The probe meets quota again: out for another period, and said once only.
+        assert run(runner, Job(id="c", **job)).result.model == "gpt-4o"
+        assert providers["llama"].calls == ["llama-4-70b"] * 2
+        now[0] += config.routing.rotation_retry_s - 1
+        assert run(runner, Job(id="d", **job)).result.model == "gpt-4o"
+        assert len(providers["llama"].calls) == 2, "not before the next period"
+        now[0] += 1
+        assert run(runner, Job(id="e", **job)).result.model == "llama-4-70b", "the probe answered"
+        assert run(runner, Job(id="f", **job)).result.model == "llama-4-70b", "back in rotation for every job"
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("provider out of rotation") == 1
+    assert events.count("provider back in rotation") == 1
+
+
+def test_a_runner_whose_only_provider_is_out_of_rotation_is_not_serving_until_its_retry_is_due(config):
+    now = [0.0]
+    providers = {"llama": ScriptedProvider("llama", ["auth"])}
+    unavailable = dict.fromkeys(("openai", "anthropic", "gemini"), "no API key")
+    runner = JobRunner(config, providers, unavailable, sleep=lambda s: asyncio.sleep(0), clock=lambda: now[0])
+    assert runner.serving() and runner.healthy()
+    result = run(runner, Job(id="a", prompt="q", allowed_providers=["llama"])).result
+    assert result.status == "failed" and result.error.kind == "auth"
+    assert not runner.serving() and not runner.healthy()
+    now[0] = config.routing.rotation_retry_s
+    assert runner.serving() and not runner.healthy(), "one probe may go"
+    assert run(runner, Job(id="b", prompt="q", allowed_providers=["llama"])).result.status == "ok"
+    assert runner.healthy()

@@ -208,6 +208,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     config = _config(args)
 
     async def run() -> None:
+        replica = Worker(config, telemetry=telemetry)  # no usable provider: ConfigError, before any line
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -221,7 +222,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
                 "event_loop": type(loop).__module__.partition(".")[0],
             },
         )
-        await Worker(config, telemetry=telemetry).run(stop)
+        await replica.run(stop)
 
     telemetry = _telemetry(config)
     try:

@@ -2,11 +2,13 @@
 
 closed --(failures in a row >= threshold)--> open --(cooldown over)--> half-open: one probe
 half-open --(probe succeeds)--> closed;  half-open --(probe fails)--> open again. Pure: the clock
-is passed in.
+is passed in. A breaker that opens (from closed) or closes tells its `on_change` (provider name, new
+state, failures in a row): those are the transitions worth a log line; a failed probe is not one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 
@@ -16,9 +18,21 @@ class BreakerState(Enum):
     HALF_OPEN = "half_open"
 
 
+OnChange = Callable[[str, "BreakerState", int], None]
+
+
+def _ignore(name: str, state: BreakerState, failures: int) -> None:
+    """The default `on_change`: nobody listens."""
+
+
 class Breaker:
     def __init__(
-        self, threshold: int, cooldown_s: float, name: str = "", not_closed: set[Breaker] | None = None
+        self,
+        threshold: int,
+        cooldown_s: float,
+        name: str = "",
+        not_closed: set[Breaker] | None = None,
+        on_change: OnChange = _ignore,
     ) -> None:
         self.threshold = threshold
         self.cooldown_s = cooldown_s
@@ -27,6 +41,7 @@ class Breaker:
         self.opened_at: float | None = None
         self.probing = False
         self._not_closed = not_closed if not_closed is not None else set()  # shared by the breakers of a Breakers
+        self._on_change = on_change
 
     def state(self, now: float) -> BreakerState:
         if self.opened_at is None:
@@ -48,33 +63,40 @@ class Breaker:
             self.probing = True
 
     def succeeded(self) -> None:
-        self.failures = 0
+        failures, self.failures = self.failures, 0
         if self.opened_at is not None:
             self.opened_at = None
             self._not_closed.discard(self)
+            self._on_change(self.name, BreakerState.CLOSED, failures)
         self.probing = False
 
     def failed(self, now: float) -> None:
         self.failures += 1
         if self.probing or self.failures >= self.threshold:
+            opening = self.opened_at is None
             self.opened_at = now
             self._not_closed.add(self)
+            if opening:
+                self._on_change(self.name, BreakerState.OPEN, self.failures)
         self.probing = False
 
 
 class Breakers:
     """One breaker per provider."""
 
-    def __init__(self, threshold: int, cooldown_s: float) -> None:
+    def __init__(self, threshold: int, cooldown_s: float, on_change: OnChange = _ignore) -> None:
         self._threshold = threshold
         self._cooldown_s = cooldown_s
+        self._on_change = on_change
         self._breakers: dict[str, Breaker] = {}
         self._not_closed: set[Breaker] = set()  # open or half-open
 
     def of(self, provider: str) -> Breaker:
         breaker = self._breakers.get(provider)
         if breaker is None:
-            breaker = self._breakers[provider] = Breaker(self._threshold, self._cooldown_s, provider, self._not_closed)
+            breaker = self._breakers[provider] = Breaker(
+                self._threshold, self._cooldown_s, provider, self._not_closed, self._on_change
+            )
         return breaker
 
     def blocked(self, now: float) -> frozenset[str]:
@@ -82,6 +104,10 @@ class Breakers:
         if not self._not_closed:
             return _NONE
         return self._blocked(now)
+
+    def states(self, now: float) -> dict[str, BreakerState]:
+        """Each provider's breaker state (those never called are closed, and not listed)."""
+        return {name: breaker.state(now) for name, breaker in self._breakers.items()}
 
     def _blocked(self, now: float) -> frozenset[str]:
         blocked = [breaker.name for breaker in self._not_closed if not breaker.allows(now)]

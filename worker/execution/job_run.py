@@ -32,6 +32,8 @@ class JobRun(Struct, kw_only=True):
     last_error: ErrorInfo | None = None  # of the latest failed attempt
     too_long_window: int = 0  # the largest context window a model found the prompt too long for
     raised_cap: int = 0  # the output-token cap after an answer cut at the worker's cap raised it (0: the plan's)
+    probe: str | None = None  # the provider out of rotation this job may try again
+    probe_answered: bool | None = None  # whether it answered the probe (None: not tried, or not conclusively)
 
     def reason(self, model: str) -> tuple[str, str | None]:
         """Why the next attempt, on `model`, is made: planned, rerouted, a retry or an escalation (and the

@@ -34,8 +34,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from worker.config import Config
-from worker.errors import Disposition, ProviderError, disposition
-from worker.execution.breakers import Breaker, Breakers
+from worker.errors import TRANSIENT, Disposition, ProviderError, disposition
+from worker.execution.breakers import Breaker, Breakers, BreakerState
+from worker.execution.health import BREAKER_GAUGE, ProviderHealth
 from worker.execution.job_run import JobRun
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result
 from worker.observability.metrics import Metrics
@@ -111,21 +112,79 @@ class JobRunner:
         self._providers = providers
         self._unavailable = dict(unavailable or {})
         self._unavailable_key = frozenset(self._unavailable)  # part of the plan cache's key
+        self._out_of_rotation_key: frozenset[str] = frozenset()  # empty: no job needs to ask for a probe
         self._classifier = classifier or Classifier(config.classifier)
         self._sleep = sleep
         self._clock = clock
         self.quality = QualityModel(config)
-        self.breakers = Breakers(config.routing.breaker_failures, config.routing.breaker_cooldown_s)
+        self.health = ProviderHealth(config.routing.rotation_retry_s, clock)
+        self.breakers = Breakers(
+            config.routing.breaker_failures, config.routing.breaker_cooldown_s, self.health.breaker_changed
+        )
         self.limits = RateLimits(config)
         self._plans: dict[tuple, Plan] = {}
         self._deadlines = Deadlines(config.routing.job_deadline_s)
         self.rerouted = 0  # jobs sent to another model of their chain for want of capacity
+        self._observe_providers()
+
+    def _observe_providers(self) -> None:
+        """Gauges of the providers' states: in rotation, reachable, the breaker's state."""
+        names = list(self._providers)
+        self.metrics.gauge(
+            "llm_router.provider.available",
+            "1",
+            "1 while the provider is in rotation, 0 while a quota or auth error keeps it out",
+            lambda: self.health.availability(names),
+        )
+        self.metrics.gauge(
+            "llm_router.provider.reachable",
+            "1",
+            "0 while calls to the provider cannot connect, else 1",
+            lambda: [(0 if p in self.health.unreachable() else 1, {"llm_router.provider": p}) for p in names],
+        )
+        self.metrics.gauge(
+            "llm_router.breaker.state",
+            "1",
+            "Each provider's circuit breaker: 0 closed, 1 half-open, 2 open",
+            lambda: [
+                (BREAKER_GAUGE[state], {"llm_router.provider": p})
+                for p, state in self.breakers.states(self._clock()).items()
+            ],
+        )
+
+    def healthy(self) -> bool:
+        """Whether some provider in rotation has its breaker closed: jobs flow, not only probes."""
+        now = self._clock()
+        return any(
+            name not in self._unavailable and self.breakers.of(name).state(now) is BreakerState.CLOSED
+            for name in self._providers
+        )
+
+    def serving(self) -> bool:
+        """Whether some provider can take a job now: in rotation (or its rotation retry due) and its breaker
+        letting a call through."""
+        now = self._clock()
+        retry_due = self.health.retry_due()
+        return any(
+            (name not in self._unavailable or (retry_due and name in self.health.out_of_rotation()))
+            and self.breakers.of(name).allows(now)
+            for name in self._providers
+        )
 
     async def run(self, job: Job, running: asyncio.Task | None = None) -> JobOutcome:
         """Run `job` to its result. Never raises for a provider's failure: that is a failed result.
 
         `running` is the task running it (default: the current one), which the job deadline cancels."""
         run = self._start(job)
+        if self._out_of_rotation_key:
+            run.probe = self.health.take_probe()
+        try:
+            return await self._run(run, running)
+        finally:
+            if run.probe is not None:
+                self._probe_ended(run)
+
+    async def _run(self, run: JobRun, running: asyncio.Task | None) -> JobOutcome:
         try:
             plan = self._plan(run)
         except NoRoute as exc:
@@ -179,6 +238,10 @@ class JobRunner:
         """The job's plan, cached by everything that decides it. Raises NoRoute."""
         job = run.job
         blocked = self.breakers.blocked(self._clock())
+        unavailable, unavailable_key = self._unavailable, self._unavailable_key
+        if run.probe is not None:  # the probe job may plan with the provider out of rotation
+            unavailable = {p: why for p, why in unavailable.items() if p != run.probe}
+            unavailable_key = frozenset(unavailable)
         key = (
             run.task,
             job.model,
@@ -191,7 +254,7 @@ class JobRunner:
             job.max_output_tokens,
             run.text_tokens.bit_length(),
             blocked,
-            self._unavailable_key,
+            unavailable_key,
             self.quality.version // 16,
         )
         plan = self._plans.get(key)
@@ -201,7 +264,7 @@ class JobRunner:
             # A JSON job needs a correct answer that is JSON too: the model's format reliability counts.
             rate = self.quality.json_rate if wants_json(job) else self.quality.rate
             plan = self._plans[key] = make_plan(
-                job, run.task, self._config, run.text_tokens, self._unavailable, rate, blocked
+                job, run.task, self._config, run.text_tokens, unavailable, rate, blocked
             )
         return plan
 
@@ -214,7 +277,9 @@ class JobRunner:
         retries = 0  # the job's retry budget, spent across the chain's models
         for model in self._chain(run, plan, planned):
             provider_name = models[model].provider
-            if provider_name in self._unavailable or models[model].context_window <= run.too_long_window:
+            if provider_name in self._unavailable and provider_name != run.probe:
+                continue
+            if models[model].context_window <= run.too_long_window:
                 continue
             provider = self._providers[provider_name]
             breaker = self.breakers.of(provider_name)
@@ -228,6 +293,8 @@ class JobRunner:
                     breaker.start_call(self._clock())
                 attempt, completion, retry_after_s = await self._attempt(run, provider, request, reserved)
                 run.attempts.append(attempt)
+                if provider_name == run.probe and (attempt.error is None or attempt.error.kind not in TRANSIENT):
+                    run.probe_answered = attempt.error is None or attempt.error.kind not in OUT_OF_ROTATION
                 if attempt.error is None:
                     breaker.succeeded()
                     return completion.text if completion else ""
@@ -312,8 +379,19 @@ class JobRunner:
         if error.kind in OUT_OF_ROTATION:
             self._unavailable[provider_name] = f"out of rotation after {error.kind}: {error.message}"
             self._unavailable_key = frozenset(self._unavailable)
+            self.health.take_out(provider_name, error.kind, error.message)
+            self._out_of_rotation_key = self.health.out_of_rotation()
         if error.kind == "context_too_long":
             run.too_long_window = max(run.too_long_window, self._config.models[model].context_window)
+
+    def _probe_ended(self, run: JobRun) -> None:
+        """The probe job is over: its provider back in rotation when it answered (not with quota or auth)."""
+        assert run.probe is not None
+        self.health.probe_ended(run.probe, run.probe_answered is True)
+        if run.probe_answered is True:
+            self._unavailable.pop(run.probe, None)
+            self._unavailable_key = frozenset(self._unavailable)
+            self._out_of_rotation_key = self.health.out_of_rotation()
 
     def _cheapest_wider(self, plan: Plan, window: int) -> str | None:
         """The cheapest available model outside the plan whose context window is larger than `window`."""
@@ -346,6 +424,10 @@ class JobRunner:
             completion = await provider.complete(request)
         except ProviderError as exc:
             latency_ms = (time.monotonic() - started) * 1000
+            if exc.connect_failed:
+                self.health.call_failed_to_connect(provider.name, exc.message)
+            elif exc.status is not None:
+                self.health.answered(provider.name)
             self._refused_call(gates, reserved, exc)
             error = ErrorInfo(kind=exc.kind, message=exc.message)
             attempt = run.attempt(provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000)
@@ -361,6 +443,7 @@ class JobRunner:
             self._record(run, attempt, span)
             raise
         latency_ms = (time.monotonic() - started) * 1000
+        self.health.answered(provider.name)
         used = Allowance(requests=1, input_tokens=completion.input_tokens, output_tokens=completion.output_tokens)
         for gate in gates:
             gate.correct(reserved, used)

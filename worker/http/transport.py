@@ -8,6 +8,7 @@ connections per provider, honours the environment's proxies and the CAs it is to
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Protocol
@@ -42,7 +43,18 @@ def unreachable(url: str, exc: BaseException) -> ProviderError:
     message = f"{url}: {type(exc).__name__}: {exc}"
     if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in message:  # or wrapped
         message += " (trust the server's CA with the provider's ca_bundle, or SSL_CERT_FILE / SSL_CERT_DIR)"
-    return ProviderError("server", message)
+    return ProviderError("server", message, connect_failed=_connect_failed(exc))
+
+
+# The transports' own names for a connection that could not be made (aiohttp, httpx).
+_CONNECT_ERRORS = frozenset({"ClientConnectorError", "ClientConnectorDNSError", "ConnectError"})
+
+
+def _connect_failed(exc: BaseException) -> bool:
+    """Whether `exc` says no connection could be made: refused, or the host name did not resolve."""
+    if isinstance(exc, ssl.SSLError):
+        return False
+    return isinstance(exc, (ConnectionRefusedError, socket.gaierror)) or type(exc).__name__ in _CONNECT_ERRORS
 
 
 def too_large(url: str, detail: str) -> ProviderError:

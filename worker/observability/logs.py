@@ -1,4 +1,10 @@
-"""Structured logs: one JSON object a line on stderr."""
+"""Structured logs: one JSON object a line on stderr.
+
+The Kafka client's (aiokafka's) own records go through the same formatter, rate-limited: while a broker
+is away it repeats the same few messages many times a second, so each message (logger and template)
+passes at most once per `KAFKA_CLIENT_INTERVAL_S`, and the next one that passes carries `suppressed`,
+how many were held back meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import orjson
 from opentelemetry import trace
@@ -35,15 +42,54 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+KAFKA_CLIENT_INTERVAL_S = 30.0
+
+
+class RateLimit(logging.Filter):
+    """Lets each message (logger and template) through at most once per `interval_s`; the next one that
+    passes carries `suppressed`, the count held back since. `suppressed_total` counts every one held back."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.suppressed_total = 0
+        self._clock = clock
+        # (logger, template) -> [when it last passed, held back since]; templates are few, so it stays small.
+        self._seen: dict[tuple[str, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        key = (record.name, str(record.msg))
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval_s:
+            seen[1] += 1
+            self.suppressed_total += 1
+            return False
+        if seen is not None and seen[1]:
+            record.suppressed = int(seen[1])
+        self._seen[key] = [now, 0]
+        return True
+
+
+# The rate limit of the Kafka client's records, once `setup_logging` installed it.
+KAFKA_CLIENT = RateLimit(KAFKA_CLIENT_INTERVAL_S)
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """JSON lines on stderr for the `llm_router` loggers."""
+    """JSON lines on stderr for the `llm_router` loggers, and for the Kafka client's warnings, rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("llm_router")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    kafka_handler = logging.StreamHandler(sys.stderr)
+    kafka_handler.setFormatter(JsonFormatter())
+    kafka_handler.addFilter(KAFKA_CLIENT)
+    kafka = logging.getLogger("aiokafka")
+    kafka.handlers[:] = [kafka_handler]
+    kafka.setLevel(max(logging.WARNING, root.level))
+    kafka.propagate = False
     logging.Formatter.converter = time.gmtime
 
 

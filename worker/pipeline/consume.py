@@ -27,14 +27,15 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from worker.config import Config
+from worker.config import Config, ConfigError
 from worker.execution.runner import JobOutcome, JobRunner
 from worker.messages import ErrorInfo, Job, Result, Usage
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
+from worker.pipeline.connection import BrokerWatch, watch_client_logs
 from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
-from worker.pipeline.kafka import make_consumer
+from worker.pipeline.kafka import make_consumer, wait_for_broker
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
 from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
@@ -65,6 +66,8 @@ class Worker:
         self.config = config
         self.telemetry = telemetry
         providers = providers if providers is not None else build_providers(config)
+        if not providers.clients:
+            raise ConfigError(_no_usable_provider(config, providers.unavailable))
         self.providers = providers.clients
         for name, reason in providers.unavailable.items():
             log.warning(
@@ -82,6 +85,8 @@ class Worker:
         self._results_topic, self._costs_topic = config.kafka.topics.results, config.kafka.topics.costs
         self._max_job_bytes = config.worker.max_job_bytes
         self._paused = False
+        self._no_provider_since: float | None = None  # paused because no provider can take a job
+        self._membership_lost = False  # said so; quiet until a commit goes through
         # Paused partitions resume once a fiftieth of the limit is free, not at every finished job; not a
         # tenth either: with long calls each resume starts that many calls at once, and the bursts come
         # back a call's length later (`make bench`, section throughput).
@@ -96,7 +101,13 @@ class Worker:
             self.consumer = make_consumer(config.kafka)
             self.sink = OutboxSink(config.kafka, self.consumer, self._finish)
         self.producer = self.sink.producer
+        self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
         self._observe()
+
+    @property
+    def serving(self) -> bool:
+        """Whether the worker takes jobs: some provider can take one (else its partitions are paused)."""
+        return self._no_provider_since is None
 
     def _observe(self) -> None:
         """Gauges read when the metric reader collects: in flight, lag, the rate-limit gates, learned rates."""
@@ -106,6 +117,18 @@ class Worker:
             "{job}",
             "Jobs taken and not yet finished",
             lambda: [(self.tracker.in_flight, {})],
+        )
+        metrics.gauge(
+            "llm_router.broker.connected",
+            "1",
+            "1 while the broker answers, 0 while it is lost",
+            lambda: [(1 if self.broker.connected else 0, {})],
+        )
+        metrics.gauge(
+            "llm_router.worker.serving",
+            "1",
+            "1 while some provider can take jobs, 0 while the partitions are paused for want of one",
+            lambda: [(1 if self.serving else 0, {})],
         )
         metrics.gauge(
             "llm_router.consumer.lag",
@@ -185,6 +208,10 @@ class Worker:
         self._stop = stop
         tune_gc()
         topics = self.config.kafka.topics
+        if not await self._broker_answers(stop):
+            await self._close_providers()
+            log.info("worker stopped before the broker answered")
+            return
         await self.runner.limits.start()
         await self.sink.start()
         try:
@@ -194,23 +221,46 @@ class Worker:
             await self._restore_learned_rates()
             committer = asyncio.create_task(self._commit_every(self.config.worker.commit_interval_ms / 1000))
             publisher = asyncio.create_task(self._publish_rates_every(self.config.routing.state_publish_interval_s))
+            watcher = asyncio.create_task(self.broker.run())
+            unwatch = watch_client_logs(self.broker)
             try:
                 await self._intake(stop)
             finally:
                 await self.release(self.tracker.partitions(), reason="shutdown")
-                for task in (committer, publisher):
+                unwatch()
+                for task in (committer, publisher, watcher):
                     task.cancel()
-                await asyncio.gather(committer, publisher, return_exceptions=True)
+                await asyncio.gather(committer, publisher, watcher, return_exceptions=True)
                 await self._publish_rates()
                 await self.consumer.stop()
         finally:
             await self.sink.close()
             await self.runner.limits.close()
-            for provider in self.providers.values():
-                await provider.close()
+            await self._close_providers()
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
         if self._fatal is not None:
             raise self._fatal
+
+    async def _broker_answers(self, stop: asyncio.Event) -> bool:
+        """Wait for the broker (`kafka.connect_timeout_s`, then BrokerUnavailable); False when the worker is
+        stopped first."""
+        waiting = asyncio.ensure_future(wait_for_broker(self.config.kafka))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.cancelled():
+            return False
+        waiting.result()  # BrokerUnavailable
+        return True
+
+    async def _close_providers(self) -> None:
+        for provider in self.providers.values():
+            await provider.close()
 
     async def _restore_learned_rates(self) -> None:
         try:
@@ -236,7 +286,7 @@ class Worker:
             try:
                 await state.publish(self.producer, self.config.kafka.topics.state, changes)
             except KafkaError as exc:
-                log.warning("learned rates not published", extra={"error": repr(exc)})
+                self._kafka_failed("learned rates not published", exc)
                 return
             log.info("learned rates", extra={"rates": self.runner.quality.snapshot()})
 
@@ -255,8 +305,13 @@ class Worker:
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if not self._provider_available():
+                    await self._wait_for_provider()
+                    continue
                 busy = self.tracker.in_flight + self.sink.held
                 free = worker.max_in_flight - busy
+                if self._no_provider_since is not None:  # only a probe may go out: one job at a time
+                    free = min(free, 0 if busy else 1)
                 if free <= 0 or (self._paused and busy > self._resume_at):
                     await self._wait_for_capacity(stopping)
                     continue
@@ -279,6 +334,33 @@ class Worker:
             return_when=asyncio.FIRST_COMPLETED,
         )
         capacity.cancel()
+
+    def _provider_available(self) -> bool:
+        """Whether some provider can take a job, if only as a probe (a breaker half-open, a rotation retry
+        due). The pause is logged when none can; the resume once a provider takes jobs again, not probes."""
+        serving = self.runner.serving()
+        if self._no_provider_since is not None and self.runner.healthy():
+            log.info(
+                "a provider can take jobs again: partitions resumed",
+                extra={"paused_s": round(time.monotonic() - self._no_provider_since, 1)},
+            )
+            self._no_provider_since = None
+        elif not serving and self._no_provider_since is None:
+            self._no_provider_since = time.monotonic()
+            log.warning(
+                "no provider can take jobs: partitions paused, jobs taken run to their results",
+                extra={
+                    "out_of_rotation": sorted(self.runner.health.out_of_rotation()),
+                    "breakers_open": sorted(self.runner.breakers.blocked(time.monotonic())),
+                },
+            )
+        return serving
+
+    async def _wait_for_provider(self) -> None:
+        """Paused until a provider can take jobs. The poll goes on, empty (its partitions paused), so that
+        the group does not take this worker for a stuck one; a stop ends it within a poll timeout."""
+        self._pause()
+        await self.consumer.getmany(timeout_ms=self.config.worker.poll_timeout_ms, max_records=1)
 
     def _start_jobs(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """A task for each fetched record, except those of partitions revoked meanwhile (their new owner
@@ -462,6 +544,13 @@ class Worker:
                 self.stats.commits += 1
                 self._capacity.set()  # exactly-once: the transaction's jobs no longer count in flight
 
+    def _kafka_failed(self, event: str, exc: BaseException) -> None:
+        """A call to the broker failed: logged while the broker is thought there (and the watch probes it);
+        while it is lost, its one line says it all."""
+        if self.broker.connected:
+            log.warning(event, extra={"error": repr(exc)})
+            self.broker.suspect()
+
     async def _still_ours(self, positions: dict[TopicPartition, int]) -> bool:
         """Whether every partition's committed offset on the broker is still the last this worker committed.
 
@@ -474,18 +563,22 @@ class Worker:
         try:
             found = await asyncio.gather(*(self.consumer.committed(tp) for tp in positions))
         except KafkaError as exc:
-            log.warning("not committed: the committed offsets could not be read", extra={"error": repr(exc)})
+            self._kafka_failed("not committed: the committed offsets could not be read", exc)
             return False
         moved = sorted(
             tp.partition for tp, broker in zip(positions, found, strict=True) if broker != ours.get(tp, broker)
         )
         if moved:
-            # The partitions are lost, not revoked: their finished jobs are redone by the next owner.
-            log.warning(
-                "not committed: the group's offsets changed under this worker (membership lost)",
-                extra={"partitions": moved},
-            )
+            # The partitions are lost, not revoked: their finished jobs are redone by the next owner. Said
+            # once until a commit goes through again (the next rebalance ends it).
+            if not self._membership_lost:
+                log.warning(
+                    "not committed: the group's offsets changed under this worker (membership lost)",
+                    extra={"partitions": moved},
+                )
+            self._membership_lost = True
             return False
+        self._membership_lost = False
         return True
 
     async def release(self, partitions: Iterable[TopicPartition], reason: str) -> None:
@@ -558,6 +651,13 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.worker.assigned(assigned)
+
+
+def _no_usable_provider(config: Config, unavailable: dict[str, str]) -> str:
+    """Why no provider can be called, naming the variables looked for."""
+    variables = [p.api_key_env for p in config.providers.values() if p.api_key_env]
+    reasons = "; ".join(f"{name}: {why}" for name, why in unavailable.items())
+    return f"no usable provider: set at least one of {', '.join(variables)} ({reasons})"
 
 
 def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> list[Output]:
