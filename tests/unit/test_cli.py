@@ -12,7 +12,8 @@ import msgspec
 import pytest
 
 import worker
-from worker.cli.commands import format_result, parse_job_line
+from worker.cli.commands import parse_job_line
+from worker.cli.tables import format_result
 from worker.messages import ErrorInfo, Result, Usage
 
 
@@ -40,7 +41,8 @@ def test_format_result_shows_the_output_or_the_error():
         output="hello\nworld",
         model="m",
     )
-    assert "hello world" in format_result(ok) and "\tok\t" in format_result(ok)
+    # A newline of the output is shown escaped, so that a result stays one line.
+    assert "hello\\nworld" in format_result(ok) and "\tok\t" in format_result(ok)
     failed = msgspec.structs.replace(ok, status="failed", output=None, error=ErrorInfo(kind="no_route", message="why"))
     assert "no_route: why" in format_result(failed)
 
