@@ -486,7 +486,7 @@ async def _print_acked(pending: list) -> None:
         metadata = await future
         if span is not None:
             sent(span, metadata)
-        print(label, flush=False)
+        print(escape(label), flush=False)
     sys.stdout.flush()
     pending.clear()
 

@@ -81,22 +81,46 @@ def _reader(kafka: KafkaConfig) -> Callable[[], AIOKafkaConsumer]:
     return lambda: make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
 
 
-async def assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    """Assign every partition of `topic` from its beginning; TopicMissing when there is no such topic."""
+async def end_offsets(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], timeout_s: float
+) -> dict[TopicPartition, int]:
+    """Each partition's end offset, as a fetch reports it (the high watermark); the consumer is left assigned to
+    `partitions` at positions of no use.
+
+    The offsets the broker lists are not enough alone: the embedded broker (Tansu) lists the base offset of the
+    last batch + 1, short of the end when that batch holds several records. A fetch from just before the listed
+    end reports the true one, on any broker."""
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    probed = [tp for tp in partitions if listed[tp] > 0]
+    for tp in probed:
+        consumer.seek(tp, listed[tp] - 1)
+    deadline = time.monotonic() + timeout_s
+    while unknown := [tp for tp in probed if consumer.highwater(tp) is None]:
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(f"no fetch answer for {unknown[0].topic} within {timeout_s:g} s")
+        await consumer.getmany(*unknown, timeout_ms=200)
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in partitions}
+
+
+async def assign_all(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[TopicPartition, int]:
+    """Assign every partition of `topic` from its beginning; their end offsets now. TopicMissing when there is
+    no such topic."""
     if topic not in await consumer.topics():
         raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-    consumer.assign(partitions)
+    ends = await end_offsets(consumer, partitions, timeout_s)
+    consumer.assign(partitions)  # anew: the probe's fetched records and positions are dropped
     await consumer.seek_to_beginning(*partitions)
-    return partitions
+    return ends
 
 
 async def read_to_end(
-    consumer: AIOKafkaConsumer, partitions: list[TopicPartition], idle_timeout_s: float
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], idle_timeout_s: float
 ) -> AsyncIterator[ConsumerRecord]:
-    """The assigned partitions' records up to the end offsets they have now; BrokerUnavailable when none comes
-    for `idle_timeout_s` while some are still due (the broker went away)."""
-    ends = await consumer.end_offsets(partitions)
+    """The assigned partitions' records up to `ends`; BrokerUnavailable when none comes for `idle_timeout_s`
+    while some are still due (the broker went away)."""
+    partitions = list(ends)
     due = {tp for tp in partitions if await consumer.position(tp) < ends[tp]}
     idle_since = time.monotonic()
     while due:
@@ -193,8 +217,8 @@ async def _find_results(config: Config, job_ids: list[str], timeout_s: float, fo
 
     topic = config.kafka.topics.results
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        partitions = await assign_all(consumer, topic)
-        async for record in read_to_end(consumer, partitions, timeout_s):
+        ends = await assign_all(consumer, topic, timeout_s)
+        async for record in read_to_end(consumer, ends, timeout_s):
             take(record)
             if not missing:
                 return 0
@@ -213,8 +237,8 @@ async def _summarize(config: Config, timeout_s: float, as_json: bool) -> int:
     results: list[Result] = []
     undecodable = 0
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        partitions = await assign_all(consumer, config.kafka.topics.results)
-        async for record in read_to_end(consumer, partitions, timeout_s):
+        ends = await assign_all(consumer, config.kafka.topics.results, timeout_s)
+        async for record in read_to_end(consumer, ends, timeout_s):
             result = _decode(decoder, record.value)
             if result is None:
                 undecodable += 1
@@ -242,8 +266,8 @@ async def _costs(config: Config, timeout_s: float, by: str, as_json: bool) -> in
     decoder = msgspec.json.Decoder(CostEvent)
     events: list[CostEvent] = []
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        partitions = await assign_all(consumer, config.kafka.topics.costs)
-        async for record in read_to_end(consumer, partitions, timeout_s):
+        ends = await assign_all(consumer, config.kafka.topics.costs, timeout_s)
+        async for record in read_to_end(consumer, ends, timeout_s):
             event = _decode(decoder, record.value)
             if event is not None:
                 events.append(event)
@@ -266,8 +290,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _dlq(config: Config, timeout_s: float, as_json: bool) -> int:
     rows: list[dict[str, Any]] = []
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        partitions = await assign_all(consumer, config.kafka.topics.dlq)
-        async for record in read_to_end(consumer, partitions, timeout_s):
+        ends = await assign_all(consumer, config.kafka.topics.dlq, timeout_s)
+        async for record in read_to_end(consumer, ends, timeout_s):
             try:
                 letter = DeadLetter.from_headers(record.headers)
             except msgspec.ValidationError as exc:
@@ -317,8 +341,10 @@ async def _topics_list(config: Config, timeout_s: float, as_json: bool) -> int:
     rows = []
     async with started(lambda: make_consumer(kafka, enable_auto_commit=False), kafka, timeout_s) as consumer:
         existing = await consumer.topics()
+        # Read before any assignment: from then on the consumer's metadata is of the assigned topics only.
+        partitions = {name: sorted(consumer.partitions_for_topic(name) or ()) for name in names if name in existing}
         for name in names:
-            rows.append(await _topic_row(consumer, name, name in existing, name == kafka.topics.jobs))
+            rows.append(await _topic_row(consumer, name, partitions.get(name), name == kafka.topics.jobs, timeout_s))
     if as_json:
         _print(orjson.dumps({"group": kafka.group_id, "topics": rows}).decode())
         return 0
@@ -329,13 +355,16 @@ async def _topics_list(config: Config, timeout_s: float, as_json: bool) -> int:
     return 0
 
 
-async def _topic_row(consumer: AIOKafkaConsumer, name: str, exists: bool, of_group: bool) -> dict[str, Any]:
-    row: dict[str, Any] = {"topic": name, "exists": exists, "partitions": None, "end_offsets": None}
+async def _topic_row(
+    consumer: AIOKafkaConsumer, name: str, numbers: list[int] | None, of_group: bool, timeout_s: float
+) -> dict[str, Any]:
+    """A topic's row: `numbers` are its partitions, None when it does not exist."""
+    row: dict[str, Any] = {"topic": name, "exists": numbers is not None, "partitions": None, "end_offsets": None}
     row |= {"committed": None, "lag": None}
-    if not exists:
+    if numbers is None:
         return row
-    partitions = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())]
-    ends = await consumer.end_offsets(partitions) if partitions else {}
+    partitions = [TopicPartition(name, p) for p in numbers]
+    ends = await end_offsets(consumer, partitions, timeout_s) if partitions else {}
     row |= {"partitions": len(partitions), "end_offsets": sum(ends.values())}
     if of_group:
         committed = {tp: await consumer.committed(tp) for tp in partitions}
