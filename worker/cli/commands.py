@@ -41,7 +41,7 @@ log = get_logger("cli")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.version:
         print(f"llm-router {worker.__version__}")
         return 0
@@ -127,6 +127,18 @@ def _shared_options() -> tuple[_Parser, _Parser, _Parser]:
     return logs, config, broker
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line's options, --config and --log-level None when given neither before nor after the command.
+
+    (Not by set_defaults: it would set the default of the shared actions, which every subparser would then apply
+    over a value given before the command.)"""
+    args = parser.parse_args(argv)
+    for name in ("config", "log_level"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    return args
+
+
 def _parser() -> argparse.ArgumentParser:
     logs, configured, talks_to_broker = _shared_options()
     parser = _Parser(
@@ -134,7 +146,6 @@ def _parser() -> argparse.ArgumentParser:
         description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar.",
         parents=[configured],
     )
-    parser.set_defaults(config=None, log_level=None)
     parser.add_argument("--version", action="store_true", help="print the installed version and exit")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
