@@ -230,8 +230,8 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     env = os.environ if env is None else env
     path = Path(path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
     raw = read_toml(path)
-    apply_env_overrides(raw, env)
-    return parse_config(raw, source=str(path))
+    overridden = apply_env_overrides(raw, env)
+    return parse_config(raw, source=str(path), overridden=overridden)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -244,14 +244,31 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a raw mapping into a Config, with errors that name the key's path."""
+def parse_config(raw: dict[str, Any], source: str = "config", overridden: Mapping[str, str] | None = None) -> Config:
+    """Validate a raw mapping into a Config, with errors that name the key's path and where its value came
+    from: `source`, or the environment variable that `overridden` (key path -> variable) says set it."""
+    overridden = overridden or {}
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc, raw, Config)}") from None
-    _check_references(config, source)
+        raise ConfigError(_blame([describe_validation_error(exc, raw, Config)], source, overridden)) from None
+    _check_references(config, source, overridden)
     return config
+
+
+def _blame(errors: list[str], source: str, overridden: Mapping[str, str]) -> str:
+    """The errors (each `key.path: why`) prefixed with their origin: the variable that set the key, else the file."""
+    from_file, from_env = [], []
+    for error in errors:
+        key = error.partition(":")[0]
+        variable = next(
+            (v for path, v in overridden.items() if key == path or key.startswith((f"{path}.", f"{path}["))), None
+        )
+        if variable:
+            from_env.append(f"environment {variable}: {error}")
+        else:
+            from_file.append(error)
+    return "; ".join(([f"{source}: " + "; ".join(from_file)] if from_file else []) + from_env)
 
 
 def describe_validation_error(exc: msgspec.ValidationError, raw: dict[str, Any], root: type | None = None) -> str:
@@ -301,7 +318,7 @@ def _fails_alone(raw: dict[str, Any], path: list[str], key: str, message: str, r
     return False
 
 
-def _check_references(config: Config, source: str) -> None:
+def _check_references(config: Config, source: str, overridden: Mapping[str, str]) -> None:
     errors = []
     for name, model in config.models.items():
         if model.provider not in config.providers:
@@ -334,19 +351,21 @@ def _check_references(config: Config, source: str) -> None:
             "kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)"
         )
     if errors:
-        raise ConfigError(f"{source}: " + "; ".join(errors))
+        raise ConfigError(_blame(errors, source, overridden))
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[-.]", "_", name).lower()
 
 
-def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Write LLM_ROUTER__A__B=value (and KAFKA_BOOTSTRAP_SERVERS) into the raw mapping, in place."""
-    overrides = [(k[len(ENV_PREFIX) :].split("__"), v) for k, v in env.items() if k.upper().startswith(ENV_PREFIX)]
+def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Write LLM_ROUTER__A__B=value (and KAFKA_BOOTSTRAP_SERVERS) into the raw mapping, in place; returns each
+    overridden key's path (`a.b`) with the variable that set it, so that an error can name the variable."""
+    overrides = [(k[len(ENV_PREFIX) :].split("__"), v, k) for k, v in env.items() if k.upper().startswith(ENV_PREFIX)]
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        overrides.append((["kafka", "bootstrap_servers"], env["KAFKA_BOOTSTRAP_SERVERS"]))
-    for segments, value in sorted(overrides):
+        overrides.append((["kafka", "bootstrap_servers"], env["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS"))
+    overridden: dict[str, str] = {}
+    for segments, value, variable in sorted(overrides):
         if not all(segments):
             raise ConfigError(f"{ENV_PREFIX}{'__'.join(segments)}: empty path segment")
         table = raw
@@ -362,10 +381,12 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             path.append(key)
             if i == len(segments) - 1:
                 table[key] = _parse_env_value(value)
+                overridden[".".join(path)] = variable
             else:
                 table = table.setdefault(key, {})
                 if not isinstance(table, dict):
                     raise ConfigError(f"environment {ENV_PREFIX}{'__'.join(segments)}: {'.'.join(path)} is not a table")
+    return overridden
 
 
 def _known_path(path: list[str]) -> bool:

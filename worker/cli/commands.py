@@ -4,30 +4,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 import uuid
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, NoReturn
 
 import msgspec
 import orjson
+from aiokafka.errors import KafkaError
 
 import worker
 from worker import runtime
 from worker.broker import NOT_INSTALLED
+from worker.cli.config_cmd import cmd_config_check, cmd_config_show
+from worker.cli.inspect import (
+    TopicMissing,
+    UsageError,
+    cmd_costs,
+    cmd_dlq,
+    cmd_results,
+    cmd_topics_list,
+    started,
+    timeout_of,
+)
+from worker.cli.tables import COST_GROUPS, escape
 from worker.config import Config, ConfigError, load_config
-from worker.messages import Job, Result
+from worker.messages import Job
 from worker.observability.logs import get_logger, setup_logging
-from worker.pipeline.kafka import BrokerUnavailable, DeliveryError
+from worker.pipeline.kafka import BrokerUnavailable, DeliveryError, wait_for_broker
 
 log = get_logger("cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if args.version:
         print(f"llm-router {worker.__version__}")
         return 0
@@ -37,34 +51,107 @@ def main(argv: list[str] | None = None) -> int:
     if args.func in (_cmd_demo, _cmd_broker, _cmd_eval) and _embedded_broker_missing(args.func):
         print(f"llm-router: {NOT_INSTALLED}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or ("ERROR" if args.func in (_cmd_demo, _cmd_eval) else "INFO"))
+    setup_logging(args.log_level or ("INFO" if args.func in (_cmd_worker, _cmd_simulate, _cmd_broker) else "ERROR"))
+    if args.func is not _cmd_worker:
+        _client_logs(args.log_level)
     try:
         return args.func(args)
     except ConfigError as exc:
         print(f"llm-router: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (BrokerUnavailable, DeliveryError, ConnectionError) as exc:  # no broker, or it or Redis cannot serve
+    except UsageError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerUnavailable, DeliveryError, ConnectionError, KafkaError, TopicMissing) as exc:
+        # No broker, or it or Redis cannot serve, or a topic is missing: the one line says which.
         print(f"llm-router: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="llm-router", description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar."
+def _client_logs(level: str | None) -> None:
+    """The Kafka client's own records: through the JSON handler at an explicit --log-level, else none, as a
+    command's failure to reach the broker is its one error line."""
+    client = logging.getLogger("aiokafka")
+    client.setLevel(level if level else logging.CRITICAL + 1)
+    client.handlers[:] = logging.getLogger("llm_router").handlers
+    client.propagate = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors in one line (exit 2), the usage itself left to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {escape(message)} (see {self.prog} --help)\n")
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _shared_options() -> tuple[_Parser, _Parser, _Parser]:
+    """The options every command takes before or after its name (--log-level; --config where it reads the
+    configuration) and --timeout of the commands that talk to the broker. Their default is SUPPRESS so that one
+    given after the command does not reset one given before it."""
+    logs = _Parser(add_help=False)
+    logs.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="level of the JSON logs on stderr (default INFO for the worker, ERROR for the other commands)",
     )
-    parser.add_argument(
-        "--config", help="configuration file (default: $LLM_ROUTER_CONFIG, else the shipped config/router.toml)"
+    config = _Parser(add_help=False, parents=[logs])
+    config.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $LLM_ROUTER_CONFIG, else the shipped config/router.toml)",
+    )
+    broker = _Parser(add_help=False, parents=[config])
+    broker.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=None,
+        help="give up (exit 1) when no broker answers within this many seconds (default: kafka.connect_timeout_s)",
+    )
+    return logs, config, broker
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line's options, --config and --log-level None when given neither before nor after the command.
+
+    (Not by set_defaults: it would set the default of the shared actions, which every subparser would then apply
+    over a value given before the command.)"""
+    args = parser.parse_args(argv)
+    for name in ("config", "log_level"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    return args
+
+
+def _parser() -> argparse.ArgumentParser:
+    logs, configured, talks_to_broker = _shared_options()
+    parser = _Parser(
+        prog="llm-router",
+        description="Route prompt jobs from Kafka to the cheapest LLM that clears their bar.",
+        parents=[configured],
     )
     parser.add_argument("--version", action="store_true", help="print the installed version and exit")
-    parser.add_argument(
-        "--log-level", default=None, help="level of the JSON logs on stderr (default INFO; ERROR for the demo)"
-    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     worker = commands.add_parser(
         "worker",
+        parents=[configured],
         help="run a worker replica",
         description="Consume jobs, route and call models, publish results and cost events. SIGTERM drains and exits 0.",
     )
@@ -72,9 +159,11 @@ def _parser() -> argparse.ArgumentParser:
 
     produce = commands.add_parser(
         "produce",
+        parents=[talks_to_broker],
         help="produce jobs from a JSON-lines file",
         description="Produce one job per line of FILE (or - for stdin) and print each job's id. A line without an id "
-        "gets a new UUID. Invalid lines are reported with their line number and not produced (exit 1).",
+        "gets a new UUID. Invalid lines, and jobs over worker.max_job_bytes, are reported as FILE:LINE and not "
+        "produced (exit 1).",
     )
     produce.add_argument("file", help="JSON-lines file of jobs, or - for stdin")
     produce.add_argument(
@@ -86,21 +175,59 @@ def _parser() -> argparse.ArgumentParser:
 
     results = commands.add_parser(
         "results",
-        help="follow the results topic",
-        description="Print one line per result from the results topic (from its beginning unless --from-end).",
+        parents=[talks_to_broker],
+        help="find results by job id, follow the results topic, or summarize it",
+        description="With JOB_IDs: print the result of each (read from the beginning of the results topic to its end "
+        "at start; --follow waits for the missing ones until --timeout) and exit 1 with a line per id not found. "
+        "With --summary: counts by status, cost by model and p50/p99 latency of the topic. Otherwise: print one line "
+        "per result as they come (from the topic's beginning unless --from-end).",
     )
-    results.add_argument("--json", action="store_true", help="print each result's raw JSON")
+    results.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="the ids of the jobs whose results to find")
+    results.add_argument("--follow", action="store_true", help="with JOB_IDs: wait for the missing ones")
+    results.add_argument("--summary", action="store_true", help="counts, cost by model and latency of the topic")
+    results.add_argument("--json", action="store_true", help="print each result's raw JSON (--summary: one object)")
     results.add_argument("--from-end", action="store_true", help="only results published from now on")
     results.add_argument("--count", type=int, default=0, help="stop after this many results")
     results.add_argument(
         "--idle-timeout", type=float, default=0.0, help="stop after this many seconds with no new result"
     )
-    results.set_defaults(func=_cmd_results)
+    results.set_defaults(func=cmd_results)
 
-    topics = commands.add_parser("topics", help="manage the topics")
+    costs = commands.add_parser(
+        "costs",
+        parents=[talks_to_broker],
+        help="sum the costs topic by model, tenant or task",
+        description="Read the costs topic (to its end at start) and print, per group, the jobs, attempts, cost and "
+        "tokens, with the total.",
+    )
+    costs.add_argument("--by", choices=COST_GROUPS, default="model", help="the group (default model)")
+    costs.add_argument("--json", action="store_true", help="one JSON object")
+    costs.set_defaults(func=cmd_costs)
+
+    dlq = commands.add_parser(
+        "dlq",
+        parents=[talks_to_broker],
+        help="list the dead letters with their reasons",
+        description="Read the dead-letter topic (to its end at start) and print each dead letter's offset, reason "
+        "(error_kind and error, from its headers), source topic, partition and offset, and size.",
+    )
+    dlq.add_argument("--json", action="store_true", help="one JSON object a line")
+    dlq.set_defaults(func=cmd_dlq)
+
+    topics = commands.add_parser("topics", parents=[configured], help="list or create the topics")
     topic_commands = topics.add_subparsers(title="topics commands", metavar="COMMAND")
+    listing = topic_commands.add_parser(
+        "list",
+        parents=[talks_to_broker],
+        help="the configured topics, their partitions, end offsets and the group's lag",
+        description="Each configured topic: whether it exists, its partitions, the sum of its end offsets, and for the "
+        "jobs topic the group's committed offsets and lag.",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object")
+    listing.set_defaults(func=cmd_topics_list)
     create = topic_commands.add_parser(
         "create",
+        parents=[talks_to_broker],
         help="create the jobs, results, costs and dead-letter topics",
         description="Create the four topics named in the configuration; existing ones are left as they are.",
     )
@@ -108,8 +235,29 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1)")
     create.set_defaults(func=_cmd_topics_create)
 
+    config = commands.add_parser("config", parents=[configured], help="show or check the configuration")
+    config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
+    show = config_commands.add_parser(
+        "show",
+        parents=[configured],
+        help="print the effective configuration",
+        description="Print the configuration in effect (the file with the environment's overrides) as TOML, or JSON "
+        "with --json; values of secret keys (password, token, key, secret) and passwords in URLs are redacted.",
+    )
+    show.add_argument("--json", action="store_true", help="JSON instead of TOML")
+    show.set_defaults(func=cmd_config_show)
+    check = config_commands.add_parser(
+        "check",
+        parents=[configured],
+        help="validate the configuration",
+        description="Load and validate the configuration: print `ok: PATH` (exit 0) or the error (exit 2); a warning "
+        "line for each provider whose API-key variable is not set.",
+    )
+    check.set_defaults(func=cmd_config_check)
+
     demo = commands.add_parser(
         "demo",
+        parents=[configured],
         help="run the end-to-end demo on the embedded broker",
         description="Start the embedded broker (unless KAFKA_BOOTSTRAP_SERVERS names one), create the topics, start a "
         "worker, produce sample jobs (some malformed) and print the results and the cost by model.",
@@ -120,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
 
     broker = commands.add_parser(
         "broker",
+        parents=[logs],
         help="run the embedded broker in the foreground",
         description="Run the embedded Kafka-protocol broker (Tansu, in memory) on loopback until interrupted.",
     )
@@ -128,6 +277,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "eval",
+        parents=[talks_to_broker],
         help="compare routing policies on a workload",
         description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the "
         "simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by "
@@ -151,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser(
         "simulate",
+        parents=[logs],
         help="run the provider simulator",
         description="Serve the OpenAI, Anthropic, Gemini and OpenAI-compatible APIs locally, with the latency, errors, "
         "rate limits and answer quality of config/simulator.toml. Counts at GET /_sim/stats.",
@@ -176,6 +327,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schemas = commands.add_parser(
         "schemas",
+        parents=[logs],
         help="write or check the JSON Schemas of the topics",
         description="Write schemas/ from the message Structs, or with --check fail when they differ.",
     )
@@ -200,6 +352,16 @@ def _embedded_broker_missing(command: object) -> bool:
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config)
+
+
+def _check_readable(path: str) -> None:
+    """UsageError (exit 2, before any connection) when an input file cannot be opened."""
+    if path == "-":
+        return
+    try:
+        open(path, "rb").close()
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from None
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -270,34 +432,42 @@ def parse_job_line(line: bytes) -> Job:
         raise ValueError(f"not a valid job: {exc}") from None
 
 
+def encode_job(job: Job, encoder: msgspec.json.Encoder, max_job_bytes: int) -> bytes:
+    """The job's JSON; ValueError when it is over `worker.max_job_bytes`, which the worker would dead-letter."""
+    value = encoder.encode(job)
+    if len(value) > max_job_bytes:
+        raise ValueError(f"the job is {len(value):,} bytes, over worker.max_job_bytes ({max_job_bytes:,})")
+    return value
+
+
 def _cmd_produce(args: argparse.Namespace) -> int:
     from opentelemetry import trace
 
     from worker.observability.telemetry import inject, start_send_span
     from worker.pipeline.kafka import make_producer
 
+    _check_readable(args.file)
     config = _config(args)
     telemetry = _telemetry(config)
 
     async def run() -> int:
-        producer = make_producer(config.kafka)
-        await producer.start()
         bad = 0
         pending = []
         encoder = msgspec.json.Encoder()
         topic = config.kafka.topics.jobs
-        try:
+        async with started(lambda: make_producer(config.kafka), config.kafka, timeout_of(args, config)) as producer:
             for number, line in _read_lines(args.file):
                 if args.raw:
                     key, value, job_id = None, line, None
                 else:
                     try:
                         job = parse_job_line(line)
+                        value = encode_job(job, encoder, config.worker.max_job_bytes)
                     except ValueError as exc:
-                        print(f"{args.file}:{number}: {exc}", file=sys.stderr)
+                        print(f"{args.file}:{number}: {escape(str(exc))}", file=sys.stderr)
                         bad += 1
                         continue
-                    key, value, job_id = job.id.encode(), encoder.encode(job), job.id
+                    key, job_id = job.id.encode(), job.id
                 span = None
                 headers: list[tuple[str, bytes]] = []
                 if telemetry.tracing:  # a traced producer: each job carries its send span's context
@@ -313,8 +483,6 @@ def _cmd_produce(args: argparse.Namespace) -> int:
                 if len(pending) >= 1000:
                     await _print_acked(pending)
             await _print_acked(pending)
-        finally:
-            await producer.stop()
         return 1 if bad else 0
 
     try:
@@ -330,70 +498,28 @@ async def _print_acked(pending: list) -> None:
         metadata = await future
         if span is not None:
             sent(span, metadata)
-        print(label, flush=False)
+        print(escape(label), flush=False)
     sys.stdout.flush()
     pending.clear()
-
-
-def format_result(result: Result) -> str:
-    """One human-readable line for a result."""
-    attempts = len(result.attempts)
-    head = (
-        f"{result.job_id}\t{result.status}\t{result.task or '-'}\t{result.model or '-'}\tattempts={attempts}"
-        f"\t${result.cost_usd:.6f}\t{result.latency_ms:.0f}ms"
-    )
-    if result.status == "ok":
-        text = (result.output or "").replace("\n", " ")
-        return f"{head}\t{text[:80]}"
-    assert result.error is not None
-    return f"{head}\t{result.error.kind}: {result.error.message}"
-
-
-def _cmd_results(args: argparse.Namespace) -> int:
-    from worker.pipeline.kafka import make_consumer
-
-    config = _config(args)
-    decoder = msgspec.json.Decoder(Result)
-
-    async def run() -> int:
-        consumer = make_consumer(
-            config.kafka, group_id=None, auto_offset_reset="latest" if args.from_end else "earliest"
-        )
-        await consumer.start()
-        consumer.subscribe([config.kafka.topics.results])
-        seen = 0
-        try:
-            while not args.count or seen < args.count:
-                batch = await consumer.getmany(timeout_ms=int(args.idle_timeout * 1000) if args.idle_timeout else 1000)
-                if not batch and args.idle_timeout:
-                    break
-                for records in batch.values():
-                    for record in records:
-                        if args.json:
-                            print(record.value.decode(errors="replace"))
-                        else:
-                            try:
-                                print(format_result(decoder.decode(record.value)))
-                            except msgspec.DecodeError as exc:
-                                print(f"(offset {record.offset}: not a result: {exc})")
-                        seen += 1
-                        if args.count and seen >= args.count:
-                            break
-                sys.stdout.flush()
-        finally:
-            await consumer.stop()
-        return 0
-
-    return runtime.run(run(), config.worker.event_loop)
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:
     from worker.pipeline.kafka import create_topics
 
     config = _config(args)
-    states = runtime.run(
-        create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop
-    )
+    timeout_s = timeout_of(args, config)
+
+    async def create() -> dict[str, str]:
+        await wait_for_broker(config.kafka, timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await create_topics(config.kafka, args.partitions, args.replication_factor)
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the Kafka broker at {config.kafka.bootstrap_servers} did not create the topics within {timeout_s:g} s"
+            ) from None
+
+    states = runtime.run(create(), config.worker.event_loop)
     for name, state in states.items():
         print(f"{name}\t{state}")
     return 0
@@ -402,7 +528,16 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from worker.cli.demo import run_demo
 
-    return run_demo(load_config(args.config), jobs=args.jobs, timeout_s=args.timeout)
+    config = load_config(args.config)
+    _wait_for_external_broker(config, min(args.timeout, config.kafka.connect_timeout_s))
+    return run_demo(config, jobs=args.jobs, timeout_s=args.timeout)
+
+
+def _wait_for_external_broker(config: Config, timeout_s: float) -> None:
+    """With KAFKA_BOOTSTRAP_SERVERS (the demo and eval then use that broker, not the embedded one): BrokerUnavailable
+    (one line, exit 1) before anything starts when it does not answer within `timeout_s`."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        runtime.run(wait_for_broker(config.kafka, timeout_s), config.worker.event_loop)
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
@@ -423,6 +558,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from worker.cli.evaluate import POLICIES, run_eval
     from worker.simulator.settings import load_simulator_config
 
+    _check_readable(args.workload)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
@@ -431,8 +567,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     sim_config = load_simulator_config(args.simulator_config)
     if args.latency_scale is not None:
         sim_config = msgspec.structs.replace(sim_config, latency_scale=args.latency_scale)
+    config = _config(args)
+    _wait_for_external_broker(config, timeout_of(args, config))
     try:
-        return run_eval(_config(args), sim_config, args.workload, policies, args.json)
+        return run_eval(config, sim_config, args.workload, policies, args.json)
     except ValueError as exc:
         print(f"llm-router eval: {exc}", file=sys.stderr)
         return 2

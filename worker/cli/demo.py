@@ -15,6 +15,7 @@ import msgspec
 from worker import runtime
 from worker.broker import BrokerError, EmbeddedBroker
 from worker.cli.runs import produce, run_kafka, running_worker
+from worker.cli.tables import escape
 from worker.config import Config
 from worker.messages import ChatMessage, CostEvent, DeadLetter, Job, Result
 from worker.pipeline.kafka import create_topics, make_consumer
@@ -234,6 +235,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
+    rows = [[escape(c) for c in row] for row in rows]  # ids, outputs and reasons are printed, never raw
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
