@@ -199,6 +199,7 @@ STARTUP_SLACK_S = 5.0
         ["topics", "create"],
         ["eval", "JOBS"],
         ["demo"],
+        ["worker"],
     ],
 )
 def test_every_broker_command_against_a_stopped_broker_is_one_line_and_exit_1_within_its_timeout(command, tmp_path):

@@ -5,7 +5,7 @@ import logging
 import orjson
 from opentelemetry.sdk.trace import TracerProvider
 
-from worker.observability.logs import JsonFormatter, RateLimit
+from worker.observability.logs import JsonFormatter, RateLimit, muted
 from worker.observability.telemetry import Telemetry
 
 
@@ -41,3 +41,16 @@ def test_the_rate_limit_lets_a_message_through_once_per_interval_and_counts_what
     again = record("Unable connect to node with id %s: %s", 0, "refused")
     now[0] = 61.0
     assert limit.filter(again) and not hasattr(again, "suppressed"), "nothing held back since the last one"
+
+
+def test_muted_drops_a_loggers_records_and_overlapping_uses_restore_its_level_at_the_last_end():
+    logger = logging.getLogger("llm_router_test_muted")
+    logger.setLevel(logging.INFO)
+    first, second = muted("llm_router_test_muted"), muted("llm_router_test_muted")
+    first.__enter__()
+    assert not logger.isEnabledFor(logging.CRITICAL)
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not logger.isEnabledFor(logging.CRITICAL), "still muted while the second use lasts"
+    second.__exit__(None, None, None)
+    assert logger.level == logging.INFO and logger.isEnabledFor(logging.INFO)

@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser(
         "worker",
-        parents=[configured],
+        parents=[talks_to_broker],
         help="run a worker replica",
         description="Consume jobs, route and call models, publish results and cost events. SIGTERM drains and exits 0.",
     )
@@ -368,22 +368,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from worker.pipeline.consume import Worker
 
     config = _config(args)
+    if args.timeout is not None:
+        config = msgspec.structs.replace(
+            config, kafka=msgspec.structs.replace(config.kafka, connect_timeout_s=args.timeout)
+        )
 
     async def run() -> None:
-        replica = Worker(config, telemetry=telemetry)  # no usable provider: ConfigError, before any line
+        # No usable provider: ConfigError, before any line; the worker's first lines come once the broker answers.
+        replica = Worker(config, telemetry=telemetry)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "worker starting",
-            extra={
-                "bootstrap_servers": config.kafka.bootstrap_servers,
-                "group_id": config.kafka.group_id,
-                "jobs_topic": config.kafka.topics.jobs,
-                "event_loop": type(loop).__module__.partition(".")[0],
-            },
-        )
         await replica.run(stop)
 
     telemetry = _telemetry(config)

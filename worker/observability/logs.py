@@ -12,7 +12,8 @@ import logging
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import orjson
 from opentelemetry import trace
@@ -95,3 +96,25 @@ def setup_logging(level: str = "INFO") -> None:
 
 def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"llm_router.{name}")
+
+
+_muted: dict[str, tuple[int, int]] = {}  # logger name -> (how many mute it now, its level before the first)
+
+
+@contextmanager
+def muted(name: str) -> Iterator[None]:
+    """Drop the records of logger `name` (and its children) meanwhile. The level is the logger's own, so this
+    mutes every user of the logger in the process for that time: only for short, expected noise. Nested and
+    overlapping uses restore the level when the last one ends."""
+    logger = logging.getLogger(name)
+    depth, level = _muted.get(name, (0, logger.level))
+    _muted[name] = (depth + 1, level)
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        depth, level = _muted.pop(name)
+        if depth > 1:
+            _muted[name] = (depth - 1, level)
+        else:
+            logger.setLevel(level)

@@ -69,10 +69,7 @@ class Worker:
         if not providers.clients:
             raise ConfigError(_no_usable_provider(config, providers.unavailable))
         self.providers = providers.clients
-        for name, reason in providers.unavailable.items():
-            log.warning(
-                "provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason}
-            )
+        self._skipped = providers.unavailable  # said once the broker answered
         self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
@@ -212,6 +209,7 @@ class Worker:
             await self._close_providers()
             log.info("worker stopped before the broker answered")
             return
+        self._log_start()
         await self.runner.limits.start()
         await self.sink.start()
         try:
@@ -240,6 +238,23 @@ class Worker:
         log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
         if self._fatal is not None:
             raise self._fatal
+
+    def _log_start(self) -> None:
+        """The worker's first lines, once the broker answered (before, a stopped broker's one error line says all)."""
+        kafka = self.config.kafka
+        log.info(
+            "worker starting",
+            extra={
+                "bootstrap_servers": kafka.bootstrap_servers,
+                "group_id": kafka.group_id,
+                "jobs_topic": kafka.topics.jobs,
+                "event_loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            },
+        )
+        for name, reason in self._skipped.items():
+            log.warning(
+                "provider skipped: its models are left out of every plan", extra={"provider": name, "reason": reason}
+            )
 
     async def _broker_answers(self, stop: asyncio.Event) -> bool:
         """Wait for the broker (`kafka.connect_timeout_s`, then BrokerUnavailable); False when the worker is

@@ -12,6 +12,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from worker.config import KafkaConfig
+from worker.observability.logs import muted
+
+_CLIENT_LOGGER = "aiokafka"
 
 
 class DeliveryError(Exception):
@@ -32,8 +35,10 @@ async def wait_for_broker(config: KafkaConfig, timeout_s: float | None = None) -
         left = deadline - time.monotonic()
         client = AIOKafkaClient(**_common(config), request_timeout_ms=max(1000, int(min(left, 10) * 1000)))
         try:
-            async with asyncio.timeout(max(0.1, left)):
-                await client.bootstrap()
+            # The client's own errors while it tries are expected: BrokerUnavailable says it all, once.
+            with muted(_CLIENT_LOGGER):
+                async with asyncio.timeout(max(0.1, left)):
+                    await client.bootstrap()
             return
         except (KafkaConnectionError, KafkaError, OSError, TimeoutError) as exc:
             last = exc
