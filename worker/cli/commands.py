@@ -391,7 +391,8 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
 
     config = _config(args)
     states = runtime.run(
-        create_topics(config.kafka, args.partitions, args.replication_factor), config.worker.event_loop
+        create_topics(config.kafka, args.partitions, args.replication_factor, config.worker.dedupe_window_s),
+        config.worker.event_loop,
     )
     for name, state in states.items():
         print(f"{name}\t{state}")
