@@ -55,7 +55,8 @@ class Deduplicator:
         self._topic = kafka.topics.finished
         self._isolation_level = isolation_level
         self._read_back_s = READ_BACK_S + worker.commit_interval_ms / 1000
-        self._reader = make_consumer(kafka, group_id=None, isolation_level=isolation_level)
+        # A fetch that finds nothing new returns soon: a read-back ends with one.
+        self._reader = make_consumer(kafka, group_id=None, isolation_level=isolation_level, fetch_max_wait_ms=100)
         self._reading = asyncio.Lock()  # one read-back at a time on the reader
         self._partitions = 0  # of the finished topic; 0: not known (the topic is missing)
         self._jobs_partitions = 0
@@ -115,12 +116,17 @@ class Deduplicator:
         key = job_id.encode()
         found = self.ids.find(digest(key), int(time.time()))
         if found is not None:
-            value = await self._read_back(found, key)
+            try:
+                value = await self._read_back(found, key)
+            except KafkaError as exc:
+                value, error = None, repr(exc)
+            else:
+                error = "not found"
             if value is not None:
                 return value
             log.warning(
-                "a finished job's result was not found on the finished topic: the job runs again",
-                extra={"job_id": job_id, "partition": found.partition, "offset": found.offset},
+                "a finished job's result could not be read back: the job runs again",
+                extra={"job_id": job_id, "partition": found.partition, "offset": found.offset, "error": error},
             )
             if job_id in self._running:  # a copy started meanwhile: wait for it
                 return await self.first_result(jobs_partition, job_id)
@@ -189,12 +195,11 @@ class Deduplicator:
             ends = await self._positions(consumer, sources)
             added = 0
             while ends:
-                batch = await consumer.getmany(*ends, timeout_ms=500)
+                batch = await consumer.getmany(*ends, timeout_ms=200)
                 now_s = int(time.time())
                 for tp, records in batch.items():
-                    end = ends.get(tp, -1)
                     for record in records:
-                        if record.offset >= end or record.key is None:
+                        if record.key is None:
                             continue
                         jobs_partition = tp.partition if same else _partition_of(record.key, self._jobs_partitions)
                         load = futures.get(jobs_partition)
@@ -204,16 +209,18 @@ class Deduplicator:
                         added += self.ids.add(
                             key, jobs_partition, tp.partition, record.offset, record.timestamp // 1000, now_s
                         )
+                # Done with a partition at its end offset, once a fetch brings nothing more: the embedded
+                # broker answers a lower end offset than the last record's when that came in a batch of several.
                 for tp in list(ends):
-                    if await consumer.position(tp) >= ends[tp]:
+                    if tp not in batch and await consumer.position(tp) >= ends[tp]:
                         del ends[tp]
             return added
         finally:
             await consumer.stop()
 
     async def _positions(self, consumer: AIOKafkaConsumer, sources: list[TopicPartition]) -> dict[TopicPartition, int]:
-        """Assign `sources` to `consumer` at the first record of the window; the end of each one that has
-        records to read."""
+        """Assign `sources` to `consumer` at the first record of the window; the end offset of each one that
+        may have records to read."""
         if not sources:
             return {}
         ends = await consumer.end_offsets(sources)
@@ -226,9 +233,8 @@ class Deduplicator:
             if start is None:  # nothing as recent as the window's start
                 continue
             # A broker that answers a timestamp it lacks with no timestamp: read from the beginning.
-            offset = start.offset if start.timestamp >= 0 else 0
-            if offset < ends[tp]:
-                consumer.seek(tp, offset)
+            if ends[tp] > 0:
+                consumer.seek(tp, start.offset if start.timestamp >= 0 else 0)
                 left[tp] = ends[tp]
         return left
 
@@ -236,23 +242,31 @@ class Deduplicator:
         """The value of the finished record of `key`, read from the finished topic; None when it cannot be
         found within the read-back time."""
         tp = TopicPartition(self._topic, found.partition)
-        deadline = time.monotonic() + self._read_back_s
-        start = found.offset
         async with self._reading:
-            if self._reader.assignment() != {tp}:
-                self._reader.assign([tp])
-            while True:
-                if start is None:  # written here: look for it from its timestamp
-                    start = await self._offset_at(tp, found.timestamp_s * 1000 - SLACK_MS)
-                if start is not None:
-                    located, start = await self._scan(tp, start, key, deadline)
-                    if located is not None:
-                        offset, value = located
-                        self.ids.locate(digest(key), offset)
-                        return value
-                if time.monotonic() >= deadline:
-                    return None
-                await asyncio.sleep(0.05)  # not on the broker yet (an unacknowledged or uncommitted output)
+            deadline = time.monotonic() + self._read_back_s
+            reader = self._reader
+            if reader.assignment() != {tp}:
+                reader.assign([tp])
+            reader.resume(tp)
+            try:
+                return await self._find(tp, found, key, deadline)
+            finally:
+                reader.pause(tp)  # no fetching between read-backs
+
+    async def _find(self, tp: TopicPartition, found: Finished, key: bytes, deadline: float) -> bytes | None:
+        start = found.offset
+        while True:
+            if start is None:  # written here: look for it from its timestamp
+                start = await self._offset_at(tp, found.timestamp_s * 1000 - SLACK_MS)
+            if start is not None:
+                located, start = await self._scan(tp, start, key)
+                if located is not None:
+                    offset, value = located
+                    self.ids.locate(digest(key), offset)
+                    return value
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)  # not on the broker yet (an unacknowledged or uncommitted output)
 
     async def _offset_at(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
         """The offset of the first record of `tp` from `timestamp_ms` on, None when there is none yet."""
@@ -260,23 +274,13 @@ class Deduplicator:
         # A broker without such a record may answer one with no timestamp (Tansu) rather than none.
         return found.offset if found is not None and found.timestamp >= 0 else None
 
-    async def _scan(
-        self, tp: TopicPartition, start: int, key: bytes, deadline: float
-    ) -> tuple[tuple[int, bytes] | None, int]:
-        """The first record keyed `key` from `start` to the partition's current end: (its offset, its value),
+    async def _scan(self, tp: TopicPartition, start: int, key: bytes) -> tuple[tuple[int, bytes] | None, int]:
+        """The first record keyed `key` from `start` until a fetch brings nothing more: (its offset, its value),
         or None; and where a next scan starts."""
         reader = self._reader
-        end = (await reader.end_offsets([tp]))[tp]
-        if start >= end:
-            return None, start
         reader.seek(tp, start)
-        while time.monotonic() < deadline:
-            records = (await reader.getmany(tp, timeout_ms=200)).get(tp, [])
+        while records := (await reader.getmany(tp, timeout_ms=100)).get(tp):
             for record in records:
-                if record.offset >= end:
-                    return None, end
                 if record.key == key:
-                    return (record.offset, record.value), end
-            if await reader.position(tp) >= end:
-                return None, end
-        return None, start
+                    return (record.offset, record.value), record.offset + 1
+        return None, await reader.position(tp)
