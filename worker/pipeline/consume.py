@@ -185,9 +185,9 @@ class Worker:
         topics = self.config.kafka.topics
         await self.runner.limits.start()
         await self.sink.start()
-        if self.dedupe is not None:
-            await self.dedupe.start()
         try:
+            if self.dedupe is not None:
+                await self.dedupe.start()
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
             await self._warn_missing_topics()
