@@ -56,6 +56,7 @@ class Topics(Struct, forbid_unknown_fields=True):
     costs: str = "llm.costs"
     dlq: str = "llm.dlq"
     state: str = "llm.router-state"
+    finished: str = "llm.finished"
 
 
 class KafkaConfig(Struct, forbid_unknown_fields=True):
@@ -99,6 +100,11 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # The event loop of the worker's process (worker/runtime.py): "auto" is uvloop where installed.
     event_loop: EventLoopChoice = "auto"
+    # Idempotence by job id (worker/pipeline/finished.py): a job whose id finished within this many
+    # seconds is not run again, its first result is published again; 0 turns it off.
+    dedupe_window_s: Annotated[int, Meta(ge=0)] = 86400
+    # The most finished ids a replica remembers (the oldest forgotten first); a forgotten id runs again.
+    dedupe_max_ids: PosInt = 1_000_000
 
 
 class ProviderConfig(Struct, forbid_unknown_fields=True):

@@ -32,7 +32,14 @@ def test_topics_produce_worker_results(bootstrap, tmp_path, replicas):
     assert created.returncode == 0, created.stderr
     assert created.stdout.decode().splitlines() == [
         f"{t}\tcreated"
-        for t in (setup.topics.jobs, setup.topics.results, setup.topics.costs, setup.topics.dlq, setup.topics.state)
+        for t in (
+            setup.topics.jobs,
+            setup.topics.results,
+            setup.topics.costs,
+            setup.topics.dlq,
+            setup.topics.state,
+            setup.topics.finished,
+        )
     ]
     again = cli(setup, "topics", "create")
     assert again.returncode == 0 and all(line.endswith("\texists") for line in again.stdout.decode().splitlines())

@@ -509,7 +509,9 @@ def _cmd_topics_create(args: argparse.Namespace) -> int:
         await wait_for_broker(config.kafka, timeout_s)
         try:
             async with asyncio.timeout(timeout_s):
-                return await create_topics(config.kafka, args.partitions, args.replication_factor)
+                return await create_topics(
+                    config.kafka, args.partitions, args.replication_factor, config.worker.dedupe_window_s
+                )
         except TimeoutError:
             raise BrokerUnavailable(
                 f"the Kafka broker at {config.kafka.bootstrap_servers} did not create the topics within {timeout_s:g} s"

@@ -225,6 +225,12 @@ class Metrics:
             "Jobs sent to another model of their chain for want of capacity",
             ("llm_router.model",),
         )
+        self.duplicates = self._counter(
+            "llm_router.jobs.duplicates",
+            "{job}",
+            "Jobs not run again: their id finished within the dedupe window (their first result published again)",
+            (),
+        )
         self.attempts = distributions.get(
             "llm_router.job.attempts", "{attempt}", "Attempts a job took", ("llm_router.task",), ATTEMPT_BUCKETS
         )
@@ -264,6 +270,9 @@ class Metrics:
 
     def dead_letter(self, kind: str) -> None:
         self.jobs.add(1, ("dead_lettered", "", kind))
+
+    def duplicate(self) -> None:
+        self.duplicates.add(1, ())
 
     def _counter(self, name: str, unit: str, description: str, keys: tuple[str, ...]) -> Sums:
         sums = Sums(keys)

@@ -34,6 +34,7 @@ from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
 from worker.pipeline.connection import BrokerWatch, watch_client_logs
+from worker.pipeline.finished import Deduplicator
 from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
 from worker.pipeline.kafka import make_consumer, wait_for_broker
 from worker.pipeline.offsets import OffsetTracker
@@ -57,6 +58,7 @@ class WorkerStats(msgspec.Struct):
     cost_events: int = 0
     abandoned: int = 0
     commits: int = 0
+    duplicates: int = 0  # jobs not run again: their id had finished (their first result published again)
 
 
 class Worker:
@@ -89,6 +91,7 @@ class Worker:
         # back a call's length later (`make bench`, section throughput).
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 50)
         self._fatal: BaseException | None = None  # a fenced transactional producer: the worker stops
+        self._finished_topic = config.kafka.topics.finished
         self._stop: asyncio.Event | None = None
         self.sink: Sink
         if config.worker.delivery == "exactly_once":
@@ -99,6 +102,10 @@ class Worker:
             self.sink = OutboxSink(config.kafka, self.consumer, self._finish)
         self.producer = self.sink.producer
         self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
+        self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
+        if config.worker.dedupe_window_s > 0:
+            isolation = "read_committed" if config.worker.delivery == "exactly_once" else "read_uncommitted"
+            self.dedupe = Deduplicator(config.kafka, config.worker, isolation)
         self._observe()
 
     @property
@@ -213,6 +220,8 @@ class Worker:
         await self.runner.limits.start()
         await self.sink.start()
         try:
+            if self.dedupe is not None:
+                await self.dedupe.start()
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
             await self._warn_missing_topics()
@@ -232,6 +241,8 @@ class Worker:
                 await self._publish_rates()
                 await self.consumer.stop()
         finally:
+            if self.dedupe is not None:
+                await self.dedupe.close()
             await self.sink.close()
             await self.runner.limits.close()
             await self._close_providers()
@@ -308,7 +319,8 @@ class Worker:
     async def _warn_missing_topics(self) -> None:
         known = await self.consumer.topics()
         topics = self.config.kafka.topics
-        missing = [t for t in (topics.jobs, topics.results, topics.costs, topics.dlq) if t not in known]
+        needed = (topics.jobs, topics.results, topics.costs, topics.dlq) + ((topics.finished,) if self.dedupe else ())
+        missing = [t for t in needed if t not in known]
         if missing:
             log.warning(
                 "topics missing: create them with `llm-router topics create`",
@@ -491,10 +503,18 @@ class Worker:
             return outputs
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
+        if self.dedupe is not None:
+            first = await self.dedupe.first_result(record.partition, decoded.id)
+            if first is not None:
+                return self._repeated(decoded.id, first)
         try:
             outcome = await self.runner.run(decoded)
         except Exception as exc:  # a bug must still give the job a result, never silence
             outcome = self._internal_error(decoded, exc)
+        except asyncio.CancelledError:  # abandoned: a copy waiting for its result runs itself
+            if self.dedupe is not None:
+                self.dedupe.abandoned(decoded.id)
+            raise
         if outcome.result.status == "ok":
             self.stats.results_ok += 1
         else:
@@ -524,8 +544,22 @@ class Worker:
         outputs: list[Output] = []
         for event in outcome.cost_events:
             outputs.append((costs, key, encode(event), []))
-        outputs.append((self._results_topic, key, encode(outcome.result), []))
+        result = encode(outcome.result)
+        outputs.append((self._results_topic, key, result, []))
+        if self.dedupe is not None:
+            # The finished record: delivered with the result, before the job's offset is committed.
+            outputs.append((self._finished_topic, key, result, []))
+            self.dedupe.finished(outcome.result.job_id, key, result)
         return outputs
+
+    def _repeated(self, job_id: str, result: bytes) -> list[Output]:
+        """A job whose id finished already: its first result again, and nothing else."""
+        self.stats.duplicates += 1
+        if self.telemetry.metering:
+            self.runner.metrics.duplicate()
+        if self.telemetry.tracing:
+            trace.get_current_span().set_attribute("llm_router.job.duplicate", True)
+        return [(self._results_topic, job_id.encode(), result, [])]
 
     def _dead_letter(self, rejection: Rejection, record) -> Output:
         limit = self.config.worker.max_job_bytes
@@ -615,6 +649,8 @@ class Worker:
             await self.commit(partitions)
             self.tracker.drop(partitions)
             self.sink.forget(partitions, reason)
+            if self.dedupe is not None:
+                self.dedupe.revoked(tp.partition for tp in partitions)
             for tp in partitions:
                 self._jobs.pop(tp, None)
             log.info(
@@ -651,6 +687,8 @@ class Worker:
         share = partition_share(len(partitions), total)
         if share > 0:
             self.runner.limits.set_share(share)
+        if self.dedupe is not None:
+            self.dedupe.assigned((tp.partition for tp in partitions), total)
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions), "rate_limit_share": round(share, 4)},

@@ -103,27 +103,31 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
     return AIOKafkaConsumer(*topics, **(options | overrides))
 
 
-async def create_topics(config: KafkaConfig, partitions: int, replication_factor: int = 1) -> dict[str, str]:
-    """Create the jobs, results, costs, dead-letter and learned-state topics; each one's state: "created" or
-    "exists"."""
+async def create_topics(
+    config: KafkaConfig, partitions: int, replication_factor: int = 1, dedupe_window_s: int = 86400
+) -> dict[str, str]:
+    """Create the jobs, results, costs, dead-letter, learned-state and finished topics; each one's state:
+    "created" or "exists". The finished topic keeps its records `dedupe_window_s` (worker.dedupe_window_s)."""
     admin = AIOKafkaAdminClient(**_common(config))
     await admin.start()
     try:
         topics = config.topics
-        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state]
+        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state, topics.finished]
+        # The learned-rates topic keeps the latest value per key: compacted. The finished topic (a job's
+        # result by job id) also drops what is older than the dedupe window; it has as many partitions as
+        # the jobs topic, so a job and its finished record hash to the same partition number.
+        configs = {
+            topics.state: {"cleanup.policy": "compact"},
+            topics.finished: {"cleanup.policy": "compact,delete"}
+            | ({"retention.ms": str(dedupe_window_s * 1000)} if dedupe_window_s > 0 else {}),
+        }
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
             try:
-                # The learned-rates topic keeps the latest value per key: compacted.
                 response = await admin.create_topics(
                     [
-                        NewTopic(
-                            name,
-                            partitions,
-                            replication_factor,
-                            topic_configs={"cleanup.policy": "compact"} if name == topics.state else {},
-                        )
+                        NewTopic(name, partitions, replication_factor, topic_configs=configs.get(name, {}))
                         for name in missing
                     ]
                 )

@@ -1,0 +1,286 @@
+"""Idempotence by job id: the finished topic, and the check a job passes before it runs.
+
+Every job's result is also written to the finished topic (`kafka.topics.finished`: compacted, kept
+for `worker.dedupe_window_s`), keyed by the job id, as one more output of the job, so it is
+acknowledged (or committed in the job's transaction) before the job's offset is committed: a
+restart never forgets a job whose offset was committed. Producers key jobs by id, so both copies of
+a job land on one partition of the jobs topic, owned by one replica, and the job's finished record
+on the same partition of the finished topic when both topics have as many partitions (the default
+partitioner hashes the key alike). At each assignment a worker loads the finished ids of its jobs
+partitions (reading every finished partition, each id filtered by its jobs partition, when the
+counts differ) into a `FinishedIds` (dedupe.py); a revoke forgets them.
+
+A job whose id is there is not run: its first result is read back from the finished topic (at its
+offset; for a record this worker wrote, found from its timestamp) and published again. A copy of a
+job still running here waits for it and takes its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from worker.config import KafkaConfig, WorkerConfig
+from worker.observability.logs import get_logger
+from worker.pipeline.dedupe import Finished, FinishedIds, digest
+from worker.pipeline.kafka import make_consumer
+from worker.pipeline.outbox import murmur2
+
+log = get_logger("finished")
+
+# How long a duplicate waits for its first result to be readable (past the commit interval, which holds
+# an exactly-once transaction's records back) before the job runs again.
+READ_BACK_S = 10.0
+# A record written by this worker is looked for from this much before the time it was handed to the sink.
+SLACK_MS = 2000
+# The longest a load reads; what it has not read by then is not deduplicated.
+LOAD_LIMIT_S = 300.0
+
+
+def _partition_of(key: bytes, partitions: int) -> int:
+    """Where the default partitioner puts `key` among `partitions` partitions."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class Deduplicator:
+    """The finished ids of this worker's jobs partitions, the jobs it is running, and the read-back of results."""
+
+    def __init__(self, kafka: KafkaConfig, worker: WorkerConfig, isolation_level: str = "read_uncommitted") -> None:
+        self.ids = FinishedIds(worker.dedupe_window_s, worker.dedupe_max_ids)
+        self._kafka = kafka
+        self._topic = kafka.topics.finished
+        self._isolation_level = isolation_level
+        self._read_back_s = READ_BACK_S + worker.commit_interval_ms / 1000
+        # A fetch that finds nothing new returns soon: a read-back ends with one.
+        self._reader = make_consumer(kafka, group_id=None, isolation_level=isolation_level, fetch_max_wait_ms=100)
+        self._reading = asyncio.Lock()  # one read-back at a time on the reader
+        self._partitions = 0  # of the finished topic; 0: not known (the topic is missing)
+        self._jobs_partitions = 0
+        # The load of each owned jobs partition: its jobs wait for it.
+        self._loads: dict[int, asyncio.Future[None]] = {}
+        self._loading: set[asyncio.Task[None]] = set()
+        # Jobs running here, by id: their jobs partition, and the copies waiting for their result.
+        self._running: dict[str, tuple[int, list[asyncio.Future[bytes | None]]]] = {}
+
+    async def start(self) -> None:
+        """Connect the reader and learn the finished topic's partitions."""
+        await self._reader.start()
+        await self._reader.topics()  # the cluster's metadata, the finished topic's partitions with it
+        self._partitions = len(self._reader.partitions_for_topic(self._topic) or ())
+
+    async def close(self) -> None:
+        """Stop loading and disconnect."""
+        for task in self._loading:
+            task.cancel()
+        await asyncio.gather(*self._loading, return_exceptions=True)
+        await self._reader.stop()
+
+    def assigned(self, partitions: Iterable[int], jobs_partitions: int) -> None:
+        """Jobs partitions given to this worker (of `jobs_partitions`): load their finished ids; their jobs
+        wait for the load."""
+        self._jobs_partitions = jobs_partitions
+        loop = asyncio.get_running_loop()
+        futures = {p: loop.create_future() for p in partitions if p not in self._loads}
+        if not futures:
+            return
+        self._loads.update(futures)
+        task = loop.create_task(self._load(futures))
+        self._loading.add(task)
+        task.add_done_callback(self._loading.discard)
+
+    def revoked(self, partitions: Iterable[int]) -> None:
+        """Jobs partitions taken away (their jobs drained): forget their finished ids."""
+        partitions = list(partitions)
+        for p in partitions:
+            load = self._loads.pop(p, None)
+            if load is not None and not load.done():
+                load.set_result(None)  # the load skips what it reads of them from now
+        self.ids.forget(partitions)
+
+    async def first_result(self, jobs_partition: int, job_id: str) -> bytes | None:
+        """The first result of a job whose id finished within the window, or that a copy of it running here
+        gives; None when the job is to run (it then counts as running here until `finished`/`abandoned`)."""
+        load = self._loads.get(jobs_partition)
+        if load is not None and not load.done():
+            await load
+        while (running := self._running.get(job_id)) is not None:
+            waiting = asyncio.get_running_loop().create_future()
+            running[1].append(waiting)
+            value = await waiting
+            if value is not None:
+                return value
+        key = job_id.encode()
+        found = self.ids.find(digest(key), int(time.time()))
+        if found is not None:
+            try:
+                value = await self._read_back(found, key)
+            except KafkaError as exc:
+                value, error = None, repr(exc)
+            else:
+                error = "not found"
+            if value is not None:
+                return value
+            log.warning(
+                "a finished job's result could not be read back: the job runs again",
+                extra={"job_id": job_id, "partition": found.partition, "offset": found.offset, "error": error},
+            )
+            if job_id in self._running:  # a copy started meanwhile: wait for it
+                return await self.first_result(jobs_partition, job_id)
+        self._running[job_id] = (jobs_partition, [])
+        return None
+
+    def finished(self, job_id: str, key: bytes, value: bytes) -> None:
+        """A job that ran here has its result `value` (its finished record's value, handed to the sink now)."""
+        running = self._running.pop(job_id, None)
+        if running is None:
+            return
+        jobs_partition, waiting = running
+        if self._partitions:
+            now_s = int(time.time())
+            self.ids.add(digest(key), jobs_partition, _partition_of(key, self._partitions), None, now_s, now_s)
+        for copy in waiting:
+            if not copy.done():
+                copy.set_result(value)
+
+    def abandoned(self, job_id: str) -> None:
+        """A job that ran here ended without a result (cancelled): a copy waiting for it runs itself."""
+        running = self._running.pop(job_id, None)
+        for copy in running[1] if running is not None else ():
+            if not copy.done():
+                copy.set_result(None)
+
+    async def _load(self, futures: dict[int, asyncio.Future[None]]) -> None:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(LOAD_LIMIT_S):
+                added = await self._read_finished(futures)
+            log.info(
+                "finished ids loaded",
+                extra={
+                    "partitions": sorted(futures),
+                    "ids": added,
+                    "remembered": len(self.ids),
+                    "load_s": round(time.monotonic() - started, 3),
+                },
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning(
+                "finished ids not (all) loaded: duplicates of these partitions may run again",
+                extra={"partitions": sorted(futures), "error": repr(exc)},
+            )
+        finally:
+            for load in futures.values():
+                if not load.done():
+                    load.set_result(None)
+
+    async def _read_finished(self, futures: dict[int, asyncio.Future[None]]) -> int:
+        """Read the finished records of the jobs partitions in `futures` (from the start of the window to
+        the end they had when the load began) into the ids; how many ids were added."""
+        consumer = make_consumer(self._kafka, group_id=None, isolation_level=self._isolation_level)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            partitions = len(consumer.partitions_for_topic(self._topic) or ())
+            if not partitions:
+                return 0
+            self._partitions = partitions
+            same = partitions == self._jobs_partitions
+            sources = [
+                TopicPartition(self._topic, p) for p in (futures if same else range(partitions)) if p < partitions
+            ]
+            ends = await self._positions(consumer, sources)
+            added = 0
+            while ends:
+                batch = await consumer.getmany(*ends, timeout_ms=200)
+                now_s = int(time.time())
+                for tp, records in batch.items():
+                    for record in records:
+                        if record.key is None:
+                            continue
+                        jobs_partition = tp.partition if same else _partition_of(record.key, self._jobs_partitions)
+                        load = futures.get(jobs_partition)
+                        if load is None or self._loads.get(jobs_partition) is not load:
+                            continue  # not this load's, or revoked meanwhile
+                        key = digest(record.key)
+                        added += self.ids.add(
+                            key, jobs_partition, tp.partition, record.offset, record.timestamp // 1000, now_s
+                        )
+                # Done with a partition at its end offset, once a fetch brings nothing more: the embedded
+                # broker answers a lower end offset than the last record's when that came in a batch of several.
+                for tp in list(ends):
+                    if tp not in batch and await consumer.position(tp) >= ends[tp]:
+                        del ends[tp]
+            return added
+        finally:
+            await consumer.stop()
+
+    async def _positions(self, consumer: AIOKafkaConsumer, sources: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Assign `sources` to `consumer` at the first record of the window; the end offset of each one that
+        may have records to read."""
+        if not sources:
+            return {}
+        ends = await consumer.end_offsets(sources)
+        cutoff_ms = int((time.time() - self.ids.window_s) * 1000)
+        starts = await consumer.offsets_for_times(dict.fromkeys(sources, cutoff_ms))
+        consumer.assign(sources)
+        left = {}
+        for tp in sources:
+            start = starts.get(tp)
+            if start is None:  # nothing as recent as the window's start
+                continue
+            # A broker that answers a timestamp it lacks with no timestamp: read from the beginning.
+            if ends[tp] > 0:
+                consumer.seek(tp, start.offset if start.timestamp >= 0 else 0)
+                left[tp] = ends[tp]
+        return left
+
+    async def _read_back(self, found: Finished, key: bytes) -> bytes | None:
+        """The value of the finished record of `key`, read from the finished topic; None when it cannot be
+        found within the read-back time."""
+        tp = TopicPartition(self._topic, found.partition)
+        async with self._reading:
+            deadline = time.monotonic() + self._read_back_s
+            reader = self._reader
+            if reader.assignment() != {tp}:
+                reader.assign([tp])
+            reader.resume(tp)
+            try:
+                return await self._find(tp, found, key, deadline)
+            finally:
+                reader.pause(tp)  # no fetching between read-backs
+
+    async def _find(self, tp: TopicPartition, found: Finished, key: bytes, deadline: float) -> bytes | None:
+        start = found.offset
+        while True:
+            if start is None:  # written here: look for it from its timestamp
+                start = await self._offset_at(tp, found.timestamp_s * 1000 - SLACK_MS)
+            if start is not None:
+                located, start = await self._scan(tp, start, key)
+                if located is not None:
+                    offset, value = located
+                    self.ids.locate(digest(key), offset)
+                    return value
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)  # not on the broker yet (an unacknowledged or uncommitted output)
+
+    async def _offset_at(self, tp: TopicPartition, timestamp_ms: int) -> int | None:
+        """The offset of the first record of `tp` from `timestamp_ms` on, None when there is none yet."""
+        found = (await self._reader.offsets_for_times({tp: max(0, timestamp_ms)})).get(tp)
+        # A broker without such a record may answer one with no timestamp (Tansu) rather than none.
+        return found.offset if found is not None and found.timestamp >= 0 else None
+
+    async def _scan(self, tp: TopicPartition, start: int, key: bytes) -> tuple[tuple[int, bytes] | None, int]:
+        """The first record keyed `key` from `start` until a fetch brings nothing more: (its offset, its value),
+        or None; and where a next scan starts."""
+        reader = self._reader
+        reader.seek(tp, start)
+        while records := (await reader.getmany(tp, timeout_ms=100)).get(tp):
+            for record in records:
+                if record.key == key:
+                    return (record.offset, record.value), record.offset + 1
+        return None, await reader.position(tp)
