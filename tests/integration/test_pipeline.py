@@ -261,9 +261,12 @@ def test_learned_rates_survive_a_restart_through_the_state_topic(bootstrap):
         async with running_worker(setup.config) as first:
             await produce(setup, [(k.encode(), v) for k, v in jobs])
             await collect(setup, until=lambda o: len(o.result_ids) >= len(jobs), timeout_s=60)
-        # A restarted worker restores the learned rates from the state topic as it starts, before its first job.
+        # A restarted worker restores the learned rates from the state topic as it starts, before its first job
+        # (it joins the group after restoring them).
         async with running_worker(setup.config) as second:
-            pass
+            async with asyncio.timeout(30):
+                while not second.consumer.assignment():
+                    await asyncio.sleep(0.05)
         return first.runner.quality, second.runner.quality
 
     learned, restored = asyncio.run(scenario())

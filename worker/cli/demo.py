@@ -180,10 +180,12 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
             file=sys.stderr,
         )
         return 1
-    ok = sum(r.status == "ok" for r in results.values())
+    answered = [results[job.id] for job in jobs]
+    ok = sum(r.status == "ok" for r in answered)
+    rejected = len(results) - len(answered)  # malformed messages with a readable id
     print(
-        f"\n{len(results)} results ({ok} ok, {len(results) - ok} failed with a reason), {len(letters)} dead letters,"
-        f" {len(costs)} cost events, nothing lost."
+        f"\n{len(answered)} results ({ok} ok, {len(answered) - ok} failed with a reason), {len(letters)} dead letters"
+        f" ({rejected} with an id, answered with a failed result too), {len(costs)} cost events, nothing lost."
     )
     return 0
 
