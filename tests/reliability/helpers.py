@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 from collections.abc import Callable
 
+import pytest
 from aiokafka import TopicPartition
 
-from tests.integration.helpers import Setup, WorkerProcess
+from tests.integration.helpers import REPO, Setup, WorkerProcess
 from worker.pipeline.kafka import make_consumer
 
 CRASH_EVENTS = {"job task crashed; its offset stays uncommitted", "job failed inside the worker"}
 CRASH_TEXT = ("Traceback (most recent call last)", "Task exception was never retrieved", "Fatal error")
+
+
+def kafka_sh(*args: str, timeout_s: float = 180) -> str:
+    """Run scripts/kafka.sh (start or stop the Apache Kafka broker of `make test-kafka`); its stdout."""
+    done = subprocess.run(
+        [str(REPO / "scripts" / "kafka.sh"), *args], capture_output=True, text=True, timeout=timeout_s
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"scripts/kafka.sh {' '.join(args)} failed ({done.returncode}): {done.stderr[-3000:]}")
+    return done.stdout
+
+
+def apache_kafka_dir() -> str:
+    """The data directory of the Apache Kafka broker under test, which a test may stop and start again."""
+    kafka_dir = os.environ.get("LLM_ROUTER_TEST_KAFKA_DIR")
+    if not kafka_dir:
+        pytest.fail(
+            "KAFKA_BOOTSTRAP_SERVERS is set but LLM_ROUTER_TEST_KAFKA_DIR is not: this test restarts the broker, "
+            "so it needs the broker's directory. Run it on a broker it may restart: "
+            "scripts/test-on-kafka.sh .venv/bin/python -m pytest -m reliability "
+            "(or unset KAFKA_BOOTSTRAP_SERVERS for Tansu)",
+            pytrace=False,
+        )
+    return kafka_dir
 
 
 def crashes(worker: WorkerProcess) -> list[dict]:

@@ -10,13 +10,11 @@ must process, having survived the outage.
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
 from tests.integration.helpers import (
-    REPO,
     Outputs,
     Replicas,
     Setup,
@@ -27,22 +25,21 @@ from tests.integration.helpers import (
     produce,
     provider_latency,
 )
-from tests.reliability.helpers import all_or_stalled, crashes, starts, wait_committed, wait_progress
+from tests.reliability.helpers import (
+    all_or_stalled,
+    apache_kafka_dir,
+    crashes,
+    kafka_sh,
+    starts,
+    wait_committed,
+    wait_progress,
+)
 from worker.broker import BrokerError, EmbeddedBroker, free_port
 
 OUTAGE_S = 4
 PROGRESS_AT_STOP = 300  # jobs committed when the broker stops
 # Slow enough that the broker stops with most of the jobs still to do.
 SLOW = {"LLM_ROUTER__WORKER__MAX_IN_FLIGHT": 50, **provider_latency(200)}
-
-
-def kafka_sh(*args: str, timeout_s: float = 180) -> str:
-    done = subprocess.run(
-        [str(REPO / "scripts" / "kafka.sh"), *args], capture_output=True, text=True, timeout=timeout_s
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"scripts/kafka.sh {' '.join(args)} failed ({done.returncode}): {done.stderr[-3000:]}")
-    return done.stdout
 
 
 def publish_retries(worker: WorkerProcess) -> int:
@@ -61,17 +58,7 @@ def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and
     bootstrap, tmp_path, replicas, report, summary
 ):
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        kafka_dir = os.environ.get("LLM_ROUTER_TEST_KAFKA_DIR")
-        if not kafka_dir:
-            pytest.fail(
-                "KAFKA_BOOTSTRAP_SERVERS is set but LLM_ROUTER_TEST_KAFKA_DIR is not: "
-                "this test restarts the broker, so it needs "
-                "the broker's directory. Run it on a broker it may restart: "
-                "scripts/test-on-kafka.sh .venv/bin/python -m pytest -m reliability "
-                "(or unset KAFKA_BOOTSTRAP_SERVERS for Tansu)",
-                pytrace=False,
-            )
-        restart_apache_kafka(bootstrap, kafka_dir, replicas, report, summary)
+        restart_apache_kafka(bootstrap, apache_kafka_dir(), replicas, report, summary)
     else:
         replace_tansu(tmp_path, replicas, report, summary)
 
