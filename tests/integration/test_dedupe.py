@@ -21,13 +21,15 @@ from worker.pipeline.kafka import make_consumer
 
 
 async def finished_keys(setup: Setup) -> Counter:
-    """How many finished records each job id has on the finished topic."""
+    """How many finished records each job id has on the finished topic (each holding the job's status only: the
+    result itself is on the results topic)."""
     consumer = make_consumer(setup.config.kafka, setup.topics.finished, group_id=None)
     await consumer.start()
     keys: Counter = Counter()
     try:
         while batch := await consumer.getmany(timeout_ms=1000):
             for records in batch.values():
+                assert all(r.value in (b'{"status":"ok"}', b'{"status":"failed"}') for r in records), records[0].value
                 keys.update(record.key.decode() for record in records)
     finally:
         await consumer.stop()

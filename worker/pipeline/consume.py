@@ -48,6 +48,9 @@ from worker.runtime import tune_gc
 log = get_logger("consume")
 
 
+_FINISHED = {status: msgspec.json.encode({"status": status}) for status in ("ok", "failed")}
+
+
 class WorkerStats(msgspec.Struct):
     """Counters of what this worker did since it started."""
 
@@ -547,8 +550,9 @@ class Worker:
         result = encode(outcome.result)
         outputs.append((self._results_topic, key, result, []))
         if self.dedupe is not None:
-            # The finished record: delivered with the result, before the job's offset is committed.
-            outputs.append((self._finished_topic, key, result, []))
+            # The finished record: delivered with the result, before the job's offset is committed. It holds
+            # only the job's status: the result is on the results topic, read back from there for a duplicate.
+            outputs.append((self._finished_topic, key, _FINISHED[outcome.result.status], []))
             self.dedupe.finished(outcome.result.job_id, key, result)
         return outputs
 

@@ -1,12 +1,11 @@
 """The record of finished job ids: which ids finished within the dedupe window, and where each one's
-finished record (its result, on the finished topic) is. Pure: no Kafka here (finished.py reads and
-writes the topic).
+first result is on the results topic. Pure: no Kafka here (finished.py reads and writes the topics).
 
-An id is remembered as an 8-byte digest (blake2b) mapped to one packed int (the finished record's
-timestamp in seconds, the jobs partition it belongs to, its partition and offset on the finished
-topic), in insertion order, so the oldest are forgotten first when there are more than `max_ids`,
-and those older than the window are dropped. The result's bytes are not kept: they are read back
-from the finished topic when a duplicate comes.
+An id is remembered as an 8-byte digest (blake2b) mapped to one packed int (the time it finished in
+seconds, the jobs partition it belongs to, its result's partition on the results topic and, once a
+read-back found it, its offset), in insertion order, so the oldest are forgotten first when there
+are more than `max_ids`, and those older than the window are dropped. The result's bytes are not
+kept: they are read back from the results topic when a duplicate comes.
 """
 
 from __future__ import annotations
@@ -25,12 +24,12 @@ _TIME_SHIFT = _JOBS_SHIFT + _PARTITION_BITS
 
 
 class Finished(NamedTuple):
-    """Where a finished job's record is."""
+    """Where a finished job's first result is."""
 
     jobs_partition: int  # the partition of the jobs topic the id belongs to
-    partition: int  # of the finished topic
-    offset: int | None  # None: written by this worker, its offset not read back yet
-    timestamp_s: int  # when it finished (the record's timestamp)
+    partition: int  # of the results topic
+    offset: int | None  # on the results topic; None: not read back yet (found from `timestamp_s` then)
+    timestamp_s: int  # when it finished (its finished record's timestamp)
 
 
 def digest(key: bytes) -> int:
@@ -96,7 +95,7 @@ class FinishedIds:
         return found if found.timestamp_s >= now_s - self.window_s else None
 
     def locate(self, key: int, offset: int) -> None:
-        """The offset of a record written by this worker, once read back."""
+        """The offset of the first result of the job of digest `key`, once read back."""
         packed = self._ids.get(key)
         if packed is not None:
             found = _unpack(packed)

@@ -1,18 +1,19 @@
 """Idempotence by job id: the finished topic, and the check a job passes before it runs.
 
-Every job's result is also written to the finished topic (`kafka.topics.finished`: compacted, kept
-for `worker.dedupe_window_s`), keyed by the job id, as one more output of the job, so it is
-acknowledged (or committed in the job's transaction) before the job's offset is committed: a
-restart never forgets a job whose offset was committed. Producers key jobs by id, so both copies of
-a job land on one partition of the jobs topic, owned by one replica, and the job's finished record
-on the same partition of the finished topic when both topics have as many partitions (the default
-partitioner hashes the key alike). At each assignment a worker loads the finished ids of its jobs
-partitions (reading every finished partition, each id filtered by its jobs partition, when the
-counts differ) into a `FinishedIds` (dedupe.py); a revoke forgets them.
+Every job that finishes also writes a small record to the finished topic (`kafka.topics.finished`:
+compacted, kept for `worker.dedupe_window_s`), keyed by the job id, as one more output of the job,
+so it is acknowledged (or committed in the job's transaction) before the job's offset is committed:
+a restart never forgets a job whose offset was committed. The record holds no copy of the result:
+the result is on the results topic, keyed by the same id, at about the record's time. Producers key
+jobs by id, so both copies of a job land on one partition of the jobs topic, owned by one replica,
+and the job's finished record on the same partition of the finished topic when both topics have as
+many partitions (the default partitioner hashes the key alike). At each assignment a worker loads
+the finished ids of its jobs partitions (reading every finished partition, each id filtered by its
+jobs partition, when the counts differ) into a `FinishedIds` (dedupe.py); a revoke forgets them.
 
-A job whose id is there is not run: its first result is read back from the finished topic (at its
-offset; for a record this worker wrote, found from its timestamp) and published again. A copy of a
-job still running here waits for it and takes its result.
+A job whose id is there is not run: its first result is read back from the results topic (the
+partition its id hashes to, from the finished record's time, or at the offset found by an earlier
+read-back) and published again. A copy of a job still running here waits for it and takes its result.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ log = get_logger("finished")
 # How long a duplicate waits for its first result to be readable (past the commit interval, which holds
 # an exactly-once transaction's records back) before the job runs again.
 READ_BACK_S = 10.0
-# A record written by this worker is looked for from this much before the time it was handed to the sink.
+# A first result is looked for from this much before its finished record's time (both were handed to the sink
+# together; their timestamps differ by the batches they went in).
 SLACK_MS = 2000
 # The longest a load reads; what it has not read by then is not deduplicated.
 LOAD_LIMIT_S = 300.0
@@ -53,12 +55,13 @@ class Deduplicator:
         self.ids = FinishedIds(worker.dedupe_window_s, worker.dedupe_max_ids)
         self._kafka = kafka
         self._topic = kafka.topics.finished
+        self._results_topic = kafka.topics.results
         self._isolation_level = isolation_level
         self._read_back_s = READ_BACK_S + worker.commit_interval_ms / 1000
         # A fetch that finds nothing new returns soon: a read-back ends with one.
         self._reader = make_consumer(kafka, group_id=None, isolation_level=isolation_level, fetch_max_wait_ms=100)
         self._reading = asyncio.Lock()  # one read-back at a time on the reader
-        self._partitions = 0  # of the finished topic; 0: not known (the topic is missing)
+        self._results_partitions = 0  # of the results topic; 0: not known (the topic is missing)
         self._jobs_partitions = 0
         # The load of each owned jobs partition: its jobs wait for it.
         self._loads: dict[int, asyncio.Future[None]] = {}
@@ -67,10 +70,10 @@ class Deduplicator:
         self._running: dict[str, tuple[int, list[asyncio.Future[bytes | None]]]] = {}
 
     async def start(self) -> None:
-        """Connect the reader and learn the finished topic's partitions."""
+        """Connect the reader and learn the results topic's partitions (where each id's result is)."""
         await self._reader.start()
-        await self._reader.topics()  # the cluster's metadata, the finished topic's partitions with it
-        self._partitions = len(self._reader.partitions_for_topic(self._topic) or ())
+        await self._reader.topics()  # the cluster's metadata, the topics' partitions with it
+        self._results_partitions = len(self._reader.partitions_for_topic(self._results_topic) or ())
 
     async def close(self) -> None:
         """Stop loading and disconnect."""
@@ -134,14 +137,14 @@ class Deduplicator:
         return None
 
     def finished(self, job_id: str, key: bytes, value: bytes) -> None:
-        """A job that ran here has its result `value` (its finished record's value, handed to the sink now)."""
+        """A job that ran here has its result `value` (handed to the sink now with its finished record)."""
         running = self._running.pop(job_id, None)
         if running is None:
             return
         jobs_partition, waiting = running
-        if self._partitions:
+        if self._results_partitions:
             now_s = int(time.time())
-            self.ids.add(digest(key), jobs_partition, _partition_of(key, self._partitions), None, now_s, now_s)
+            self.ids.add(digest(key), jobs_partition, _partition_of(key, self._results_partitions), None, now_s, now_s)
         for copy in waiting:
             if not copy.done():
                 copy.set_result(value)
@@ -185,9 +188,9 @@ class Deduplicator:
         try:
             await consumer.topics()
             partitions = len(consumer.partitions_for_topic(self._topic) or ())
-            if not partitions:
+            self._results_partitions = len(consumer.partitions_for_topic(self._results_topic) or ())
+            if not partitions or not self._results_partitions:
                 return 0
-            self._partitions = partitions
             same = partitions == self._jobs_partitions
             sources = [
                 TopicPartition(self._topic, p) for p in (futures if same else range(partitions)) if p < partitions
@@ -205,9 +208,9 @@ class Deduplicator:
                         load = futures.get(jobs_partition)
                         if load is None or self._loads.get(jobs_partition) is not load:
                             continue  # not this load's, or revoked meanwhile
-                        key = digest(record.key)
+                        results_partition = _partition_of(record.key, self._results_partitions)
                         added += self.ids.add(
-                            key, jobs_partition, tp.partition, record.offset, record.timestamp // 1000, now_s
+                            digest(record.key), jobs_partition, results_partition, None, record.timestamp // 1000, now_s
                         )
                 # Done with a partition at its end offset, once a fetch brings nothing more: the embedded
                 # broker answers a lower end offset than the last record's when that came in a batch of several.
@@ -239,9 +242,9 @@ class Deduplicator:
         return left
 
     async def _read_back(self, found: Finished, key: bytes) -> bytes | None:
-        """The value of the finished record of `key`, read from the finished topic; None when it cannot be
-        found within the read-back time."""
-        tp = TopicPartition(self._topic, found.partition)
+        """The first result of `key`, read from the results topic; None when it cannot be found within the
+        read-back time (not acknowledged yet, or gone with the results topic's retention)."""
+        tp = TopicPartition(self._results_topic, found.partition)
         async with self._reading:
             deadline = time.monotonic() + self._read_back_s
             reader = self._reader
@@ -256,7 +259,7 @@ class Deduplicator:
     async def _find(self, tp: TopicPartition, found: Finished, key: bytes, deadline: float) -> bytes | None:
         start = found.offset
         while True:
-            if start is None:  # written here: look for it from its timestamp
+            if start is None:  # not read back before: look for it from the time it finished
                 start = await self._offset_at(tp, found.timestamp_s * 1000 - SLACK_MS)
             if start is not None:
                 located, start = await self._scan(tp, start, key)
