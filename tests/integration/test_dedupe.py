@@ -43,7 +43,8 @@ def assert_run_once(outputs: Outputs, ids: list[str], copies: int) -> None:
         results[result.job_id].append(result)
     assert set(results) == set(ids)
     assert all(len(r) >= copies for r in results.values()), Counter(len(r) for r in results.values())
-    assert all(all(r == rs[0] for r in rs) for rs in results.values()), "a duplicate's result is its first result"
+    differing = [rs for rs in results.values() if any(r != rs[0] for r in rs)]
+    assert not differing, f"a duplicate's result is its first result: {len(differing)} differ, e.g. {differing[:1]}"
     events = Counter((e.job_id, e.attempt) for e in outputs.costs)
     assert all(n == 1 for n in events.values()), "no attempt billed twice"
     assert Counter(job_id for job_id, _ in events) == Counter(

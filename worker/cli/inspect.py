@@ -31,7 +31,7 @@ from worker.cli.tables import (
 )
 from worker.config import Config, KafkaConfig, load_config
 from worker.messages import CostEvent, DeadLetter, Result
-from worker.pipeline.kafka import BrokerUnavailable, make_consumer, wait_for_broker
+from worker.pipeline.kafka import BrokerUnavailable, make_consumer, topic_partitions, wait_for_broker
 
 
 class UsageError(Exception):
@@ -103,12 +103,15 @@ async def end_offsets(
     return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in partitions}
 
 
-async def assign_all(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> dict[TopicPartition, int]:
+async def assign_all(
+    consumer: AIOKafkaConsumer, kafka: KafkaConfig, topic: str, timeout_s: float
+) -> dict[TopicPartition, int]:
     """Assign every partition of `topic` from its beginning; their end offsets now. TopicMissing when there is
     no such topic."""
-    if topic not in await consumer.topics():
+    found = await topic_partitions(kafka, [topic])
+    if topic not in found:
         raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    partitions = [TopicPartition(topic, p) for p in found[topic]]
     ends = await end_offsets(consumer, partitions, timeout_s)
     consumer.assign(partitions)  # anew: the probe's fetched records and positions are dropped
     await consumer.seek_to_beginning(*partitions)
@@ -217,7 +220,7 @@ async def _find_results(config: Config, job_ids: list[str], timeout_s: float, fo
 
     topic = config.kafka.topics.results
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        ends = await assign_all(consumer, topic, timeout_s)
+        ends = await assign_all(consumer, config.kafka, topic, timeout_s)
         async for record in read_to_end(consumer, ends, timeout_s):
             take(record)
             if not missing:
@@ -237,7 +240,7 @@ async def _summarize(config: Config, timeout_s: float, as_json: bool) -> int:
     results: list[Result] = []
     undecodable = 0
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        ends = await assign_all(consumer, config.kafka.topics.results, timeout_s)
+        ends = await assign_all(consumer, config.kafka, config.kafka.topics.results, timeout_s)
         async for record in read_to_end(consumer, ends, timeout_s):
             result = _decode(decoder, record.value)
             if result is None:
@@ -266,7 +269,7 @@ async def _costs(config: Config, timeout_s: float, by: str, as_json: bool) -> in
     decoder = msgspec.json.Decoder(CostEvent)
     events: list[CostEvent] = []
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        ends = await assign_all(consumer, config.kafka.topics.costs, timeout_s)
+        ends = await assign_all(consumer, config.kafka, config.kafka.topics.costs, timeout_s)
         async for record in read_to_end(consumer, ends, timeout_s):
             event = _decode(decoder, record.value)
             if event is not None:
@@ -290,7 +293,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _dlq(config: Config, timeout_s: float, as_json: bool) -> int:
     rows: list[dict[str, Any]] = []
     async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
-        ends = await assign_all(consumer, config.kafka.topics.dlq, timeout_s)
+        ends = await assign_all(consumer, config.kafka, config.kafka.topics.dlq, timeout_s)
         async for record in read_to_end(consumer, ends, timeout_s):
             try:
                 letter = DeadLetter.from_headers(record.headers)
@@ -336,13 +339,11 @@ def cmd_topics_list(args: argparse.Namespace) -> int:
 
 async def _topics_list(config: Config, timeout_s: float, as_json: bool) -> int:
     kafka = config.kafka
-    names = [kafka.topics.jobs, kafka.topics.results, kafka.topics.costs, kafka.topics.dlq, kafka.topics.state]
+    names = list(msgspec.structs.asdict(kafka.topics).values())
     # A consumer of the group that never subscribes: it reads the group's commits without joining it.
     rows = []
     async with started(lambda: make_consumer(kafka, enable_auto_commit=False), kafka, timeout_s) as consumer:
-        existing = await consumer.topics()
-        # Read before any assignment: from then on the consumer's metadata is of the assigned topics only.
-        partitions = {name: sorted(consumer.partitions_for_topic(name) or ()) for name in names if name in existing}
+        partitions = await topic_partitions(kafka, names)
         for name in names:
             rows.append(await _topic_row(consumer, name, partitions.get(name), name == kafka.topics.jobs, timeout_s))
     if as_json:

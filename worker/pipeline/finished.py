@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from worker.config import KafkaConfig, WorkerConfig
 from worker.observability.logs import get_logger
 from worker.pipeline.dedupe import Finished, FinishedIds, digest
-from worker.pipeline.kafka import make_consumer
+from worker.pipeline.kafka import make_consumer, topic_partitions
 from worker.pipeline.outbox import murmur2
 
 log = get_logger("finished")
@@ -72,8 +72,8 @@ class Deduplicator:
     async def start(self) -> None:
         """Connect the reader and learn the results topic's partitions (where each id's result is)."""
         await self._reader.start()
-        await self._reader.topics()  # the cluster's metadata, the topics' partitions with it
-        self._results_partitions = len(self._reader.partitions_for_topic(self._results_topic) or ())
+        found = await topic_partitions(self._kafka, [self._results_topic])
+        self._results_partitions = len(found.get(self._results_topic, ()))
 
     async def close(self) -> None:
         """Stop loading and disconnect."""
@@ -186,9 +186,9 @@ class Deduplicator:
         consumer = make_consumer(self._kafka, group_id=None, isolation_level=self._isolation_level)
         await consumer.start()
         try:
-            await consumer.topics()
-            partitions = len(consumer.partitions_for_topic(self._topic) or ())
-            self._results_partitions = len(consumer.partitions_for_topic(self._results_topic) or ())
+            found = await topic_partitions(self._kafka, [self._topic, self._results_topic])
+            partitions = len(found.get(self._topic, ()))
+            self._results_partitions = len(found.get(self._results_topic, ()))
             if not partitions or not self._results_partitions:
                 return 0
             same = partitions == self._jobs_partitions

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
@@ -68,6 +69,19 @@ def _common(config: KafkaConfig) -> dict[str, Any]:
 
         options["ssl_context"] = create_ssl_context()
     return options
+
+
+async def topic_partitions(config: KafkaConfig, topics: Iterable[str]) -> dict[str, list[int]]:
+    """The partition ids of each of `topics` that exists, from one metadata request for all topics. (A
+    consumer's `partitions_for_topic` knows only the topics it subscribed to or was assigned on Apache Kafka.)"""
+    client = AIOKafkaClient(**_common(config))
+    try:
+        await client.bootstrap()
+        cluster = await client.fetch_all_metadata()
+    finally:
+        await client.close()
+    found = {topic: cluster.partitions_for_topic(topic) for topic in topics}
+    return {topic: sorted(ids) for topic, ids in found.items() if ids}
 
 
 def make_producer(config: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
