@@ -349,3 +349,13 @@ def test_config_check_says_ok_and_warns_of_unset_keys():
     assert out.returncode == 0
     assert out.stdout == f"ok: {Path(worker.config.DEFAULT_CONFIG)}\n"
     assert len(out.stderr.splitlines()) == 3 and "ANTHROPIC_API_KEY is not set" in out.stderr
+
+
+def test_config_check_fails_as_the_worker_would_when_no_provider_has_its_key():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_ROUTER") and not k.endswith("_API_KEY")}
+    out = run_cli("config", "check", env=env)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "llm-router: configuration error: no usable provider: set at least one of OPENAI_API_KEY, "
+        "ANTHROPIC_API_KEY, GEMINI_API_KEY, LLAMA_API_KEY"
+    ]

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import orjson
 
-from worker.config import CONFIG_ENV, DEFAULT_CONFIG, Config, load_config
+from worker.config import CONFIG_ENV, DEFAULT_CONFIG, Config, ConfigError, load_config
 
 REDACTED = "***"
 # A key one of whose words is one of these holds a secret; a key ending in `_env` holds the NAME of the
@@ -124,9 +124,13 @@ def missing_keys(config: Config, env: dict[str, str] | os._Environ[str]) -> list
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     """`config check`: `ok: PATH` (exit 0) with a warning per provider without its key; a ConfigError (exit 2)
-    when the configuration is wrong."""
+    when the configuration is wrong or no provider has its key (the worker would not start)."""
     config = load_config(args.config)
-    for line in missing_keys(config, os.environ):
+    missing = missing_keys(config, os.environ)
+    if len(missing) == len(config.providers):  # the worker would not start: say so as it would
+        variables = ", ".join(p.api_key_env for p in config.providers.values())
+        raise ConfigError(f"no usable provider: set at least one of {variables}")
+    for line in missing:
         print(line, file=sys.stderr)
     print(f"ok: {config_path(args)}")
     return 0
