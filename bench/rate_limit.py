@@ -50,7 +50,7 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
         **{
             f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
-            for t in ("jobs", "results", "costs", "dlq", "state")
+            for t in ("jobs", "results", "costs", "dlq", "state", "finished")
         },
     }
     config = load_config(env=env)

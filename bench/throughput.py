@@ -348,7 +348,7 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
         **{
             f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
-            for t in ("jobs", "results", "costs", "dlq", "state")
+            for t in ("jobs", "results", "costs", "dlq", "state", "finished")
         },
         "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
     } | {k: str(v) for k, v in overrides.items()}

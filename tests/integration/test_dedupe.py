@@ -17,6 +17,7 @@ from tests.integration.helpers import (
     settle_assignment,
 )
 from worker.cli.runs import running_worker
+from worker.pipeline.finished import READ_BACK_S
 from worker.pipeline.kafka import make_consumer
 
 
@@ -96,6 +97,41 @@ def test_a_restarted_worker_still_knows_the_finished_ids(bootstrap):
     assert_run_once(outputs, ids, copies=2)
     assert restarted.stats.duplicates == len(ids) and restarted.stats.results_ok == 0
     assert restarted.stats.cost_events == 0
+
+
+def test_a_duplicate_whose_first_result_is_gone_runs_again_without_holding_the_worker_up(bootstrap):
+    """The results topic made anew (or past its retention) while the finished ids remain: each duplicate looks for
+    its first result once, does not find it, and runs again at once, not after the read-back time each."""
+    first = Setup(bootstrap, LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=100)
+    ids = [f"g{i}" for i in range(20)]
+    # The same jobs and finished topics, new results and costs topics.
+    later = Setup(
+        bootstrap,
+        LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=100,
+        LLM_ROUTER__KAFKA__GROUP_ID=first.config.kafka.group_id,
+        LLM_ROUTER__KAFKA__TOPICS__JOBS=first.topics.jobs,
+        LLM_ROUTER__KAFKA__TOPICS__FINISHED=first.topics.finished,
+    )
+    read_back_s = READ_BACK_S + 0.1
+
+    async def scenario():
+        await make_topics(first)
+        await make_topics(later)
+        async with running_worker(first.config):
+            await produce(first, [(i.encode(), job_bytes(i)) for i in ids])
+            await collect(first, until=lambda o: o.result_ids >= set(ids), timeout_s=60)
+        await asyncio.sleep(read_back_s)  # older than a result still on its way could be
+        async with running_worker(later.config) as worker:
+            started = time.monotonic()
+            await produce(later, [(i.encode(), job_bytes(i)) for i in ids])
+            outputs = await collect(later, until=lambda o: o.result_ids >= set(ids), timeout_s=60)
+            took = time.monotonic() - started
+        return outputs, worker, took
+
+    outputs, worker, took = asyncio.run(scenario())
+    assert outputs.result_ids == set(ids) and all(r.status == "ok" for r in outputs.results)
+    assert worker.stats.results_ok == len(ids) and worker.stats.duplicates == 0, "each ran again"
+    assert took < read_back_s, f"{len(ids)} such duplicates took {took:.1f} s: they waited for the read-back time"
 
 
 def test_a_window_of_zero_turns_deduplication_off(bootstrap):

@@ -242,11 +242,14 @@ class Deduplicator:
         return left
 
     async def _read_back(self, found: Finished, key: bytes) -> bytes | None:
-        """The first result of `key`, read from the results topic; None when it cannot be found within the
-        read-back time (not acknowledged yet, or gone with the results topic's retention)."""
+        """The first result of `key`, read from the results topic; None when it cannot be found: within the
+        read-back time for a job that finished that recently (its result may still be on its way), at once for
+        an older one (its result is gone: the results topic's retention, or a topic made anew), so that a run
+        of such duplicates does not hold the worker up."""
         tp = TopicPartition(self._results_topic, found.partition)
         async with self._reading:
-            deadline = time.monotonic() + self._read_back_s
+            age_s = time.time() - found.timestamp_s
+            deadline = time.monotonic() + (self._read_back_s if age_s < self._read_back_s else 0.0)
             reader = self._reader
             if reader.assignment() != {tp}:
                 reader.assign([tp])
