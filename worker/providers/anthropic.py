@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
+from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
 
 # The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
 # started with "{" (a prefill: the final assistant message, which the model continues).
 JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
 JSON_PREFILL = "{"
+
+# The Messages API's names for the job's generation settings; it has no `seed`.
+_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
+# Its temperature range is 0-1 (the job's is 0-2): a higher one is left out, which gives the API's
+# default, 1.0, the nearest value it takes.
+MAX_TEMPERATURE = 1.0
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -60,6 +67,7 @@ class AnthropicProvider:
         }
         if system:
             body["system"] = "\n\n".join(system)
+        body.update(sampling_fields(request.sampling)[0])
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -75,6 +83,19 @@ class AnthropicProvider:
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def sampling_fields(sampling: Sampling) -> tuple[dict[str, Any], list[str]]:
+    """The generation settings as Messages API fields, and the ones left out: `seed` (none in the API) and a
+    temperature above 1 (out of its range)."""
+    fields: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in sampling.settings().items():
+        if name not in _SAMPLING_NAMES or (name == "temperature" and value > MAX_TEMPERATURE):
+            dropped.append(name)
+        else:
+            fields[_SAMPLING_NAMES[name]] = value
+    return fields, dropped
 
 
 def prefills(request: CompletionRequest) -> bool:
