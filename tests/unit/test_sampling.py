@@ -53,13 +53,24 @@ def test_openai_sends_all_four_under_its_names():
     assert openai.sampling_fields(Sampling(temperature=0.0, seed=0)) == ({"temperature": 0.0, "seed": 0}, [])
 
 
-def test_anthropic_leaves_out_seed_and_a_temperature_above_1():
-    assert anthropic.sampling_fields(ALL) == (
-        {"temperature": 0.3, "top_p": 0.9, "stop_sequences": ["END", "##"]},
-        ["seed"],
+def test_anthropic_leaves_out_seed_a_temperature_above_1_and_top_p_beside_a_temperature():
+    v2023, v2026 = "2023-06-01", "2026-10-21"
+    assert anthropic.sampling_fields(ALL, v2023) == (
+        {"temperature": 0.3, "stop_sequences": ["END", "##"]},
+        ["top_p", "seed"],
     )
-    assert anthropic.sampling_fields(Sampling(temperature=1.0)) == ({"temperature": 1.0}, [])
-    assert anthropic.sampling_fields(Sampling(temperature=1.5, top_p=0.5)) == ({"top_p": 0.5}, ["temperature"])
+    assert anthropic.sampling_fields(Sampling(top_p=0.9, stop=("x",)), v2023) == (
+        {"top_p": 0.9, "stop_sequences": ["x"]},
+        [],
+    )
+    assert anthropic.sampling_fields(Sampling(temperature=1.0), v2023) == ({"temperature": 1.0}, [])
+    # a temperature left out as out of range leaves room for top_p
+    assert anthropic.sampling_fields(Sampling(temperature=1.5, top_p=0.5), v2023) == ({"top_p": 0.5}, ["temperature"])
+    # the API version that removed temperature and top_p keeps only stop_sequences
+    assert anthropic.sampling_fields(ALL, v2026) == (
+        {"stop_sequences": ["END", "##"]},
+        ["temperature", "top_p", "seed"],
+    )
 
 
 def test_gemini_sends_all_four_in_generation_config_names():
@@ -74,7 +85,9 @@ def test_dropped_params_by_provider_kind():
     assert dropped_params(config.providers["openai"], ALL) == []
     assert dropped_params(config.providers["llama"], ALL) == []
     assert dropped_params(config.providers["gemini"], ALL) == []
-    assert dropped_params(config.providers["anthropic"], ALL) == ["seed"]
+    assert dropped_params(config.providers["anthropic"], ALL) == ["top_p", "seed"]
+    newer = msgspec.structs.replace(config.providers["anthropic"], anthropic_version="2026-10-21")
+    assert dropped_params(newer, ALL) == ["temperature", "top_p", "seed"]
     assert dropped_params(config.providers["anthropic"], Sampling(temperature=2.0, seed=1)) == ["temperature", "seed"]
     assert dropped_params(config.providers["anthropic"], Sampling()) == []
 
@@ -94,8 +107,8 @@ def test_each_adapter_puts_the_settings_in_its_body():
         body = providers["llama"].request_body(msgspec.structs.replace(request, model="llama-4-70b"))
         assert (body["temperature"], body["top_p"], body["stop"], body["seed"]) == (0.3, 0.9, ["END", "##"], 42)
         body = providers["anthropic"].request_body(msgspec.structs.replace(request, model="claude-3-5-sonnet"))
-        assert (body["temperature"], body["top_p"], body["stop_sequences"]) == (0.3, 0.9, ["END", "##"])
-        assert "seed" not in body and "stop" not in body and body["max_tokens"] == 10
+        assert (body["temperature"], body["stop_sequences"]) == (0.3, ["END", "##"])
+        assert not {"top_p", "seed", "stop"} & body.keys() and body["max_tokens"] == 10
         config = providers["gemini"].request_body(msgspec.structs.replace(request, model="gemini-2.5-flash"))[
             "generationConfig"
         ]
@@ -141,6 +154,7 @@ async def _close(providers):
         ("anthropic", {"temperature": 1.5}, "temperature: Input should be less than or equal to 1", None, None),
         ("anthropic", {"seed": 7}, "seed: Extra inputs are not permitted", None, None),
         ("anthropic", {"stop": ["x"]}, "stop: Extra inputs are not permitted", None, None),
+        ("anthropic", {"temperature": 0.5, "top_p": 0.5}, "cannot both be specified", None, None),
         ("gemini", {"generationConfig": {"temperature": 2.5}}, "temperature value of 2.5", None, None),
         ("gemini", {"generationConfig": {"topP": 1.5}}, "topP value of 1.5", None, None),
         ("gemini", {"generationConfig": {"stopSequences": list("abcdef")}}, "stopSequences value of 6", None, None),
@@ -158,10 +172,19 @@ def test_the_simulator_refuses_what_the_api_refuses(wire, body, message, param, 
     [
         ("openai", {"temperature": 2, "top_p": 1, "stop": list("abcd"), "seed": 0}),
         ("openai", {"temperature": 0, "stop": "END"}),
-        ("anthropic", {"temperature": 1, "top_p": 0.5, "stop_sequences": ["a", "b", "c", "d", "e"]}),
+        ("anthropic", {"temperature": 1, "stop_sequences": ["a", "b", "c", "d", "e"]}),
+        ("anthropic", {"top_p": 0.5}),
         ("gemini", {"generationConfig": {"temperature": 2, "topP": 1, "stopSequences": list("abcde"), "seed": 3}}),
         ("gemini", {"generation_config": {"temperature": 0.2, "top_p": 0.5, "stop_sequences": ["x"]}}),
     ],
 )
 def test_the_simulator_takes_what_the_api_takes(wire, body):
     assert sampling_error(wire, body) is None
+
+
+def test_the_simulator_refuses_temperature_and_top_p_from_anthropic_version_2026_10_21():
+    assert sampling_error("anthropic", {"temperature": 0.5}, "2023-06-01") is None
+    for name in ("temperature", "top_p", "top_k"):
+        invalid = sampling_error("anthropic", {name: 0.5}, "2026-10-21")
+        assert invalid is not None and invalid.message == f"{name}: Extra inputs are not permitted"
+    assert sampling_error("anthropic", {"stop_sequences": ["x"]}, "2026-10-21") is None

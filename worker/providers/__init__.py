@@ -36,8 +36,8 @@ _ADAPTERS: dict[str, _Adapter] = {
     "gemini": GeminiProvider,
 }
 
-# Each wire API's generation settings: (its wire fields, the job's settings it leaves out).
-_SAMPLING: dict[str, Callable[[Sampling], tuple[dict, list[str]]]] = {
+# Each wire API's generation settings, given its API version: (its wire fields, the job's settings it leaves out).
+_SAMPLING: dict[str, Callable[[Sampling, str], tuple[dict, list[str]]]] = {
     "openai": openai.sampling_fields,
     "openai_compatible": openai.sampling_fields,
     "anthropic": anthropic.sampling_fields,
@@ -49,7 +49,7 @@ def dropped_params(config: ProviderConfig, sampling: Sampling) -> list[str]:
     """The job's generation settings a call to a provider of this kind leaves out (the echo provider, which
     samples nothing, leaves none out)."""
     fields = _SAMPLING.get(config.kind)
-    return fields(sampling)[1] if fields else []
+    return fields(sampling, config.anthropic_version)[1] if fields else []
 
 
 class Providers(Struct, kw_only=True):

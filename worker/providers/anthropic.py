@@ -24,6 +24,8 @@ _SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "stop": "stop
 # Its temperature range is 0-1 (the job's is 0-2): a higher one is left out, which gives the API's
 # default, 1.0, the nearest value it takes.
 MAX_TEMPERATURE = 1.0
+# The API version that removed `temperature` and `top_p` (and `top_k`): from it on, they are left out.
+SAMPLING_REMOVED_IN = "2026-10-21"
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -45,6 +47,7 @@ class AnthropicProvider:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/v1/messages"
         self._models = {m: c.api_model or m for m, c in models.items()}
+        self._version = config.anthropic_version
         self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
         if api_key:
             self._headers["x-api-key"] = api_key
@@ -67,7 +70,7 @@ class AnthropicProvider:
         }
         if system:
             body["system"] = "\n\n".join(system)
-        body.update(sampling_fields(request.sampling)[0])
+        body.update(sampling_fields(request.sampling, self._version)[0])
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -85,13 +88,21 @@ class AnthropicProvider:
         await self._transport.close()
 
 
-def sampling_fields(sampling: Sampling) -> tuple[dict[str, Any], list[str]]:
-    """The generation settings as Messages API fields, and the ones left out: `seed` (none in the API) and a
-    temperature above 1 (out of its range)."""
+def sampling_fields(sampling: Sampling, api_version: str) -> tuple[dict[str, Any], list[str]]:
+    """The generation settings as Messages API fields of `api_version`, and the ones left out: `seed` (none in
+    the API), a temperature above 1 (out of its range), `top_p` beside a temperature (Claude 4 models refuse
+    both), and from version 2026-10-21 on `temperature` and `top_p` (removed from the API)."""
+    settings = sampling.settings()
+    removed = api_version >= SAMPLING_REMOVED_IN  # the versions are ISO dates: they order as strings
     fields: dict[str, Any] = {}
     dropped: list[str] = []
-    for name, value in sampling.settings().items():
-        if name not in _SAMPLING_NAMES or (name == "temperature" and value > MAX_TEMPERATURE):
+    for name, value in settings.items():
+        if (
+            name not in _SAMPLING_NAMES
+            or (removed and name in ("temperature", "top_p"))
+            or (name == "temperature" and value > MAX_TEMPERATURE)
+            or (name == "top_p" and "temperature" in fields)
+        ):
             dropped.append(name)
         else:
             fields[_SAMPLING_NAMES[name]] = value

@@ -73,9 +73,9 @@ class GeminiProvider:
         await self._transport.close()
 
 
-def sampling_fields(sampling: Sampling) -> tuple[dict[str, Any], list[str]]:
+def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
     """The generation settings as `generationConfig` fields, and the ones left out (none: Gemini takes all
-    four, temperature 0-2 and up to 5 stop sequences)."""
+    four, temperature 0-2 and up to 5 stop sequences, in every API version: `api_version` is not used)."""
     return {_SAMPLING_NAMES[name]: value for name, value in sampling.settings().items()}, []
 
 

@@ -77,9 +77,10 @@ class OpenAIProvider:
         await self._transport.close()
 
 
-def sampling_fields(sampling: Sampling) -> tuple[dict[str, Any], list[str]]:
+def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
     """The generation settings as Chat Completions fields, and the ones left out. OpenAI and the compat
-    servers (vLLM, Ollama, Together, Groq) take all four under OpenAI's names: none is left out."""
+    servers (vLLM, Ollama, Together, Groq) take all four under OpenAI's names: none is left out (and the
+    API has no version that changes this: `api_version` is not used)."""
     return sampling.settings(), []
 
 

@@ -22,16 +22,19 @@ _ANTHROPIC_RANGES = (("temperature", 0, 1), ("top_p", 0, 1))
 _GEMINI_RANGES = (("temperature", 0, 2), ("topP", 0, 1), ("top_p", 0, 1))
 # OpenAI's names that the Messages API does not have: its strict schema refuses them as extra inputs.
 _NOT_ANTHROPIC = ("seed", "stop")
+# Removed from the Messages API in version 2026-10-21.
+_REMOVED_IN_2026 = ("temperature", "top_p", "top_k")
 _OPENAI_MAX_STOP = 4
 _GEMINI_MAX_STOP = 5
 
 
-def sampling_error(wire: str, body: Any) -> Invalid | None:
-    """Why the API of `wire` refuses the generation settings of `body`, or None when it takes them."""
+def sampling_error(wire: str, body: Any, anthropic_version: str = "2023-06-01") -> Invalid | None:
+    """Why the API of `wire` refuses the generation settings of `body` (sent with the `anthropic-version`
+    header's value, on Anthropic), or None when it takes them."""
     if not isinstance(body, dict):
         return None
     if wire == "anthropic":
-        return _anthropic(body)
+        return _anthropic(body, anthropic_version)
     if wire == "gemini":
         config = body.get("generationConfig") or body.get("generation_config")
         return _gemini(config) if isinstance(config, dict) else None
@@ -85,10 +88,15 @@ def _openai(body: dict) -> Invalid | None:
     return None
 
 
-def _anthropic(body: dict) -> Invalid | None:
-    for name in _NOT_ANTHROPIC:
+def _anthropic(body: dict, version: str) -> Invalid | None:
+    removed = _NOT_ANTHROPIC + (_REMOVED_IN_2026 if version >= "2026-10-21" else ())
+    for name in removed:
         if name in body:
             return Invalid(message=f"{name}: Extra inputs are not permitted")
+    if "temperature" in body and "top_p" in body:  # Claude 4 models and later
+        return Invalid(
+            message="`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+        )
     for name, low, high in _ANTHROPIC_RANGES:
         value = body.get(name)
         if value is None:

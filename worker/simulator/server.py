@@ -123,6 +123,9 @@ class Simulator:
                 return self._reply(
                     wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model
                 )
+            invalid = sampling_error("anthropic", body, request.headers.get("anthropic-version", ""))
+            if invalid is not None:
+                return self._reply(wire.error("anthropic", "", "bad_request", model, invalid.message), model)
         # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
         key = (
             request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -213,7 +216,8 @@ class Simulator:
         flavor = behaviour.flavor
         if not key:
             return self._reply(wire.error(wire_name, flavor, "auth", model), model)
-        invalid = sampling_error(wire_name, body)
+        # Anthropic's settings depend on its version header: checked by `_anthropic`, which has it.
+        invalid = None if wire_name == "anthropic" else sampling_error(wire_name, body)
         if invalid is not None:
             refused = wire.error(
                 wire_name, flavor, "bad_request", model, invalid.message, param=invalid.param, code=invalid.code
