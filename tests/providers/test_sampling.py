@@ -165,7 +165,7 @@ def test_openai_compatible_body_matches_the_openai_sdk(capture):
 def test_anthropic_body_matches_the_anthropic_sdk(capture):
     # The SDK (2.x) speaks API version 2026-10-21, which removed temperature and top_p: so does the adapter
     # set to that version, and both leave them out; stop_sequences is in both.
-    adapter = ours(capture, "claude-3-5-sonnet", LLM_ROUTER__PROVIDERS__ANTHROPIC__ANTHROPIC_VERSION="\"2026-10-21\"")
+    adapter = ours(capture, "claude-3-5-sonnet", LLM_ROUTER__PROVIDERS__ANTHROPIC__ANTHROPIC_VERSION='"2026-10-21"')
     anthropic_client(capture).messages.create(
         model="claude-3-5-sonnet-20241022",
         max_tokens=50,
