@@ -92,6 +92,19 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
         "text"
     )
     metadata: dict[str, Any] = {}
+    # Generation settings, carried to each provider in its own wire format (left out where it has none).
+    temperature: (
+        Annotated[float, Meta(ge=0, le=2, description="Sampling temperature (0-2); Anthropic takes 0-1.")] | None
+    ) = None
+    top_p: Annotated[float, Meta(ge=0, le=1, description="Nucleus sampling: the probability mass kept.")] | None = None
+    stop: (
+        Annotated[
+            list[Annotated[str, Meta(min_length=1)]],
+            Meta(max_length=4, description="Up to 4 strings; the answer ends before the first one it would hold."),
+        ]
+        | None
+    ) = None
+    seed: Annotated[int, Meta(description="Asks for repeatable sampling, where the provider has it.")] | None = None
 
     def __post_init__(self) -> None:
         if not self.id.isprintable():  # bidi overrides, zero-width and other format characters too
@@ -151,6 +164,13 @@ class Attempt(Struct, omit_defaults=True, kw_only=True):
             "went to the next model of the chain with capacity."
         ),
     ] = None
+    dropped_params: Annotated[
+        list[str],
+        Meta(
+            description="The job's generation settings left out of this call: the provider has no such setting, or "
+            "not the job's value (docs/architecture.md, generation settings)."
+        ),
+    ] = []
 
 
 class Result(Struct, omit_defaults=True, kw_only=True):

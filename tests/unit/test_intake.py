@@ -39,7 +39,7 @@ def test_rejections_say_why():
     check(b'{"id": "a"}', "invalid_job", "exactly one of `messages` or `prompt`")
     check(b'{"id": "a", "prompt": "x", "messages": [{"role": "user", "content": "y"}]}', "invalid_job", "exactly one")
     check(b'{"id": "a", "messages": []}', "invalid_job", "must not be empty")
-    check(b'{"id": "a", "prompt": "x", "temperature": 3}', "invalid_job", "unknown field `temperature`")
+    check(b'{"id": "a", "prompt": "x", "presence_penalty": 1}', "invalid_job", "unknown field `presence_penalty`")
     check(b'{"id": "a", "messages": [{"role": "robot", "content": "y"}]}', "invalid_job", "$.messages[0].role")
     check(b"[]", "invalid_job", "Expected `object`")
     check(None, "invalid_job", "tombstone")

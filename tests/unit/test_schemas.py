@@ -35,3 +35,21 @@ def test_schema_rejects_what_the_struct_rejects():
         jsonschema.validate({"id": "a", "prompt": "x", "surprise": 1}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"prompt": "x"}, schema)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": 2.5},
+        {"temperature": -0.1},
+        {"top_p": 1.5},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"stop": [""]},
+        {"seed": 1.5},
+    ],
+)
+def test_schema_rejects_generation_settings_out_of_range(settings):
+    schema = json.loads((SCHEMAS_DIR / "job.schema.json").read_text())
+    jsonschema.validate({"id": "a", "prompt": "x", "temperature": 2, "top_p": 1, "stop": ["a"] * 4, "seed": -3}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"id": "a", "prompt": "x", **settings}, schema)

@@ -46,7 +46,7 @@ MALFORMED = [
     b'{"prompt": "a job without an id"}',
     b'{"id": "bad-1", "prompt": "both", "messages": [{"role": "user", "content": "x"}]}',
     b'{"id": "bad-2", "prompt": "x", "accuracy_floor": 1.5}',
-    b'{"id": "bad-3", "prompt": "x", "temperature": 0.2}',
+    b'{"id": "bad-3", "prompt": "x", "temperature": 3}',
     b"[1, 2, 3]",
     b'{"id": 42, "prompt": "id must be a string"}',
 ]

@@ -56,9 +56,10 @@ class JobRun(Struct, kw_only=True):
         cost_usd: float = 0.0,
         latency_ms: float = 0.0,
         waited_ms: float = 0.0,
+        dropped: list[str] | None = None,
     ) -> Attempt:
         """The job's next attempt as it ended: failed with `error`, or not; `completion` when the model
-        answered (a call that got no answer billed nothing)."""
+        answered (a call that got no answer billed nothing); `dropped`: the settings the call left out."""
         return Attempt(
             number=len(self.attempts) + 1,
             provider=provider,
@@ -71,6 +72,7 @@ class JobRun(Struct, kw_only=True):
             error=error,
             rate_limit_wait_ms=waited_ms,
             rerouted_from=None if self.attempts else self.rerouted_from,  # only a job's first attempt went elsewhere
+            dropped_params=dropped or [],
         )
 
     def cost_event(self, attempt: Attempt) -> CostEvent:

@@ -41,7 +41,8 @@ from worker.execution.job_run import JobRun
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result
 from worker.observability.metrics import Metrics
 from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
-from worker.providers.base import Completion, CompletionRequest, Provider
+from worker.providers import dropped_params
+from worker.providers.base import Completion, CompletionRequest, Provider, Sampling
 from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
@@ -274,6 +275,7 @@ class JobRunner:
         models = self._config.models
         planned = reservation(run.prompt_tokens, plan.max_output_tokens)
         json_output = wants_json(run.job)
+        sampling = Sampling.of(run.job)
         retries = 0  # the job's retry budget, spent across the chain's models
         for model in self._chain(run, plan, planned):
             provider_name = models[model].provider
@@ -286,7 +288,12 @@ class JobRunner:
             cap = self._output_cap(run, plan, model)
             reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
             request = CompletionRequest(
-                job_id=run.job.id, model=model, messages=run.messages, max_output_tokens=cap, json_output=json_output
+                job_id=run.job.id,
+                model=model,
+                messages=run.messages,
+                max_output_tokens=cap,
+                json_output=json_output,
+                sampling=sampling,
             )
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
@@ -419,6 +426,7 @@ class JobRunner:
             attempt = run.attempt(provider.name, request.model, ErrorInfo(kind="bad_request", message=str(exc)))
             self._record(run, attempt, span)
             return attempt, None, None
+        dropped = dropped_params(self._config.providers[provider.name], request.sampling)
         started = time.monotonic()
         try:
             completion = await provider.complete(request)
@@ -430,7 +438,9 @@ class JobRunner:
                 self.health.answered(provider.name)
             self._refused_call(gates, reserved, exc)
             error = ErrorInfo(kind=exc.kind, message=exc.message)
-            attempt = run.attempt(provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000)
+            attempt = run.attempt(
+                provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000, dropped=dropped
+            )
             self._record(run, attempt, span)
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
@@ -439,7 +449,9 @@ class JobRunner:
             for gate in gates:
                 gate.correct(reserved, _ONE_REQUEST)
             error = ErrorInfo(kind="deadline_exceeded", message="the job deadline passed during the call")
-            attempt = run.attempt(provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000)
+            attempt = run.attempt(
+                provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000, dropped=dropped
+            )
             self._record(run, attempt, span)
             raise
         latency_ms = (time.monotonic() - started) * 1000
@@ -459,6 +471,7 @@ class JobRunner:
             ),
             latency_ms=latency_ms,
             waited_ms=waited_s * 1000,
+            dropped=dropped,
         )
         self._record(run, attempt, span, completion)
         return attempt, completion, None

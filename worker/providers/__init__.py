@@ -9,13 +9,22 @@ from msgspec import Struct
 
 from worker.config import Config, ConfigError, ModelConfig, ProviderConfig
 from worker.http import Transport, make_transport
+from worker.providers import anthropic, gemini, openai
 from worker.providers.anthropic import AnthropicProvider
-from worker.providers.base import Completion, CompletionRequest, Provider
+from worker.providers.base import Completion, CompletionRequest, Provider, Sampling
 from worker.providers.echo import EchoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
 
-__all__ = ["Completion", "CompletionRequest", "Provider", "Providers", "build_providers"]
+__all__ = [
+    "Completion",
+    "CompletionRequest",
+    "Provider",
+    "Providers",
+    "Sampling",
+    "build_providers",
+    "dropped_params",
+]
 
 # An adapter's constructor: (name, provider config, its models, API key, transport).
 _Adapter = Callable[[str, ProviderConfig, dict[str, ModelConfig], str | None, Transport], Provider]
@@ -26,6 +35,21 @@ _ADAPTERS: dict[str, _Adapter] = {
     "anthropic": AnthropicProvider,
     "gemini": GeminiProvider,
 }
+
+# Each wire API's generation settings, given its API version: (its wire fields, the job's settings it leaves out).
+_SAMPLING: dict[str, Callable[[Sampling, str], tuple[dict, list[str]]]] = {
+    "openai": openai.sampling_fields,
+    "openai_compatible": openai.sampling_fields,
+    "anthropic": anthropic.sampling_fields,
+    "gemini": gemini.sampling_fields,
+}
+
+
+def dropped_params(config: ProviderConfig, sampling: Sampling) -> list[str]:
+    """The job's generation settings a call to a provider of this kind leaves out (the echo provider, which
+    samples nothing, leaves none out)."""
+    fields = _SAMPLING.get(config.kind)
+    return fields(sampling, config.anthropic_version)[1] if fields else []
 
 
 class Providers(Struct, kw_only=True):

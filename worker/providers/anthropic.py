@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
+from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
 
 # The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
 # started with "{" (a prefill: the final assistant message, which the model continues).
 JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
 JSON_PREFILL = "{"
+
+# The Messages API's names for the job's generation settings; it has no `seed`.
+_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
+# Its temperature range is 0-1 (the job's is 0-2): a higher one is left out, which gives the API's
+# default, 1.0, the nearest value it takes.
+MAX_TEMPERATURE = 1.0
+# The API version that removed `temperature` and `top_p` (and `top_k`): from it on, they are left out.
+SAMPLING_REMOVED_IN = "2026-10-21"
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -38,6 +47,7 @@ class AnthropicProvider:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/v1/messages"
         self._models = {m: c.api_model or m for m, c in models.items()}
+        self._version = config.anthropic_version
         self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
         if api_key:
             self._headers["x-api-key"] = api_key
@@ -60,6 +70,7 @@ class AnthropicProvider:
         }
         if system:
             body["system"] = "\n\n".join(system)
+        body.update(sampling_fields(request.sampling, self._version)[0])
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -75,6 +86,27 @@ class AnthropicProvider:
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def sampling_fields(sampling: Sampling, api_version: str) -> tuple[dict[str, Any], list[str]]:
+    """The generation settings as Messages API fields of `api_version`, and the ones left out: `seed` (none in
+    the API), a temperature above 1 (out of its range), `top_p` beside a temperature (Claude 4 models refuse
+    both), and from version 2026-10-21 on `temperature` and `top_p` (removed from the API)."""
+    settings = sampling.settings()
+    removed = api_version >= SAMPLING_REMOVED_IN  # the versions are ISO dates: they order as strings
+    fields: dict[str, Any] = {}
+    dropped: list[str] = []
+    for name, value in settings.items():
+        if (
+            name not in _SAMPLING_NAMES
+            or (removed and name in ("temperature", "top_p"))
+            or (name == "temperature" and value > MAX_TEMPERATURE)
+            or (name == "top_p" and "temperature" in fields)
+        ):
+            dropped.append(name)
+        else:
+            fields[_SAMPLING_NAMES[name]] = value
+    return fields, dropped
 
 
 def prefills(request: CompletionRequest) -> bool:

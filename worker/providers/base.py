@@ -2,16 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from msgspec import Struct
 
 from worker.errors import ProviderError, classify_http_error
-from worker.messages import ChatMessage
+from worker.messages import ChatMessage, Job
 from worker.ratelimit.headers import RateLimitState
 
 FinishReason = Literal["stop", "length", "refusal", "other"]
+
+
+class Sampling(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The job's generation settings (None: not set, the provider's default). Each adapter has a pure
+    function that turns them into its wire fields and names the ones it leaves out."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, job: Job) -> Sampling:
+        """The settings `job` asks for."""
+        return cls(temperature=job.temperature, top_p=job.top_p, stop=tuple(job.stop or ()), seed=job.seed)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that are set, by the job's field names, in the job's order."""
+        named = (
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("stop", list(self.stop)),
+            ("seed", self.seed),
+        )
+        return {name: value for name, value in named if value is not None and value != []}
 
 
 class CompletionRequest(Struct, frozen=True, kw_only=True):
@@ -23,6 +48,7 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
     max_output_tokens: int
     # The job asks for a JSON answer: each adapter asks for it in its provider's own way.
     json_output: bool = False
+    sampling: Sampling = Sampling()
 
 
 class Completion(Struct, frozen=True, kw_only=True):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
+from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import gemini_retry_delay, retry_after_from_headers
 
+# generationConfig's names for the job's generation settings.
+_SAMPLING_NAMES = {"temperature": "temperature", "top_p": "topP", "stop": "stopSequences", "seed": "seed"}
 _REFUSED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
 
 
@@ -57,6 +60,7 @@ class GeminiProvider:
             body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
         if request.json_output:  # JSON mode: the answer is constrained to JSON
             body["generationConfig"]["responseMimeType"] = "application/json"
+        body["generationConfig"].update(sampling_fields(request.sampling)[0])
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -67,6 +71,12 @@ class GeminiProvider:
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
+    """The generation settings as `generationConfig` fields, and the ones left out (none: Gemini takes all
+    four, temperature 0-2 and up to 5 stop sequences, in every API version: `api_version` is not used)."""
+    return {_SAMPLING_NAMES[name]: value for name, value in sampling.settings().items()}, []
 
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemini") -> Completion:

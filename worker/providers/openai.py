@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
-from worker.providers.base import Completion, CompletionRequest, FinishReason, decode_json, http_error
+from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_after_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
@@ -61,6 +62,7 @@ class OpenAIProvider:
             body["response_format"] = {"type": "json_object"}
             if not any("json" in m.content.lower() for m in request.messages):
                 _instruct(messages, JSON_INSTRUCTION)
+        body.update(sampling_fields(request.sampling)[0])
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -73,6 +75,13 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
+    """The generation settings as Chat Completions fields, and the ones left out. OpenAI and the compat
+    servers (vLLM, Ollama, Together, Groq) take all four under OpenAI's names: none is left out (and the
+    API has no version that changes this: `api_version` is not used)."""
+    return sampling.settings(), []
 
 
 def _instruct(messages: list[dict], instruction: str) -> None:

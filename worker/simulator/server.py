@@ -29,6 +29,7 @@ from worker.simulator import wire
 from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.limits import Limits
+from worker.simulator.sampling import sampling_error
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
 
 
@@ -122,6 +123,9 @@ class Simulator:
                 return self._reply(
                     wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model
                 )
+            invalid = sampling_error("anthropic", body, request.headers.get("anthropic-version", ""))
+            if invalid is not None:
+                return self._reply(wire.error("anthropic", "", "bad_request", model, invalid.message), model)
         # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
         key = (
             request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -212,6 +216,13 @@ class Simulator:
         flavor = behaviour.flavor
         if not key:
             return self._reply(wire.error(wire_name, flavor, "auth", model), model)
+        # Anthropic's settings depend on its version header: checked by `_anthropic`, which has it.
+        invalid = None if wire_name == "anthropic" else sampling_error(wire_name, body)
+        if invalid is not None:
+            refused = wire.error(
+                wire_name, flavor, "bad_request", model, invalid.message, param=invalid.param, code=invalid.code
+            )
+            return self._reply(refused, model)
         input_tokens = prompt_tokens(texts)  # the estimate the worker reserves by, so a reservation matches the bill
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:

@@ -151,8 +151,10 @@ def error(
     detail: str = "",
     retry_after_s: float | None = None,
     headers: dict[str, str] | None = None,
+    param: str | None = None,
+    code: str | None = None,
 ) -> Reply:
-    """An error in the wire's own status, body and headers."""
+    """An error in the wire's own status, body and headers (`param`, `code`: an OpenAI bad request's)."""
     headers = dict(headers or {})
     if wire == "anthropic":
         status, body = _anthropic_error(kind, model, detail)
@@ -162,6 +164,8 @@ def error(
         status, body = _gemini_error(kind, model, detail, retry_after_s)
     else:
         status, body = _openai_error(kind, model, detail, flavor)
+        if param is not None and "error" in body:
+            body["error"] |= {"param": param, "code": code}
         if retry_after_s is not None:
             headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
             headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
