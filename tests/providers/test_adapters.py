@@ -413,3 +413,11 @@ def test_the_simulator_shows_its_last_requests_without_keys(sim):
     headers = {name.lower() for r in received for name in r["headers"]}
     assert "content-type" in headers and not headers & {"authorization", "x-api-key", "x-goog-api-key"}
     assert len(httpx.get(f"{sim.url}/_sim/requests", params={"limit": 100}).json()) == 4
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_repeated_prompt_under_1024_tokens_is_never_cached(sim, model):
+    system = "Answer from the policy. " * 120  # about 730 tokens: under every provider's minimum
+    completions = [call(sim, model, "Same question?", system=system)[0] for _ in range(2)]
+    assert [(c.cached_input_tokens, c.cache_write_input_tokens) for c in completions] == [(0, 0), (0, 0)]
+    assert sim.stats()["cached_input_tokens"] == 0

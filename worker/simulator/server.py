@@ -80,6 +80,7 @@ class Simulator:
         self._limits: dict[tuple[str, str], Limits] = {}
         self._decoder = msgspec.json.Decoder()
         self._cache = PromptCache()
+        self._labels: dict[str, str] = {}
         self._received: deque[tuple[str, str, Any, dict[str, str]]] = deque(maxlen=REQUESTS_KEPT)
 
     def routes(self) -> Routes:
@@ -311,9 +312,12 @@ class Simulator:
         self, key: str, model: str, behaviour: ModelBehaviour, input_tokens: int, output_tokens: int, cache: CacheUse
     ) -> None:
         """Bill an answered request to its key, and count its cached tokens and cost in the stats."""
-        bills = self.stats.bills.get(key_label(key))
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels[key] = key_label(key)  # a digest a request would cost more than the bill
+        bills = self.stats.bills.get(label)
         if bills is None:
-            bills = self.stats.bills[key_label(key)] = {}
+            bills = self.stats.bills[label] = {}
         bill = bills.get(model)
         if bill is None:
             bill = bills[model] = Bill()
