@@ -115,6 +115,8 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     # OpenAI-compatible servers' quirks: "vllm", "ollama", "together", "groq" (or "" for OpenAI itself).
     compat: Literal["", "vllm", "ollama", "together", "groq"] = ""
     anthropic_version: str = "2023-06-01"
+    # anthropic only: mark a system prompt long enough to be cached with `cache_control` (cache reads bill 0.1x).
+    prompt_cache: bool = True
     timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     max_connections: PosInt = 1000
     http_client: Literal["lean", "aiohttp", "httpx"] = "lean"
@@ -132,12 +134,31 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     failure_rate: Probability = 0.0
 
 
+# (cached read, cache write) prices as shares of the input price, by provider kind, from the providers'
+# published pricing: OpenAI bills cached input at half price and no write premium (openai.com/api/pricing,
+# "Prompt caching" guide; gpt-4o $2.50 -> $1.25); Anthropic bills cache reads 0.1x and 5-minute cache
+# writes 1.25x (docs.anthropic.com "Prompt caching" pricing); Gemini 2.5 bills cached input 0.25x and
+# implicit caching no writes (ai.google.dev/gemini-api/docs/pricing, "context caching price"; newer
+# Vertex docs give 0.1x for 2.5 models: set cached_input_usd_per_mtok where that is the bill). An
+# OpenAI-compatible server's caching is its own: 1x unless configured.
+CACHE_PRICE_RATIOS: dict[str, tuple[float, float]] = {
+    "openai": (0.5, 1.0),
+    "anthropic": (0.1, 1.25),
+    "gemini": (0.25, 1.0),
+    "openai_compatible": (1.0, 1.0),
+    "echo": (1.0, 1.0),
+}
+
+
 class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     provider: str
     # The provider's own name for the model (default: the name in this table).
     api_model: str = ""
     input_usd_per_mtok: NonNegFloat
     output_usd_per_mtok: NonNegFloat
+    # Input tokens read from / written to the provider's prompt cache (default: CACHE_PRICE_RATIOS of the input price).
+    cached_input_usd_per_mtok: NonNegFloat | None = None
+    cache_write_usd_per_mtok: NonNegFloat | None = None
     context_window: PosInt
     latency_ms_per_100_output_tokens: NonNegFloat = 1000.0
     quality: dict[str, Probability] = {}
@@ -259,7 +280,18 @@ def parse_config(raw: dict[str, Any], source: str = "config", overridden: Mappin
     except msgspec.ValidationError as exc:
         raise ConfigError(_blame([describe_validation_error(exc, raw, Config)], source, overridden)) from None
     _check_references(config, source, overridden)
+    _default_cache_prices(config)
     return config
+
+
+def _default_cache_prices(config: Config) -> None:
+    """Each model's cached and cache-write prices left unset: its provider kind's ratio to its input price."""
+    for model in config.models.values():
+        cached, write = CACHE_PRICE_RATIOS[config.providers[model.provider].kind]
+        if model.cached_input_usd_per_mtok is None:
+            model.cached_input_usd_per_mtok = model.input_usd_per_mtok * cached
+        if model.cache_write_usd_per_mtok is None:
+            model.cache_write_usd_per_mtok = model.input_usd_per_mtok * write
 
 
 def _blame(errors: list[str], source: str, overridden: Mapping[str, str]) -> str:

@@ -129,10 +129,12 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
 
 
 class Usage(Struct, kw_only=True):
-    """Tokens summed over every attempt of a job."""
+    """Tokens summed over every attempt of a job (the cached and cache-write tokens are part of input_tokens)."""
 
     input_tokens: NonNegInt = 0
     output_tokens: NonNegInt = 0
+    cached_input_tokens: NonNegInt = 0
+    cache_write_input_tokens: NonNegInt = 0
 
 
 class ErrorInfo(Struct, kw_only=True):
@@ -154,6 +156,12 @@ class Attempt(Struct, omit_defaults=True, kw_only=True):
     cost_usd: Usd
     latency_ms: Annotated[float, Meta(ge=0)]
     error: ErrorInfo | None = None
+    cached_input_tokens: Annotated[
+        NonNegInt, Meta(description="Of input_tokens, those read from the provider's prompt cache.")
+    ] = 0
+    cache_write_input_tokens: Annotated[
+        NonNegInt, Meta(description="Of input_tokens, those written to the provider's prompt cache.")
+    ] = 0
     rate_limit_wait_ms: Annotated[
         float, Meta(ge=0, description="Time spent waiting for the rate limits before the call.")
     ] = 0.0
@@ -206,6 +214,12 @@ class CostEvent(Struct, omit_defaults=True, kw_only=True):
     tenant: str | None = None
     task: str | None = None
     error_kind: str | None = None
+    cached_input_tokens: Annotated[
+        NonNegInt, Meta(description="Of input_tokens, those read from the provider's prompt cache.")
+    ] = 0
+    cache_write_input_tokens: Annotated[
+        NonNegInt, Meta(description="Of input_tokens, those written to the provider's prompt cache.")
+    ] = 0
 
 
 class DeadLetter(Struct, omit_defaults=True, kw_only=True):

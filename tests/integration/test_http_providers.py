@@ -76,9 +76,13 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
     assert outputs.result_ids == {i for i, _ in jobs} and outputs.duplicates() == 0
     models = setup.config.models
     by_api_name = {(m.api_model or name): name for name, m in models.items()}
+    # Served tokens at the router's prices, each part of the input at its own (cached, cache-write) rate.
     expected = sum(
         (
-            stats["input_tokens"] * models[by_api_name[api]].input_usd_per_mtok
+            (stats["input_tokens"] - stats["cached_input_tokens"] - stats["cache_write_input_tokens"])
+            * models[by_api_name[api]].input_usd_per_mtok
+            + stats["cached_input_tokens"] * models[by_api_name[api]].cached_input_usd_per_mtok
+            + stats["cache_write_input_tokens"] * models[by_api_name[api]].cache_write_usd_per_mtok
             + stats["output_tokens"] * models[by_api_name[api]].output_usd_per_mtok
         )
         / 1e6
@@ -86,6 +90,8 @@ def test_cost_events_add_up_to_the_tokens_the_simulator_served(bootstrap, report
     )
     costs = sum(e.cost_usd for e in outputs.costs)
     assert costs == pytest.approx(expected, rel=1e-9)
+    assert costs == pytest.approx(served["cost_usd"], rel=1e-9), "the simulator's bill, at its own prices"
+    assert sum(e.cached_input_tokens for e in outputs.costs) == served["cached_input_tokens"]
     assert sum(e.input_tokens for e in outputs.costs) == served["input_tokens"]
     assert sum(e.output_tokens for e in outputs.costs) == served["output_tokens"]
     assert len(outputs.costs) == served["requests"], "one cost event per provider attempt"

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import httpx
 import msgspec
 import pytest
 
@@ -10,7 +11,8 @@ from worker.errors import ProviderError
 from worker.messages import ChatMessage
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
-from worker.routing.pricing import attempt_cost
+from worker.routing.pricing import attempt_cost, prompt_tokens
+from worker.simulator.caching import key_label
 
 KEYS = {
     "OPENAI_API_KEY": "sk-sim",
@@ -345,3 +347,77 @@ def test_anthropic_asks_for_json_by_instruction_and_prefill():
     own = provider.request_body(json_request(("user", "Name a colour."), ("assistant", "[")))
     assert own["messages"][-1] == {"role": "assistant", "content": "["}, "the job's own prefill is kept, alone"
     assert own["system"] == JSON_INSTRUCTION
+
+
+LONG_SYSTEM = "You are a careful assistant for the billing team; answer from the policy below. " * 70
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_repeated_long_system_prompt_is_read_from_the_cache_and_costs_what_the_simulator_bills(sim, model):
+    first, config = call(sim, model, "What is the refund window?", system=LONG_SYSTEM)
+    second, _ = call(sim, model, "Who approves exceptions?", system=LONG_SYSTEM)
+    prefix = prompt_tokens([LONG_SYSTEM])  # the system prompt alone, as the simulator counts it
+    assert prefix >= 1024
+    if model == "claude-3-5-sonnet":  # explicit caching: written on first sight, read afterwards
+        assert (first.cached_input_tokens, first.cache_write_input_tokens) == (0, prefix)
+        assert (second.cached_input_tokens, second.cache_write_input_tokens) == (prefix, 0)
+    else:  # automatic caching: nothing written (billed), the prefix read the second time
+        assert (first.cached_input_tokens, first.cache_write_input_tokens) == (0, 0)
+        expected = prefix if model == "gemini-2.5-flash" else 1024 + (prefix - 1024) // 128 * 128  # OpenAI: 128s
+        assert (second.cached_input_tokens, second.cache_write_input_tokens) == (expected, 0)
+    assert second.input_tokens > second.cached_input_tokens + second.cache_write_input_tokens
+    provider, api_model = MODELS[model]
+    bill = sim.stats()["bills"][key_label(KEYS[f"{provider.upper()}_API_KEY"])][api_model]
+    assert bill["requests"] == 2
+    assert bill["input_tokens"] == first.input_tokens + second.input_tokens
+    assert bill["cached_input_tokens"] == first.cached_input_tokens + second.cached_input_tokens
+    assert bill["cache_write_input_tokens"] == first.cache_write_input_tokens + second.cache_write_input_tokens
+    prices = config.models[model]
+    costs = [
+        attempt_cost(prices, c.input_tokens, c.output_tokens, c.cached_input_tokens, c.cache_write_input_tokens)
+        for c in (first, second)
+    ]
+    assert sum(costs) == pytest.approx(bill["cost_usd"], rel=1e-12, abs=0)
+    if model != "llama-4-70b":  # the OpenAI-compatible server's cache is billed at the full price (1x)
+        assert costs[1] < attempt_cost(prices, second.input_tokens, second.output_tokens), "the cache read is cheaper"
+
+
+def test_anthropic_marks_only_a_long_enough_system_prompt_for_caching_and_only_when_prompt_cache_is_on(sim):
+    call(sim, "claude-3-5-sonnet", "hi", system="Be brief.")
+    call(sim, "claude-3-5-sonnet", "hi", system=LONG_SYSTEM, json_output=True)
+    short, long = (r["body"]["system"] for r in httpx.get(f"{sim.url}/_sim/requests", params={"limit": 2}).json())
+    assert short == "Be brief."
+    assert [b.get("cache_control") for b in long] == [{"type": "ephemeral"}, None], "the JSON instruction after it"
+    assert long[0]["text"] == LONG_SYSTEM
+    config = msgspec.structs.replace(
+        sim_config(sim),
+        providers=sim_config(sim).providers
+        | {"anthropic": msgspec.structs.replace(sim_config(sim).providers["anthropic"], prompt_cache=False)},
+    )
+    provider = build_providers(config, env=KEYS).clients["anthropic"]
+    messages = [ChatMessage(role="system", content=LONG_SYSTEM), ChatMessage(role="user", content="hi")]
+    body = provider.request_body(
+        CompletionRequest(job_id="j", model="claude-3-5-sonnet", messages=messages, max_output_tokens=10)
+    )
+    assert body["system"] == LONG_SYSTEM
+    asyncio.run(provider.close())
+
+
+def test_the_simulator_shows_its_last_requests_without_keys(sim):
+    for model in MODELS:
+        call(sim, model, f"hello {model}")
+    received = httpx.get(f"{sim.url}/_sim/requests", params={"limit": 3}).json()
+    assert [r["model"] for r in received] == ["claude-3-5-sonnet-20241022", "gemini-2.5-flash", "llama-4-70b"]
+    assert received[1]["path"] == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert received[2]["body"]["messages"] == [{"role": "user", "content": "hello llama-4-70b"}]
+    headers = {name.lower() for r in received for name in r["headers"]}
+    assert "content-type" in headers and not headers & {"authorization", "x-api-key", "x-goog-api-key"}
+    assert len(httpx.get(f"{sim.url}/_sim/requests", params={"limit": 100}).json()) == 4
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_a_repeated_prompt_under_1024_tokens_is_never_cached(sim, model):
+    system = "Answer from the policy. " * 120  # about 730 tokens: under every provider's minimum
+    completions = [call(sim, model, "Same question?", system=system)[0] for _ in range(2)]
+    assert [(c.cached_input_tokens, c.cache_write_input_tokens) for c in completions] == [(0, 0), (0, 0)]
+    assert sim.stats()["cached_input_tokens"] == 0

@@ -46,6 +46,7 @@ def test_openai_completion():
 def test_openai_cached_tokens_are_part_of_the_input():
     c = openai.parse_response(response("openai_chat_completion_cached.json"), 1.0)
     assert (c.input_tokens, c.output_tokens, c.finish_reason) == (2006, 300, "length")
+    assert (c.cached_input_tokens, c.cache_write_input_tokens) == (1920, 0), "prompt_tokens_details.cached_tokens"
 
 
 def test_openai_reasoning_tokens_are_part_of_the_output():
@@ -55,6 +56,7 @@ def test_openai_reasoning_tokens_are_part_of_the_output():
     }
     c = openai.parse_response(response(body), 1.0)
     assert (c.input_tokens, c.output_tokens, c.response_model) == (1566, 1518, "o1-2024-12-17")
+    assert c.cached_input_tokens == 1408
 
 
 def test_openai_errors():
@@ -108,6 +110,7 @@ def test_anthropic_cache_reads_and_writes_are_part_of_the_input():
     }
     c = anthropic.parse_response(response(body), 1.0)
     assert (c.input_tokens, c.output_tokens, c.finish_reason) == (21 + 188086 + 0, 393, "length")
+    assert (c.cached_input_tokens, c.cache_write_input_tokens) == (0, 188086), "the cache write, part of the input"
 
 
 def test_anthropic_errors():
@@ -169,3 +172,11 @@ def test_fixtures_are_json_and_documented():
     for path in FIXTURES.glob("*.json"):
         json.loads(path.read_text())
         assert path.name in sources, f"{path.name} has no source in SOURCES.md"
+
+
+def test_gemini_cached_content_tokens_are_part_of_the_prompt():
+    # The published body with the usage fields of an implicit cache hit (ai.google.dev caching docs).
+    body = load("gemini_generate_content.json")
+    body["usageMetadata"] = body["usageMetadata"] | {"promptTokenCount": 2100, "cachedContentTokenCount": 2048}
+    c = gemini.parse_response(response(body), 1.0)
+    assert (c.input_tokens, c.cached_input_tokens, c.cache_write_input_tokens) == (2100, 2048, 0)

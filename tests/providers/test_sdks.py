@@ -195,3 +195,60 @@ def test_a_request_without_a_key_is_refused_in_each_wire_format(sim):
         and answers["anthropic"].json()["error"]["type"] == "authentication_error"
     )
     assert answers["gemini"].status_code == 403 and answers["gemini"].json()["error"]["status"] == "PERMISSION_DENIED"
+
+
+LONG_SYSTEM = "You are a careful assistant for the billing team; answer from the policy below. " * 70
+
+
+def test_each_sdk_parses_the_cached_tokens_of_a_repeated_long_system_prompt(sim):
+    """The usage fields of prompt caching come through each SDK's own types."""
+    openai_usages = [
+        openai_client(sim)
+        .chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": question}],
+            max_completion_tokens=50,
+        )
+        .usage
+        for question in ("first?", "second?")
+    ]
+    assert openai_usages[0].prompt_tokens_details.cached_tokens == 0
+    cached = openai_usages[1].prompt_tokens_details.cached_tokens
+    assert cached >= 1024 and (cached - 1024) % 128 == 0 and cached < openai_usages[1].prompt_tokens
+
+    system = [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}]
+    anthropic_usages = [
+        anthropic_client(sim)
+        .messages.create(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=50,
+            system=system,
+            messages=[{"role": "user", "content": question}],
+        )
+        .usage
+        for question in ("first?", "second?")
+    ]
+    written = anthropic_usages[0].cache_creation_input_tokens
+    assert written >= 1024 and anthropic_usages[0].cache_read_input_tokens == 0
+    second = anthropic_usages[1]
+    assert (second.cache_read_input_tokens, second.cache_creation_input_tokens) == (written, 0)
+    assert 0 < second.input_tokens < written, "input_tokens: only those after the breakpoint"
+
+    gemini_usages = [
+        gemini_client(sim)
+        .models.generate_content(
+            model="gemini-2.5-flash",
+            contents=question,
+            config=genai_types.GenerateContentConfig(max_output_tokens=50, system_instruction=LONG_SYSTEM),
+        )
+        .usage_metadata
+        for question in ("first?", "second?")
+    ]
+    assert gemini_usages[0].cached_content_token_count is None
+    hit = gemini_usages[1].cached_content_token_count
+    assert hit >= 1024 and hit < gemini_usages[1].prompt_token_count
+    assert gemini_usages[1].cache_tokens_details[0].token_count == hit
+
+    served = sim.stats()
+    assert served["cached_input_tokens"] == cached + written + hit
+    assert served["cache_write_input_tokens"] == written

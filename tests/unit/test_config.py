@@ -136,3 +136,26 @@ def test_the_simulator_config_defaults_to_the_shipped_one_whatever_the_directory
     config = load_simulator_config()
     assert "gpt-4o" in config.models
     assert load_simulator_config(DEFAULT_SIMULATOR_CONFIG) == config
+
+
+def test_cache_prices_default_to_the_provider_kinds_published_ratio():
+    raw = raw_default()
+    for model in raw["models"].values():
+        model.pop("cached_input_usd_per_mtok", None)
+        model.pop("cache_write_usd_per_mtok", None)
+    models = parse_config(raw).models
+    ratios = {
+        name: (m.cached_input_usd_per_mtok / m.input_usd_per_mtok, m.cache_write_usd_per_mtok / m.input_usd_per_mtok)
+        for name, m in models.items()
+    }
+    assert ratios == {
+        "gpt-4o": (0.5, 1.0),
+        "claude-3-5-sonnet": (pytest.approx(0.1), 1.25),
+        "gemini-2.5-flash": (0.25, 1.0),
+        "llama-4-70b": (1.0, 1.0),
+    }
+    shipped = load_config(env={}).models
+    assert (shipped["gpt-4o"].cached_input_usd_per_mtok, shipped["gpt-4o"].cache_write_usd_per_mtok) == (1.25, 2.50)
+    assert load_config(env={}).providers["anthropic"].prompt_cache is True
+    overridden = load_config(env={"LLM_ROUTER__MODELS__GPT_4O__CACHED_INPUT_USD_PER_MTOK": "0.625"}).models["gpt-4o"]
+    assert overridden.cached_input_usd_per_mtok == 0.625

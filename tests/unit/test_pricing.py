@@ -29,3 +29,16 @@ def test_the_prompt_estimate_of_the_runner_and_the_echo_is_the_pricing_rule(conf
     assert completion.input_tokens == prompt_tokens(contents) == text_tokens(contents) + 4 * len(contents)
     assert completion.text == f"[gpt-4o] {contents[-1]}" and completion.output_tokens == (len(completion.text) + 3) // 4
     assert completion.finish_reason == "stop" and completion.request_id == "echo-j-gpt-4o"
+
+
+def test_cached_input_and_cache_writes_are_billed_at_their_own_prices(config):
+    gpt, claude = config.models["gpt-4o"], config.models["claude-3-5-sonnet"]
+    # 3,000 input tokens of which 2,048 read from the cache: the rest at $2.50, the cached at $1.25.
+    assert attempt_cost(gpt, 3000, 100, cached_input_tokens=2048) == pytest.approx(
+        (952 * 2.50 + 2048 * 1.25 + 100 * 10.00) / 1e6
+    )
+    # Anthropic: 1,500 read at $0.30, 1,200 written at $3.75, 300 uncached at $3.00.
+    assert attempt_cost(claude, 3000, 100, cached_input_tokens=1500, cache_write_input_tokens=1200) == pytest.approx(
+        (300 * 3.00 + 1500 * 0.30 + 1200 * 3.75 + 100 * 15.00) / 1e6
+    )
+    assert attempt_cost(gpt, 3000, 100) == pytest.approx((3000 * 2.50 + 100 * 10.00) / 1e6), "no cache: as before"

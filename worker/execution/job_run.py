@@ -67,6 +67,8 @@ class JobRun(Struct, kw_only=True):
             outcome="failed" if error else "ok",
             input_tokens=completion.input_tokens if completion else 0,
             output_tokens=completion.output_tokens if completion else 0,
+            cached_input_tokens=completion.cached_input_tokens if completion else 0,
+            cache_write_input_tokens=completion.cache_write_input_tokens if completion else 0,
             cost_usd=cost_usd,
             latency_ms=latency_ms,
             error=error,
@@ -90,6 +92,8 @@ class JobRun(Struct, kw_only=True):
             tenant=self.job.tenant,
             task=self.task,
             error_kind=attempt.error.kind if attempt.error else None,
+            cached_input_tokens=attempt.cached_input_tokens,
+            cache_write_input_tokens=attempt.cache_write_input_tokens,
         )
 
     def failure(self) -> ErrorInfo:
@@ -112,11 +116,19 @@ class JobRun(Struct, kw_only=True):
         finished_at = self.cost_events[-1].ts if output is not None and self.cost_events else datetime.now(UTC)
         last = attempts[-1] if attempts else None
         if last is not None and len(attempts) == 1:  # most jobs: no sums to make
-            usage = Usage(input_tokens=last.input_tokens, output_tokens=last.output_tokens)
+            usage = Usage(
+                input_tokens=last.input_tokens,
+                output_tokens=last.output_tokens,
+                cached_input_tokens=last.cached_input_tokens,
+                cache_write_input_tokens=last.cache_write_input_tokens,
+            )
             cost_usd = last.cost_usd
         else:
             usage = Usage(
-                input_tokens=sum(a.input_tokens for a in attempts), output_tokens=sum(a.output_tokens for a in attempts)
+                input_tokens=sum(a.input_tokens for a in attempts),
+                output_tokens=sum(a.output_tokens for a in attempts),
+                cached_input_tokens=sum(a.cached_input_tokens for a in attempts),
+                cache_write_input_tokens=sum(a.cache_write_input_tokens for a in attempts),
             )
             cost_usd = sum(a.cost_usd for a in attempts)
         answered_by = last if last is not None and error is None else None

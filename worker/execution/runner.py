@@ -467,7 +467,11 @@ class JobRunner:
             self._judge(run, request.model, completion),
             completion=completion,
             cost_usd=attempt_cost(
-                self._config.models[request.model], completion.input_tokens, completion.output_tokens
+                self._config.models[request.model],
+                completion.input_tokens,
+                completion.output_tokens,
+                completion.cached_input_tokens,
+                completion.cache_write_input_tokens,
             ),
             latency_ms=latency_ms,
             waited_ms=waited_s * 1000,

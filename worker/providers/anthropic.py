@@ -13,6 +13,7 @@ from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
 from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
+from worker.routing.pricing import text_tokens
 
 # The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
 # started with "{" (a prefill: the final assistant message, which the model continues).
@@ -26,6 +27,10 @@ _SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "stop": "stop
 MAX_TEMPERATURE = 1.0
 # The API version that removed `temperature` and `top_p` (and `top_k`): from it on, they are left out.
 SAMPLING_REMOVED_IN = "2026-10-21"
+# The shortest prompt prefix the API caches (Sonnet- and Opus-class models; a shorter one marked for
+# caching is simply not cached): a system prompt of this many estimated tokens or more is marked.
+MIN_CACHEABLE_TOKENS = 1024
+CACHE_CONTROL = {"type": "ephemeral"}  # the default 5-minute cache, whose writes bill 1.25x
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -49,6 +54,7 @@ class AnthropicProvider:
         self._models = {m: c.api_model or m for m, c in models.items()}
         self._version = config.anthropic_version
         self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
+        self._prompt_cache = config.prompt_cache
         if api_key:
             self._headers["x-api-key"] = api_key
         self._transport = transport
@@ -69,9 +75,20 @@ class AnthropicProvider:
             "messages": messages,
         }
         if system:
-            body["system"] = "\n\n".join(system)
+            body["system"] = self.system(system, sum(1 for m in request.messages if m.role == "system"))
         body.update(sampling_fields(request.sampling, self._version)[0])
         return body
+
+    def system(self, texts: list[str], own: int) -> str | list[dict]:
+        """The top-level `system` of `texts`, whose first `own` are the job's system messages (instructions
+        the adapter adds come after them). When prompt caching is on and the job's system prompt is long
+        enough to be cached, a list of text blocks whose last one of the job's own carries `cache_control`:
+        the cached prefix is then the same whatever the adapter adds."""
+        if not (self._prompt_cache and own and text_tokens(texts[:own]) >= MIN_CACHEABLE_TOKENS):
+            return "\n\n".join(texts)
+        blocks: list[dict] = [{"type": "text", "text": text} for text in texts]
+        blocks[own - 1]["cache_control"] = CACHE_CONTROL
+        return blocks
 
     async def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
@@ -132,14 +149,16 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthr
     data = decode_json(response.body, what)
     text = "".join(block.get("text", "") for block in data.get("content") or () if block.get("type") == "text")
     usage = data.get("usage") or {}
-    input_tokens = sum(
-        int(usage.get(k) or 0) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    )
+    # `input_tokens` excludes the cache reads and writes: the whole input is the sum of the three.
+    cache_read = int(usage.get("cache_read_input_tokens") or 0)
+    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
     return Completion(
         text=text,
         finish_reason=_FINISH.get(data.get("stop_reason") or "", "other"),
-        input_tokens=input_tokens,
+        input_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
         output_tokens=int(usage.get("output_tokens") or 0),
+        cached_input_tokens=cache_read,
+        cache_write_input_tokens=cache_write,
         request_id=response.headers.get("request-id") or str(data.get("id") or ""),
         latency_ms=latency_ms,
         response_model=str(data.get("model") or ""),

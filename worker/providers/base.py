@@ -55,13 +55,17 @@ class Completion(Struct, frozen=True, kw_only=True):
     """A provider's answer, normalised across wire APIs.
 
     Token counts follow the OpenTelemetry GenAI conventions: input includes cached tokens (and
-    Anthropic's cache reads and writes), output includes reasoning/thinking tokens.
+    Anthropic's cache reads and writes), output includes reasoning/thinking tokens. Of the input,
+    `cached_input_tokens` were read from the provider's prompt cache and `cache_write_input_tokens`
+    written to it (each billed at its own rate).
     """
 
     text: str
     finish_reason: FinishReason
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
     request_id: str = ""
     latency_ms: float = 0.0
     response_model: str = ""

@@ -110,6 +110,8 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemin
         # promptTokenCount includes cached content; thinking tokens count as output.
         input_tokens=int(usage.get("promptTokenCount") or 0) + int(usage.get("toolUsePromptTokenCount") or 0),
         output_tokens=int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0),
+        # Implicit (and explicit) cache hits, part of promptTokenCount; Gemini bills no cache writes.
+        cached_input_tokens=int(usage.get("cachedContentTokenCount") or 0),
         request_id=str(data.get("responseId") or ""),
         latency_ms=latency_ms,
         response_model=str(data.get("modelVersion") or ""),

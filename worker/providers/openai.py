@@ -119,6 +119,8 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
         # prompt_tokens already includes cached tokens; completion_tokens includes reasoning tokens.
         input_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or details.get("reasoning_tokens") or 0),
+        # OpenAI caches prefixes by itself and bills no writes: only cache reads are reported.
+        cached_input_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
         request_id=response.headers.get("x-request-id") or str(data.get("id") or ""),
         latency_ms=latency_ms,
         response_model=str(data.get("model") or ""),

@@ -8,9 +8,27 @@ from worker.config import ModelConfig
 from worker.messages import ChatMessage
 
 
-def attempt_cost(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-    """USD cost of one attempt."""
-    return (input_tokens * model.input_usd_per_mtok + output_tokens * model.output_usd_per_mtok) / 1_000_000
+def attempt_cost(
+    model: ModelConfig,
+    input_tokens: int,
+    output_tokens: int,
+    cached_input_tokens: int = 0,
+    cache_write_input_tokens: int = 0,
+) -> float:
+    """USD cost of one attempt, as the provider bills it: of the `input_tokens` (all of them), those read
+    from its prompt cache at the cached price, those written to it at the cache-write price, the rest at
+    the input price; output at the output price. (A price left unset, on a model not loaded by
+    `load_config`, is the input price.)"""
+    input_price = model.input_usd_per_mtok
+    cached_price = model.cached_input_usd_per_mtok
+    write_price = model.cache_write_usd_per_mtok
+    uncached = input_tokens - cached_input_tokens - cache_write_input_tokens
+    return (
+        uncached * input_price
+        + cached_input_tokens * (input_price if cached_price is None else cached_price)
+        + cache_write_input_tokens * (input_price if write_price is None else write_price)
+        + output_tokens * model.output_usd_per_mtok
+    ) / 1_000_000
 
 
 def estimate_tokens(text: str) -> int:

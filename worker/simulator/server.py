@@ -3,7 +3,8 @@
 POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
 POST /v1/messages                              Anthropic
 POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
-GET  /_sim/stats                               what it served, as JSON
+GET  /_sim/stats                               what it served, as JSON, with its bill per key and model
+GET  /_sim/requests?limit=N                    the last requests it received (path, model, body, headers without keys)
 POST /_sim/reset                               zero the counts
 GET  /_sim/models                              every model's behaviour
 PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
@@ -16,7 +17,7 @@ import asyncio
 import random
 import signal
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import msgspec
@@ -27,17 +28,25 @@ from worker.routing.pricing import prompt_tokens
 from worker.runtime import tune_gc
 from worker.simulator import wire
 from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
+from worker.simulator.caching import Bill, CacheUse, PromptCache, key_label
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.limits import Limits
 from worker.simulator.sampling import sampling_error
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
 
+# Headers that carry an API key: left out of the requests shown at /_sim/requests.
+KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
+REQUESTS_KEPT = 1000  # the most requests /_sim/requests shows
+
 
 class ModelStats(msgspec.Struct, kw_only=True):
     requests: int = 0
     ok: int = 0
-    input_tokens: int = 0
+    input_tokens: int = 0  # all of them, cached ones included
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    cost_usd: float = 0.0  # at the model's prices
     correct: int = 0
     wrong: int = 0
     statuses: dict[str, int] = {}
@@ -51,10 +60,15 @@ class Stats(msgspec.Struct, kw_only=True):
     rate_limited_sent: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_input_tokens: int = 0
+    cost_usd: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
     statuses: dict[str, int] = {}
     models: dict[str, ModelStats] = {}
+    # The bill: per API key (named by a digest, `caching.key_label`) and model.
+    bills: dict[str, dict[str, Bill]] = {}
 
 
 class Simulator:
@@ -66,6 +80,9 @@ class Simulator:
         self._rng = random.Random(config.seed)
         self._limits: dict[tuple[str, str], Limits] = {}
         self._decoder = msgspec.json.Decoder()
+        self._cache = PromptCache()
+        self._labels: dict[str, str] = {}
+        self._received: deque[tuple[str, str, Any, dict[str, str]]] = deque(maxlen=REQUESTS_KEPT)
 
     def routes(self) -> Routes:
         routes = Routes()
@@ -73,6 +90,7 @@ class Simulator:
         routes.add("POST", "/v1/messages", self._anthropic)
         routes.add("POST", r"/{version:v1beta|v1}/models/{target}", self._gemini)
         routes.add("GET", "/_sim/stats", self._get_stats)
+        routes.add("GET", "/_sim/requests", self._get_requests)
         routes.add("POST", "/_sim/reset", self._reset)
         routes.add("GET", "/_sim/models", self._get_models)
         routes.add("PATCH", "/_sim/models/{model}", self._patch_model)
@@ -82,6 +100,7 @@ class Simulator:
     async def _openai(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
+        self._received.append((request.path, model, body, request.headers))
         behaviour = self.config.models.get(model)
         wire_name = behaviour.wire if behaviour and behaviour.wire in ("openai", "openai_compatible") else "openai"
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if isinstance(body, dict) else None
@@ -98,8 +117,10 @@ class Simulator:
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
+        self._received.append((request.path, model, body, request.headers))
         texts = None
         prefill, json = "", False
+        breakpoints: list[int] = []
         if isinstance(body, dict):
             system = body.get("system")
             system_texts = [system] if isinstance(system, str) else [b.get("text", "") for b in system or []]
@@ -110,6 +131,7 @@ class Simulator:
                 else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
                 for m in messages
             ]
+            breakpoints = _breakpoints(system, messages)
             # A final assistant message is a prefill: the answer continues it. A JSON one, or a system
             # prompt asking for JSON, is how the Messages API is asked for JSON.
             if messages and messages[-1].get("role") == "assistant":
@@ -140,6 +162,7 @@ class Simulator:
             request.arrived,
             json=json,
             prefill=prefill,
+            breakpoints=breakpoints,
         )
 
     async def _gemini(self, request: Request) -> Response:
@@ -147,6 +170,7 @@ class Simulator:
         if action != "generateContent":
             return self._reply(wire.error("gemini", "", "not_found", model), model)
         body = await self._body(request)
+        self._received.append((request.path, model, body, request.headers))
         texts = None
         max_tokens = 8192
         json = False
@@ -181,13 +205,16 @@ class Simulator:
         arrived: float,
         json: bool = False,
         prefill: str = "",
+        breakpoints: list[int] | None = None,
     ) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            return await self._answer(wire_name, model, texts, max_tokens, key, body, arrived, json, prefill)
+            return await self._answer(
+                wire_name, model, texts, max_tokens, key, body, arrived, json, prefill, breakpoints or []
+            )
         finally:
             stats.in_flight -= 1
 
@@ -202,10 +229,12 @@ class Simulator:
         arrived: float,
         json: bool = False,
         prefill: str = "",
+        breakpoints: list[int] | None = None,
     ) -> Response:
         """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
         so the time the simulator itself took to get to it under load is part of the latency, not added to it.
-        `json`: the request asked for JSON; `prefill`: the start of the answer the request gave (not repeated)."""
+        `json`: the request asked for JSON; `prefill`: the start of the answer the request gave (not repeated);
+        `breakpoints`: the texts a `cache_control` marks (Anthropic)."""
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
             return self._reply(
@@ -274,7 +303,9 @@ class Simulator:
         delay = latency_s(behaviour, output_tokens, self.config.latency_scale, self._rng)
         if delay:
             await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
+        cache = self._cache.use(wire_name, key, model, texts, behaviour.min_cacheable_tokens, breakpoints or ())
         model_stats = self._model_stats(model)
+        self._bill(key, model, behaviour, input_tokens, output_tokens, cache)
         model_stats.input_tokens += input_tokens
         model_stats.output_tokens += output_tokens
         self.stats.input_tokens += input_tokens
@@ -285,8 +316,27 @@ class Simulator:
             else:
                 model_stats.wrong += 1
         return self._reply(
-            wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers), model
+            wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers, cache), model
         )
+
+    def _bill(
+        self, key: str, model: str, behaviour: ModelBehaviour, input_tokens: int, output_tokens: int, cache: CacheUse
+    ) -> None:
+        """Bill an answered request to its key, and count its cached tokens and cost in the stats."""
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels[key] = key_label(key)  # a digest a request would cost more than the bill
+        bills = self.stats.bills.get(label)
+        if bills is None:
+            bills = self.stats.bills[label] = {}
+        bill = bills.get(model)
+        if bill is None:
+            bill = bills[model] = Bill()
+        cost = bill.add(behaviour, input_tokens, output_tokens, cache)
+        for stats in (self.stats, self._model_stats(model)):
+            stats.cached_input_tokens += cache.read
+            stats.cache_write_input_tokens += cache.written
+            stats.cost_usd += cost
 
     @staticmethod
     def _context_error(wire_name: str, behaviour: ModelBehaviour, input_tokens: int, max_tokens: int) -> str:
@@ -354,10 +404,33 @@ class Simulator:
     async def _get_stats(self, request: Request) -> Response:
         return json_response(msgspec.json.encode(self.stats))
 
+    async def _get_requests(self, request: Request) -> Response:
+        """The last `limit` requests received (default 20), the latest last; headers without API keys."""
+        try:
+            limit = max(0, int(request.query.get("limit", "20")))
+        except ValueError:
+            return json_response(msgspec.json.encode({"error": "limit: not an integer"}), status=400)
+        received = list(self._received)[-limit:] if limit else []
+        return json_response(
+            msgspec.json.encode(
+                [
+                    {
+                        "path": path,
+                        "model": model,
+                        "body": body,
+                        "headers": {k: v for k, v in headers.items() if k.lower() not in KEY_HEADERS},
+                    }
+                    for path, model, body, headers in received
+                ]
+            )
+        )
+
     async def _reset(self, request: Request) -> Response:
         in_flight = self.stats.in_flight
         self.stats = Stats(in_flight=in_flight)
         self._limits.clear()
+        self._cache.clear()
+        self._received.clear()
         return json_response(msgspec.json.encode(self.stats))
 
     async def _get_models(self, request: Request) -> Response:
@@ -429,3 +502,19 @@ def run_simulator(config: SimulatorConfig, host: str, port: int, loop: EventLoop
             await server.stop()
 
     runtime.run(serve(), loop)
+
+
+def _breakpoints(system: Any, messages: list[Any]) -> list[int]:
+    """The indices, among the texts the simulator counts (each system block, then each message), of those
+    a `cache_control` marks: a system block, or a message with a marked content block."""
+    marked: list[int] = []
+    blocks = system if isinstance(system, list) else []
+    for i, block in enumerate(blocks):
+        if isinstance(block, dict) and block.get("cache_control"):
+            marked.append(i)
+    offset = len(blocks) if blocks else (1 if isinstance(system, str) else 0)
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") for b in content):
+            marked.append(offset + i)
+    return marked

@@ -8,12 +8,13 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from worker.config import DEFAULTS_DIR, ConfigError, describe_validation_error, read_toml
+from worker.config import CACHE_PRICE_RATIOS, DEFAULTS_DIR, ConfigError, describe_validation_error, read_toml
 
 DEFAULT_SIMULATOR_CONFIG = DEFAULTS_DIR / "simulator.toml"
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
 PerMinute = Annotated[int, Meta(ge=0)]
+Price = Annotated[float, Meta(ge=0)]
 
 
 class ErrorMix(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -50,6 +51,25 @@ class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
     tokens_per_minute: PerMinute = 0
     input_tokens_per_minute: PerMinute = 0
     output_tokens_per_minute: PerMinute = 0
+    # The bill's prices in USD per million tokens; cached input and cache writes default to the wire's
+    # published ratio to the input price (worker.config.CACHE_PRICE_RATIOS).
+    input_usd_per_mtok: Price = 0.0
+    output_usd_per_mtok: Price = 0.0
+    cached_input_usd_per_mtok: Price | None = None
+    cache_write_usd_per_mtok: Price | None = None
+    # The shortest prompt prefix the model caches (OpenAI, Anthropic's Sonnet, Gemini 2.5 Flash: 1,024).
+    min_cacheable_tokens: Annotated[int, Meta(gt=0)] = 1024
+
+    def prices(self) -> tuple[float, float, float, float]:
+        """(input, output, cached input, cache write) USD per million tokens."""
+        cached_ratio, write_ratio = CACHE_PRICE_RATIOS[self.wire]
+        cached, write = self.cached_input_usd_per_mtok, self.cache_write_usd_per_mtok
+        return (
+            self.input_usd_per_mtok,
+            self.output_usd_per_mtok,
+            self.input_usd_per_mtok * cached_ratio if cached is None else cached,
+            self.input_usd_per_mtok * write_ratio if write is None else write,
+        )
 
 
 class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):

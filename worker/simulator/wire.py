@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from worker.simulator.behaviour import Answer
+from worker.simulator.caching import NO_CACHE, CacheUse
 from worker.simulator.limits import LimitState
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -67,9 +68,16 @@ def rate_limit_headers(wire: str, limits: list[LimitState]) -> dict[str, str]:
 
 
 def success(
-    wire: str, model: str, answer: Answer, input_tokens: int, thinking_tokens: int, headers: dict[str, str]
+    wire: str,
+    model: str,
+    answer: Answer,
+    input_tokens: int,
+    thinking_tokens: int,
+    headers: dict[str, str],
+    cache: CacheUse = NO_CACHE,
 ) -> Reply:
-    """A 200 in the wire's shape."""
+    """A 200 in the wire's shape; `input_tokens` is the whole prompt, `cache` what of it the prompt cache
+    served (reported in each wire's own fields, as each counts them)."""
     request_id = _request_id()
     if wire in ("openai", "openai_compatible"):
         refused = answer.finish == "refusal"
@@ -95,7 +103,7 @@ def success(
                 "prompt_tokens": input_tokens,
                 "completion_tokens": answer.output_tokens + thinking_tokens,
                 "total_tokens": input_tokens + answer.output_tokens + thinking_tokens,
-                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "prompt_tokens_details": {"cached_tokens": cache.read, "audio_tokens": 0},
                 "completion_tokens_details": {
                     "reasoning_tokens": thinking_tokens,
                     "audio_tokens": 0,
@@ -118,9 +126,10 @@ def success(
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": {
-                "input_tokens": input_tokens,
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
+                # Anthropic's input_tokens are those after the last cache breakpoint only.
+                "input_tokens": input_tokens - cache.read - cache.written,
+                "cache_creation_input_tokens": cache.written,
+                "cache_read_input_tokens": cache.read,
                 "output_tokens": answer.output_tokens + thinking_tokens,
                 "service_tier": "standard",
             },
@@ -139,6 +148,9 @@ def success(
         }
         if thinking_tokens:
             usage["thoughtsTokenCount"] = thinking_tokens
+        if cache.read:  # promptTokenCount includes the cached tokens
+            usage["cachedContentTokenCount"] = cache.read
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cache.read}]
         body = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": request_id}
     return 200, headers | {"content-type": "application/json"}, _json.encode(body)
 
