@@ -242,35 +242,38 @@ class Deduplicator:
         return left
 
     async def _read_back(self, found: Finished, key: bytes) -> bytes | None:
-        """The first result of `key`, read from the results topic; None when it cannot be found: within the
-        read-back time for a job that finished that recently (its result may still be on its way), at once for
-        an older one (its result is gone: the results topic's retention, or a topic made anew), so that a run
-        of such duplicates does not hold the worker up."""
+        """The first result of `key`, read from the results topic; None when it cannot be found. A job that
+        finished within the read-back time may have its result still on its way: it is looked for again until
+        that time has passed. For an older one a scan to the partition's end settles it (its result is gone:
+        the results topic's retention, or a topic made anew), so that a run of such duplicates does not hold
+        the worker up."""
         tp = TopicPartition(self._results_topic, found.partition)
         async with self._reading:
-            age_s = time.time() - found.timestamp_s
-            deadline = time.monotonic() + (self._read_back_s if age_s < self._read_back_s else 0.0)
+            recent = time.time() - found.timestamp_s < self._read_back_s
+            deadline = time.monotonic() + self._read_back_s
             reader = self._reader
             if reader.assignment() != {tp}:
                 reader.assign([tp])
             reader.resume(tp)
             try:
-                return await self._find(tp, found, key, deadline)
+                return await self._find(tp, found, key, deadline, again=recent)
             finally:
                 reader.pause(tp)  # no fetching between read-backs
 
-    async def _find(self, tp: TopicPartition, found: Finished, key: bytes, deadline: float) -> bytes | None:
+    async def _find(
+        self, tp: TopicPartition, found: Finished, key: bytes, deadline: float, again: bool
+    ) -> bytes | None:
         start = found.offset
         while True:
             if start is None:  # not read back before: look for it from the time it finished
                 start = await self._offset_at(tp, found.timestamp_s * 1000 - SLACK_MS)
             if start is not None:
-                located, start = await self._scan(tp, start, key)
+                located, start = await self._scan(tp, start, key, deadline)
                 if located is not None:
                     offset, value = located
                     self.ids.locate(digest(key), offset)
                     return value
-            if time.monotonic() >= deadline:
+            if not again or time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.05)  # not on the broker yet (an unacknowledged or uncommitted output)
 
@@ -280,12 +283,21 @@ class Deduplicator:
         # A broker without such a record may answer one with no timestamp (Tansu) rather than none.
         return found.offset if found is not None and found.timestamp >= 0 else None
 
-    async def _scan(self, tp: TopicPartition, start: int, key: bytes) -> tuple[tuple[int, bytes] | None, int]:
-        """The first record keyed `key` from `start` until a fetch brings nothing more: (its offset, its value),
-        or None; and where a next scan starts."""
+    async def _scan(
+        self, tp: TopicPartition, start: int, key: bytes, deadline: float
+    ) -> tuple[tuple[int, bytes] | None, int]:
+        """The first record keyed `key` from `start` to the partition's end (its end offset reached and a fetch
+        bringing nothing more; a busy broker's fetch may come back empty before that), or until `deadline`:
+        (its offset, its value), or None; and where a next scan starts."""
         reader = self._reader
         reader.seek(tp, start)
-        while records := (await reader.getmany(tp, timeout_ms=100)).get(tp):
+        end = (await reader.end_offsets([tp]))[tp]
+        while time.monotonic() < deadline:
+            records = (await reader.getmany(tp, timeout_ms=100)).get(tp)
+            if not records:
+                if await reader.position(tp) >= end:
+                    break
+                continue
             for record in records:
                 if record.key == key:
                     return (record.offset, record.value), record.offset + 1
