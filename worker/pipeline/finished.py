@@ -215,7 +215,9 @@ class Deduplicator:
                 # Done with a partition at its end offset, once a fetch brings nothing more: the embedded
                 # broker answers a lower end offset than the last record's when that came in a batch of several.
                 for tp in list(ends):
-                    if tp not in batch and await consumer.position(tp) >= ends[tp]:
+                    # The fetches' high watermark is the broker's end when the listed end offset is low.
+                    end = max(ends[tp], consumer.highwater(tp) or 0)
+                    if tp not in batch and await consumer.position(tp) >= end:
                         del ends[tp]
             return added
         finally:
@@ -295,7 +297,7 @@ class Deduplicator:
         while time.monotonic() < deadline:
             records = (await reader.getmany(tp, timeout_ms=100)).get(tp)
             if not records:
-                if await reader.position(tp) >= end:
+                if await reader.position(tp) >= max(end, reader.highwater(tp) or 0):
                     break
                 continue
             for record in records:
