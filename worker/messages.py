@@ -7,7 +7,7 @@ encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -197,6 +197,21 @@ class Result(Struct, omit_defaults=True, kw_only=True):
     task: str | None = None
     tenant: str | None = None
     error: ErrorInfo | None = None
+
+    @classmethod
+    def failed(cls, *, job_id: str, kind: str, message: str, tenant: str | None = None) -> Result:
+        """The result of a job that failed before any attempt (rejected at intake, or a bug in the worker)."""
+        return cls(
+            job_id=job_id,
+            status="failed",
+            attempts=[],
+            usage=Usage(),
+            cost_usd=0.0,
+            latency_ms=0.0,
+            finished_at=datetime.now(UTC),
+            tenant=tenant,
+            error=ErrorInfo(kind=kind, message=message),
+        )
 
 
 class CostEvent(Struct, omit_defaults=True, kw_only=True):

@@ -56,6 +56,17 @@ class Setup:
         return env | self.env | {"PYTHONUNBUFFERED": "1"}
 
 
+def simulator_providers(url: str) -> dict[str, str]:
+    """Env overrides that put the four configured providers, each with its own wire API, on the simulator at `url`."""
+    kinds = {"OPENAI": ("openai", "/v1"), "ANTHROPIC": ("anthropic", ""), "GEMINI": ("gemini", "/v1beta")}
+    overrides = {}
+    for provider in PROVIDERS:
+        kind, path = kinds.get(provider, ("openai_compatible", "/v1"))
+        overrides[f"LLM_ROUTER__PROVIDERS__{provider}__KIND"] = kind
+        overrides[f"LLM_ROUTER__PROVIDERS__{provider}__BASE_URL"] = f"{url}{path}"
+    return overrides
+
+
 def provider_latency(ms: float) -> dict[str, str]:
     """Env overrides that make every echo provider call take `ms` milliseconds."""
     return {f"LLM_ROUTER__PROVIDERS__{p}__LATENCY_MS": str(ms) for p in PROVIDERS}

@@ -6,7 +6,7 @@ import asyncio
 import msgspec
 import pytest
 
-from tests.integration.helpers import PROVIDERS, Setup, collect, make_topics, produce
+from tests.integration.helpers import Setup, collect, make_topics, produce, simulator_providers
 from tests.integration.test_http_providers import KEYS
 from worker.cli.runs import running_worker
 from worker.config import load_config
@@ -67,16 +67,9 @@ def test_cost_events_add_up_to_the_simulators_bill_with_cached_tokens(bootstrap,
         url = await server.start()
         setup = Setup(
             bootstrap,
-            LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL=f"{url}/v1",
-            LLM_ROUTER__PROVIDERS__ANTHROPIC__BASE_URL=url,
-            LLM_ROUTER__PROVIDERS__GEMINI__BASE_URL=f"{url}/v1beta",
-            LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL=f"{url}/v1",
             LLM_ROUTER__WORKER__RETRY_BASE_S=0.01,
             LLM_ROUTER__WORKER__RETRY_CAP_S=0.05,
-            **{
-                f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind
-                for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"), strict=True)
-            },
+            **simulator_providers(url),
         )
         try:
             await make_topics(setup)

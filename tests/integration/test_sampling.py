@@ -5,7 +5,7 @@ import asyncio
 
 import msgspec
 
-from tests.integration.helpers import PROVIDERS, Setup, collect, job_bytes, make_topics, produce
+from tests.integration.helpers import Setup, collect, job_bytes, make_topics, produce, simulator_providers
 from worker.cli.runs import running_worker
 from worker.providers import build_providers
 from worker.simulator.server import SimulatorServer
@@ -37,14 +37,7 @@ def test_jobs_with_generation_settings_are_answered_on_each_provider(bootstrap):
         url = await server.start()
         setup = Setup(
             bootstrap,
-            LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL=f"{url}/v1",
-            LLM_ROUTER__PROVIDERS__ANTHROPIC__BASE_URL=url,
-            LLM_ROUTER__PROVIDERS__GEMINI__BASE_URL=f"{url}/v1beta",
-            LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL=f"{url}/v1",
-            **{
-                f"LLM_ROUTER__PROVIDERS__{p}__KIND": kind
-                for p, kind in zip(PROVIDERS, ("openai", "anthropic", "gemini", "openai_compatible"), strict=True)
-            },
+            **simulator_providers(url),
         )
         try:
             await make_topics(setup)

@@ -17,7 +17,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -29,7 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from worker.config import Config, ConfigError
 from worker.execution.runner import JobOutcome, JobRunner
-from worker.messages import ErrorInfo, Job, Result, Usage
+from worker.messages import Job, Result
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
@@ -528,16 +527,8 @@ class Worker:
     @staticmethod
     def _internal_error(job: Job, exc: Exception) -> JobOutcome:
         log.exception("job failed inside the worker", extra={"job_id": job.id})
-        result = Result(
-            job_id=job.id,
-            status="failed",
-            attempts=[],
-            usage=Usage(),
-            cost_usd=0.0,
-            latency_ms=0.0,
-            finished_at=_now(),
-            tenant=job.tenant,
-            error=ErrorInfo(kind="internal", message=f"{type(exc).__name__}: {exc}"),
+        result = Result.failed(
+            job_id=job.id, kind="internal", message=f"{type(exc).__name__}: {exc}", tenant=job.tenant
         )
         return JobOutcome(result=result, cost_events=[])
 
@@ -720,10 +711,6 @@ def _no_usable_provider(config: Config, unavailable: dict[str, str]) -> str:
 def _with_headers(outputs: list[Output], headers: list[tuple[str, bytes]]) -> list[Output]:
     """The outputs with `headers` after their own."""
     return [(topic, key, value, own + headers) for topic, key, value, own in outputs]
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _task_starter() -> Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from worker.messages import DeadLetter, DeadLetterKind, ErrorInfo, Job, JobId, Result, Usage
+from worker.messages import DeadLetter, DeadLetterKind, Job, JobId, Result
 
 _decoder = msgspec.json.Decoder(Job)
 
@@ -64,16 +64,7 @@ def rejected_result(rejection: Rejection) -> Result | None:
     """The failed result a rejected message with a readable id gets, so whoever waits for it is answered."""
     if rejection.job_id is None:
         return None
-    return Result(
-        job_id=rejection.job_id,
-        status="failed",
-        attempts=[],
-        usage=Usage(),
-        cost_usd=0.0,
-        latency_ms=0.0,
-        finished_at=datetime.now(UTC),
-        error=ErrorInfo(kind=rejection.kind, message=rejection.message),
-    )
+    return Result.failed(job_id=rejection.job_id, kind=rejection.kind, message=rejection.message)
 
 
 def dead_letter(
