@@ -242,7 +242,16 @@ def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, rep
         await make_topics(setup)
         async with running_worker(setup.config, telemetry=telemetry):
             await produce(setup, jobs)
-            outputs = await collect(setup, lambda o: len(o.results) == 120 and len(o.letters) == 1, timeout_s=90)
+            # Every cost event too: the costs topic may be read behind the results topic.
+            outputs = await collect(
+                setup,
+                lambda o: (
+                    len(o.results) == 120
+                    and len(o.letters) == 1
+                    and len(o.costs) >= sum(len(r.attempts) for r in o.results)
+                ),
+                timeout_s=90,
+            )
             reader.force_flush()  # gauges are read while the worker runs
             points = points_by_name(captured.data)
         return outputs, points
