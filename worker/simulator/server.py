@@ -39,6 +39,21 @@ KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-ke
 REQUESTS_KEPT = 1000  # the most requests /_sim/requests shows
 
 
+class Call(msgspec.Struct, kw_only=True):
+    """One call as each wire API's parser read it, for the answer common to all of them."""
+
+    wire: str
+    model: str
+    texts: list[str] | None  # the prompt's texts, None when the body is not a valid request
+    max_tokens: Any
+    key: str
+    body: Any
+    arrived: float  # time.monotonic() when the request arrived
+    json: bool = False  # the request asked for JSON
+    prefill: str = ""  # the start of the answer the request gave (not repeated in the answer)
+    breakpoints: list[int] = []  # the texts a `cache_control` marks (Anthropic)
+
+
 class ModelStats(msgspec.Struct, kw_only=True):
     requests: int = 0
     ok: int = 0
@@ -112,7 +127,18 @@ class Simulator:
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         response_format = body.get("response_format") if isinstance(body, dict) else None
         json = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
-        return await self._serve(wire_name, model, texts, max_tokens or 4096, key, body, request.arrived, json=json)
+        return await self._serve(
+            Call(
+                wire=wire_name,
+                model=model,
+                texts=texts,
+                max_tokens=max_tokens or 4096,
+                key=key,
+                body=body,
+                arrived=request.arrived,
+                json=json,
+            )
+        )
 
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
@@ -153,16 +179,18 @@ class Simulator:
             request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         )
         return await self._serve(
-            "anthropic",
-            model,
-            texts,
-            body.get("max_tokens", 0) if isinstance(body, dict) else 0,
-            key,
-            body,
-            request.arrived,
-            json=json,
-            prefill=prefill,
-            breakpoints=breakpoints,
+            Call(
+                wire="anthropic",
+                model=model,
+                texts=texts,
+                max_tokens=body.get("max_tokens", 0) if isinstance(body, dict) else 0,
+                key=key,
+                body=body,
+                arrived=request.arrived,
+                json=json,
+                prefill=prefill,
+                breakpoints=breakpoints,
+            )
         )
 
     async def _gemini(self, request: Request) -> Response:
@@ -186,7 +214,18 @@ class Simulator:
             max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
             json = (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json"
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
-        return await self._serve("gemini", model, texts, max_tokens, key, body, request.arrived, json=json)
+        return await self._serve(
+            Call(
+                wire="gemini",
+                model=model,
+                texts=texts,
+                max_tokens=max_tokens,
+                key=key,
+                body=body,
+                arrived=request.arrived,
+                json=json,
+            )
+        )
 
     async def _body(self, request: Request) -> Any:
         try:
@@ -194,47 +233,20 @@ class Simulator:
         except msgspec.DecodeError:
             return None
 
-    async def _serve(
-        self,
-        wire_name: str,
-        model: str,
-        texts: list[str] | None,
-        max_tokens: int,
-        key: str,
-        body: Any,
-        arrived: float,
-        json: bool = False,
-        prefill: str = "",
-        breakpoints: list[int] | None = None,
-    ) -> Response:
+    async def _serve(self, call: Call) -> Response:
         stats = self.stats
         stats.requests += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
-            return await self._answer(
-                wire_name, model, texts, max_tokens, key, body, arrived, json, prefill, breakpoints or []
-            )
+            return await self._answer(call)
         finally:
             stats.in_flight -= 1
 
-    async def _answer(
-        self,
-        wire_name: str,
-        model: str,
-        texts: list[str] | None,
-        max_tokens: Any,
-        key: str,
-        body: Any,
-        arrived: float,
-        json: bool = False,
-        prefill: str = "",
-        breakpoints: list[int] | None = None,
-    ) -> Response:
+    async def _answer(self, call: Call) -> Response:
         """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
-        so the time the simulator itself took to get to it under load is part of the latency, not added to it.
-        `json`: the request asked for JSON; `prefill`: the start of the answer the request gave (not repeated);
-        `breakpoints`: the texts a `cache_control` marks (Anthropic)."""
+        so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
+        wire_name, model, texts, max_tokens, key = call.wire, call.model, call.texts, call.max_tokens, call.key
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
             return self._reply(
@@ -246,7 +258,7 @@ class Simulator:
         if not key:
             return self._reply(wire.error(wire_name, flavor, "auth", model), model)
         # Anthropic's settings depend on its version header: checked by `_anthropic`, which has it.
-        invalid = None if wire_name == "anthropic" else sampling_error(wire_name, body)
+        invalid = None if wire_name == "anthropic" else sampling_error(wire_name, call.body)
         if invalid is not None:
             refused = wire.error(
                 wire_name, flavor, "bad_request", model, invalid.message, param=invalid.param, code=invalid.code
@@ -256,10 +268,10 @@ class Simulator:
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
             return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
-        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens, json=json)
+        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens, json=call.json)
         reply = answer(behaviour, request, self.config.seed, self._rng)
-        if prefill and reply.text.startswith(prefill):
-            reply = msgspec.structs.replace(reply, text=reply.text[len(prefill) :])
+        if call.prefill and reply.text.startswith(call.prefill):
+            reply = msgspec.structs.replace(reply, text=reply.text[len(call.prefill) :])
         output_tokens = reply.output_tokens + behaviour.thinking_tokens
         limits = self._limits_for(key, model, behaviour)
         now = time.monotonic()
@@ -302,8 +314,8 @@ class Simulator:
             )
         delay = latency_s(behaviour, output_tokens, self.config.latency_scale, self._rng)
         if delay:
-            await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
-        cache = self._cache.use(wire_name, key, model, texts, behaviour.min_cacheable_tokens, breakpoints or ())
+            await asyncio.sleep(max(0.0, call.arrived + delay - time.monotonic()))
+        cache = self._cache.use(wire_name, key, model, texts, behaviour.min_cacheable_tokens, call.breakpoints)
         model_stats = self._model_stats(model)
         self._bill(key, model, behaviour, input_tokens, output_tokens, cache)
         model_stats.input_tokens += input_tokens
