@@ -6,6 +6,7 @@ encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-
 
 from __future__ import annotations
 
+import binascii
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -28,11 +29,122 @@ Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
 DeadLetterKind = Literal["not_json", "invalid_job", "too_large"]
 
 
-class ChatMessage(Struct, forbid_unknown_fields=True, kw_only=True):
-    """One message of a chat-form prompt."""
+ToolName = Annotated[
+    str, Meta(pattern="^[A-Za-z0-9_-]{1,64}$", description="A tool's name: letters, digits, `_` and `-`, at most 64.")
+]
+FinishReason = Literal["stop", "length", "tool_calls", "refusal", "content_filter"]
 
-    role: Literal["system", "user", "assistant"]
-    content: str
+
+def _check_schema(schema: dict[str, Any], where: str) -> None:
+    """Raise ValueError naming `where` when `schema` is not a JSON Schema (draft 2020-12)."""
+    import jsonschema  # imported on first use: most jobs carry no schema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"{where} is not a valid JSON Schema: {exc.message}") from None
+
+
+class TextPart(Struct, tag_field="type", tag="text", forbid_unknown_fields=True, kw_only=True):
+    """A text part of a message's content."""
+
+    text: str
+
+
+class ImagePart(Struct, tag_field="type", tag="image", forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """An image part of a message's content: an http(s) `url`, or base64 `data` with its `media_type`."""
+
+    url: Annotated[str, Meta(pattern="^https?://", description="An http or https URL of the image.")] | None = None
+    data: Annotated[str, Meta(min_length=1, description="The image's bytes, base64-encoded.")] | None = None
+    media_type: Annotated[str, Meta(pattern="^image/", description="The data's media type, e.g. image/png.")] | None = (
+        None
+    )
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.data is None):
+            raise ValueError("an image part needs exactly one of `url` or `data`")
+        if self.data is not None:
+            if self.media_type is None:
+                raise ValueError("an image part with `data` needs its `media_type`")
+            try:
+                binascii.a2b_base64(self.data, strict_mode=True)
+            except binascii.Error:
+                raise ValueError("an image part's `data` is not base64") from None
+
+
+ContentPart = TextPart | ImagePart
+
+
+class ToolCall(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A call of a tool a model asked for (in a result, or on an assistant message that continues one)."""
+
+    id: Annotated[str, Meta(min_length=1)]
+    name: ToolName
+    arguments: dict[str, Any] = {}
+
+
+class ChatMessage(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """One message of a chat-form prompt. A `tool` message answers the call `tool_call_id` names; an
+    `assistant` message may carry the `tool_calls` it made (its content may then be empty)."""
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] = ""
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: Annotated[str, Meta(min_length=1)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a `tool` message needs the `tool_call_id` it answers")
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise ValueError("only a `tool` message has a `tool_call_id`")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an `assistant` message has `tool_calls`")
+        if self.role == "system" and self.images():
+            raise ValueError("a `system` message holds text only")
+
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if isinstance(part, TextPart))
+
+    def images(self) -> list[ImagePart]:
+        """The message's image parts."""
+        if isinstance(self.content, str):
+            return []
+        return [part for part in self.content if isinstance(part, ImagePart)]
+
+
+class JsonSchemaFormat(Struct, tag_field="type", tag="json_schema", forbid_unknown_fields=True, kw_only=True):
+    """`response_format` asking for JSON valid under a JSON Schema."""
+
+    name: ToolName
+    schema: dict[str, Any]
+    strict: Annotated[
+        bool, Meta(description="Ask the provider to enforce the schema (OpenAI strict structured outputs).")
+    ] = False
+
+    def __post_init__(self) -> None:
+        _check_schema(self.schema, "response_format.schema")
+
+
+class Tool(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """A function the model may call; `parameters` is the JSON Schema of its arguments (an object)."""
+
+    name: ToolName
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def __post_init__(self) -> None:
+        _check_schema(self.parameters, f"the parameters of tool {self.name!r}")
+        if self.parameters.get("type") != "object":
+            raise ValueError(f"the parameters of tool {self.name!r} must be a JSON Schema of `type` object")
+
+
+class ToolChoiceName(Struct, forbid_unknown_fields=True, kw_only=True):
+    """`tool_choice` naming the one tool the model must call."""
+
+    name: ToolName
 
 
 class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -62,12 +174,7 @@ class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=Tru
             except re.error as exc:
                 raise ValueError(f"checks.regex is not a valid regular expression: {exc}") from None
         if self.json_schema is not None:
-            import jsonschema
-
-            try:
-                jsonschema.Draft202012Validator.check_schema(self.json_schema)
-            except jsonschema.SchemaError as exc:
-                raise ValueError(f"checks.json_schema is not a valid JSON Schema: {exc.message}") from None
+            _check_schema(self.json_schema, "checks.json_schema")
 
 
 class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -88,9 +195,20 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
     tenant: str | None = None
     priority: Annotated[int, Meta(description="Under contention for a rate limit, higher goes first.")] = 0
     checks: Checks | None = None
-    response_format: Annotated[Literal["text", "json"], Meta(description="json: the answer must parse as JSON.")] = (
-        "text"
-    )
+    response_format: Annotated[
+        Literal["text", "json"] | JsonSchemaFormat,
+        Meta(description="json: the answer must parse as JSON; json_schema: be valid under the schema too."),
+    ] = "text"
+    tools: Annotated[list[Tool], Meta(description="Functions the model may call instead of answering.")] | None = None
+    tool_choice: (
+        Annotated[
+            Literal["auto", "none", "required"] | ToolChoiceName,
+            Meta(
+                description="Whether the model may (auto), must not (none) or must (required, or the named tool) call."
+            ),
+        ]
+        | None
+    ) = None
     metadata: dict[str, Any] = {}
     # Generation settings, carried to each provider in its own wire format (left out where it has none).
     temperature: (
@@ -113,19 +231,37 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
             raise ValueError("a job needs exactly one of `messages` or `prompt`")
         if self.messages is not None and not self.messages:
             raise ValueError("`messages` must not be empty")
-        if not self.text().strip():  # nothing to answer: running it would bill a model for nothing
+        if not self.text().strip() and not self._has_more_than_text():  # nothing to answer: it would bill for nothing
             raise ValueError("the prompt is empty or blank" if self.prompt is not None else "the messages hold no text")
+        self._check_tools()
+
+    def _has_more_than_text(self) -> bool:
+        return any(m.tool_calls or m.role == "tool" or m.images() for m in self.messages or ())
+
+    def _check_tools(self) -> None:
+        names = [tool.name for tool in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("`tools` names a tool twice")
+        if isinstance(self.tool_choice, ToolChoiceName) and self.tool_choice.name not in names:
+            raise ValueError(f"`tool_choice` names {self.tool_choice.name!r}, which `tools` does not offer")
+        if self.tool_choice == "required" and not names:
+            raise ValueError("`tool_choice` required needs `tools`")
 
     @property
     def verifiable(self) -> bool:
-        """Whether a wrong answer can be told from a right one (checks or structured output)."""
-        return self.checks is not None or self.response_format == "json"
+        """Whether a wrong answer can be told from a right one (checks, structured output or tools)."""
+        return self.checks is not None or self.response_format != "text" or bool(self.tools)
+
+    @property
+    def schema(self) -> JsonSchemaFormat | None:
+        """The JSON Schema the answer must be valid under (`response_format` json_schema), or None."""
+        return self.response_format if isinstance(self.response_format, JsonSchemaFormat) else None
 
     def text(self) -> str:
-        """The whole prompt as one string (for classification and token estimates)."""
+        """The whole prompt's text as one string (for classification and token estimates)."""
         if self.prompt is not None:
             return self.prompt
-        return "\n".join(m.content for m in self.messages or ())
+        return "\n".join(m.text() for m in self.messages or ())
 
 
 class Usage(Struct, kw_only=True):
@@ -197,6 +333,13 @@ class Result(Struct, omit_defaults=True, kw_only=True):
     task: str | None = None
     tenant: str | None = None
     error: ErrorInfo | None = None
+    finish_reason: Annotated[
+        FinishReason | None, Meta(description="Why the answering model stopped (absent on a failed job).")
+    ] = None
+    parsed: Annotated[Any, Meta(description="The answer as a JSON value, when the job asked for JSON.")] = None
+    tool_calls: Annotated[
+        list[ToolCall] | None, Meta(description="The tools the model called, when it called any.")
+    ] = None
 
     @classmethod
     def failed(cls, *, job_id: str, kind: str, message: str, tenant: str | None = None) -> Result:

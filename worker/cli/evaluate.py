@@ -77,7 +77,7 @@ def with_directives(job: Job, task: str) -> Job:
     if job.prompt is not None:
         return msgspec.structs.replace(job, prompt=job.prompt + directive)
     messages = list(job.messages or [])
-    messages[-1] = msgspec.structs.replace(messages[-1], content=messages[-1].content + directive)
+    messages[-1] = msgspec.structs.replace(messages[-1], content=messages[-1].text() + directive)
     return msgspec.structs.replace(job, messages=messages)
 
 

@@ -42,7 +42,7 @@ from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Res
 from worker.observability.metrics import Metrics
 from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.providers import dropped_params
-from worker.providers.base import Completion, CompletionRequest, Provider, Sampling
+from worker.providers.base import Completion, CompletionRequest, Provider
 from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
@@ -69,9 +69,9 @@ def check_answer(completion: Completion) -> ErrorInfo | None:
     """Why a completed call does not count as an answer, or None when it does."""
     if completion.finish_reason == "length":
         return ErrorInfo(kind="truncated", message="the answer was cut off at the output-token cap")
-    if completion.finish_reason == "refusal":
+    if completion.finish_reason in ("refusal", "content_filter"):
         return ErrorInfo(kind="refused", message="the model refused or the answer was filtered")
-    if not completion.text.strip():
+    if not completion.text.strip() and not completion.tool_calls:
         return ErrorInfo(kind="empty_output", message="the model returned no text")
     return None
 
@@ -274,8 +274,6 @@ class JobRunner:
         no model gave one."""
         models = self._config.models
         planned = reservation(run.prompt_tokens, plan.max_output_tokens)
-        json_output = wants_json(run.job)
-        sampling = Sampling.of(run.job)
         retries = 0  # the job's retry budget, spent across the chain's models
         for model in self._chain(run, plan, planned):
             provider_name = models[model].provider
@@ -287,14 +285,7 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             cap = self._output_cap(run, plan, model)
             reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
-            request = CompletionRequest(
-                job_id=run.job.id,
-                model=model,
-                messages=run.messages,
-                max_output_tokens=cap,
-                json_output=json_output,
-                sampling=sampling,
-            )
+            request = CompletionRequest.of(run.job, model=model, messages=run.messages, max_output_tokens=cap)
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
                     breaker.start_call(self._clock())

@@ -63,7 +63,7 @@ class AnthropicProvider:
     def request_body(self, request: CompletionRequest) -> dict:
         """System messages go to the top-level `system`; the rest stay in order. A JSON answer is asked for
         by an instruction and a prefill (when the conversation ends with the user's turn)."""
-        system = [m.content for m in request.messages if m.role == "system"]
+        system = [m.text() for m in request.messages if m.role == "system"]
         messages = [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"]
         if request.json_output:
             system.append(JSON_INSTRUCTION)

@@ -8,10 +8,12 @@ import msgspec
 from msgspec import Struct
 
 from worker.errors import ProviderError, classify_http_error
-from worker.messages import ChatMessage, Job
+from worker.messages import ChatMessage, Job, JsonSchemaFormat, Tool, ToolCall, ToolChoiceName
 from worker.ratelimit.headers import RateLimitState
+from worker.routing.verify import wants_json
 
-FinishReason = Literal["stop", "length", "refusal", "other"]
+# The result's finish reasons (worker.messages.FinishReason), and "other" for one no wire API documents.
+FinishReason = Literal["stop", "length", "tool_calls", "refusal", "content_filter", "other"]
 
 
 class Sampling(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -46,9 +48,28 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
     model: str
     messages: list[ChatMessage]
     max_output_tokens: int
-    # The job asks for a JSON answer: each adapter asks for it in its provider's own way.
+    # The job asks for a JSON answer: each adapter asks for it in its provider's own way, under `schema`
+    # when the job gave one (its `response_format` json_schema).
     json_output: bool = False
+    schema: JsonSchemaFormat | None = None
     sampling: Sampling = Sampling()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: Literal["auto", "none", "required"] | ToolChoiceName | None = None
+
+    @classmethod
+    def of(cls, job: Job, *, model: str, messages: list[ChatMessage], max_output_tokens: int) -> CompletionRequest:
+        """The call of `model` that `job` asks for (its messages, as the worker framed them)."""
+        return cls(
+            job_id=job.id,
+            model=model,
+            messages=messages,
+            max_output_tokens=max_output_tokens,
+            json_output=wants_json(job),
+            schema=job.schema,
+            sampling=Sampling.of(job),
+            tools=tuple(job.tools or ()),
+            tool_choice=job.tool_choice,
+        )
 
 
 class Completion(Struct, frozen=True, kw_only=True):
@@ -63,6 +84,7 @@ class Completion(Struct, frozen=True, kw_only=True):
     text: str
     finish_reason: FinishReason
     input_tokens: int
+    tool_calls: tuple[ToolCall, ...] = ()
     output_tokens: int
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0

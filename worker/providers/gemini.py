@@ -47,7 +47,7 @@ class GeminiProvider:
 
     def request_body(self, request: CompletionRequest) -> dict:
         """`contents` with roles user/model, system messages as `systemInstruction`."""
-        system = [m.content for m in request.messages if m.role == "system"]
+        system = [m.text() for m in request.messages if m.role == "system"]
         body: dict = {
             "contents": [
                 {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}

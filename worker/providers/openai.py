@@ -60,7 +60,7 @@ class OpenAIProvider:
         }
         if request.json_output:
             body["response_format"] = {"type": "json_object"}
-            if not any("json" in m.content.lower() for m in request.messages):
+            if not any("json" in m.text().lower() for m in request.messages):
                 _instruct(messages, JSON_INSTRUCTION)
         body.update(sampling_fields(request.sampling)[0])
         return body

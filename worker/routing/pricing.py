@@ -57,8 +57,8 @@ def content_tokens(messages: Sequence[ChatMessage]) -> int:
     """`text_tokens` of the messages' contents (`estimate_tokens` inlined: without a list of them or a
     call a message, once a job or a call)."""
     if len(messages) == 1:
-        return (len(messages[0].content) + 3) // 4
-    return sum([(len(m.content) + 3) // 4 for m in messages])
+        return (len(messages[0].text()) + 3) // 4
+    return sum([(len(m.text()) + 3) // 4 for m in messages])
 
 
 def messages_prompt_tokens(messages: Sequence[ChatMessage]) -> int:

@@ -45,7 +45,7 @@ def answer_body(text: str) -> str:
 
 def wants_json(job: Job) -> bool:
     """Whether the job asks for a JSON answer (by its response format or a JSON Schema check)."""
-    return job.response_format == "json" or (job.checks is not None and job.checks.json_schema is not None)
+    return job.response_format != "text" or (job.checks is not None and job.checks.json_schema is not None)
 
 
 def has_answer_checks(job: Job) -> bool:
