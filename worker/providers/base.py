@@ -85,6 +85,8 @@ class Completion(Struct, frozen=True, kw_only=True):
     finish_reason: FinishReason
     input_tokens: int
     tool_calls: tuple[ToolCall, ...] = ()
+    # Why a tool call of the answer could not be read (its arguments not a JSON object): a format failure.
+    tool_call_error: str = ""
     output_tokens: int
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
