@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tests.integration.helpers import REPO
+from tests.providers.capture import Capture
 from worker.broker import free_port, wait_for_port
 
 
@@ -55,3 +56,11 @@ def sim(simulator):
     yield simulator
     for model, behaviour in before.items():
         httpx.put(f"{simulator.url}/_sim/models/{model}", json=behaviour).raise_for_status()
+
+
+@pytest.fixture
+def capture():
+    """A capturing server on loopback (tests/providers/capture.py)."""
+    server = Capture()
+    yield server
+    server.close()

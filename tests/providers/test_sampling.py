@@ -2,9 +2,6 @@
 on loopback), the simulator answers them, and refuses what each real API refuses, in its own error shape."""
 
 import asyncio
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import anthropic
@@ -13,6 +10,7 @@ import pytest
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
+from tests.providers.capture import Capture, env_of, same_fields
 from tests.providers.test_adapters import KEYS, MODELS, sim_config
 from tests.providers.test_sdks import anthropic_client, gemini_client, openai_client
 from worker.config import load_config
@@ -24,72 +22,6 @@ from worker.providers.base import CompletionRequest
 SAMPLING = Sampling(temperature=0.3, top_p=0.9, stop=("END", "##"), seed=42)
 SYSTEM, PROMPT = "Be brief.", "What is the capital of France? [[expect: Paris]]"
 MESSAGES = [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=PROMPT)]
-
-# A minimal valid answer of each wire API, so that the SDKs and the adapters finish their calls.
-ANSWERS = {
-    "/v1/chat/completions": {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
-    },
-    "/v1/messages": {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "m",
-        "content": [{"type": "text", "text": "Paris"}],
-        "stop_reason": "end_turn",
-        "stop_sequence": None,
-        "usage": {"input_tokens": 9, "output_tokens": 1},
-    },
-    "generateContent": {
-        "candidates": [{"content": {"parts": [{"text": "Paris"}], "role": "model"}, "finishReason": "STOP"}],
-        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 1, "totalTokenCount": 10},
-    },
-}
-
-
-class Capture:
-    """An HTTP server on loopback that keeps each JSON body it is sent and answers as the wire API would."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        capture = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                capture.bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-                path = self.path.split("?")[0]
-                answer = ANSWERS["generateContent" if path.endswith(":generateContent") else path]
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def last(self) -> dict:
-        return self.bodies[-1]
-
-
-@pytest.fixture
-def capture():
-    server = Capture()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
 
 
 def complete(base_url: str, model: str, sampling: Sampling = SAMPLING, client: str = "lean", **env: str):
@@ -110,26 +42,9 @@ def complete(base_url: str, model: str, sampling: Sampling = SAMPLING, client: s
     return asyncio.run(run())
 
 
-def env_of(base_url: str, client: str) -> dict[str, str]:
-    env = {
-        "LLM_ROUTER__PROVIDERS__OPENAI__BASE_URL": f"{base_url}/v1",
-        "LLM_ROUTER__PROVIDERS__ANTHROPIC__BASE_URL": base_url,
-        "LLM_ROUTER__PROVIDERS__GEMINI__BASE_URL": f"{base_url}/v1beta",
-        "LLM_ROUTER__PROVIDERS__LLAMA__BASE_URL": f"{base_url}/v1",
-    }
-    return env | {
-        f"LLM_ROUTER__PROVIDERS__{p}__HTTP_CLIENT": client for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")
-    }
-
-
 def ours(capture: Capture, model: str, **env: str) -> dict:
     complete(capture.url, model, **env)
     return capture.last()
-
-
-def same_fields(adapter: dict, sdk: dict) -> None:
-    """Every field the adapter sets is in the SDK's body, encoded the same way."""
-    assert {name: sdk.get(name) for name in adapter} == adapter
 
 
 def test_openai_body_matches_the_openai_sdk(capture):
@@ -196,8 +111,7 @@ def test_anthropic_body_of_version_2023_06_01_sends_temperature_as_the_sdk_would
         assert not {"top_p", "seed"} & adapter.keys()  # top_p beside a temperature is left out
         same_fields(adapter, capture.last())
     finally:
-        capture.server.shutdown()
-        capture.server.server_close()
+        capture.close()
 
 
 def test_gemini_body_matches_the_google_genai_sdk(capture):
