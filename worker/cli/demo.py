@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -17,7 +16,18 @@ from worker.broker import BrokerError, EmbeddedBroker
 from worker.cli.runs import produce, run_kafka, running_worker
 from worker.cli.tables import escape
 from worker.config import Config
-from worker.messages import ChatMessage, CostEvent, DeadLetter, Job, Result
+from worker.messages import (
+    ChatMessage,
+    CostEvent,
+    DeadLetter,
+    ImagePart,
+    Job,
+    JsonSchemaFormat,
+    Result,
+    TextPart,
+    Tool,
+    ToolChoiceName,
+)
 from worker.pipeline.kafka import create_topics, make_consumer
 from worker.providers import build_providers
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
@@ -47,13 +57,83 @@ MALFORMED = [
     b'{"id": "bad-1", "prompt": "both", "messages": [{"role": "user", "content": "x"}]}',
     b'{"id": "bad-2", "prompt": "x", "accuracy_floor": 1.5}',
     b'{"id": "bad-3", "prompt": "x", "temperature": 3}',
+    b'{"id": "bad-4", "prompt": "x", "tools": [{"name": "f"}], "tool_choice": {"name": "g"}}',
     b"[1, 2, 3]",
     b'{"id": 42, "prompt": "id must be a string"}',
 ]
 
 
+# A 2 x 2 red PNG, base64: the image of the demo's image job.
+PIXELS = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAEElEQVR4nGP4z8AARAwQCgAf7gP9i18U1AAAAABJRU5ErkJggg=="
+PLACE = JsonSchemaFormat(
+    name="place",
+    schema={
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    },
+    strict=True,
+)
+WEATHER = Tool(
+    name="get_weather",
+    description="The current weather in a city.",
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
+
+
+# A long system prompt (over 1,024 tokens: every provider caches it) that several jobs share.
+POLICY = "You answer customers of the billing team from this refund policy: refunds within 30 days. " * 60
+
+
+def request_jobs(run_id: str) -> list[Job]:
+    """Jobs as applications send them: a structured answer, a tool call, a shared long system prompt (read
+    from the provider's prompt cache the second time) and an image."""
+    return [
+        Job(
+            id=f"{run_id}-structured",
+            prompt='Where did I fly? "Last week I flew to Lyon, France." [[expect: {"city": "Lyon", "country": '
+            '"France"}]] [[task: simple_qa]]',
+            response_format=PLACE,
+            temperature=0,
+        ),
+        Job(
+            id=f"{run_id}-tool",
+            prompt='Do I need an umbrella in Paris today? [[tool: get_weather {"city": "Paris"}]]',
+            tools=[WEATHER],
+            tool_choice=ToolChoiceName(name="get_weather"),
+        ),
+        *(
+            Job(
+                id=f"{run_id}-policy-{i}",
+                messages=[ChatMessage(role="system", content=POLICY), ChatMessage(role="user", content=question)],
+                model="gemini-2.5-flash",
+            )
+            for i, question in enumerate(("Can I get a refund after 40 days?", "Who approves an exception?"))
+        ),
+        Job(
+            id=f"{run_id}-image",
+            messages=[
+                ChatMessage(
+                    role="user",
+                    content=[
+                        TextPart(text="What colour is this picture? [[expect: red]] [[task: simple_qa]]"),
+                        ImagePart(data=PIXELS, media_type="image/png"),
+                    ],
+                )
+            ],
+        ),
+    ]
+
+
 def sample_jobs(count: int, run_id: str) -> list[Job]:
-    """A mix of task types, including a long-context prompt, a pinned model and an impossible job."""
+    """A mix of task types, including a long-context prompt, a pinned model, an impossible job and the
+    request jobs (a structured answer, a tool call, an image)."""
     jobs: list[Job] = []
     specials = [
         Job(
@@ -76,6 +156,7 @@ def sample_jobs(count: int, run_id: str) -> list[Job]:
                 ChatMessage(role="user", content="Why is the sky blue?"),
             ],
         ),
+        *request_jobs(run_id),
     ]
     jobs.extend(specials[: max(0, count)])
     i = 0
@@ -152,12 +233,19 @@ async def _demo(config: Config, bootstrap: str, run_id: str, shared_broker: bool
             + (f"; real endpoints for {', '.join(real)}" if real else ""),
             file=sys.stderr,
         )
-        return await _run(config, keys, sample_jobs(count, run_id), timeout_s)
+        return await _run(config, keys, sample_jobs(count, run_id), timeout_s, simulated, simulator)
     finally:
         await simulator.stop()
 
 
-async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s: float) -> int:
+async def _run(
+    config: Config,
+    keys: dict[str, str],
+    jobs: list[Job],
+    timeout_s: float,
+    simulated: list[str],
+    simulator: SimulatorServer,
+) -> int:
     topics = config.kafka.topics
     await create_topics(config.kafka, partitions=4)
     encoder = msgspec.json.Encoder()
@@ -172,6 +260,7 @@ async def _run(config: Config, keys: dict[str, str], jobs: list[Job], timeout_s:
     _print_results(jobs, results)
     _print_costs(costs)
     _print_letters(letters)
+    _print_bill(costs, simulated, config, simulator)
     missing = [job.id for job in jobs if job.id not in results]
     if missing or len(letters) < len(MALFORMED):
         print(
@@ -206,8 +295,13 @@ async def _follow(
     deadline = time.monotonic() + timeout_s
     total = len(ids) + len(MALFORMED)
     shown = -1
+
+    def done() -> bool:  # every result, dead letter and cost event (one an attempt) read
+        attempts = sum(len(results[i].attempts) for i in ids if i in results)
+        return ids <= results.keys() and len(letters) >= len(MALFORMED) and len(costs) >= attempts
+
     try:
-        while (not ids <= results.keys() or len(letters) < len(MALFORMED)) and time.monotonic() < deadline:
+        while not done() and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
@@ -218,13 +312,10 @@ async def _follow(
                         costs.append(cost_decoder.decode(record.value))
                     else:
                         letters.append((DeadLetter.from_headers(record.headers), record.value))
-            done = len(ids & results.keys()) + len(letters)
-            if done != shown:
-                shown = done
-                _progress(done, total)
-        await asyncio.sleep(0.3)  # cost events of the last results
-        for records in (await consumer.getmany(timeout_ms=200)).values():
-            costs.extend(cost_decoder.decode(r.value) for r in records if r.topic == topics.costs)
+            outputs = len(ids & results.keys()) + len(letters)
+            if outputs != shown:
+                shown = outputs
+                _progress(outputs, total)
     finally:
         await consumer.stop()
     return results, costs, letters
@@ -254,7 +345,11 @@ def _print_results(jobs: list[Job], results: dict[str, Result]) -> None:
             rows.append([job.id, "MISSING", "", "", "", "", ""])
             continue
         path = " > ".join(f"{a.model}{'' if a.outcome == 'ok' else ' x'}" for a in r.attempts) or "-"
-        if r.status == "ok":
+        if r.status == "ok" and r.tool_calls:
+            detail = ", ".join(f"{c.name}({msgspec.json.encode(c.arguments).decode()})" for c in r.tool_calls)[:60]
+        elif r.status == "ok" and r.parsed is not None:
+            detail = msgspec.json.encode(r.parsed).decode()[:60]
+        elif r.status == "ok":
             detail = (r.output or "")[:40]
         else:
             assert r.error is not None  # the worker sends every failed result with its error
@@ -288,6 +383,18 @@ def _print_costs(costs: list[CostEvent]) -> None:
         ]
     )
     _table(["model", "attempts", "failed", "input tok", "output tok", "cost"], rows)
+
+
+def _print_bill(costs: list[CostEvent], simulated: list[str], config: Config, simulator: SimulatorServer) -> None:
+    """The cost events of the simulated providers' attempts against what the simulator billed for them."""
+    mine = [e for e in costs if e.provider in simulated]
+    charged = sum(e.cost_usd for e in mine)
+    billed = simulator.simulator.stats.cost_usd
+    cached = sum(e.cached_input_tokens for e in mine)
+    print(
+        f"\nBill: the cost events of the simulated providers sum to ${charged:.6f} ({cached} input tokens read from "
+        f"prompt caches); the simulator billed ${billed:.6f}; difference ${abs(charged - billed):.9f}"
+    )
 
 
 def _print_letters(letters: list[tuple[DeadLetter, bytes]]) -> None:
