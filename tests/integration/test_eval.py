@@ -47,3 +47,5 @@ def test_router_beats_always_gpt4o_and_the_reference_routes(bootstrap, report):
     assert vs_gpt >= 0.60
     assert vs_reference >= 0.20
     assert router["accuracy"] >= gpt["accuracy"] - 0.01
+    for f in (gpt, reference, router):  # each policy's costs are what the simulator billed
+        assert f["bill_gap_usd"] <= 0.000001 * f["jobs"] / 1000

@@ -50,6 +50,9 @@ class PolicyFigures(msgspec.Struct, kw_only=True):
     p99_ms: float
     attempts_per_job: float
     failed: int
+    # What the simulator billed for the policy's calls, and how far the cost (the sum of its cost events) is from it.
+    billed_usd: float
+    bill_gap_usd: float
 
 
 def read_workload(path: str | Path) -> list[Job]:
@@ -116,9 +119,10 @@ async def run_policy(
                 [(job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job)))) for job in jobs],
             )
             results = await _collect(config, {job.id for job in jobs}, timeout_s)
+        billed = simulator.simulator.stats.cost_usd  # every call is answered before its job's result
     finally:
         await simulator.stop()
-    return figures(policy, jobs, results)
+    return figures(policy, jobs, results, billed)
 
 
 async def _collect(config: Config, ids: set[str], timeout_s: float) -> dict[str, Result]:
@@ -141,8 +145,9 @@ async def _collect(config: Config, ids: set[str], timeout_s: float) -> dict[str,
     return results
 
 
-def figures(policy: str, jobs: list[Job], results: dict[str, Result]) -> PolicyFigures:
-    """The policy's figures from its results: a result is correct when it passed verification."""
+def figures(policy: str, jobs: list[Job], results: dict[str, Result], billed_usd: float) -> PolicyFigures:
+    """The policy's figures from its results (a result is correct when it passed verification) and what the
+    simulator billed for them."""
     chosen = [results[job.id] for job in jobs]
     correct = sum(r.status == "ok" for r in chosen)
     cost = sum(r.cost_usd for r in chosen)
@@ -159,6 +164,8 @@ def figures(policy: str, jobs: list[Job], results: dict[str, Result]) -> PolicyF
         p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
         attempts_per_job=round(sum(len(r.attempts) for r in chosen) / len(chosen), 3),
         failed=len(chosen) - correct,
+        billed_usd=round(billed_usd, 6),
+        bill_gap_usd=round(abs(cost - billed_usd), 9),
     )
 
 
@@ -218,6 +225,7 @@ def print_table(results: list[PolicyFigures]) -> None:
         "p50",
         "p99",
         "attempts / job",
+        "cost events vs bill",
     ]
     rows = [
         [
@@ -231,6 +239,7 @@ def print_table(results: list[PolicyFigures]) -> None:
             f"{r.p50_ms:.0f} ms",
             f"{r.p99_ms:.0f} ms",
             f"{r.attempts_per_job:.2f}",
+            f"${r.bill_gap_usd:.9f}",
         ]
         for r in results
     ]
