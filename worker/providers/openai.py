@@ -8,24 +8,49 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
+from worker.messages import ChatMessage, ImagePart, TextPart, Tool, ToolCall, ToolChoiceName
 from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_after_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "refusal"}
+# "function_call" is the finish reason of the deprecated `functions` API, still sent by some servers.
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
 # JSON mode (`response_format: json_object`) is refused unless a message asks for JSON in words.
 JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
-# Servers that take the older `max_tokens` rather than `max_completion_tokens`.
-_MAX_TOKENS_FIELD = {
-    "": "max_completion_tokens",
-    "groq": "max_completion_tokens",
-    "vllm": "max_tokens",
-    "ollama": "max_tokens",
-    "together": "max_tokens",
+# JSON mode standing in for a schema the model cannot take natively: the schema goes in the instructions.
+SCHEMA_INSTRUCTION = "Answer with one JSON object only, no other text, valid under this JSON Schema: {schema}"
+
+
+class Compat(Struct, frozen=True, kw_only=True):
+    """What an OpenAI-compatible server takes differently from OpenAI (docs/architecture.md, "Structured
+    output, tools and images on the OpenAI wire"). All of them take `response_format` json_schema and
+    `tools` as OpenAI does."""
+
+    # The output limit's field: older servers take `max_tokens` rather than `max_completion_tokens`.
+    max_tokens_field: str = "max_completion_tokens"
+    # Whether `tool_choice` is read: Ollama's endpoint has no such field and ignores it.
+    tool_choice: bool = True
+    # Whether an image may be an http(s) URL: Ollama's endpoint takes base64 data URLs only.
+    image_urls: bool = True
+
+
+COMPAT: dict[str, Compat] = {
+    "": Compat(),
+    "groq": Compat(),
+    "vllm": Compat(max_tokens_field="max_tokens"),
+    "ollama": Compat(max_tokens_field="max_tokens", tool_choice=False, image_urls=False),
+    "together": Compat(max_tokens_field="max_tokens"),
 }
 
 
@@ -43,7 +68,11 @@ class OpenAIProvider:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/chat/completions"
         self._models = {m: c.api_model or m for m, c in models.items()}
-        self._max_tokens_field = _MAX_TOKENS_FIELD[config.compat]
+        # The models that take a JSON Schema natively (`response_format` json_schema); the others get JSON
+        # mode with the schema in the instructions.
+        self._native_schema = {m for m, c in models.items() if "json_schema" in c.capabilities}
+        self._compat_name = config.compat or "openai"
+        self._compat = COMPAT[config.compat]
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
@@ -51,19 +80,48 @@ class OpenAIProvider:
         self._encoder = msgspec.json.Encoder()
 
     def request_body(self, request: CompletionRequest) -> dict:
-        """The JSON body: only fields every OpenAI-compatible server accepts (Groq rejects `n`, `logprobs`...)."""
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        body = {
+        """The JSON body: only fields every OpenAI-compatible server accepts (Groq rejects `n`, `logprobs`...).
+        Raises ProviderError("bad_request") for what the server cannot take at all (an image URL on Ollama),
+        before anything is sent."""
+        messages = [self._message(m) for m in request.messages]
+        body: dict[str, Any] = {
             "model": self._models.get(request.model, request.model),
             "messages": messages,
-            self._max_tokens_field: request.max_output_tokens,
+            self._compat.max_tokens_field: request.max_output_tokens,
         }
-        if request.json_output:
-            body["response_format"] = {"type": "json_object"}
-            if not any("json" in m.text().lower() for m in request.messages):
-                _instruct(messages, JSON_INSTRUCTION)
+        response_format, instruction = output_fields(request, native_schema=request.model in self._native_schema)
+        body.update(response_format)
+        if instruction:
+            _instruct(messages, instruction)
+        body.update(tool_fields(request, self._compat)[0])
         body.update(sampling_fields(request.sampling)[0])
         return body
+
+    def _message(self, message: ChatMessage) -> dict[str, Any]:
+        """One message in Chat Completions form: text, content parts, tool calls or a tool result."""
+        if message.role == "tool":
+            return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.text()}
+        if message.role == "assistant" and message.tool_calls:
+            # Content is null beside tool calls when the model said nothing, as OpenAI's own answers have it.
+            return {
+                "role": "assistant",
+                "content": message.text() or None,
+                "tool_calls": [_tool_call(call) for call in message.tool_calls],
+            }
+        if isinstance(message.content, str) or not message.images():
+            return {"role": message.role, "content": message.text()}
+        return {"role": message.role, "content": [self._part(part) for part in message.content]}
+
+    def _part(self, part: TextPart | ImagePart) -> dict[str, Any]:
+        if isinstance(part, TextPart):
+            return {"type": "text", "text": part.text}
+        if part.url is not None and not self._compat.image_urls:
+            raise ProviderError(
+                "bad_request",
+                f"{self._compat_name} takes images as base64 data only, not URLs: {part.url[:100]}",
+            )
+        url = part.url if part.url is not None else f"data:{part.media_type};base64,{part.data}"
+        return {"type": "image_url", "image_url": {"url": url}}
 
     async def complete(self, request: CompletionRequest) -> Completion:
         started = time.monotonic()
@@ -82,6 +140,64 @@ def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str
     servers (vLLM, Ollama, Together, Groq) take all four under OpenAI's names: none is left out (and the
     API has no version that changes this: `api_version` is not used)."""
     return sampling.settings(), []
+
+
+def output_fields(request: CompletionRequest, native_schema: bool) -> tuple[dict[str, Any], str]:
+    """The `response_format` a request's JSON answer takes, and the instruction the messages need for it
+    ("" for none): the job's schema natively where the model takes one (`native_schema`, its json_schema
+    capability), else JSON mode, which needs the word JSON in a message, with the schema in the instructions."""
+    schema = request.schema
+    if schema is not None and native_schema:
+        json_schema = {"name": schema.name, "schema": schema.schema, "strict": schema.strict}
+        return {"response_format": {"type": "json_schema", "json_schema": json_schema}}, ""
+    if not request.json_output:
+        return {}, ""
+    json_mode = {"response_format": {"type": "json_object"}}
+    if schema is not None:
+        return json_mode, SCHEMA_INSTRUCTION.format(schema=msgspec.json.encode(schema.schema).decode())
+    if any("json" in m.text().lower() for m in request.messages):
+        return json_mode, ""
+    return json_mode, JSON_INSTRUCTION
+
+
+def tool_fields(request: CompletionRequest, compat: Compat) -> tuple[dict[str, Any], list[str]]:
+    """The request's `tools` and `tool_choice` as a server of `compat` takes them, and what it leaves out.
+    A server that ignores `tool_choice` (Ollama) gets "none" as no tools at all, which is what it asks, and
+    "auto" as nothing (its own behaviour); "required" or a named tool cannot be asked: left out and named."""
+    if not request.tools:
+        return {}, []
+    choice = request.tool_choice
+    if compat.tool_choice or choice is None:
+        fields: dict[str, Any] = {"tools": [_tool(tool) for tool in request.tools]}
+        if choice is not None:
+            fields["tool_choice"] = (
+                {"type": "function", "function": {"name": choice.name}}
+                if isinstance(choice, ToolChoiceName)
+                else choice
+            )
+        return fields, []
+    if choice == "none":
+        return {}, []
+    return {"tools": [_tool(tool) for tool in request.tools]}, [] if choice == "auto" else ["tool_choice"]
+
+
+def dropped_fields(request: CompletionRequest, compat: str = "") -> list[str]:
+    """The job's fields a call to a server of `compat` leaves out: its generation settings' and its tools'."""
+    return sampling_fields(request.sampling)[1] + tool_fields(request, COMPAT[compat])[1]
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        function["description"] = tool.description
+    function["parameters"] = tool.parameters
+    return {"type": "function", "function": function}
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    """A tool call of an assistant message: OpenAI carries its arguments as a JSON string."""
+    arguments = msgspec.json.encode(call.arguments).decode()
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
 
 
 def _instruct(messages: list[dict], instruction: str) -> None:
@@ -110,12 +226,17 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
     choice = choices[0]
     message = choice.get("message") or {}
     refusal = message.get("refusal")
+    tool_calls, tool_call_error = read_tool_calls(message.get("tool_calls") or [])
     finish: FinishReason = "refusal" if refusal else _FINISH.get(choice.get("finish_reason") or "", "other")
+    if finish == "stop" and (tool_calls or tool_call_error):
+        finish = "tool_calls"  # a forced call (a named tool_choice) ends with "stop" on OpenAI and vLLM
     usage = data.get("usage") or {}
     details = usage.get("completion_tokens_details") or {}
     return Completion(
         text=message.get("content") or refusal or "",
         finish_reason=finish,
+        tool_calls=tool_calls,
+        tool_call_error=tool_call_error,
         # prompt_tokens already includes cached tokens; completion_tokens includes reasoning tokens.
         input_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or details.get("reasoning_tokens") or 0),
@@ -126,6 +247,26 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
         response_model=str(data.get("model") or ""),
         rate_limits=limits,
     )
+
+
+def read_tool_calls(calls: list[Any]) -> tuple[tuple[ToolCall, ...], str]:
+    """An answer's `message.tool_calls` as ToolCalls (their JSON-string arguments decoded), and why one
+    could not be read ("" when all were): a call without a name, or arguments that are not a JSON object."""
+    read: list[ToolCall] = []
+    for index, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not function.get("name"):
+            return tuple(read), f"tool call {index} names no function"
+        name, raw = str(function["name"]), function.get("arguments")
+        try:
+            # Some servers send "" for a call without arguments.
+            arguments = msgspec.json.decode(raw) if isinstance(raw, str) and raw.strip() else raw or {}
+        except msgspec.DecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            return tuple(read), f"the arguments of tool call {name!r} are not a JSON object: {str(raw)[:200]}"
+        read.append(ToolCall(id=str(call.get("id") or f"call_{index}"), name=name, arguments=arguments))
+    return tuple(read), ""
 
 
 def _error_fields(body: bytes) -> tuple[str, str, str]:
