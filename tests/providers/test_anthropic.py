@@ -148,6 +148,25 @@ def test_a_user_message_after_tool_results_joins_their_turn_after_them():
     assert len(conversation([user("a"), user("b")])) == 2
 
 
+def test_a_conversation_with_tool_calls_but_no_tools_defines_them_by_name_not_to_be_called(capture):
+    # The API refuses `tool_use` blocks in a request without `tools`: a job that continues a tool conversation
+    # without offering tools gets the tools it called defined by name, with tool_choice none.
+    calls = [ToolCall(id=f"t{n}", name="get_weather", arguments={"city": city}) for n, city in enumerate("AB")]
+    messages = (
+        user("Weather in A and B?"),
+        ChatMessage(role="assistant", tool_calls=calls),
+        ChatMessage(role="tool", tool_call_id="t0", content="18C"),
+        ChatMessage(role="tool", tool_call_id="t1", content="21C"),
+    )
+    complete(capture, request(*messages))
+    adapter = capture.last()
+    assert adapter["tools"] == [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
+    assert adapter["tool_choice"] == {"type": "none"}
+    same_fields(
+        adapter, sdk_body(capture, messages=adapter["messages"], tools=adapter["tools"], tool_choice={"type": "none"})
+    )
+
+
 def test_images_are_base64_and_url_image_blocks_as_the_sdk_encodes_them(capture):
     parts = [
         TextPart(text="What is in these two images?"),

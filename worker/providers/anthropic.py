@@ -117,7 +117,8 @@ class AnthropicProvider:
         if system:
             body["system"] = self.system(system, sum(1 for m in request.messages if m.role == "system"))
         body.update(sampling_fields(request.sampling, self._version)[0])
-        body.update(tool_fields(request.tools, request.tool_choice, self.answer_tool(request)))
+        called = [call.name for m in request.messages for call in m.tool_calls or ()]
+        body.update(tool_fields(request.tools, request.tool_choice, self.answer_tool(request), called))
         if request.schema is not None and request.model in self._native_schema:
             body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema.schema}}
         return body
@@ -244,12 +245,20 @@ def _blocks(value: str | list[dict]) -> list[dict]:
     return [{"type": "text", "text": value}] if isinstance(value, str) else value
 
 
-def tool_fields(tools: tuple[Tool, ...], choice: str | ToolChoiceName | None, answer: AnswerTool | None) -> dict:
+def tool_fields(
+    tools: tuple[Tool, ...],
+    choice: str | ToolChoiceName | None,
+    answer: AnswerTool | None,
+    called: list[str] | None = None,
+) -> dict:
     """`tools` and `tool_choice` of a call. With an answer tool (a schema the model cannot be asked for
     natively), it is offered beside the job's tools and forced: alone, or when the job's tools must not be
     called; beside tools the model may call, a call of some tool is required (`any`); a named tool stays forced.
-    """
-    blocks = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools]
+    A conversation holding calls of tools (`called`) that the job does not offer defines them by name, not to be
+    called: the API refuses `tool_use` blocks without tools defined."""
+    if not tools and called:
+        tools, choice = tuple(Tool(name=name) for name in dict.fromkeys(called)), "none"
+    blocks = [tool_block(tool) for tool in tools]
     wire_choice = tool_choice(choice)
     if answer is not None:
         blocks.append(answer.block())
@@ -261,6 +270,12 @@ def tool_fields(tools: tuple[Tool, ...], choice: str | ToolChoiceName | None, an
         if wire_choice is not None:
             fields["tool_choice"] = wire_choice
     return fields
+
+
+def tool_block(tool: Tool) -> dict:
+    """A tool's definition: its arguments' schema is the `input_schema`."""
+    block = {"name": tool.name, "input_schema": tool.parameters}
+    return block | {"description": tool.description} if tool.description else block
 
 
 def tool_choice(choice: str | ToolChoiceName | None) -> dict | None:
