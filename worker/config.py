@@ -167,14 +167,13 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     context_window: PosInt
     latency_ms_per_100_output_tokens: NonNegFloat = 1000.0
     quality: dict[str, Probability] = {}
+    # What the model can do beyond text, JSON mode and non-strict schemas: "tools", "vision", "json_schema", "seed".
+    capabilities: list[str] = []
     # Rate limits per minute (0: none), for this model on its provider's key across every replica.
     requests_per_minute: Annotated[int, Meta(ge=0)] = 0
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
-    # What the model can do: a job needing a capability is routed only to models that have it ("seed" is
-    # soft: without it the job's seed is left out of the call and named in the attempt's dropped_params).
-    capabilities: list[str] = []
 
 
 class TaskConfig(Struct, forbid_unknown_fields=True):

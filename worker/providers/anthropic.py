@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
 
 from worker.config import ModelConfig, ProviderConfig
 from worker.http.transport import HttpResponse, Transport
+from worker.messages import ChatMessage, ContentPart, ImagePart, JsonSchemaFormat, Tool, ToolCall, ToolChoiceName
 from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
 from worker.routing.pricing import text_tokens
 
 # The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
-# started with "{" (a prefill: the final assistant message, which the model continues).
+# started with "{" (a prefill: the final assistant message, which the model continues). Claude 4.6 models and
+# later refuse a prefill (400): it is sent only to models without NATIVE_SCHEMA, which all take it.
 JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
 JSON_PREFILL = "{"
+# The capability of a model with the API's structured outputs (`output_config.format`, generally available
+# without a beta header on Claude Sonnet 4.5, Opus 4.5, Haiku 4.5 and later): a schema is asked for by it.
+# A model without it answers a schema through a forced tool whose input is the answer (AnswerTool).
+NATIVE_SCHEMA = "json_schema"
+ANSWER_TOOL_DESCRIPTION = "Give your answer: its input is the answer."
+# A tool's input is an object: a schema of anything else is the one property of the answer tool's input.
+ANSWER_FIELD = "answer"
 
 # The Messages API's names for the job's generation settings; it has no `seed`.
 _SAMPLING_NAMES = {"temperature": "temperature", "top_p": "top_p", "stop": "stop_sequences"}
@@ -36,8 +45,37 @@ _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
     "refusal": "refusal",
 }
+
+
+class AnswerTool(NamedTuple):
+    """The forced tool that carries a schema's answer to a model without native structured output."""
+
+    name: str
+    schema: dict[str, Any]
+    # The schema is not an object's: the tool's input holds the answer under ANSWER_FIELD.
+    wrapped: bool
+
+    @classmethod
+    def of(cls, schema: JsonSchemaFormat) -> AnswerTool:
+        """The answer tool of `schema`, named after it."""
+        return cls(name=schema.name, schema=schema.schema, wrapped=schema.schema.get("type") != "object")
+
+    def block(self) -> dict:
+        """The tool's definition, its `input_schema` the answer's schema (in an object when wrapped)."""
+        input_schema = self.schema
+        if self.wrapped:
+            input_schema = {"type": "object", "properties": {ANSWER_FIELD: self.schema}, "required": [ANSWER_FIELD]}
+        return {"name": self.name, "description": ANSWER_TOOL_DESCRIPTION, "input_schema": input_schema}
+
+    def answer(self, arguments: Any) -> str:
+        """The answer, as JSON text, from the tool's input."""
+        if self.wrapped and isinstance(arguments, dict):
+            arguments = arguments.get(ANSWER_FIELD)
+        return msgspec.json.encode(arguments).decode()
 
 
 class AnthropicProvider:
@@ -52,6 +90,7 @@ class AnthropicProvider:
         self.name = name
         self._url = config.base_url.rstrip("/") + "/v1/messages"
         self._models = {m: c.api_model or m for m, c in models.items()}
+        self._native_schema = {m for m, c in models.items() if NATIVE_SCHEMA in c.capabilities}
         self._version = config.anthropic_version
         self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
         self._prompt_cache = config.prompt_cache
@@ -61,13 +100,14 @@ class AnthropicProvider:
         self._encoder = msgspec.json.Encoder()
 
     def request_body(self, request: CompletionRequest) -> dict:
-        """System messages go to the top-level `system`; the rest stay in order. A JSON answer is asked for
-        by an instruction and a prefill (when the conversation ends with the user's turn)."""
+        """System messages go to the top-level `system`; the rest stay in order, as content blocks
+        (`conversation`). A schema is asked for natively (`output_config.format`) where the model has it, else
+        by a forced answer tool; a JSON answer without one by an instruction, and a prefill where it is taken."""
         system = [m.text() for m in request.messages if m.role == "system"]
-        messages = [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"]
-        if request.json_output:
+        messages = conversation(request.messages)
+        if request.json_output and request.schema is None:
             system.append(JSON_INSTRUCTION)
-            if prefills(request):
+            if self.prefills(request):
                 messages.append({"role": "assistant", "content": JSON_PREFILL})
         body: dict = {
             "model": self._models.get(request.model, request.model),
@@ -77,7 +117,29 @@ class AnthropicProvider:
         if system:
             body["system"] = self.system(system, sum(1 for m in request.messages if m.role == "system"))
         body.update(sampling_fields(request.sampling, self._version)[0])
+        called = [call.name for m in request.messages for call in m.tool_calls or ()]
+        body.update(tool_fields(request.tools, request.tool_choice, self.answer_tool(request), called))
+        if request.schema is not None and request.model in self._native_schema:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema.schema}}
         return body
+
+    def answer_tool(self, request: CompletionRequest) -> AnswerTool | None:
+        """The forced tool that carries the answer of a schema the model cannot be asked for natively."""
+        if request.schema is None or request.model in self._native_schema:
+            return None
+        return AnswerTool.of(request.schema)
+
+    def prefills(self, request: CompletionRequest) -> bool:
+        """Whether the call starts the answer with the JSON prefill: a JSON job without a schema or tools, to a
+        model that takes a prefill (one without native structured output), whose last message is the user's."""
+        return (
+            request.json_output
+            and request.schema is None
+            and not request.tools
+            and request.model not in self._native_schema
+            and bool(request.messages)
+            and request.messages[-1].role == "user"
+        )
 
     def system(self, texts: list[str], own: int) -> str | list[dict]:
         """The top-level `system` of `texts`, whose first `own` are the job's system messages (instructions
@@ -95,8 +157,9 @@ class AnthropicProvider:
         response = await self._transport.post(
             self._url, self._headers, self._encoder.encode(self.request_body(request))
         )
-        completion = parse_response(response, (time.monotonic() - started) * 1000, self.name)
-        if prefills(request) and completion.text and completion.finish_reason != "refusal":
+        latency = (time.monotonic() - started) * 1000
+        completion = parse_response(response, latency, self.name, self.answer_tool(request))
+        if self.prefills(request) and completion.text and completion.finish_reason != "refusal":
             # The answer continues the prefill, which the API does not repeat: the model's whole answer.
             completion = replace(completion, text=JSON_PREFILL + completion.text)
         return completion
@@ -126,13 +189,107 @@ def sampling_fields(sampling: Sampling, api_version: str) -> tuple[dict[str, Any
     return fields, dropped
 
 
-def prefills(request: CompletionRequest) -> bool:
-    """Whether the call starts the answer with the JSON prefill: a JSON job whose last message is the user's."""
-    return request.json_output and bool(request.messages) and request.messages[-1].role == "user"
+def conversation(messages: list[ChatMessage]) -> list[dict]:
+    """The job's messages but the system ones as Messages API turns: an assistant's tool calls as `tool_use`
+    blocks after its text, each `tool` message as a `tool_result` block of a user turn. Consecutive tool
+    results, and a user message after them, make one user turn (the roles alternate; the results first)."""
+    turns: list[dict] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        turn: dict[str, Any]
+        if message.role == "tool":
+            turn = {"role": "user", "content": [tool_result(message)]}
+        elif message.role == "assistant" and message.tool_calls:
+            text = [] if not message.text() else [{"type": "text", "text": message.text()}]
+            turn = {"role": "assistant", "content": text + [tool_use(call) for call in message.tool_calls]}
+        else:
+            turn = {"role": message.role, "content": content(message.content)}
+        if turn["role"] == "user" and turns and _holds_tool_results(turns[-1]):
+            turns[-1]["content"].extend(_blocks(turn["content"]))
+        else:
+            turns.append(turn)
+    return turns
 
 
-def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthropic") -> Completion:
-    """A Messages answer (or error) as a Completion (or ProviderError)."""
+def content(value: str | list[ContentPart]) -> str | list[dict]:
+    """A message's content: a string as it is, parts as text and image blocks."""
+    if isinstance(value, str):
+        return value
+    return [image_block(part) if isinstance(part, ImagePart) else {"type": "text", "text": part.text} for part in value]
+
+
+def image_block(image: ImagePart) -> dict:
+    """An image block: base64 data with its media type, or a URL the API fetches."""
+    if image.url is not None:
+        return {"type": "image", "source": {"type": "url", "url": image.url}}
+    return {"type": "image", "source": {"type": "base64", "media_type": image.media_type, "data": image.data}}
+
+
+def tool_use(call: ToolCall) -> dict:
+    """An assistant's tool call as a `tool_use` block (its input is the arguments object itself)."""
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+
+
+def tool_result(message: ChatMessage) -> dict:
+    """A `tool` message as the `tool_result` block answering the call it names."""
+    return {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": content(message.content)}
+
+
+def _holds_tool_results(turn: dict) -> bool:
+    blocks = turn["content"]
+    return turn["role"] == "user" and isinstance(blocks, list) and any(b["type"] == "tool_result" for b in blocks)
+
+
+def _blocks(value: str | list[dict]) -> list[dict]:
+    return [{"type": "text", "text": value}] if isinstance(value, str) else value
+
+
+def tool_fields(
+    tools: tuple[Tool, ...],
+    choice: str | ToolChoiceName | None,
+    answer: AnswerTool | None,
+    called: list[str] | None = None,
+) -> dict:
+    """`tools` and `tool_choice` of a call. With an answer tool (a schema the model cannot be asked for
+    natively), it is offered beside the job's tools and forced: alone, or when the job's tools must not be
+    called; beside tools the model may call, a call of some tool is required (`any`); a named tool stays forced.
+    A conversation holding calls of tools (`called`) that the job does not offer defines them by name, not to be
+    called: the API refuses `tool_use` blocks without tools defined."""
+    if not tools and called:
+        tools, choice = tuple(Tool(name=name) for name in dict.fromkeys(called)), "none"
+    blocks = [tool_block(tool) for tool in tools]
+    wire_choice = tool_choice(choice)
+    if answer is not None:
+        blocks.append(answer.block())
+        if not isinstance(choice, ToolChoiceName):
+            wire_choice = {"type": "any"} if tools and choice != "none" else {"type": "tool", "name": answer.name}
+    fields: dict[str, Any] = {}
+    if blocks:
+        fields["tools"] = blocks
+        if wire_choice is not None:
+            fields["tool_choice"] = wire_choice
+    return fields
+
+
+def tool_block(tool: Tool) -> dict:
+    """A tool's definition: its arguments' schema is the `input_schema`."""
+    block = {"name": tool.name, "input_schema": tool.parameters}
+    return block | {"description": tool.description} if tool.description else block
+
+
+def tool_choice(choice: str | ToolChoiceName | None) -> dict | None:
+    """The job's `tool_choice` in the API's terms ("required" is `any`), or None to leave the default (auto)."""
+    if isinstance(choice, ToolChoiceName):
+        return {"type": "tool", "name": choice.name}
+    return {"auto": {"type": "auto"}, "none": {"type": "none"}, "required": {"type": "any"}}.get(choice or "")
+
+
+def parse_response(
+    response: HttpResponse, latency_ms: float, what: str = "anthropic", answer: AnswerTool | None = None
+) -> Completion:
+    """A Messages answer (or error) as a Completion (or ProviderError). A call of the `answer` tool is the
+    answer itself, as JSON text, not a tool call."""
     now = datetime.now(UTC)
     limits = anthropic_rate_limits(response.headers, now)
     if response.status >= 300:
@@ -147,14 +304,25 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthr
             response.status, error_type, "", message, retry_after_from_headers(response.headers, now), limits
         )
     data = decode_json(response.body, what)
-    text = "".join(block.get("text", "") for block in data.get("content") or () if block.get("type") == "text")
+    blocks = data.get("content") or ()
+    text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
+    finish = _FINISH.get(data.get("stop_reason") or "", "other")
+    uses = [block for block in blocks if block.get("type") == "tool_use"]
+    answered = [block for block in uses if answer is not None and block.get("name") == answer.name]
+    if answer is not None and answered:
+        text = answer.answer(answered[0].get("input"))
+        uses = [block for block in uses if block not in answered]
+        finish = "tool_calls" if uses else ("stop" if finish == "tool_calls" else finish)
+    calls, errors = tool_calls(uses)
     usage = data.get("usage") or {}
     # `input_tokens` excludes the cache reads and writes: the whole input is the sum of the three.
     cache_read = int(usage.get("cache_read_input_tokens") or 0)
     cache_write = int(usage.get("cache_creation_input_tokens") or 0)
     return Completion(
         text=text,
-        finish_reason=_FINISH.get(data.get("stop_reason") or "", "other"),
+        finish_reason=finish,
+        tool_calls=calls,
+        tool_call_error="; ".join(errors),
         input_tokens=int(usage.get("input_tokens") or 0) + cache_read + cache_write,
         output_tokens=int(usage.get("output_tokens") or 0),
         cached_input_tokens=cache_read,
@@ -164,3 +332,16 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "anthr
         response_model=str(data.get("model") or ""),
         rate_limits=limits,
     )
+
+
+def tool_calls(blocks: list[dict]) -> tuple[tuple[ToolCall, ...], list[str]]:
+    """The `tool_use` blocks as tool calls, and why each one that is not (its input not a JSON object) is not."""
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    for block in blocks:
+        name, arguments = str(block.get("name") or ""), block.get("input")
+        if isinstance(arguments, dict):
+            calls.append(ToolCall(id=str(block.get("id") or ""), name=name, arguments=arguments))
+        else:
+            errors.append(f"the input of the call of tool {name!r} is not a JSON object: {arguments!r:.100}")
+    return tuple(calls), errors
