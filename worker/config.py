@@ -150,6 +150,11 @@ CACHE_PRICE_RATIOS: dict[str, tuple[float, float]] = {
 }
 
 
+# What a model can do beyond text, JSON mode and non-strict schemas (docs/architecture.md, capabilities):
+# call tools, read images, answer under a strict JSON Schema natively, and take a sampling seed.
+CAPABILITIES = ("tools", "vision", "json_schema", "seed")
+
+
 class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     provider: str
     # The provider's own name for the model (default: the name in this table).
@@ -167,6 +172,9 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    # What the model can do: a job needing a capability is routed only to models that have it ("seed" is
+    # soft: without it the job's seed is left out of the call and named in the attempt's dropped_params).
+    capabilities: list[str] = []
 
 
 class TaskConfig(Struct, forbid_unknown_fields=True):
@@ -361,6 +369,11 @@ def _check_references(config: Config, source: str, overridden: Mapping[str, str]
     for name, model in config.models.items():
         if model.provider not in config.providers:
             errors.append(f"models.{name}.provider: unknown provider {model.provider!r}")
+        errors.extend(
+            f"models.{name}.capabilities[{i}]: unknown capability {capability!r} (known: {', '.join(CAPABILITIES)})"
+            for i, capability in enumerate(model.capabilities)
+            if capability not in CAPABILITIES
+        )
     for name, task in config.tasks.items():
         for i, model_name in enumerate(task.models):
             if model_name not in config.models:
