@@ -74,11 +74,6 @@ def make_plan(
         candidates = [routing.single_model]
     else:
         candidates = list(config.models)
-    if needed:
-        capable = [m for m in candidates if _can(config, m, needed)]
-        if not capable:
-            raise NoRoute(_lacking(needed, candidates, job, task, config))
-        candidates = capable
     max_output = (
         job.max_output_tokens
         or (task_config and task_config.max_output_tokens)
@@ -92,11 +87,14 @@ def make_plan(
     allowed = set(job.allowed_providers) if job.allowed_providers is not None else None
     filters = [
         ("allowed_providers", lambda m: allowed is None or config.models[m].provider in allowed),
+        ("capabilities", lambda m: not needed or _can(config, m, needed)),
         ("available", lambda m: config.models[m].provider not in unavailable),
         ("context window", lambda m: input_tokens + max_output <= config.models[m].context_window),
     ]
     for constraint, keep in filters:
         remaining = [m for m in candidates if keep(m)]
+        if not remaining and constraint == "capabilities":
+            raise NoRoute(_lacking(needed, candidates, job, task, config))
         if not remaining:
             raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output, config, unavailable))
         candidates = remaining
