@@ -677,3 +677,19 @@ def test_attempt_spans_trace_content_parts_and_tool_calls_when_content_capture_i
             "finish_reason": "tool_calls",
         }
     ]
+
+
+def test_an_unreadable_tool_call_is_a_format_failure_not_an_empty_answer(config):
+    class Unreadable(ToolCallingProvider):
+        async def complete(self, request):
+            error = "the arguments of 'weather' are not a JSON object"
+            return Completion(
+                text="", finish_reason="tool_calls", input_tokens=10, output_tokens=5, tool_call_error=error
+            )
+
+    runner = JobRunner(config, {name: Unreadable(name, {}) for name in config.providers})
+    job = Job(id="tu", prompt="weather?", model="gpt-4o", tools=[Tool(name="weather", parameters=CITY)])
+    result = run(runner, job).result
+    assert result.status == "failed" and result.error.kind == "format_failed"
+    assert "not a JSON object" in result.error.message and result.attempts[0].cost_usd > 0
+    assert runner.quality.snapshot() == {}, "not a wrong answer: no accuracy learned"

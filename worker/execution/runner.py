@@ -67,12 +67,13 @@ class JobOutcome(Struct, kw_only=True):
 
 
 def check_answer(completion: Completion) -> ErrorInfo | None:
-    """Why a completed call does not count as an answer, or None when it does."""
+    """Why a completed call does not count as an answer, or None when it does (tool calls are an answer,
+    and a tool call that could not be read is judged by `verify`, as a format failure)."""
     if completion.finish_reason == "length":
         return ErrorInfo(kind="truncated", message="the answer was cut off at the output-token cap")
     if completion.finish_reason in ("refusal", "content_filter"):
         return ErrorInfo(kind="refused", message="the model refused or the answer was filtered")
-    if not completion.text.strip() and not completion.tool_calls:
+    if not completion.text.strip() and not completion.tool_calls and not completion.tool_call_error:
         return ErrorInfo(kind="empty_output", message="the model returned no text")
     return None
 
