@@ -174,6 +174,9 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    # What the model can do: a job needing a capability is routed only to models that have it ("seed" is
+    # soft: without it the job's seed is left out of the call and named in the attempt's dropped_params).
+    capabilities: list[str] = []
 
 
 class TaskConfig(Struct, forbid_unknown_fields=True):

@@ -52,6 +52,14 @@ def test_default_config_loads_with_the_reference_prices():
             lambda raw: raw["providers"]["openai"].__setitem__("kind", "carrier-pigeon"),
             "providers.openai.kind: Invalid enum value 'carrier-pigeon'",
         ),
+        (
+            lambda raw: raw["models"]["gpt-4o"].__setitem__("capabilities", ["tools", "telepathy"]),
+            "models.gpt-4o.capabilities[1]: unknown capability 'telepathy' (known: tools, vision, json_schema, seed)",
+        ),
+        (
+            lambda raw: raw["models"]["gpt-4o"].__setitem__("capabilities", "tools"),
+            "models.gpt-4o.capabilities: Expected `array`, got `str`",
+        ),
     ],
 )
 def test_wrong_or_unknown_keys_name_their_path(mutate, message):
@@ -159,3 +167,19 @@ def test_cache_prices_default_to_the_provider_kinds_published_ratio():
     assert load_config(env={}).providers["anthropic"].prompt_cache is True
     overridden = load_config(env={"LLM_ROUTER__MODELS__GPT_4O__CACHED_INPUT_USD_PER_MTOK": "0.625"}).models["gpt-4o"]
     assert overridden.cached_input_usd_per_mtok == 0.625
+
+
+def test_each_shipped_model_declares_what_its_provider_documents():
+    models = load_config(env={}).models
+    assert models["gpt-4o"].capabilities == ["tools", "vision", "json_schema", "seed"]
+    assert models["claude-3-5-sonnet"].capabilities == ["tools", "vision"], "no native structured output, no seed"
+    assert models["gemini-2.5-flash"].capabilities == ["tools", "vision", "json_schema", "seed"]
+    assert models["llama-4-70b"].capabilities == ["tools", "vision", "json_schema", "seed"]
+
+
+def test_capabilities_default_to_none_and_the_environment_sets_them():
+    raw = raw_default()
+    del raw["models"]["gpt-4o"]["capabilities"]
+    assert parse_config(raw).models["gpt-4o"].capabilities == []
+    config = load_config(env={"LLM_ROUTER__MODELS__LLAMA_4_70B__CAPABILITIES": '["tools"]'})
+    assert config.models["llama-4-70b"].capabilities == ["tools"]

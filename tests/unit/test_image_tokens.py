@@ -6,8 +6,8 @@ import zlib
 
 import pytest
 
-from worker.messages import ImagePart
-from worker.routing.pricing import UNKNOWN_IMAGE_TOKENS, image_size, image_tokens
+from worker.messages import ChatMessage, ImagePart, Job, JsonSchemaFormat, TextPart, Tool, ToolCall
+from worker.routing.pricing import UNKNOWN_IMAGE_TOKENS, estimate_tokens, extra_input_tokens, image_size, image_tokens
 
 
 def png(width: int, height: int) -> str:
@@ -63,3 +63,26 @@ def test_an_image_of_unknown_size_gets_the_conservative_estimate() -> None:
     ]
     # The largest image OpenAI takes costs no more than the estimate of one it cannot see.
     assert image_tokens("openai", ImagePart(data=png(8000, 2000), media_type="image/png")) <= 1445
+
+
+def test_a_jobs_extra_input_tokens_count_its_images_by_the_highest_rule_and_its_tools_and_schema_by_their_json():
+    wires = ("anthropic", "gemini", "openai", "openai_compatible")
+    assert extra_input_tokens(Job(id="j", prompt="q"), [], wires) == 0
+    url = [ChatMessage(role="user", content=[TextPart(text="what?"), ImagePart(url="https://x/c.png")])]
+    job = Job(id="j", messages=url)
+    assert extra_input_tokens(job, url, wires) == UNKNOWN_IMAGE_TOKENS["anthropic"], "the most of any wire"
+    assert extra_input_tokens(job, url, ["gemini"]) == UNKNOWN_IMAGE_TOKENS["gemini"]
+    two = [ChatMessage(role="user", content=[ImagePart(data=png(1000, 1000), media_type="image/png")] * 2)]
+    assert extra_input_tokens(Job(id="j", messages=two), two, wires) == max(
+        2 * image_tokens(wire, two[0].images()[0]) for wire in wires
+    )
+    tool = Tool(name="clock", description="the time", parameters={"type": "object", "properties": {}})
+    schema = JsonSchemaFormat(name="a", schema={"type": "object"})
+    call = ChatMessage(role="assistant", tool_calls=[ToolCall(id="c", name="clock", arguments={"zone": "UTC"})])
+    both = Job(id="j", messages=[ChatMessage(role="user", content="time?"), call], tools=[tool], response_format=schema)
+    expected = (
+        estimate_tokens('[{"name":"clock","description":"the time","parameters":{"type":"object","properties":{}}}]')
+        + estimate_tokens('{"type":"object"}')
+        + estimate_tokens('[{"name":"clock","arguments":{"zone":"UTC"}}]')
+    )
+    assert extra_input_tokens(both, both.messages, wires) == expected

@@ -7,16 +7,16 @@ import msgspec
 import pytest
 
 from worker.execution.job_run import JobRun
-from worker.messages import ChatMessage, ErrorInfo, Job
+from worker.messages import ChatMessage, ErrorInfo, Job, Tool, ToolCall
 from worker.providers.base import Completion
 
 REFUSED = ErrorInfo(kind="refused", message="the model refused")
 SERVER = ErrorInfo(kind="server", message="HTTP 500")
 
 
-def job_run(**fields) -> JobRun:
+def job_run(job: Job | None = None, **fields) -> JobRun:
     return JobRun(
-        job=Job(id="j", prompt="q", tenant="acme"),
+        job=job or Job(id="j", prompt="q", tenant="acme"),
         task="simple_qa",
         messages=[ChatMessage(role="user", content="q")],
         text_tokens=1,
@@ -98,3 +98,37 @@ def test_why_a_job_failed_names_its_attempts_and_the_last_failure():
     run.last_error = SERVER
     assert run.failure() == ErrorInfo(kind="server", message="all 1 attempt(s) failed; last: HTTP 500")
     assert run.deadline_passed(30).message == "the job deadline of 30 s passed after 1 attempt(s); last: HTTP 500"
+
+
+def answered(run: JobRun, completion: Completion):
+    """The result of `run` answered by `completion` on its first attempt."""
+    attempt = run.attempt("openai", "gpt-4o", None, completion=completion, cost_usd=0.1)
+    run.attempts.append(attempt)
+    run.cost_events.append(run.cost_event(attempt))
+    run.answer = completion
+    return run.result(completion.text, None)
+
+
+def test_a_result_carries_the_answers_finish_reason_tool_calls_and_json_value():
+    plain = answered(job_run(), answer(5, 1))
+    assert (plain.finish_reason, plain.parsed, plain.tool_calls) == ("stop", None, None)
+    fenced = Completion(text='```json\n{"a": [1, 2]}\n```', finish_reason="stop", input_tokens=5, output_tokens=9)
+    as_json = answered(job_run(Job(id="j", prompt="q", response_format="json")), fenced)
+    assert as_json.parsed == {"a": [1, 2]} and as_json.output == fenced.text, "parsed from the body, output as written"
+    assert answered(job_run(), fenced).parsed is None, "no JSON asked for: no parsed value"
+    calls = (ToolCall(id="c1", name="clock", arguments={"zone": "UTC"}),)
+    called = Completion(text="", finish_reason="tool_calls", input_tokens=5, output_tokens=3, tool_calls=calls)
+    with_tools = answered(job_run(Job(id="j", prompt="time?", tools=[Tool(name="clock")])), called)
+    assert (with_tools.finish_reason, with_tools.tool_calls, with_tools.parsed) == ("tool_calls", list(calls), None)
+    encoded = msgspec.json.decode(msgspec.json.encode(with_tools))
+    assert encoded["tool_calls"] == [{"id": "c1", "name": "clock", "arguments": {"zone": "UTC"}}]
+    assert "parsed" not in encoded
+
+
+def test_a_finish_reason_no_wire_api_documents_is_left_out_and_a_failure_has_none():
+    other = answered(job_run(), Completion(text="a", finish_reason="other", input_tokens=1, output_tokens=1))
+    assert other.finish_reason is None and "finish_reason" not in msgspec.json.decode(msgspec.json.encode(other))
+    run = job_run()
+    run.answer = answer(5, 1)
+    failed = run.result(None, REFUSED)
+    assert (failed.finish_reason, failed.parsed, failed.tool_calls) == (None, None, None)

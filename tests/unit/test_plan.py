@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from worker.messages import Checks, Job
+from worker.messages import ChatMessage, Checks, ImagePart, Job, JsonSchemaFormat, TextPart, Tool
 from worker.routing.plan import NoRoute, make_plan
 
 
@@ -143,3 +143,74 @@ def test_alternates_are_the_chain_models_that_may_go_first(config):
         Job(id="j", prompt="q", checks=Checks(expected="a"), latency_budget_ms=800), "simple_qa", config, 10
     )
     assert plan.models == ["gemini-2.5-flash", "llama-4-70b"] and plan.alternates == ()
+
+
+def without(config, capability, *models):
+    """The configuration with `capability` taken from `models`."""
+    changed = {
+        name: msgspec.structs.replace(m, capabilities=[c for c in m.capabilities if c != capability])
+        for name, m in config.models.items()
+        if name in models
+    }
+    return msgspec.structs.replace(config, models={**config.models, **changed})
+
+
+IMAGE_JOB = Job(
+    id="j",
+    messages=[ChatMessage(role="user", content=[TextPart(text="what is it?"), ImagePart(url="https://x/c.png")])],
+)
+STRICT = JsonSchemaFormat(
+    name="a", schema={"type": "object", "properties": {}, "additionalProperties": False}, strict=True
+)
+
+
+def test_a_job_goes_only_to_models_that_have_what_it_needs(config):
+    blind = without(config, "vision", "gemini-2.5-flash", "llama-4-70b")
+    assert make_plan(IMAGE_JOB, "simple_qa", config, 10).models[0] == "gemini-2.5-flash"
+    assert make_plan(IMAGE_JOB, "simple_qa", blind, 10).models == ["gpt-4o", "claude-3-5-sonnet"]
+    assert make_plan(Job(id="j", prompt="q"), "simple_qa", blind, 10).models[0] == "gemini-2.5-flash", "text: any"
+    # A strict schema needs native structured output, which claude-3-5-sonnet lacks; a non-strict one does not.
+    strict = Job(id="j", prompt="q", response_format=STRICT, accuracy_floor=0.999)
+    assert "claude-3-5-sonnet" not in make_plan(strict, "simple_qa", config, 10).models
+    loose = msgspec.structs.replace(strict, response_format=msgspec.structs.replace(STRICT, strict=False))
+    pinned = msgspec.structs.replace(loose, model="claude-3-5-sonnet", accuracy_floor=None)
+    assert make_plan(pinned, "simple_qa", config, 10).models == ["claude-3-5-sonnet"]
+
+
+def test_no_route_names_the_missing_capability_and_the_models(config):
+    blind = without(config, "vision", *config.models)
+    with pytest.raises(NoRoute) as info:
+        make_plan(IMAGE_JOB, "simple_qa", blind, 10)
+    assert str(info.value) == (
+        "no model of task simple_qa can serve a job that needs vision: none of gpt-4o, claude-3-5-sonnet, "
+        "gemini-2.5-flash, llama-4-70b has it"
+    )
+    # Each capability on some model, none with both: both are named.
+    split = without(
+        without(config, "vision", "gpt-4o", "gemini-2.5-flash", "llama-4-70b"), "tools", "claude-3-5-sonnet"
+    )
+    both = msgspec.structs.replace(IMAGE_JOB, tools=[Tool(name="t")], allowed_providers=["openai", "anthropic"])
+    with pytest.raises(NoRoute, match="needs tools and vision: none of gpt-4o, claude-3-5-sonnet has them all"):
+        make_plan(both, "simple_qa", split, 10)
+
+
+def test_a_pinned_model_must_have_what_the_job_needs(config):
+    pinned = Job(id="j", prompt="q", model="claude-3-5-sonnet", response_format=STRICT)
+    with pytest.raises(NoRoute) as info:
+        make_plan(pinned, "simple_qa", config, 10)
+    assert str(info.value) == (
+        "pinned model 'claude-3-5-sonnet' cannot serve a job that needs json_schema (its capabilities: tools, vision)"
+    )
+    assert make_plan(msgspec.structs.replace(pinned, model="gpt-4o"), "simple_qa", config, 10).models == ["gpt-4o"]
+
+
+def test_the_fixed_policy_takes_the_tasks_first_model_that_can_serve_the_job(config):
+    fixed = msgspec.structs.replace(config, routing=msgspec.structs.replace(config.routing, policy="fixed"))
+    strict = Job(id="j", prompt="q", response_format=STRICT)
+    assert make_plan(Job(id="j", prompt="q"), "code_generation", fixed, 10).models == ["claude-3-5-sonnet"]
+    assert make_plan(strict, "code_generation", fixed, 10).models == ["gpt-4o"]
+    single = msgspec.structs.replace(
+        config, routing=msgspec.structs.replace(config.routing, policy="single", single_model="claude-3-5-sonnet")
+    )
+    with pytest.raises(NoRoute, match="needs json_schema: none of claude-3-5-sonnet has it"):
+        make_plan(strict, "simple_qa", single, 10)

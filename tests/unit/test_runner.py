@@ -16,7 +16,7 @@ from tests.unit.helpers import run
 from worker.config import load_config
 from worker.errors import ProviderError
 from worker.execution.runner import JobRunner, backoff_s, check_answer
-from worker.messages import Checks, Job
+from worker.messages import ChatMessage, Checks, ImagePart, Job, JsonSchemaFormat, TextPart, Tool, ToolCall
 from worker.observability.telemetry import Telemetry
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
@@ -529,3 +529,167 @@ def test_a_runner_whose_only_provider_is_out_of_rotation_is_not_serving_until_it
     assert runner.serving() and not runner.healthy(), "one probe may go"
     assert run(runner, Job(id="b", prompt="q", allowed_providers=["llama"])).result.status == "ok"
     assert runner.healthy()
+
+
+SEEDED = {"prompt": "q", "task": "simple_qa", "seed": 7, "temperature": 0.2, "top_p": 0.9}
+
+
+def test_a_model_without_the_seed_capability_gets_the_job_without_its_seed(config):
+    runner, providers = answering_runner(config, lambda request: ("4", "stop"))
+    result = run(runner, Job(id="s1", model="claude-3-5-sonnet", **SEEDED)).result
+    assert [r.sampling.seed for r in providers["anthropic"].requests] == [None], "not sent"
+    assert result.attempts[0].dropped_params == ["seed"]
+    result = run(runner, Job(id="s2", model="gpt-4o", **SEEDED)).result
+    assert [r.sampling.seed for r in providers["openai"].requests] == [7] and result.attempts[0].dropped_params == []
+    # On the Anthropic wire, what its adapter leaves out too, each named once, in the job's order.
+    wired = load_config(env={})
+    runner, providers = answering_runner(wired, lambda request: ("4", "stop"))
+    result = run(runner, Job(id="s3", model="claude-3-5-sonnet", **SEEDED)).result
+    assert result.attempts[0].dropped_params == ["top_p", "seed"]
+
+
+def test_the_plan_cache_tells_jobs_apart_by_what_they_need(config):
+    blind = {
+        name: msgspec.structs.replace(m, capabilities=["tools"]) if name == "gemini-2.5-flash" else m
+        for name, m in config.models.items()
+    }
+    config = msgspec.structs.replace(config, models=blind)
+    runner = JobRunner(config, build_providers(config).clients)
+    assert run(runner, Job(id="t", prompt="what is it?", task="simple_qa")).result.model == "gemini-2.5-flash"
+    image = [ChatMessage(role="user", content=[TextPart(text="what is it?"), ImagePart(url="https://x/c.png")])]
+    result = run(runner, Job(id="i", messages=image, task="simple_qa")).result
+    assert result.status == "ok" and result.model != "gemini-2.5-flash", "gemini has no vision here"
+
+
+def test_no_model_with_the_capability_is_a_failed_result_naming_it(config):
+    job = Job(
+        id="n",
+        prompt="q",
+        model="claude-3-5-sonnet",
+        response_format=JsonSchemaFormat(name="a", schema={}, strict=True),
+    )
+    result = run(JobRunner(config, build_providers(config).clients), job).result
+    assert result.status == "failed" and result.error.kind == "no_route" and result.attempts == []
+    assert "needs json_schema" in result.error.message
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+def test_tool_and_schema_jobs_on_the_echo_provider_answer_with_calls_and_parsed_json(config):
+    runner = JobRunner(config, build_providers(config).clients)
+    tools = [Tool(name="weather", parameters=CITY), Tool(name="clock")]
+    called = run(runner, Job(id="tc", prompt="weather in Oslo?", tools=tools, tool_choice="required")).result
+    assert (called.status, called.finish_reason, called.output) == ("ok", "tool_calls", "")
+    assert [(c.name, sorted(c.arguments)) for c in called.tool_calls] == [("weather", ["city"])]
+    structured = Job(
+        id="sj", prompt="capital of Norway", response_format=JsonSchemaFormat(name="c", schema=CITY, strict=True)
+    )
+    result = run(runner, structured).result
+    assert (result.status, result.finish_reason, sorted(result.parsed)) == ("ok", "stop", ["city"])
+    assert len(result.attempts) == 1 and result.parsed == msgspec.json.decode(result.output)
+
+
+class ToolCallingProvider:
+    """A provider whose models call a tool: with `arguments` by model (else {"city": "Oslo"})."""
+
+    def __init__(self, name, arguments):
+        self.name = name
+        self.arguments = arguments
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        arguments = self.arguments.get(request.model, {"city": "Oslo"})
+        call = ToolCall(id="c1", name="weather", arguments=arguments)
+        return Completion(text="", finish_reason="tool_calls", input_tokens=10, output_tokens=5, tool_calls=(call,))
+
+    async def close(self):
+        return None
+
+
+def test_a_tool_call_off_the_tools_parameters_is_a_paid_format_failure_that_escalates(config):
+    providers = {name: ToolCallingProvider(name, {"gemini-2.5-flash": {"town": "Oslo"}}) for name in config.providers}
+    runner = JobRunner(config, providers)
+    job = Job(id="tf", prompt="weather in Oslo?", task="simple_qa", tools=[Tool(name="weather", parameters=CITY)])
+    outcome = run(runner, job)
+    result = outcome.result
+    assert result.status == "ok" and result.model != "gemini-2.5-flash"
+    first = result.attempts[0]
+    assert (first.model, first.error.kind, first.cost_usd > 0) == ("gemini-2.5-flash", "format_failed", True)
+    assert first.error.message.endswith("Additional properties are not allowed ('town' was unexpected)")
+    assert result.tool_calls == [ToolCall(id="c1", name="weather", arguments={"city": "Oslo"})]
+    assert runner.quality.snapshot() == {}, "a format failure teaches no accuracy"
+
+
+def test_a_reservation_counts_the_jobs_images(config):
+    limited = load_config(
+        env={
+            **{f"LLM_ROUTER__PROVIDERS__{p}__KIND": "echo" for p in ("OPENAI", "ANTHROPIC", "GEMINI", "LLAMA")},
+            "LLM_ROUTER__MODELS__GEMINI_2_5_FLASH__TOKENS_PER_MINUTE": "1500",
+        }
+    )
+    runner = JobRunner(limited, build_providers(limited).clients)
+    assert run(runner, Job(id="t", prompt="what is it?", model="gemini-2.5-flash")).result.status == "ok"
+    image = [ChatMessage(role="user", content=[TextPart(text="what is it?"), ImagePart(url="https://x/c.png")])]
+    result = run(runner, Job(id="i", messages=image, model="gemini-2.5-flash")).result
+    # An image whose size is not known counts as the most its wire's rule gives (1,445 tokens on OpenAI's,
+    # the rule of the echo provider): with the output cap it can never fit 1,500 tokens a minute.
+    assert result.status == "failed" and result.attempts[0].error.kind == "bad_request"
+    assert "'input_tokens': 1452" in result.attempts[0].error.message
+
+
+def test_attempt_spans_trace_content_parts_and_tool_calls_when_content_capture_is_on(config):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(provider, capture_content=True)
+    runner = JobRunner(config, {name: ToolCallingProvider(name, {}) for name in config.providers}, telemetry=telemetry)
+    messages = [
+        ChatMessage(role="user", content=[TextPart(text="weather here?"), ImagePart(url="https://x/c.png")]),
+        ChatMessage(role="assistant", tool_calls=[ToolCall(id="c0", name="weather", arguments={"city": "Oslo"})]),
+        ChatMessage(role="tool", tool_call_id="c0", content="rain"),
+    ]
+    job = Job(id="sp", messages=messages, task="simple_qa", tools=[Tool(name="weather", parameters=CITY)])
+    assert asyncio.run(run_traced(runner, telemetry, job)).result.status == "ok"
+    span = next(s for s in exporter.get_finished_spans() if s.name.startswith("chat "))
+    assert msgspec.json.decode(span.attributes["gen_ai.input.messages"]) == [
+        {
+            "role": "user",
+            "parts": [
+                {"type": "text", "content": "weather here?"},
+                {"type": "uri", "modality": "image", "uri": "https://x/c.png"},
+            ],
+        },
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "c0", "name": "weather", "arguments": {"city": "Oslo"}}],
+        },
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c0", "response": "rain"}]},
+    ]
+    assert msgspec.json.decode(span.attributes["gen_ai.output.messages"]) == [
+        {
+            "role": "assistant",
+            "parts": [{"type": "tool_call", "id": "c1", "name": "weather", "arguments": {"city": "Oslo"}}],
+            "finish_reason": "tool_calls",
+        }
+    ]
+
+
+def test_an_unreadable_tool_call_is_a_format_failure_not_an_empty_answer(config):
+    class Unreadable(ToolCallingProvider):
+        async def complete(self, request):
+            error = "the arguments of 'weather' are not a JSON object"
+            return Completion(
+                text="", finish_reason="tool_calls", input_tokens=10, output_tokens=5, tool_call_error=error
+            )
+
+    runner = JobRunner(config, {name: Unreadable(name, {}) for name in config.providers})
+    job = Job(id="tu", prompt="weather?", model="gpt-4o", tools=[Tool(name="weather", parameters=CITY)])
+    result = run(runner, job).result
+    assert result.status == "failed" and result.error.kind == "format_failed"
+    assert "not a JSON object" in result.error.message and result.attempts[0].cost_usd > 0
+    assert runner.quality.snapshot() == {}, "not a wrong answer: no accuracy learned"

@@ -3,8 +3,8 @@ whether it failed on its format (not JSON) or on its content (wrong)."""
 
 import pytest
 
-from worker.messages import Checks, Job
-from worker.routing.verify import answer_body, has_answer_checks, verify, wants_json
+from worker.messages import Checks, Job, JsonSchemaFormat, Tool, ToolCall, ToolChoiceName
+from worker.routing.verify import answer_body, has_answer_checks, parsed_answer, verify, verify_tool_calls, wants_json
 
 
 def test_an_answer_without_checks_passes_whatever_it_says():
@@ -108,3 +108,102 @@ def test_which_jobs_want_json_and_which_can_find_an_answer_wrong():
     assert has_answer_checks(Job(id="j", prompt="q", checks=Checks(regex="x")))
     assert has_answer_checks(Job(id="j", prompt="q", checks=Checks(json_schema={"type": "object"})))
     assert not has_answer_checks(Job(id="j", prompt="q"))
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+WEATHER = Tool(name="weather", parameters=CITY)
+CLOCK = Tool(name="clock")
+
+
+def tool_job(**fields) -> Job:
+    return Job(id="j", prompt="weather in Oslo?", tools=[WEATHER, CLOCK], **fields)
+
+
+def call(name: str, **arguments) -> ToolCall:
+    return ToolCall(id="c1", name=name, arguments=arguments)
+
+
+def test_a_json_schema_answer_off_its_schema_is_a_format_failure_with_the_validators_message():
+    job = Job(id="j", prompt="q", response_format=JsonSchemaFormat(name="place", schema=CITY, strict=True))
+    assert verify(job, '{"city": "Oslo", "days": 3}') is None
+    assert verify(job, '```json\n{"city": "Oslo"}\n```') is None, "judged by its fenced body"
+    off = verify(job, '{"city": "Oslo", "days": 0}')
+    assert off is not None and off.kind == "format_failed"
+    assert off.message == "the answer is off the schema 'place': 0 is less than the minimum of 1"
+    extra = verify(job, '{"city": "Oslo", "country": "NO"}')
+    assert extra is not None and extra.kind == "format_failed" and "Additional properties" in extra.message
+    not_json = verify(job, "Oslo")
+    assert not_json is not None and not_json.message.startswith("the answer is not JSON: ")
+
+
+def test_checks_still_judge_a_json_schema_answer_that_is_on_its_schema():
+    job = Job(
+        id="j",
+        prompt="q",
+        response_format=JsonSchemaFormat(name="place", schema=CITY),
+        checks=Checks(regex='"Oslo"'),
+    )
+    wrong = verify(job, '{"city": "Bergen"}')
+    assert wrong is not None and wrong.kind == "verification_failed"
+    assert verify(job, '{"city": "Oslo"}') is None
+
+
+@pytest.mark.parametrize(
+    ("job", "calls", "error", "message"),
+    [
+        (tool_job(), [call("weather", city="Oslo")], "", None),
+        (tool_job(), [call("weather", city="Oslo"), call("clock")], "", None),
+        (tool_job(), [], "", None),
+        (tool_job(), [call("stocks")], "", "the model called 'stocks', a tool the job does not offer"),
+        (
+            tool_job(),
+            [call("weather", city=7)],
+            "",
+            "the arguments of the call of 'weather' are off its parameters: 7 is not of type 'string'",
+        ),
+        (
+            tool_job(),
+            [call("weather")],
+            "",
+            "the arguments of the call of 'weather' are off its parameters: 'city' is a required property",
+        ),
+        (tool_job(), [], "arguments of 'weather' are not a JSON object", "a tool call could not be read: arguments"),
+        (tool_job(tool_choice="required"), [], "", 'the model called no tool although tool_choice is "required"'),
+        (tool_job(tool_choice="required"), [call("clock")], "", None),
+        (
+            tool_job(tool_choice=ToolChoiceName(name="weather")),
+            [call("clock")],
+            "",
+            "the model did not call 'weather', as tool_choice asks",
+        ),
+        (tool_job(tool_choice=ToolChoiceName(name="weather")), [call("weather", city="Oslo")], "", None),
+        (tool_job(tool_choice="none"), [call("clock")], "", 'the model called a tool although tool_choice is "none"'),
+        (Job(id="j", prompt="q"), [call("clock")], "", "the model called 'clock', a tool the job does not offer"),
+    ],
+)
+def test_tool_calls_must_be_what_the_job_offers_and_allows(job, calls, error, message):
+    failure = verify(job, "", calls, error)
+    assert (failure.message.startswith(message) if failure else None) == (True if message else None)
+    assert failure is None or failure.kind == "format_failed", "a tool call off its tool: a format failure"
+    assert verify_tool_calls(job, calls, error) == failure
+
+
+def test_a_tool_call_is_an_answer_whose_text_is_not_checked():
+    """JSON and checks judge a text answer; an answer that calls a tool is judged by its calls."""
+    job = tool_job(response_format="json", checks=Checks(expected="sunny"))
+    assert verify(job, "", [call("weather", city="Oslo")]) is None
+    assert verify(job, "Let me look that up.", [call("weather", city="Oslo")]) is None
+    not_json = verify(job, "sunny")
+    assert not_json is not None and not_json.kind == "format_failed", "a text answer: JSON asked for"
+    assert verify(job, '"sunny"') is None
+
+
+def test_the_parsed_answer_is_the_json_of_its_body():
+    assert parsed_answer('```json\n{"a": [1, 2]}\n```') == {"a": [1, 2]}
+    assert parsed_answer("42") == 42
+    assert parsed_answer("not json") is None

@@ -10,6 +10,7 @@ from opentelemetry.trace import Span
 
 from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
 from worker.providers.base import Completion
+from worker.routing.verify import parsed_answer, wants_json
 
 _NOTHING_TRIED = ErrorInfo(kind="no_route", message="no model of the plan could be tried")
 
@@ -26,6 +27,7 @@ class JobRun(Struct, kw_only=True):
     started: float  # time.monotonic() when the worker took the job
     span: Span | None  # the job's span when it is sampled; then its attempts get spans too
     spans: list[tuple[Span, int]] | None  # the attempts' spans, each with the time its call ended
+    needs: frozenset[str] = frozenset()  # the capabilities a model must have to serve the job
     attempts: list[Attempt] = []
     cost_events: list[CostEvent] = []
     rerouted_from: str | None = None  # the model planned first, when the job went to another model first
@@ -34,6 +36,7 @@ class JobRun(Struct, kw_only=True):
     raised_cap: int = 0  # the output-token cap after an answer cut at the worker's cap raised it (0: the plan's)
     probe: str | None = None  # the provider out of rotation this job may try again
     probe_answered: bool | None = None  # whether it answered the probe (None: not tried, or not conclusively)
+    answer: Completion | None = None  # the completion whose answer passed: the result's finish reason, tool calls
 
     def reason(self, model: str) -> tuple[str, str | None]:
         """Why the next attempt, on `model`, is made: planned, rerouted, a retry or an escalation (and the
@@ -111,7 +114,8 @@ class JobRun(Struct, kw_only=True):
 
     def result(self, output: str | None, error: ErrorInfo | None) -> Result:
         """The job's one result. An answer ends the job with the attempt that gave it, at its cost event's
-        time; a failure ends it now."""
+        time, with its finish reason, its tool calls and, when the job asked for JSON, its JSON value
+        (`parsed`); a failure ends it now."""
         attempts = self.attempts
         finished_at = self.cost_events[-1].ts if output is not None and self.cost_events else datetime.now(UTC)
         last = attempts[-1] if attempts else None
@@ -132,6 +136,7 @@ class JobRun(Struct, kw_only=True):
             )
             cost_usd = sum(a.cost_usd for a in attempts)
         answered_by = last if last is not None and error is None else None
+        answer = self.answer if error is None else None
         return Result(
             job_id=self.job.id,
             status="failed" if error else "ok",
@@ -146,4 +151,7 @@ class JobRun(Struct, kw_only=True):
             task=self.task,
             tenant=self.job.tenant,
             error=error,
+            finish_reason=None if answer is None or answer.finish_reason == "other" else answer.finish_reason,
+            parsed=parsed_answer(output) if output and wants_json(self.job) else None,
+            tool_calls=list(answer.tool_calls) if answer is not None and answer.tool_calls else None,
         )

@@ -38,7 +38,7 @@ from worker.errors import TRANSIENT, Disposition, ProviderError, disposition
 from worker.execution.breakers import Breaker, Breakers, BreakerState
 from worker.execution.health import BREAKER_GAUGE, ProviderHealth
 from worker.execution.job_run import JobRun
-from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result
+from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, ImagePart, Job, Result, TextPart, ToolCall
 from worker.observability.metrics import Metrics
 from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.providers import dropped_params
@@ -47,10 +47,11 @@ from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
 from worker.ratelimit.limits import RateLimits
+from worker.routing.capabilities import needs, seed_dropped
 from worker.routing.classify import Classifier, TaskClassifier
 from worker.routing.learning import QualityModel
 from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
-from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens
+from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens, extra_input_tokens
 from worker.routing.verify import has_answer_checks, verify, wants_json
 from worker.timers import Deadlines
 
@@ -66,12 +67,13 @@ class JobOutcome(Struct, kw_only=True):
 
 
 def check_answer(completion: Completion) -> ErrorInfo | None:
-    """Why a completed call does not count as an answer, or None when it does."""
+    """Why a completed call does not count as an answer, or None when it does (tool calls are an answer,
+    and a tool call that could not be read is judged by `verify`, as a format failure)."""
     if completion.finish_reason == "length":
         return ErrorInfo(kind="truncated", message="the answer was cut off at the output-token cap")
     if completion.finish_reason in ("refusal", "content_filter"):
         return ErrorInfo(kind="refused", message="the model refused or the answer was filtered")
-    if not completion.text.strip() and not completion.tool_calls:
+    if not completion.text.strip() and not completion.tool_calls and not completion.tool_call_error:
         return ErrorInfo(kind="empty_output", message="the model returned no text")
     return None
 
@@ -111,6 +113,7 @@ class JobRunner:
             for name, p in config.providers.items()
         }
         self._providers = providers
+        self._wires = tuple(sorted({p.kind for p in config.providers.values()}))  # for image token estimates
         self._unavailable = dict(unavailable or {})
         self._unavailable_key = frozenset(self._unavailable)  # part of the plan cache's key
         self._out_of_rotation_key: frozenset[str] = frozenset()  # empty: no job needs to ask for a probe
@@ -214,11 +217,12 @@ class JobRunner:
 
     def _start(self, job: Job) -> JobRun:
         """The job taken: its task, its prompt's token estimate (made once a job, for the plan and the
-        reservations) and its span."""
+        reservations: its text, and its tools, schema and images, `pricing.extra_input_tokens`), the
+        capabilities it needs and its span."""
         started = time.monotonic()
         task = self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage(role="user", content=job.prompt or "")]
-        text_tokens = content_tokens(messages)
+        text_tokens = content_tokens(messages) + extra_input_tokens(job, messages, self._wires)
         span = trace.get_current_span() if self._telemetry.tracing else None
         if span is not None and not span.is_recording():
             span = None  # not sampled: no spans of its attempts either (the context still travels)
@@ -233,6 +237,7 @@ class JobRunner:
             started=started,
             span=span,
             spans=[] if span is not None else None,
+            needs=needs(job),
         )
 
     def _plan(self, run: JobRun) -> Plan:
@@ -253,6 +258,7 @@ class JobRunner:
             job.verifiable,
             wants_json(job),
             job.max_output_tokens,
+            run.needs,
             run.text_tokens.bit_length(),
             blocked,
             unavailable_key,
@@ -265,7 +271,7 @@ class JobRunner:
             # A JSON job needs a correct answer that is JSON too: the model's format reliability counts.
             rate = self.quality.json_rate if wants_json(job) else self.quality.rate
             plan = self._plans[key] = make_plan(
-                job, run.task, self._config, run.text_tokens, unavailable, rate, blocked
+                job, run.task, self._config, run.text_tokens, unavailable, rate, blocked, run.needs
             )
         return plan
 
@@ -286,6 +292,10 @@ class JobRunner:
             cap = self._output_cap(run, plan, model)
             reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
             request = CompletionRequest.of(run.job, model=model, messages=run.messages, max_output_tokens=cap)
+            if seed_dropped(run.job, models[model]):  # "seed" is soft: the call goes without it
+                request = msgspec.structs.replace(
+                    request, sampling=msgspec.structs.replace(request.sampling, seed=None)
+                )
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
                     breaker.start_call(self._clock())
@@ -295,6 +305,7 @@ class JobRunner:
                     run.probe_answered = attempt.error is None or attempt.error.kind not in OUT_OF_ROTATION
                 if attempt.error is None:
                     breaker.succeeded()
+                    run.answer = completion
                     return completion.text if completion else ""
                 run.last_error = attempt.error
                 delay_s = self._retry_delay(breaker, attempt.error, retries, retry_after_s)
@@ -418,6 +429,8 @@ class JobRunner:
             self._record(run, attempt, span)
             return attempt, None, None
         dropped = dropped_params(self._config.providers[provider.name], request.sampling)
+        if request.sampling.seed is None and run.job.seed is not None:  # the model has no "seed"
+            dropped.append("seed")
         started = time.monotonic()
         try:
             completion = await provider.complete(request)
@@ -490,10 +503,13 @@ class JobRunner:
             if error.kind != "truncated":  # refused or empty: the model failed the task
                 self.quality.record(run.task, model, False)
             return error
-        if not run.job.verifiable:  # only a job with checks or structured output can fail them
+        called = bool(completion.tool_calls or completion.tool_call_error)
+        if not run.job.verifiable and not called:  # only a job with checks, structured output or tools can fail
             return None
-        error = verify(run.job, completion.text)
+        error = verify(run.job, completion.text, completion.tool_calls, completion.tool_call_error)
         formatted = error is None or error.kind != "format_failed"
+        if called:  # the answer is its tool calls: neither its JSON nor its checks were judged
+            return error
         if wants_json(run.job):
             self.quality.record_format(model, formatted)
         if formatted and has_answer_checks(run.job):  # a check judged the answer: right or wrong
@@ -556,9 +572,7 @@ class JobRunner:
         if escalated_by:
             attributes["llm_router.escalation.reason"] = escalated_by
         if self._telemetry.capture_content:
-            attributes["gen_ai.input.messages"] = orjson.dumps(
-                [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in request.messages]
-            ).decode()
+            attributes["gen_ai.input.messages"] = orjson.dumps([_traced(m) for m in request.messages]).decode()
         return self._telemetry.tracer.start_span(f"chat {api_model}", kind=SpanKind.CLIENT, attributes=attributes)
 
     def _describe(self, span: Span, attempt: Attempt, completion: Completion | None) -> None:
@@ -583,13 +597,38 @@ class JobRunner:
             attributes["gen_ai.usage.input_tokens"] = completion.input_tokens
             attributes["gen_ai.usage.output_tokens"] = completion.output_tokens
             if self._telemetry.capture_content:
+                parts: list[dict] = [{"type": "text", "content": completion.text}] if completion.text else []
+                parts += [_traced_call(call) for call in completion.tool_calls]
                 attributes["gen_ai.output.messages"] = orjson.dumps(
-                    [
-                        {
-                            "role": "assistant",
-                            "parts": [{"type": "text", "content": completion.text}],
-                            "finish_reason": completion.finish_reason,
-                        }
-                    ]
+                    [{"role": "assistant", "parts": parts, "finish_reason": completion.finish_reason}]
                 ).decode()
         span.set_attributes(attributes)
+
+
+def _traced(message: ChatMessage) -> dict:
+    """A message as the GenAI semantic conventions' `gen_ai.input.messages` hold it: its parts (text, image
+    as `uri` or `blob`, tool calls), and a tool message's content as the `tool_call_response` it is."""
+    if message.role == "tool":
+        return {
+            "role": "tool",
+            "parts": [{"type": "tool_call_response", "id": message.tool_call_id, "response": message.text()}],
+        }
+    parts: list[dict]
+    if isinstance(message.content, str):
+        parts = [{"type": "text", "content": message.content}] if message.content or not message.tool_calls else []
+    else:
+        parts = [_traced_part(part) for part in message.content]
+    parts += [_traced_call(call) for call in message.tool_calls or ()]
+    return {"role": message.role, "parts": parts}
+
+
+def _traced_part(part: TextPart | ImagePart) -> dict:
+    if isinstance(part, TextPart):
+        return {"type": "text", "content": part.text}
+    if part.url is not None:
+        return {"type": "uri", "modality": "image", "uri": part.url}
+    return {"type": "blob", "modality": "image", "mime_type": part.media_type, "content": part.data}
+
+
+def _traced_call(call: ToolCall) -> dict:
+    return {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}

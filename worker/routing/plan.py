@@ -13,7 +13,8 @@ task type and l the expected latency. A wrong answer is only caught when the job
 (checks or JSON output), so for other jobs the chain's success is its first model's p and the rest
 of the chain only serves refusals and errors. The job's `accuracy_floor` is hard (no chain: a failed
 result saying so); the defaults (`routing.default_accuracy_floor`, `default_verified_floor` for
-verifiable jobs) are soft (no chain: the most reliable one).
+verifiable jobs) are soft (no chain: the most reliable one). A job is routed only to models that have
+the capabilities it needs (`worker.routing.capabilities`: tools, vision, a strict JSON Schema).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from msgspec import Struct
 
 from worker.config import Config
 from worker.messages import Job
+from worker.routing.capabilities import needs
 
 
 class NoRoute(Exception):
@@ -53,18 +55,21 @@ def make_plan(
     unavailable: Mapping[str, str] | None = None,
     rate: Rate | None = None,
     blocked: Collection[str] = (),
+    needed: frozenset[str] | None = None,
 ) -> Plan:
-    """The chain of models to try for `job` under the routing policy and every constraint of the job."""
+    """The chain of models to try for `job` under the routing policy and every constraint of the job.
+    `needed`: the capabilities the job needs (`capabilities.needs(job)`, computed when not given)."""
     task_config = config.tasks.get(task)
     routing = config.routing
+    needed = needs(job) if needed is None else needed
     if job.model is not None:
         if job.model not in config.models:
             raise NoRoute(f"pinned model {job.model!r} is not configured (known: {', '.join(sorted(config.models))})")
         candidates = [job.model]
     elif task_config is None:
         raise NoRoute(f"unknown task type {task!r} (known: {', '.join(sorted(config.tasks))})")
-    elif routing.policy == "fixed":
-        candidates = [task_config.models[0]]
+    elif routing.policy == "fixed":  # the task's first model that can serve the job (else its first: no route)
+        candidates = [next((m for m in task_config.models if _can(config, m, needed)), task_config.models[0])]
     elif routing.policy == "single":
         candidates = [routing.single_model]
     else:
@@ -82,11 +87,14 @@ def make_plan(
     allowed = set(job.allowed_providers) if job.allowed_providers is not None else None
     filters = [
         ("allowed_providers", lambda m: allowed is None or config.models[m].provider in allowed),
+        ("capabilities", lambda m: not needed or _can(config, m, needed)),
         ("available", lambda m: config.models[m].provider not in unavailable),
         ("context window", lambda m: input_tokens + max_output <= config.models[m].context_window),
     ]
     for constraint, keep in filters:
         remaining = [m for m in candidates if keep(m)]
+        if not remaining and constraint == "capabilities":
+            raise NoRoute(_lacking(needed, candidates, job, task, config))
         if not remaining:
             raise NoRoute(_explain(constraint, candidates, job, input_tokens, max_output, config, unavailable))
         candidates = remaining
@@ -154,6 +162,23 @@ def make_plan(
         success_probability=best[2],
         alternates=alternates,
     )
+
+
+def _can(config: Config, model: str, needed: frozenset[str]) -> bool:
+    """Whether `model` has every capability in `needed`."""
+    return needed.issubset(config.models[model].capabilities)
+
+
+def _lacking(needed: frozenset[str], candidates: list[str], job: Job, task: str, config: Config) -> str:
+    """Why no candidate can serve a job that needs `needed`: the capabilities none of them has (or, when
+    each one is somewhere, all of them, which no model has together)."""
+    missing = sorted(c for c in needed if not any(c in config.models[m].capabilities for m in candidates))
+    what = " and ".join(missing or sorted(needed))
+    if job.model is not None:
+        held = ", ".join(config.models[job.model].capabilities) or "none"
+        return f"pinned model {job.model!r} cannot serve a job that needs {what} (its capabilities: {held})"
+    have = "has it" if len(missing) == 1 else "has them all" if not missing else "has them"
+    return f"no model of task {task} can serve a job that needs {what}: none of {', '.join(candidates)} {have}"
 
 
 def first_instead(chain: list[str], model: str) -> list[str]:

@@ -7,8 +7,10 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 
+import orjson
+
 from worker.config import ModelConfig
-from worker.messages import ChatMessage, ImagePart
+from worker.messages import ChatMessage, ImagePart, Job
 
 
 def attempt_cost(
@@ -67,6 +69,34 @@ def content_tokens(messages: Sequence[ChatMessage]) -> int:
 def messages_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     """`prompt_tokens` of the messages: their contents and each one's framing."""
     return content_tokens(messages) + MESSAGE_OVERHEAD_TOKENS * len(messages)
+
+
+def extra_input_tokens(job: Job, messages: Sequence[ChatMessage], wires: Iterable[str]) -> int:
+    """The estimated input tokens of a job beyond its messages' text: its tool definitions, its schema and
+    the tool calls of its messages by `estimate_tokens` of their JSON, and its images by `image_tokens` of
+    the wire among `wires` (the provider kinds the job may go to) that counts them the highest: one estimate
+    for every model of the plan, never short of what any of them bills."""
+    if job.messages is None and not job.tools and job.schema is None:  # most jobs: a plain prompt
+        return 0
+    tokens = 0
+    if job.tools:
+        tokens += estimate_tokens(
+            orjson.dumps(
+                [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in job.tools]
+            ).decode()
+        )
+    if job.schema is not None:
+        tokens += estimate_tokens(orjson.dumps(job.schema.schema).decode())
+    images = []
+    for message in messages:
+        if message.tool_calls:
+            tokens += estimate_tokens(
+                orjson.dumps([{"name": c.name, "arguments": c.arguments} for c in message.tool_calls]).decode()
+            )
+        images += message.images()
+    if images:
+        tokens += max(sum(image_tokens(wire, image) for image in images) for wire in wires or UNKNOWN_IMAGE_TOKENS)
+    return tokens
 
 
 # An image's input tokens when its size cannot be read (a URL, or data in a format not read here): the
