@@ -167,8 +167,6 @@ class ModelConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     context_window: PosInt
     latency_ms_per_100_output_tokens: NonNegFloat = 1000.0
     quality: dict[str, Probability] = {}
-    # What the model can do beyond text, JSON mode and non-strict schemas: "tools", "vision", "json_schema", "seed".
-    capabilities: list[str] = []
     # Rate limits per minute (0: none), for this model on its provider's key across every replica.
     requests_per_minute: Annotated[int, Meta(ge=0)] = 0
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0

@@ -16,13 +16,12 @@ from tests.providers.test_sdks import openai_client
 from worker.config import ProviderConfig, load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers import build_providers
+from worker.providers import build_providers, dropped_params
 from worker.providers.base import Completion, CompletionRequest
 from worker.providers.openai import (
     COMPAT,
     JSON_INSTRUCTION,
     OpenAIProvider,
-    dropped_fields,
     read_tool_calls,
     tool_fields,
 )
@@ -344,8 +343,9 @@ def test_servers_that_take_tool_choice_get_it(compat, choice):
 def test_ollama_gets_no_tool_choice_and_what_it_cannot_ask_is_named(choice, fields, dropped):
     call = request(tool_choice=choice)
     assert tool_fields(call, COMPAT["ollama"]) == (fields, dropped)
-    assert dropped_fields(call, "ollama") == dropped
-    assert dropped_fields(call, "vllm") == []
+    llama = load_config(env={}).providers["llama"]
+    assert dropped_params(msgspec.structs.replace(llama, compat="ollama"), call) == dropped
+    assert dropped_params(msgspec.structs.replace(llama, compat="vllm"), call) == []
     body = adapter("ollama", ("json_schema",)).request_body(msgspec.structs.replace(call, messages=MESSAGES[:1]))
     assert "tool_choice" not in body and ("tools" in body) == bool(fields)
 

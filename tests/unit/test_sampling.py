@@ -82,14 +82,21 @@ def test_gemini_sends_all_four_in_generation_config_names():
 
 def test_dropped_params_by_provider_kind():
     config = load_config(env={})
-    assert dropped_params(config.providers["openai"], ALL) == []
-    assert dropped_params(config.providers["llama"], ALL) == []
-    assert dropped_params(config.providers["gemini"], ALL) == []
-    assert dropped_params(config.providers["anthropic"], ALL) == ["top_p", "seed"]
+
+    def call(sampling: Sampling) -> CompletionRequest:
+        return CompletionRequest(job_id="j", model="m", messages=[], max_output_tokens=10, sampling=sampling)
+
+    assert dropped_params(config.providers["openai"], call(ALL)) == []
+    assert dropped_params(config.providers["llama"], call(ALL)) == []
+    assert dropped_params(config.providers["gemini"], call(ALL)) == []
+    assert dropped_params(config.providers["anthropic"], call(ALL)) == ["top_p", "seed"]
     newer = msgspec.structs.replace(config.providers["anthropic"], anthropic_version="2026-10-21")
-    assert dropped_params(newer, ALL) == ["temperature", "top_p", "seed"]
-    assert dropped_params(config.providers["anthropic"], Sampling(temperature=2.0, seed=1)) == ["temperature", "seed"]
-    assert dropped_params(config.providers["anthropic"], Sampling()) == []
+    assert dropped_params(newer, call(ALL)) == ["temperature", "top_p", "seed"]
+    assert dropped_params(config.providers["anthropic"], call(Sampling(temperature=2.0, seed=1))) == [
+        "temperature",
+        "seed",
+    ]
+    assert dropped_params(config.providers["anthropic"], call(Sampling())) == []
 
 
 def test_each_adapter_puts_the_settings_in_its_body():

@@ -428,7 +428,7 @@ class JobRunner:
             attempt = run.attempt(provider.name, request.model, ErrorInfo(kind="bad_request", message=str(exc)))
             self._record(run, attempt, span)
             return attempt, None, None
-        dropped = dropped_params(self._config.providers[provider.name], request.sampling)
+        dropped = dropped_params(self._config.providers[provider.name], request)
         if request.sampling.seed is None and run.job.seed is not None:  # the model has no "seed"
             dropped.append("seed")
         started = time.monotonic()

@@ -181,11 +181,6 @@ def tool_fields(request: CompletionRequest, compat: Compat) -> tuple[dict[str, A
     return {"tools": [_tool(tool) for tool in request.tools]}, [] if choice == "auto" else ["tool_choice"]
 
 
-def dropped_fields(request: CompletionRequest, compat: str = "") -> list[str]:
-    """The job's fields a call to a server of `compat` leaves out: its generation settings' and its tools'."""
-    return sampling_fields(request.sampling)[1] + tool_fields(request, COMPAT[compat])[1]
-
-
 def _tool(tool: Tool) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool.name}
     if tool.description:
