@@ -18,7 +18,7 @@ from worker.http.transport import HttpResponse
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
-from worker.providers.gemini import gemini_schema, parse_response
+from worker.providers.gemini import contents, gemini_schema, parse_response
 
 MODEL = "gemini-2.5-flash"
 SYSTEM, PROMPT = "Be brief.", "What is the weather in Paris?"
@@ -263,8 +263,6 @@ def test_a_tool_conversation_matches_the_sdk(capture):
 
 
 def test_an_assistant_turn_of_tool_calls_only_has_no_text_part():
-    from worker.providers.gemini import contents
-
     turns = contents(
         [
             ChatMessage(role="user", content=PROMPT),
@@ -275,8 +273,6 @@ def test_an_assistant_turn_of_tool_calls_only_has_no_text_part():
 
 
 def test_a_tool_result_names_the_function_of_the_latest_call_with_its_id():
-    from worker.providers.gemini import contents
-
     turns = contents(
         [
             ChatMessage(role="user", content=PROMPT),
