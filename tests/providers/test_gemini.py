@@ -4,21 +4,21 @@ answer, shaped as the SDK's GenerateContentResponse, into tool calls."""
 
 import asyncio
 import base64
-from types import SimpleNamespace
 
 import msgspec
 import pytest
 from google.genai import types as genai_types
 
-from tests.providers.capture import Capture, same_fields
-from tests.providers.test_adapters import KEYS, sim_config
+from tests.providers.capture import Capture, env_of, same_fields
+from tests.providers.test_adapters import KEYS
 from tests.providers.test_sdks import gemini_client
+from worker.config import load_config
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
 from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
-from worker.providers.gemini import contents, gemini_schema, parse_response
+from worker.providers.gemini import JSON_INSTRUCTION, contents, gemini_schema, parse_response
 
 MODEL = "gemini-2.5-flash"
 SYSTEM, PROMPT = "Be brief.", "What is the weather in Paris?"
@@ -48,9 +48,10 @@ def request(*messages: ChatMessage, **fields) -> CompletionRequest:
     return CompletionRequest(job_id="j", model=MODEL, messages=conversation, max_output_tokens=50, **fields)
 
 
-def complete(capture: Capture, call: CompletionRequest) -> Completion:
-    """One call of the worker's Gemini adapter to the capturing server."""
-    provider = build_providers(sim_config(SimpleNamespace(url=capture.url), "lean"), env=KEYS).clients["gemini"]
+def complete(capture: Capture, call: CompletionRequest, capabilities: str = '["json_schema"]') -> Completion:
+    """One call of the worker's Gemini adapter to the capturing server, MODEL with `capabilities` (a JSON list)."""
+    env = env_of(capture.url, "lean") | {"LLM_ROUTER__MODELS__GEMINI_2_5_FLASH__CAPABILITIES": capabilities}
+    provider = build_providers(load_config(env=env), env=KEYS).clients["gemini"]
 
     async def run():
         try:
@@ -61,8 +62,8 @@ def complete(capture: Capture, call: CompletionRequest) -> Completion:
     return asyncio.run(run())
 
 
-def ours(capture: Capture, call: CompletionRequest) -> dict:
-    complete(capture, call)
+def ours(capture: Capture, call: CompletionRequest, capabilities: str = '["json_schema"]') -> dict:
+    complete(capture, call, capabilities)
     return capture.last()
 
 
@@ -142,6 +143,18 @@ def test_a_schema_is_the_response_json_schema_with_the_keywords_gemini_takes(cap
     same_fields(adapter["generationConfig"], body["generationConfig"])
     same_fields({"contents": adapter["contents"]}, body)
     assert "tools" not in adapter and "toolConfig" not in adapter
+
+
+def test_a_schema_to_a_model_without_the_json_schema_capability_is_json_mode_and_instructions(capture):
+    schema = JsonSchemaFormat(name="answer", schema={"type": "object", "properties": {"city": {"type": "string"}}})
+    call = request(ChatMessage(role="user", content=PROMPT), json_output=True, schema=schema)
+    adapter = ours(capture, call, capabilities="[]")
+    assert adapter["generationConfig"] == {"maxOutputTokens": 50, "responseMimeType": "application/json"}
+    instructions = [part["text"] for part in adapter["systemInstruction"]["parts"]]
+    assert instructions[0] == SYSTEM
+    assert instructions[1] == f"{JSON_INSTRUCTION} It must be valid under this JSON Schema: " + (
+        '{"type":"object","properties":{"city":{"type":"string"}}}'
+    )
 
 
 @pytest.mark.parametrize(

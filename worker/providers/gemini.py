@@ -65,7 +65,7 @@ _SCHEMA_KEYWORDS = frozenset(
 )
 # Function calling and a JSON response MIME type cannot be combined (Gemini 2.x answers 400 "Function calling
 # with a response mime type: 'application/json' is unsupported"): a JSON answer beside tools is asked for so.
-JSON_INSTRUCTION = "When you answer with text rather than a function call, answer with one JSON object only."
+JSON_INSTRUCTION = "Answer with one JSON object only (when you answer with text rather than a function call)."
 # An image URL's media type, by its extension (Gemini's fileData needs one); image/jpeg when it has none of these.
 _IMAGE_TYPES = {
     ".png": "image/png",
@@ -102,6 +102,9 @@ class GeminiProvider:
         base = config.base_url.rstrip("/")
         self._urls = {m: f"{base}/models/{c.api_model or m}:generateContent" for m, c in models.items()}
         self._base = base
+        # The models that take a schema natively (`responseJsonSchema`); the others get JSON mode with the schema
+        # in the instructions.
+        self._native_schema = {m for m, c in models.items() if "json_schema" in c.capabilities}
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["x-goog-api-key"] = api_key
@@ -114,12 +117,15 @@ class GeminiProvider:
         system = [m.text() for m in request.messages if m.role == "system"]
         config: dict[str, Any] = {"maxOutputTokens": request.max_output_tokens}
         body: dict = {"contents": contents(request.messages), "generationConfig": config}
+        native = request.model in self._native_schema
         if request.json_output and request.tools:
             system.append(json_instruction(request))
-        elif request.json_output:  # the answer is constrained to JSON, and to the schema when there is one
+        elif request.json_output:  # the answer is constrained to JSON, and to the schema where the model takes one
             config["responseMimeType"] = "application/json"
-            if request.schema is not None:
+            if request.schema is not None and native:
                 config["responseJsonSchema"] = gemini_schema(request.schema.schema)
+            elif request.schema is not None:
+                system.append(json_instruction(request))
         if system:
             body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
         config.update(sampling_fields(request.sampling)[0])
@@ -146,7 +152,8 @@ def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str
 
 
 def json_instruction(request: CompletionRequest) -> str:
-    """The instruction that asks for a JSON answer where the request cannot (beside tools), with the schema."""
+    """The instruction that asks for a JSON answer, with its schema, where the request cannot ask for it (beside
+    tools, or a schema to a model without the `json_schema` capability)."""
     if request.schema is None:
         return JSON_INSTRUCTION
     schema = msgspec.json.encode(request.schema.schema).decode()
