@@ -2,28 +2,91 @@
 
 from __future__ import annotations
 
+import posixpath
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
 from worker.config import ModelConfig, ProviderConfig
+from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
+from worker.messages import ChatMessage, ImagePart, TextPart, Tool, ToolCall, ToolChoiceName
 from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
 from worker.ratelimit.headers import gemini_retry_delay, retry_after_from_headers
 
 # generationConfig's names for the job's generation settings.
 _SAMPLING_NAMES = {"temperature": "temperature", "top_p": "topP", "stop": "stopSequences", "seed": "seed"}
-_REFUSED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
+# Finish reasons of an answer stopped by a filter (RECITATION too: it flags output that reproduces training
+# data, a filter on the answer rather than the model declining the request).
+_FILTERED = {
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+}
+# Finish reasons of a function call the answer holds but that cannot be used: a format failure of the attempt.
+_BAD_TOOL_CALL = {
+    "MALFORMED_FUNCTION_CALL": "the model's function call is malformed",
+    "UNEXPECTED_TOOL_CALL": "the model called a function the request does not enable",
+}
+# The JSON Schema keywords that `responseJsonSchema` and `parametersJsonSchema` take (ai.google.dev structured
+# output; GenerationConfig.responseJsonSchema in the API reference); any other is dropped.
+_SCHEMA_KEYWORDS = frozenset(
+    {
+        "$id",
+        "$defs",
+        "$ref",
+        "$anchor",
+        "type",
+        "format",
+        "title",
+        "description",
+        "enum",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "minimum",
+        "maximum",
+        "anyOf",
+        "properties",
+        "additionalProperties",
+        "required",
+        "propertyOrdering",
+    }
+)
+# Function calling and a JSON response MIME type cannot be combined (Gemini 2.x answers 400 "Function calling
+# with a response mime type: 'application/json' is unsupported"): a JSON answer beside tools is asked for so.
+JSON_INSTRUCTION = "Answer with one JSON object only (when you answer with text rather than a function call)."
+# An image URL's media type, by its extension (Gemini's fileData needs one); image/jpeg when it has none of these.
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".heic": "image/heic",
+    ".heif": "image/heif",
+    ".gif": "image/gif",
+}
+_TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
-def _finish(reason: str) -> FinishReason:
+def _finish(reason: str, tool_calls: bool) -> FinishReason:
     if reason == "STOP":
-        return "stop"
+        return "tool_calls" if tool_calls else "stop"
     if reason == "MAX_TOKENS":
         return "length"
-    return "refusal" if reason in _REFUSED else "other"
+    if reason in _FILTERED:
+        return "content_filter"
+    return "tool_calls" if reason in _BAD_TOOL_CALL else "other"
 
 
 class GeminiProvider:
@@ -39,6 +102,9 @@ class GeminiProvider:
         base = config.base_url.rstrip("/")
         self._urls = {m: f"{base}/models/{c.api_model or m}:generateContent" for m, c in models.items()}
         self._base = base
+        # The models that take a schema natively (`responseJsonSchema`); the others get JSON mode with the schema
+        # in the instructions.
+        self._native_schema = {m for m, c in models.items() if "json_schema" in c.capabilities}
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["x-goog-api-key"] = api_key
@@ -46,21 +112,27 @@ class GeminiProvider:
         self._encoder = msgspec.json.Encoder()
 
     def request_body(self, request: CompletionRequest) -> dict:
-        """`contents` with roles user/model, system messages as `systemInstruction`."""
+        """`contents` with roles user/model, system messages as `systemInstruction`, the schema as
+        `responseJsonSchema`, tools as `functionDeclarations` and the tool choice as `toolConfig`."""
         system = [m.text() for m in request.messages if m.role == "system"]
-        body: dict = {
-            "contents": [
-                {"role": "model" if m.role == "assistant" else "user", "parts": [{"text": m.content}]}
-                for m in request.messages
-                if m.role != "system"
-            ],
-            "generationConfig": {"maxOutputTokens": request.max_output_tokens},
-        }
+        config: dict[str, Any] = {"maxOutputTokens": request.max_output_tokens}
+        body: dict = {"contents": contents(request.messages), "generationConfig": config}
+        native = request.model in self._native_schema
+        if request.json_output and request.tools:
+            system.append(json_instruction(request))
+        elif request.json_output:  # the answer is constrained to JSON, and to the schema where the model takes one
+            config["responseMimeType"] = "application/json"
+            if request.schema is not None and native:
+                config["responseJsonSchema"] = gemini_schema(request.schema.schema)
+            elif request.schema is not None:
+                system.append(json_instruction(request))
         if system:
             body["systemInstruction"] = {"parts": [{"text": text} for text in system]}
-        if request.json_output:  # JSON mode: the answer is constrained to JSON
-            body["generationConfig"]["responseMimeType"] = "application/json"
-        body["generationConfig"].update(sampling_fields(request.sampling)[0])
+        config.update(sampling_fields(request.sampling)[0])
+        if request.tools:
+            body["tools"] = [{"functionDeclarations": [function_declaration(tool) for tool in request.tools]}]
+        if request.tool_choice is not None:
+            body["toolConfig"] = {"functionCallingConfig": function_calling_config(request.tool_choice)}
         return body
 
     async def complete(self, request: CompletionRequest) -> Completion:
@@ -77,6 +149,138 @@ def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str
     """The generation settings as `generationConfig` fields, and the ones left out (none: Gemini takes all
     four, temperature 0-2 and up to 5 stop sequences, in every API version: `api_version` is not used)."""
     return {_SAMPLING_NAMES[name]: value for name, value in sampling.settings().items()}, []
+
+
+def json_instruction(request: CompletionRequest) -> str:
+    """The instruction that asks for a JSON answer, with its schema, where the request cannot ask for it (beside
+    tools, or a schema to a model without the `json_schema` capability)."""
+    if request.schema is None:
+        return JSON_INSTRUCTION
+    schema = msgspec.json.encode(request.schema.schema).decode()
+    return f"{JSON_INSTRUCTION} It must be valid under this JSON Schema: {schema}"
+
+
+def gemini_schema(schema: Any) -> Any:
+    """A JSON Schema as `responseJsonSchema` and `parametersJsonSchema` take it: the keywords they do not take
+    are dropped (the worker still validates the answer against the whole schema), `oneOf` is sent as `anyOf`
+    (the API reads it so), `const` as a one-value `enum`, and beside a `$ref` only `$` keywords are kept."""
+    if not isinstance(schema, dict):
+        return schema  # a boolean schema
+    kept: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "oneOf" and "anyOf" not in schema:
+            key = "anyOf"
+        elif key == "const" and "enum" not in schema:
+            key, value = "enum", [value]
+        if key not in _SCHEMA_KEYWORDS or ("$ref" in schema and not key.startswith("$")):
+            continue
+        if key == "enum" and not all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in value):
+            continue  # the API takes enums of strings and numbers
+        kept[key] = _subschemas(key, value)
+    return kept
+
+
+def _subschemas(key: str, value: Any) -> Any:
+    """The value of keyword `key` with the schemas it holds converted."""
+    if key in ("properties", "$defs") and isinstance(value, dict):
+        return {name: gemini_schema(sub) for name, sub in value.items()}
+    if key in ("items", "additionalProperties"):
+        return gemini_schema(value)
+    if key in ("anyOf", "prefixItems") and isinstance(value, list):
+        return [gemini_schema(sub) for sub in value]
+    return value
+
+
+def function_declaration(tool: Tool) -> dict[str, Any]:
+    """A tool as a `functionDeclarations` entry, its parameters as JSON Schema (`parametersJsonSchema`)."""
+    declaration: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        declaration["description"] = tool.description
+    declaration["parametersJsonSchema"] = gemini_schema(tool.parameters)
+    return declaration
+
+
+def function_calling_config(choice: str | ToolChoiceName) -> dict[str, Any]:
+    """`tool_choice` as `toolConfig.functionCallingConfig`: AUTO, NONE, ANY, or ANY of the one named function."""
+    if isinstance(choice, ToolChoiceName):
+        return {"mode": "ANY", "allowedFunctionNames": [choice.name]}
+    return {"mode": _TOOL_MODES[choice]}
+
+
+def contents(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
+    """The conversation as `contents`: the assistant's turns as role `model` (its tool calls as
+    `functionCall` parts), tool results as `functionResponse` parts of a user turn (consecutive results in
+    one turn, as the answers to one turn's parallel calls), system messages left to `systemInstruction`."""
+    names: dict[str, str] = {}  # a tool call's id -> its function's name, as of the latest call with that id
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if message.role == "tool":
+            part = {"functionResponse": function_response(message, names)}
+            last = turns[-1] if turns else None
+            if last is not None and last["role"] == "user" and all("functionResponse" in p for p in last["parts"]):
+                last["parts"].append(part)
+            else:
+                turns.append({"role": "user", "parts": [part]})
+            continue
+        for call in message.tool_calls or ():
+            names[call.id] = call.name
+        turns.append({"role": "model" if message.role == "assistant" else "user", "parts": list(parts(message))})
+    return turns
+
+
+def parts(message: ChatMessage) -> Iterator[dict[str, Any]]:
+    """A user or assistant message's parts: text, images (`inlineData` or `fileData`), function calls."""
+    if isinstance(message.content, str):
+        if message.content or not message.tool_calls:
+            yield {"text": message.content}
+    else:
+        for part in message.content:
+            yield {"text": part.text} if isinstance(part, TextPart) else image_part(part)
+    for call in message.tool_calls or ():
+        yield {"functionCall": {"id": call.id, "name": call.name, "args": call.arguments}}
+
+
+def image_part(image: ImagePart) -> dict[str, Any]:
+    """An image as `inlineData` (base64 data) or `fileData` (a URL, its media type guessed from its extension)."""
+    if image.data is not None:
+        return {"inlineData": {"mimeType": image.media_type, "data": image.data}}
+    extension = posixpath.splitext(urlsplit(image.url or "").path)[1].lower()
+    return {"fileData": {"mimeType": _IMAGE_TYPES.get(extension, "image/jpeg"), "fileUri": image.url}}
+
+
+def function_response(message: ChatMessage, names: dict[str, str]) -> dict[str, Any]:
+    """A tool message as `functionResponse`: Gemini needs the function's name, found from the earlier call
+    with the message's `tool_call_id`; the result is its JSON object, or the text under `output` (the key
+    the API reads as the function's output)."""
+    call_id = message.tool_call_id or ""
+    name = names.get(call_id)
+    if name is None:
+        raise ProviderError("bad_request", f"gemini: no earlier tool call has the id {call_id!r} a tool result answers")
+    text = message.text()
+    try:
+        result = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        result = None
+    response = result if isinstance(result, dict) else {"output": text}
+    return {"id": call_id, "name": name, "response": response}
+
+
+def tool_calls(parts: Iterable[dict[str, Any]]) -> tuple[tuple[ToolCall, ...], str]:
+    """The answer's `functionCall` parts as tool calls (the part's id, else `call_<n>`), and why one could not be
+    read ("" when every one could)."""
+    calls: list[ToolCall] = []
+    error = ""
+    for number, call in enumerate((p["functionCall"] for p in parts if isinstance(p.get("functionCall"), dict)), 1):
+        name, arguments = call.get("name"), call.get("args", {})  # no args: a function without parameters
+        if not isinstance(name, str) or not name:
+            error = error or f"function call {number} has no name"
+        elif not isinstance(arguments, dict):
+            error = error or f"the arguments of the call of {name!r} are not a JSON object"
+        else:
+            calls.append(ToolCall(id=str(call.get("id") or f"call_{number}"), name=name, arguments=arguments))
+    return tuple(calls), error
 
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemini") -> Completion:
@@ -96,17 +300,26 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemin
     usage = data.get("usageMetadata") or {}
     candidates = data.get("candidates") or []
     finish: FinishReason
-    if not candidates:
+    calls: tuple[ToolCall, ...] = ()
+    call_error = ""
+    if not candidates:  # the prompt was blocked (promptFeedback.blockReason) by a filter
         block = (data.get("promptFeedback") or {}).get("blockReason") or ""
-        text, finish = "", ("refusal" if block else "other")
+        text, finish = "", ("content_filter" if block else "other")
     else:
         candidate = candidates[0]
         parts = (candidate.get("content") or {}).get("parts") or ()
         text = "".join(p.get("text", "") for p in parts if not p.get("thought"))
-        finish = _finish(candidate.get("finishReason") or "")
+        calls, call_error = tool_calls(parts)
+        reason = candidate.get("finishReason") or ""
+        if reason in _BAD_TOOL_CALL and not call_error:
+            detail = candidate.get("finishMessage")
+            call_error = f"{_BAD_TOOL_CALL[reason]} ({reason})" + (f" {detail}" if detail else "")
+        finish = _finish(reason, bool(calls) or bool(call_error))
     return Completion(
         text=text,
         finish_reason=finish,
+        tool_calls=calls,
+        tool_call_error=call_error,
         # promptTokenCount includes cached content; thinking tokens count as output.
         input_tokens=int(usage.get("promptTokenCount") or 0) + int(usage.get("toolUsePromptTokenCount") or 0),
         output_tokens=int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0),
