@@ -195,7 +195,7 @@ def error(
         status, body = _gemini_error(kind, model, detail, retry_after_s)
     else:
         status, body = _openai_error(kind, model, detail, flavor)
-        if param is not None and "error" in body:
+        if (param is not None or code is not None) and "error" in body:
             body["error"] |= {"param": param, "code": code}
         if retry_after_s is not None:
             headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
