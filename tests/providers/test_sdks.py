@@ -1,9 +1,12 @@
 """The official SDKs, pointed at the simulator, parse its answers and raise their own typed errors."""
 
+import base64
 import json
+from typing import Literal
 
 import anthropic
 import openai
+import pydantic
 import pytest
 from google import genai
 from google.genai import errors as genai_errors
@@ -252,3 +255,212 @@ def test_each_sdk_parses_the_cached_tokens_of_a_repeated_long_system_prompt(sim)
     served = sim.stats()
     assert served["cached_input_tokens"] == cached + written + hit
     assert served["cache_write_input_tokens"] == written
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    unit: Literal["C", "F"]
+
+
+WEATHER = Weather.model_json_schema() | {"additionalProperties": False}
+ASK_WEATHER = 'Weather in Paris? [[expect: {"city": "Paris", "unit": "C"}]] [[tool: get_weather {"city": "Paris"}]]'
+# A 1 x 1 PNG: its input tokens follow each provider's rule for its size.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def test_each_sdk_parses_the_simulators_tool_calls_and_the_answer_to_their_results(sim):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER, "strict": True}}]
+    messages = [{"role": "user", "content": ASK_WEATHER}]
+    completion = openai_client(sim).chat.completions.create(
+        model="gpt-4o", messages=messages, tools=tools, max_completion_tokens=100
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}, "the directive's arguments"
+    answered = openai_client(sim).chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            *messages,
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "18C, sunny"},
+        ],
+        tools=tools,
+        max_completion_tokens=100,
+    )
+    assert answered.choices[0].finish_reason == "stop" and answered.choices[0].message.content
+
+    message = anthropic_client(sim).messages.create(
+        model="claude-3-5-sonnet-20241022",
+        max_tokens=100,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[{"name": "get_weather", "description": "The weather now", "input_schema": WEATHER}],
+        tool_choice={"type": "any"},
+    )
+    assert message.stop_reason == "tool_use" and message.content[0].type == "tool_use"
+    assert message.content[0].id.startswith("toolu_") and message.content[0].name == "get_weather"
+    assert Weather.model_validate(message.content[0].input), "arguments generated from the parameters"
+
+    response = gemini_client(sim).models.generate_content(
+        model="gemini-2.5-flash",
+        contents=ASK_WEATHER,
+        config=genai_types.GenerateContentConfig(
+            tools=[
+                genai_types.Tool(
+                    function_declarations=[
+                        genai_types.FunctionDeclaration(name="get_weather", parameters_json_schema=WEATHER)
+                    ]
+                )
+            ],
+            max_output_tokens=100,
+        ),
+    )
+    assert response.candidates[0].finish_reason == genai_types.FinishReason.STOP
+    assert [(c.name, c.args) for c in response.function_calls] == [("get_weather", {"city": "Paris"})]
+
+
+def test_each_sdk_parses_the_simulators_structured_answer_into_its_type(sim):
+    prompt = 'Weather in Paris? [[expect: {"city": "Paris", "unit": "C"}]]'
+    parsed = openai_client(sim).chat.completions.parse(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": prompt}],
+        response_format=Weather,
+        max_completion_tokens=100,
+    )
+    assert parsed.choices[0].message.parsed == Weather(city="Paris", unit="C")
+    message = anthropic_client(sim).messages.parse(
+        model="claude-3-5-sonnet-20241022",
+        max_tokens=100,
+        messages=[{"role": "user", "content": prompt}],
+        output_format=Weather,
+    )
+    assert message.parsed_output == Weather(city="Paris", unit="C")
+    forced = anthropic_client(sim).messages.create(
+        model="claude-3-5-sonnet-20241022",
+        max_tokens=100,
+        messages=[{"role": "user", "content": prompt}],
+        tools=[{"name": "answer", "input_schema": WEATHER}],
+        tool_choice={"type": "tool", "name": "answer"},
+    )
+    assert forced.content[0].type == "tool_use" and forced.content[0].input == {"city": "Paris", "unit": "C"}
+    for config in (
+        genai_types.GenerateContentConfig(response_mime_type="application/json", response_schema=Weather),
+        genai_types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=WEATHER),
+    ):
+        response = gemini_client(sim).models.generate_content(model="gemini-2.5-flash", contents=prompt, config=config)
+        assert Weather.model_validate_json(response.text) == Weather(city="Paris", unit="C")
+    assert sim.stats()["models"]["gpt-4o"]["correct"] == 1
+
+
+def test_each_sdk_bills_an_image_by_its_providers_rule(sim):
+    from worker.messages import ImagePart
+    from worker.routing.pricing import image_tokens
+
+    image = ImagePart(data=PNG, media_type="image/png")
+    text_only = openai_client(sim).chat.completions.create(
+        model="gpt-4o",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "Describe."}]}],
+        max_completion_tokens=20,
+    )
+    with_image = openai_client(sim).chat.completions.create(
+        model="gpt-4o",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe."},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                ],
+            }
+        ],
+        max_completion_tokens=20,
+    )
+    assert with_image.usage.prompt_tokens - text_only.usage.prompt_tokens == image_tokens("openai", image)
+
+    def anthropic_input(content):
+        usage = (
+            anthropic_client(sim)
+            .messages.create(
+                model="claude-3-5-sonnet-20241022", max_tokens=20, messages=[{"role": "user", "content": content}]
+            )
+            .usage
+        )
+        return usage.input_tokens
+
+    picture = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    assert anthropic_input([picture, {"type": "text", "text": "Describe."}]) - anthropic_input(
+        "Describe."
+    ) == image_tokens("anthropic", image)
+
+    def gemini_input(parts):
+        return (
+            gemini_client(sim)
+            .models.generate_content(model="gemini-2.5-flash", contents=genai_types.Content(role="user", parts=parts))
+            .usage_metadata.prompt_token_count
+        )
+
+    text = genai_types.Part(text="Describe.")
+    inline = genai_types.Part.from_bytes(data=base64.b64decode(PNG), mime_type="image/png")
+    assert gemini_input([text, inline]) - gemini_input([text]) == image_tokens("gemini", image)
+
+
+def test_what_the_real_apis_refuse_raises_each_sdks_bad_request_error(sim):
+    loose = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client(sim).chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "hi"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": loose, "strict": True}},
+        )
+    assert info.value.param == "response_format" and "'additionalProperties' is required" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        openai_client(sim).chat.completions.create(
+            model="gpt-4o",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": f"data:image/bmp;base64,{PNG}"}}],
+                }
+            ],
+        )
+    assert info.value.code == "invalid_image_format"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        anthropic_client(sim).messages.create(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=10,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/bmp", "data": PNG}}
+                    ],
+                }
+            ],
+        )
+    assert info.value.body["error"]["message"].startswith("messages.0.content.0.image.source.base64.media_type:")
+    with pytest.raises(anthropic.BadRequestError) as info:
+        anthropic_client(sim).messages.create(
+            model="claude-3-5-sonnet-20241022",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[{"name": "get_weather", "input_schema": WEATHER}],
+            tool_choice={"type": "tool", "name": "get_time"},
+        )
+    assert info.value.body["error"]["type"] == "invalid_request_error"
+    with pytest.raises(genai_errors.ClientError) as info:
+        gemini_client(sim).models.generate_content(
+            model="gemini-2.5-flash",
+            contents="hi",
+            config=genai_types.GenerateContentConfig(response_mime_type="application/json", response_schema=WEATHER),
+        )
+    assert info.value.code == 400 and info.value.status == "INVALID_ARGUMENT"
+    # The SDK sends the schema's `additionalProperties` by its proto name, which the Gemini API's Schema lacks.
+    assert "Unknown name \"additional_properties\" at 'generation_config.response_schema'" in info.value.message
+    with pytest.raises(genai_errors.ClientError) as info:
+        gemini_client(sim).models.generate_content(
+            model="gemini-2.5-flash",
+            contents=[genai_types.Part.from_bytes(data=base64.b64decode(PNG), mime_type="image/bmp")],
+        )
+    assert info.value.message == "Unsupported MIME type: image/bmp"
+    assert sim.stats()["statuses"] == {"400": 6}

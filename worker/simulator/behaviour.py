@@ -5,6 +5,20 @@ A prompt may carry directives for evaluation sets: `[[expect: ANSWER]]` (the rig
 accuracy for that task type, decided by a hash of seed, model and prompt (so a model that gets a
 question wrong gets it wrong every time), and a wrong answer otherwise. Asked for JSON, it answers
 JSON (ANSWER as it is when it is JSON, else `{"answer": ...}`), except for its `json_failure` share.
+
+Asked for JSON under a schema (structured output), it answers JSON valid under the schema: ANSWER when
+ANSWER (or `{"answer": ANSWER}`) is valid JSON under it and the model is right, another valid value when
+it is wrong, a generated valid value without a usable ANSWER (`structured.valid_value`); its
+`json_failure` share is prose (half of it) or JSON off the schema (the other half).
+
+Offered tools, it calls them as the prompt's `[[tool: NAME]]` directives say, one call a directive
+(several: parallel calls), with the JSON object of `[[tool: NAME {"city": "Paris"}]]` as the arguments,
+else arguments generated from the tool's `parameters` as a structured answer (ANSWER with its accuracy
+when ANSWER fits them); a `json_failure` share of calls has arguments off the parameters. Without a
+directive, a tool choice of `required` calls the first tool and a named one that tool (so a tool forced
+for a structured answer answers it); `auto` answers in text, and `none` always does. A conversation that
+ends with tool results is answered in text (the directives are for the turn that asks), unless the tool
+choice forces a call. A directive naming a tool not offered is called as named (a model's mistake).
 """
 
 from __future__ import annotations
@@ -13,16 +27,18 @@ import hashlib
 import math
 import random
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from msgspec import Struct
 
 from worker.routing.pricing import estimate_tokens
 from worker.simulator.settings import ModelBehaviour
+from worker.simulator.structured import is_valid, off_schema_value, valid_value
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)
 _TASK = re.compile(r"\[\[task:\s*([\w.-]+)\s*\]\]")
+_TOOL = re.compile(r"\[\[tool:\s*([\w.:-]+)\s*(\{.*?\})?\s*\]\]", re.S)
 FILLER = [
     "the",
     "quick",
@@ -48,13 +64,26 @@ class SimRequest(Struct, frozen=True, kw_only=True):
     texts: list[str]  # every message's text, system first
     max_tokens: int
     json: bool = False  # the request asked for JSON (its wire's JSON mode)
+    schema: Any = None  # the JSON Schema the answer must be valid under (structured output)
+    tools: dict[str, Any] = {}  # the tools offered: name -> parameters (a JSON Schema)
+    tool_choice: Literal["auto", "none", "required"] = "auto"
+    tool_name: str = ""  # the tool the request forces
+    after_tool_result: bool = False  # the conversation ends with tool results
+
+
+class ToolUse(Struct, frozen=True, kw_only=True):
+    """A tool call of an answer."""
+
+    name: str
+    arguments: Any  # a JSON object; off the tool's parameters for the model's json_failure share
 
 
 class Answer(Struct, frozen=True, kw_only=True):
     text: str
     output_tokens: int
-    finish: Literal["stop", "length", "refusal"]
+    finish: Literal["stop", "length", "refusal", "tool_calls"]
     correct: bool | None = None  # None: the prompt carried no expected answer
+    tool_calls: tuple[ToolUse, ...] = ()
 
 
 def pick_error(behaviour: ModelBehaviour, rng: random.Random) -> str | None:
@@ -95,11 +124,13 @@ def _as_json(text: str) -> str:
 
 
 def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: random.Random) -> Answer:
-    """The model's answer: the expected one with its accuracy, else a wrong one; filler without a directive."""
+    """The model's answer (the module's docstring): tool calls, structured JSON, JSON or text; the expected
+    answer with the model's accuracy, else a wrong one; filler without a directive."""
     prompt = "\n".join(request.texts)
     if rng.random() < behaviour.errors.refused:
         return Answer(text="I can't help with that request.", output_tokens=8, finish="refusal")
     expected = _EXPECT.search(prompt)
+    wanted = expected.group(1) if expected else None
     correct = None
     if expected:
         task = _TASK.search(prompt)
@@ -107,19 +138,133 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
             behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
         )
         correct = _unit(seed, request.model, prompt) < accuracy
-        text = expected.group(1) if correct else f"I am not sure, but it is not {expected.group(1)[:1]}... perhaps 42."
+    calls = _tool_calls(behaviour, request, prompt, wanted, correct, rng)
+    if calls:
+        return _sized(request, msgspec.json.encode([msgspec.to_builtins(c) for c in calls]).decode(), correct, calls)
+    if request.schema is not None:
+        text, correct = _structured_text(behaviour, request.schema, wanted, correct, rng)
+        return _sized(request, text, correct)
+    if wanted is not None:
+        text = wanted if correct else f"I am not sure, but it is not {wanted[:1]}... perhaps 42."
     else:
-        wanted = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
-        words = [FILLER[i % len(FILLER)] for i in range(wanted)]
+        count = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
+        words = [FILLER[i % len(FILLER)] for i in range(count)]
         text = f"Simulated answer from {request.model}: " + " ".join(words)
     if request.json:
         text = _as_json(text) if rng.random() >= behaviour.json_failure else f"Sure! Here it is: {text}"
+    return _sized(request, text, correct)
+
+
+def _sized(request: SimRequest, text: str, correct: bool | None, calls: tuple[ToolUse, ...] = ()) -> Answer:
+    """The answer of `text` (the JSON of `calls`, when it calls tools), cut at the request's max_tokens."""
     tokens = max(1, estimate_tokens(text))
     if tokens > request.max_tokens:
         return Answer(
             text=text[: request.max_tokens * 4],
             output_tokens=request.max_tokens,
             finish="length",
-            correct=False if expected else None,
+            correct=False if correct is not None else None,
         )
+    if calls:
+        return Answer(text="", output_tokens=tokens, finish="tool_calls", correct=correct, tool_calls=calls)
     return Answer(text=text, output_tokens=tokens, finish="stop", correct=correct)
+
+
+def _target(schema: Any, wanted: str | None) -> Any:
+    """The expected answer as a value valid under `schema`: ANSWER as JSON, or `{"answer": ANSWER}`; _NO_TARGET
+    when neither is."""
+    if wanted is None:
+        return _NO_TARGET
+    try:
+        candidates = [msgspec.json.decode(wanted)]
+    except msgspec.DecodeError:
+        candidates = []
+    for candidate in [*candidates, {"answer": wanted}]:
+        if is_valid(schema, candidate):
+            return candidate
+    return _NO_TARGET
+
+
+_NO_TARGET = object()
+
+
+def _schema_answer(schema: Any, wanted: str | None, correct: bool | None, rng: random.Random) -> tuple[Any, Any]:
+    """(a value valid under `schema`, whether it is the expected one): the expected value when the model is
+    right, another valid value when it is wrong, a generated one (None: not judged) without a usable one."""
+    target = _target(schema, wanted)
+    if target is _NO_TARGET:
+        return valid_value(schema, rng), None
+    if correct:
+        return target, True
+    value = valid_value(schema, rng)
+    for _ in range(4):  # a generated value may happen to be the expected one
+        if value != target:
+            break
+        value = valid_value(schema, rng)
+    return value, value == target
+
+
+def _structured_text(
+    behaviour: ModelBehaviour, schema: Any, wanted: str | None, correct: bool | None, rng: random.Random
+) -> tuple[str, bool | None]:
+    """A structured answer's text and whether it is right (False for a format failure with an expected answer)."""
+    if rng.random() < behaviour.json_failure:
+        failed = False if wanted is not None else None
+        off = off_schema_value(schema, rng) if rng.random() < 0.5 else None
+        if off is None:
+            return f"Sure! Here it is: {valid_value(schema, rng)}", failed
+        return msgspec.json.encode(off).decode(), failed
+    value, right = _schema_answer(schema, wanted, correct, rng)
+    return msgspec.json.encode(value).decode(), right
+
+
+def _tool_calls(
+    behaviour: ModelBehaviour,
+    request: SimRequest,
+    prompt: str,
+    wanted: str | None,
+    correct: bool | None,
+    rng: random.Random,
+) -> tuple[ToolUse, ...]:
+    """The tool calls of the answer (none: it answers in text)."""
+    if not request.tools or request.tool_choice == "none":
+        return ()
+    directives = [] if request.after_tool_result else _TOOL.findall(prompt)
+    if request.tool_name:
+        chosen = [(n, a) for n, a in directives if n == request.tool_name] or [(request.tool_name, "")]
+    elif directives:
+        chosen = directives
+    elif request.tool_choice == "required":
+        chosen = [(next(iter(request.tools)), "")]
+    else:
+        return ()
+    return tuple(
+        ToolUse(name=name, arguments=_arguments(behaviour, request.tools.get(name), given, wanted, correct, rng))
+        for name, given in chosen
+    )
+
+
+def _arguments(
+    behaviour: ModelBehaviour,
+    parameters: Any,
+    given: str,
+    wanted: str | None,
+    correct: bool | None,
+    rng: random.Random,
+) -> Any:
+    """A call's arguments: off the parameters for the json_failure share, else those the directive gives, else
+    a structured answer under the parameters."""
+    schema = parameters if isinstance(parameters, dict) else {"type": "object"}
+    if rng.random() < behaviour.json_failure:
+        off = off_schema_value(schema, rng, must_be_object=True)
+        if off is not None:
+            return off
+    if given:
+        try:
+            arguments = msgspec.json.decode(given)
+        except msgspec.DecodeError:
+            arguments = None
+        if isinstance(arguments, dict):
+            return arguments
+    value, _ = _schema_answer(schema, wanted, correct, rng)
+    return value if isinstance(value, dict) else {}

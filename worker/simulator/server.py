@@ -24,34 +24,20 @@ import msgspec
 
 from worker import runtime
 from worker.config import EventLoopChoice
-from worker.routing.pricing import prompt_tokens
 from worker.runtime import tune_gc
 from worker.simulator import wire
 from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
 from worker.simulator.caching import Bill, CacheUse, PromptCache, key_label
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.limits import Limits
+from worker.simulator.requests import Call, anthropic_call, gemini_call, openai_call
 from worker.simulator.sampling import sampling_error
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
+from worker.simulator.validation import call_error
 
 # Headers that carry an API key: left out of the requests shown at /_sim/requests.
 KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 REQUESTS_KEPT = 1000  # the most requests /_sim/requests shows
-
-
-class Call(msgspec.Struct, kw_only=True):
-    """One call as each wire API's parser read it, for the answer common to all of them."""
-
-    wire: str
-    model: str
-    texts: list[str] | None  # the prompt's texts, None when the body is not a valid request
-    max_tokens: Any
-    key: str
-    body: Any
-    arrived: float  # time.monotonic() when the request arrived
-    json: bool = False  # the request asked for JSON
-    prefill: str = ""  # the start of the answer the request gave (not repeated in the answer)
-    breakpoints: list[int] = []  # the texts a `cache_control` marks (Anthropic)
 
 
 class ModelStats(msgspec.Struct, kw_only=True):
@@ -118,51 +104,14 @@ class Simulator:
         self._received.append((request.path, model, body, request.headers))
         behaviour = self.config.models.get(model)
         wire_name = behaviour.wire if behaviour and behaviour.wire in ("openai", "openai_compatible") else "openai"
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") if isinstance(body, dict) else None
-        texts = (
-            [m.get("content") if isinstance(m.get("content"), str) else "" for m in body.get("messages") or []]
-            if isinstance(body, dict)
-            else None
-        )
         key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        response_format = body.get("response_format") if isinstance(body, dict) else None
-        json = isinstance(response_format, dict) and response_format.get("type") in ("json_object", "json_schema")
-        return await self._serve(
-            Call(
-                wire=wire_name,
-                model=model,
-                texts=texts,
-                max_tokens=max_tokens or 4096,
-                key=key,
-                body=body,
-                arrived=request.arrived,
-                json=json,
-            )
-        )
+        return await self._serve(openai_call(body, wire=wire_name, model=model, key=key, arrived=request.arrived))
 
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
         self._received.append((request.path, model, body, request.headers))
-        texts = None
-        prefill, json = "", False
-        breakpoints: list[int] = []
         if isinstance(body, dict):
-            system = body.get("system")
-            system_texts = [system] if isinstance(system, str) else [b.get("text", "") for b in system or []]
-            messages = body.get("messages") or []
-            texts = system_texts + [
-                m["content"]
-                if isinstance(m.get("content"), str)
-                else "".join(b.get("text", "") for b in m.get("content") or [] if isinstance(b, dict))
-                for m in messages
-            ]
-            breakpoints = _breakpoints(system, messages)
-            # A final assistant message is a prefill: the answer continues it. A JSON one, or a system
-            # prompt asking for JSON, is how the Messages API is asked for JSON.
-            if messages and messages[-1].get("role") == "assistant":
-                prefill = texts[-1]
-            json = prefill.lstrip().startswith(("{", "[")) or any("json" in t.lower() for t in system_texts)
             if not request.headers.get("anthropic-version"):
                 return self._reply(
                     wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model
@@ -178,20 +127,7 @@ class Simulator:
         key = (
             request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         )
-        return await self._serve(
-            Call(
-                wire="anthropic",
-                model=model,
-                texts=texts,
-                max_tokens=body.get("max_tokens", 0) if isinstance(body, dict) else 0,
-                key=key,
-                body=body,
-                arrived=request.arrived,
-                json=json,
-                prefill=prefill,
-                breakpoints=breakpoints,
-            )
-        )
+        return await self._serve(anthropic_call(body, model=model, key=key, arrived=request.arrived))
 
     async def _gemini(self, request: Request) -> Response:
         model, _, action = request.match_info["target"].partition(":")
@@ -199,33 +135,8 @@ class Simulator:
             return self._reply(wire.error("gemini", "", "not_found", model), model)
         body = await self._body(request)
         self._received.append((request.path, model, body, request.headers))
-        texts = None
-        max_tokens = 8192
-        json = False
-        if isinstance(body, dict):
-            system = body.get("systemInstruction") or body.get("system_instruction") or {}
-            contents = body.get("contents") or []
-            if isinstance(contents, dict):
-                contents = [contents]
-            texts = [p.get("text", "") for p in system.get("parts") or []] + [
-                p.get("text", "") for c in contents for p in c.get("parts") or [] if isinstance(p, dict)
-            ]
-            config = body.get("generationConfig") or body.get("generation_config") or {}
-            max_tokens = config.get("maxOutputTokens") or config.get("max_output_tokens") or max_tokens
-            json = (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json"
         key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
-        return await self._serve(
-            Call(
-                wire="gemini",
-                model=model,
-                texts=texts,
-                max_tokens=max_tokens,
-                key=key,
-                body=body,
-                arrived=request.arrived,
-                json=json,
-            )
-        )
+        return await self._serve(gemini_call(body, model=model, key=key, arrived=request.arrived))
 
     async def _body(self, request: Request) -> Any:
         try:
@@ -259,16 +170,28 @@ class Simulator:
             return self._reply(wire.error(wire_name, flavor, "auth", model), model)
         # Anthropic's settings depend on its version header: checked by `_anthropic`, which has it.
         invalid = None if wire_name == "anthropic" else sampling_error(wire_name, call.body)
+        if invalid is None:
+            invalid = call_error(call)
         if invalid is not None:
             refused = wire.error(
                 wire_name, flavor, "bad_request", model, invalid.message, param=invalid.param, code=invalid.code
             )
             return self._reply(refused, model)
-        input_tokens = prompt_tokens(texts)  # the estimate the worker reserves by, so a reservation matches the bill
+        input_tokens = call.input_tokens()  # texts, images and tools: requests.py says how they are counted
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
             return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
-        request = SimRequest(model=model, texts=texts, max_tokens=max_tokens, json=call.json)
+        request = SimRequest(
+            model=model,
+            texts=texts,
+            max_tokens=max_tokens,
+            json=call.json or call.schema is not None,
+            schema=call.schema,
+            tools={str(tool.name): tool.parameters for tool in call.tools},
+            tool_choice=call.tool_choice,
+            tool_name=call.tool_name,
+            after_tool_result=call.after_tool_result,
+        )
         reply = answer(behaviour, request, self.config.seed, self._rng)
         if call.prefill and reply.text.startswith(call.prefill):
             reply = msgspec.structs.replace(reply, text=reply.text[len(call.prefill) :])
@@ -514,19 +437,3 @@ def run_simulator(config: SimulatorConfig, host: str, port: int, loop: EventLoop
             await server.stop()
 
     runtime.run(serve(), loop)
-
-
-def _breakpoints(system: Any, messages: list[Any]) -> list[int]:
-    """The indices, among the texts the simulator counts (each system block, then each message), of those
-    a `cache_control` marks: a system block, or a message with a marked content block."""
-    marked: list[int] = []
-    blocks = system if isinstance(system, list) else []
-    for i, block in enumerate(blocks):
-        if isinstance(block, dict) and block.get("cache_control"):
-            marked.append(i)
-    offset = len(blocks) if blocks else (1 if isinstance(system, str) else 0)
-    for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") for b in content):
-            marked.append(offset + i)
-    return marked

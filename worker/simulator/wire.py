@@ -81,6 +81,21 @@ def success(
     request_id = _request_id()
     if wire in ("openai", "openai_compatible"):
         refused = answer.finish == "refusal"
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if refused or answer.tool_calls else answer.text,
+            "refusal": answer.text if refused else None,
+            "annotations": [],
+        }
+        if answer.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{request_id}{i:02d}",
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": _json.encode(call.arguments).decode()},
+                }
+                for i, call in enumerate(answer.tool_calls)
+            ]
         body: dict[str, Any] = {
             "id": f"chatcmpl-{request_id}",
             "object": "chat.completion",
@@ -89,14 +104,9 @@ def success(
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None if refused else answer.text,
-                        "refusal": answer.text if refused else None,
-                        "annotations": [],
-                    },
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "length" if answer.finish == "length" else "stop",
+                    "finish_reason": answer.finish if answer.finish in ("length", "tool_calls") else "stop",
                 }
             ],
             "usage": {
@@ -116,13 +126,19 @@ def success(
         }
         headers = headers | {"x-request-id": f"req_{request_id}", "openai-processing-ms": "1"}
     elif wire == "anthropic":
-        stop = {"stop": "end_turn", "length": "max_tokens", "refusal": "refusal"}[answer.finish]
+        stop = {"stop": "end_turn", "length": "max_tokens", "refusal": "refusal", "tool_calls": "tool_use"}[
+            answer.finish
+        ]
+        content: list[dict[str, Any]] = [
+            {"type": "tool_use", "id": f"toolu_{request_id}{i:02d}", "name": call.name, "input": call.arguments}
+            for i, call in enumerate(answer.tool_calls)
+        ] or [{"type": "text", "text": answer.text}]
         body = {
             "id": f"msg_{request_id}",
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [{"type": "text", "text": answer.text}],
+            "content": content,
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": {
@@ -136,10 +152,13 @@ def success(
         }
         headers = headers | {"request-id": f"req_{request_id}"}
     else:
-        finish = {"stop": "STOP", "length": "MAX_TOKENS", "refusal": "SAFETY"}[answer.finish]
+        finish = {"stop": "STOP", "length": "MAX_TOKENS", "refusal": "SAFETY", "tool_calls": "STOP"}[answer.finish]
         candidate: dict[str, Any] = {"finishReason": finish, "index": 0}
         if answer.finish != "refusal":
-            candidate["content"] = {"parts": [{"text": answer.text}], "role": "model"}
+            parts: list[dict[str, Any]] = [
+                {"functionCall": {"name": call.name, "args": call.arguments}} for call in answer.tool_calls
+            ]
+            candidate["content"] = {"parts": parts or [{"text": answer.text}], "role": "model"}
         usage: dict[str, Any] = {
             "promptTokenCount": input_tokens,
             "candidatesTokenCount": answer.output_tokens,
@@ -176,7 +195,7 @@ def error(
         status, body = _gemini_error(kind, model, detail, retry_after_s)
     else:
         status, body = _openai_error(kind, model, detail, flavor)
-        if param is not None and "error" in body:
+        if (param is not None or code is not None) and "error" in body:
             body["error"] |= {"param": param, "code": code}
         if retry_after_s is not None:
             headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
