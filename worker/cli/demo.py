@@ -18,6 +18,7 @@ from worker.cli.tables import escape
 from worker.config import Config
 from worker.messages import (
     ChatMessage,
+    Checks,
     CostEvent,
     DeadLetter,
     ImagePart,
@@ -112,7 +113,7 @@ def request_jobs(run_id: str) -> list[Job]:
             Job(
                 id=f"{run_id}-policy-{i}",
                 messages=[ChatMessage(role="system", content=POLICY), ChatMessage(role="user", content=question)],
-                model="gemini-2.5-flash",
+                model="gpt-4o",  # pinned: the second job reads the first one's prefix from gpt-4o's cache
             )
             for i, question in enumerate(("Can I get a refund after 40 days?", "Who approves an exception?"))
         ),
@@ -122,11 +123,12 @@ def request_jobs(run_id: str) -> list[Job]:
                 ChatMessage(
                     role="user",
                     content=[
-                        TextPart(text="What colour is this picture? [[expect: red]] [[task: simple_qa]]"),
+                        TextPart(text="What colour is this picture? One word. [[expect: red]] [[task: simple_qa]]"),
                         ImagePart(data=PIXELS, media_type="image/png"),
                     ],
                 )
             ],
+            checks=Checks(expected="red"),
         ),
     ]
 
