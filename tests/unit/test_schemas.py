@@ -20,10 +20,19 @@ def test_drift_is_detected(tmp_path):
     assert [line for line in check_schemas(tmp_path) if "job.schema.json" in line]
 
 
-@pytest.mark.parametrize("stem", sorted(SCHEMAS))
-def test_sample_is_valid(stem):
+SAMPLES = sorted((SCHEMAS_DIR / "samples").glob("*.json"))
+
+
+def test_every_message_has_a_sample():
+    assert {stem for stem in SCHEMAS} <= {sample.stem for sample in SAMPLES}
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda path: path.stem)
+def test_sample_is_valid(sample):
+    """samples/NAME.json and samples/NAME_VARIANT.json are valid under schemas/NAME.schema.json and its Struct."""
+    stem = next(stem for stem in sorted(SCHEMAS, key=len, reverse=True) if sample.stem.startswith(stem))
     struct, _ = SCHEMAS[stem]
-    sample_bytes = (SCHEMAS_DIR / "samples" / f"{stem}.json").read_bytes()
+    sample_bytes = sample.read_bytes()
     schema = json.loads((SCHEMAS_DIR / f"{stem}.schema.json").read_text())
     jsonschema.validate(json.loads(sample_bytes), schema)
     msgspec.json.decode(sample_bytes, type=struct)
