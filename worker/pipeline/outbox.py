@@ -168,9 +168,11 @@ class Outbox:
                 if entry.finished is not None:
                     entry.unacknowledged += 1
                     jobs_partition, job_id = entry.finished
-                    jobs, job_ids = listing.setdefault(jobs_partition, ([], []))
-                    jobs.append(entry)
-                    job_ids.append(job_id)
+                    listed = listing.get(jobs_partition)
+                    if listed is None:
+                        listed = listing[jobs_partition] = ([], [])
+                    listed[0].append(entry)
+                    listed[1].append(job_id)
                 for index, (topic, key, value, headers) in enumerate(entry.outputs):
                     known = partitions.get(topic)
                     if known is None:
