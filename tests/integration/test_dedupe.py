@@ -207,7 +207,7 @@ def test_1000_jobs_produced_twice_across_3_replicas_and_a_restart_run_once(boots
         f"dedupe, {JOBS} jobs produced twice across 3 replicas and a restart: results={len(outputs.results)} "
         f"distinct={len(outputs.result_ids)} cost events={len(outputs.costs)} "
         f"jobs billed={len({e.job_id for e in outputs.costs})} runs={runs} duplicates={duplicates} "
-        f"finished records={sum(finished.values())} loads={len(loads)} "
+        f"ids listed as finished={sum(finished.values())} loads={len(loads)} "
         f"(the largest {largest['ids']} ids in {largest['load_s']} s) "
         f"in {figures['seconds']:.1f} s"
     )
