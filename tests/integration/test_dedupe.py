@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 
+import msgspec
+
 from tests.integration.helpers import (
     Outputs,
     Setup,
@@ -17,23 +19,29 @@ from tests.integration.helpers import (
     settle_assignment,
 )
 from worker.cli.runs import running_worker
+from worker.pipeline.dedupe import FinishedBatch
 from worker.pipeline.finished import READ_BACK_S
 from worker.pipeline.kafka import make_consumer
 
 
 async def finished_keys(setup: Setup) -> Counter:
-    """How many finished records each job id has on the finished topic (each holding the job's status only: the
-    result itself is on the results topic)."""
+    """How many times the finished records list each job id (each record lists ids of one jobs partition, on the
+    finished partition of that number, and no result: the result itself is on the results topic)."""
     consumer = make_consumer(setup.config.kafka, setup.topics.finished, group_id=None)
     await consumer.start()
     keys: Counter = Counter()
+    record_keys: Counter = Counter()
     try:
         while batch := await consumer.getmany(timeout_ms=1000):
-            for records in batch.values():
-                assert all(r.value in (b'{"status":"ok"}', b'{"status":"failed"}') for r in records), records[0].value
-                keys.update(record.key.decode() for record in records)
+            for tp, records in batch.items():
+                for record in records:
+                    listed = msgspec.json.decode(record.value, type=FinishedBatch)
+                    assert listed.jobs_partition == tp.partition, "on the finished partition of its jobs partition"
+                    keys.update(listed.ids)
+                    record_keys[record.key] += 1
     finally:
         await consumer.stop()
+    assert all(n == 1 for n in record_keys.values()), "every finished record's key is its own (no compaction)"
     return keys
 
 
@@ -76,7 +84,7 @@ def test_a_job_produced_twice_runs_once_whether_its_copy_is_in_flight_or_finishe
     assert len(outputs.results) == 2 * len(ids)
     assert worker.stats.duplicates == len(ids)
     assert worker.stats.results_ok == len(ids), "each job ran once"
-    assert finished == Counter(dict.fromkeys(ids, 1)), "one finished record a job"
+    assert finished == Counter(dict.fromkeys(ids, 1)), "each job listed in one finished record"
 
 
 def test_a_restarted_worker_still_knows_the_finished_ids(bootstrap):
@@ -199,7 +207,7 @@ def test_1000_jobs_produced_twice_across_3_replicas_and_a_restart_run_once(boots
         f"dedupe, {JOBS} jobs produced twice across 3 replicas and a restart: results={len(outputs.results)} "
         f"distinct={len(outputs.result_ids)} cost events={len(outputs.costs)} "
         f"jobs billed={len({e.job_id for e in outputs.costs})} runs={runs} duplicates={duplicates} "
-        f"finished records={sum(finished.values())} loads={len(loads)} "
+        f"ids listed as finished={sum(finished.values())} loads={len(loads)} "
         f"(the largest {largest['ids']} ids in {largest['load_s']} s) "
         f"in {figures['seconds']:.1f} s"
     )

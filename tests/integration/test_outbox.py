@@ -2,10 +2,12 @@
 
 import asyncio
 
+import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 
 from tests.integration.helpers import Setup, make_topics
+from worker.pipeline.dedupe import IDS_PER_RECORD, FinishedBatch, FinishedRecords
 from worker.pipeline.kafka import make_producer
 from worker.pipeline.outbox import Outbox
 
@@ -104,3 +106,47 @@ def test_outputs_beyond_a_full_batch_go_in_the_next_one_in_their_order(bootstrap
     assert sorted(done) == list(range(200))
     assert len({r.partition for r in records}) == 1 and [int(r.value[:5]) for r in records] == list(range(200))
     assert [r.offset for r in records] == list(range(records[0].offset, records[0].offset + 200))
+
+
+def test_jobs_listed_in_finished_records_land_on_their_jobs_partitions_number_and_done_follows(bootstrap):
+    setup = Setup(bootstrap)
+    topics = setup.config.kafka.topics
+
+    async def scenario():
+        await make_topics(setup)
+        producer = make_producer(setup.config.kafka)
+        await producer.start()
+        outbox = Outbox(producer, FinishedRecords(topics.finished))
+        done: list[int] = []
+        try:
+            # One flush: 600 jobs of each of 4 jobs partitions, each with its result and listed as finished.
+            for n in range(2400):
+                key = f"job-{n}".encode()
+                outbox.put([(topics.results, key, b"r", [])], lambda n=n: done.append(n), finished=(n % 4, f"job-{n}"))
+            assert await outbox.settled(30)
+        finally:
+            await outbox.close()
+            await producer.stop()
+        reader = AIOKafkaConsumer(
+            topics.finished, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        await reader.start()
+        records = []
+        try:
+            for _ in range(10):
+                for batch in (await reader.getmany(timeout_ms=1000)).values():
+                    records.extend(batch)
+        finally:
+            await reader.stop()
+        return done, records
+
+    done, records = asyncio.run(scenario())
+    assert sorted(done) == list(range(2400))
+    listed = [(r.partition, msgspec.json.decode(r.value, type=FinishedBatch)) for r in records]
+    assert all(partition == batch.jobs_partition for partition, batch in listed), "on the jobs partition's number"
+    ids = sorted(job_id for _, batch in listed for job_id in batch.ids)
+    assert ids == sorted(f"job-{n}" for n in range(2400)), "each job listed once"
+    assert all(int(job_id[4:]) % 4 == batch.jobs_partition for _, batch in listed for job_id in batch.ids)
+    # At most IDS_PER_RECORD ids a record: 500 and 100 for each jobs partition.
+    assert sorted(len(batch.ids) for _, batch in listed) == [100] * 4 + [IDS_PER_RECORD] * 4
+    assert len({r.key for r in records}) == len(records), "each record keyed anew: compaction keeps them all"

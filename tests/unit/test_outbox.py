@@ -5,10 +5,11 @@ futures, as aiokafka's `send_batch` returns them; the broker's side is in tests/
 
 import asyncio
 
+import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from worker.pipeline.outbox import Outbox, _Entry
+from worker.pipeline.outbox import Outbox, _Entry, _Listed
 
 
 def _landed(partition: int, offset: int) -> RecordMetadata:
@@ -96,5 +97,43 @@ def test_a_job_without_outputs_is_done_at_once():
         outbox.put([], lambda: done.append("x"))
         await asyncio.sleep(0)
         assert done == ["x"] and outbox.unacknowledged == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_finished_record_counts_for_every_job_it_lists_and_its_failure_sends_them_again_whole():
+    async def scenario() -> None:
+        outbox, done = Outbox(None), []  # type: ignore[arg-type]  # no producer: nothing is sent here
+        entries, futures = _two_batches(outbox, done)
+        for entry in entries.values():
+            entry.unacknowledged += 1  # each is listed in a finished record too, as `_send` counts it
+        loop = asyncio.get_running_loop()
+        listing = [loop.create_future(), loop.create_future()]
+        # a and b listed in one finished record (of their jobs partition), c in another batch's.
+        first = [(_Listed(jobs=[(entries["a"], 0), (entries["b"], 0)]), -1, 0)]
+        second = [(_Listed(jobs=[(entries["c"], 0)]), -1, 0)]
+        listing[0].add_done_callback(lambda f: outbox._landed(("llm.finished", 0), first, f))
+        listing[1].add_done_callback(lambda f: outbox._landed(("llm.finished", 1), second, f))
+        futures[0].set_result(_landed(0, 20))
+        futures[1].set_result(_landed(1, 10))
+        await asyncio.sleep(0)
+        assert done == [], "every output is acknowledged, the finished records not yet"
+        listing[0].set_result(_landed(0, 5))
+        await asyncio.sleep(0)
+        assert done == ["a", "b"], "one finished record's acknowledgement finishes each job it lists"
+        listing[1].set_exception(KafkaConnectionError("the broker went away"))
+        await asyncio.sleep(0)
+        assert done == ["a", "b"] and entries["c"].failures == 1, "c goes again, whole"
+        assert outbox.unacknowledged == 1 and len(outbox._retries) == 1
+        await outbox.close()
+
+    asyncio.run(scenario())
+
+
+def test_listing_a_job_in_a_finished_record_needs_the_records_maker():
+    async def scenario() -> None:
+        outbox = Outbox(None)  # type: ignore[arg-type]  # no producer: nothing is sent here
+        with pytest.raises(ValueError, match="FinishedRecords"):
+            outbox.put([], lambda: None, finished=(0, "job-1"))
 
     asyncio.run(scenario())

@@ -33,6 +33,7 @@ from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import state
 from worker.pipeline.connection import BrokerWatch, watch_client_logs
+from worker.pipeline.dedupe import FinishedRecords
 from worker.pipeline.finished import Deduplicator
 from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
 from worker.pipeline.kafka import make_consumer, wait_for_broker
@@ -45,9 +46,6 @@ from worker.ratelimit.limits import partition_share
 from worker.runtime import tune_gc
 
 log = get_logger("consume")
-
-
-_FINISHED = {status: msgspec.json.encode({"status": status}) for status in ("ok", "failed")}
 
 
 class WorkerStats(msgspec.Struct):
@@ -93,15 +91,16 @@ class Worker:
         # back a call's length later (`make bench`, section throughput).
         self._resume_at = config.worker.max_in_flight - max(1, config.worker.max_in_flight // 50)
         self._fatal: BaseException | None = None  # a fenced transactional producer: the worker stops
-        self._finished_topic = config.kafka.topics.finished
         self._stop: asyncio.Event | None = None
+        # The finished records listing the jobs that ran (deduplication), written by the sink with their outputs.
+        records = FinishedRecords(config.kafka.topics.finished) if config.worker.dedupe_window_s > 0 else None
         self.sink: Sink
         if config.worker.delivery == "exactly_once":
             self.consumer = make_consumer(config.kafka, isolation_level="read_committed")
-            self.sink = TransactionalSink(config.kafka, self._finish, fenced=self._fenced)
+            self.sink = TransactionalSink(config.kafka, self._finish, fenced=self._fenced, records=records)
         else:
             self.consumer = make_consumer(config.kafka)
-            self.sink = OutboxSink(config.kafka, self.consumer, self._finish)
+            self.sink = OutboxSink(config.kafka, self.consumer, self._finish, records)
         self.producer = self.sink.producer
         self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
         self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
@@ -427,10 +426,10 @@ class Worker:
                 return
             # No spans of ours: the producer's context still reaches the outputs as it came.
             carried = [(k, v) for k, v in record.headers if k in TRACE_HEADERS] if record.headers else []
-            outputs = await self._process(record)
+            outputs, finished = await self._process(record)
             if carried:
                 outputs = _with_headers(outputs, carried)
-            self.sink.put(tp, record.offset, outputs, None)
+            self.sink.put(tp, record.offset, outputs, None, finished)
         except Exception:
             log.exception(
                 "job crashed; its offset stays uncommitted",
@@ -456,12 +455,12 @@ class Worker:
         with telemetry.tracer.start_as_current_span(
             f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER, links=links, attributes=attributes
         ) as span:
-            outputs = await self._process(record)
+            outputs, finished = await self._process(record)
             if not span.is_recording():
                 # Not sampled: the outputs carry the process span's context.
                 context: list[tuple[str, bytes]] = []
                 inject(context)
-                self.sink.put(tp, record.offset, _with_headers(outputs, context), None)
+                self.sink.put(tp, record.offset, _with_headers(outputs, context), None, finished)
                 return
             # A send span for each output, ended at the broker's acknowledgement (by the outbox), or
             # (exactly-once) when the transaction holding it commits.
@@ -472,7 +471,7 @@ class Worker:
                 headers = list(headers)
                 inject(headers, trace.set_span_in_context(send))
                 traced.append((topic, key, value, headers))
-            self.sink.put(tp, record.offset, traced, spans)
+            self.sink.put(tp, record.offset, traced, spans, finished)
 
     def _finish(self, tp: TopicPartition, offset: int) -> None:
         """A job's outputs are acknowledged (or held for the transaction): its offset may be committed."""
@@ -487,8 +486,9 @@ class Worker:
         if self._stop is not None:
             self._stop.set()
 
-    async def _process(self, record: Any) -> list[Output]:
-        """A record's (aiokafka's ConsumerRecord) outputs: its result and cost events, or its dead letter."""
+    async def _process(self, record: Any) -> tuple[list[Output], str | None]:
+        """A record's (aiokafka's ConsumerRecord) outputs: its result and cost events, or its dead letter; and
+        the id to list in a finished record when the job ran (deduplication on)."""
         decoded = decode_job(record.value, self._max_job_bytes)
         if isinstance(decoded, Rejection):
             self.stats.dead_lettered += 1
@@ -502,13 +502,13 @@ class Worker:
             result = rejected_result(decoded)
             if result is not None:  # whoever waits on the results topic for its id is answered too
                 outputs.append((self._results_topic, result.job_id.encode(), self._encoder.encode(result), []))
-            return outputs
+            return outputs, None
         if self.telemetry.tracing:
             trace.get_current_span().set_attribute("llm_router.job.id", decoded.id)
         if self.dedupe is not None:
             first = await self.dedupe.first_result(record.partition, decoded.id)
             if first is not None:
-                return self._repeated(decoded.id, first)
+                return self._repeated(decoded.id, first), None
         try:
             outcome = await self.runner.run(decoded)
         except Exception as exc:  # a bug must still give the job a result, never silence
@@ -522,7 +522,7 @@ class Worker:
         else:
             self.stats.results_failed += 1
         self.stats.cost_events += len(outcome.cost_events)
-        return self._job_outputs(outcome)
+        return self._job_outputs(outcome), decoded.id if self.dedupe is not None else None
 
     @staticmethod
     def _internal_error(job: Job, exc: Exception) -> JobOutcome:
@@ -541,10 +541,7 @@ class Worker:
         result = encode(outcome.result)
         outputs.append((self._results_topic, key, result, []))
         if self.dedupe is not None:
-            # The finished record: delivered with the result, before the job's offset is committed. It holds
-            # only the job's status: the result is on the results topic, read back from there for a duplicate.
-            outputs.append((self._finished_topic, key, _FINISHED[outcome.result.status], []))
-            self.dedupe.finished(outcome.result.job_id, key, result)
+            self.dedupe.finished(outcome.result.job_id, result)
         return outputs
 
     def _repeated(self, job_id: str, result: bytes) -> list[Output]:
@@ -683,7 +680,7 @@ class Worker:
         if share > 0:
             self.runner.limits.set_share(share)
         if self.dedupe is not None:
-            self.dedupe.assigned((tp.partition for tp in partitions), total)
+            self.dedupe.assigned(tp.partition for tp in partitions)
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions), "rate_limit_share": round(share, 4)},

@@ -1,15 +1,15 @@
 """Idempotence by job id: the finished topic, and the check a job passes before it runs.
 
-Every job that finishes also writes a small record to the finished topic (`kafka.topics.finished`:
-compacted, kept for `worker.dedupe_window_s`), keyed by the job id, as one more output of the job,
-so it is acknowledged (or committed in the job's transaction) before the job's offset is committed:
-a restart never forgets a job whose offset was committed. The record holds no copy of the result:
-the result is on the results topic, keyed by the same id, at about the record's time. Producers key
-jobs by id, so both copies of a job land on one partition of the jobs topic, owned by one replica,
-and the job's finished record on the same partition of the finished topic when both topics have as
-many partitions (the default partitioner hashes the key alike). At each assignment a worker loads
-the finished ids of its jobs partitions (reading every finished partition, each id filtered by its
-jobs partition, when the counts differ) into a `FinishedIds` (dedupe.py); a revoke forgets them.
+Every job that runs is listed in a record of the finished topic (`kafka.topics.finished`, kept for
+`worker.dedupe_window_s`) that goes with its outputs: each outbox flush, or each transaction, writes
+one record per jobs partition listing the ids of its jobs there (dedupe.py: `FinishedBatch`), to the
+finished partition of the same number (modulo the finished topic's partitions). A job's offset is
+committed only once that record is acknowledged (or committed in the job's transaction): a restart
+never forgets a job whose offset was committed. The record holds no copy of the result: the result
+is on the results topic, keyed by the same id, at about the record's time. Producers key jobs by id,
+so both copies of a job land on one partition of the jobs topic, owned by one replica. At each
+assignment a worker loads the finished ids of its jobs partitions into a `FinishedIds` (dedupe.py);
+a revoke forgets them.
 
 A job whose id is there is not run: its first result is read back from the results topic (the
 partition its id hashes to, from the finished record's time, or at the offset found by an earlier
@@ -22,12 +22,13 @@ import asyncio
 import time
 from collections.abc import Iterable
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker.config import KafkaConfig, WorkerConfig
 from worker.observability.logs import get_logger
-from worker.pipeline.dedupe import Finished, FinishedIds, digest
+from worker.pipeline.dedupe import Finished, FinishedBatch, FinishedIds, digest
 from worker.pipeline.kafka import make_consumer, topic_partitions
 from worker.pipeline.outbox import murmur2
 
@@ -41,6 +42,8 @@ READ_BACK_S = 10.0
 SLACK_MS = 2000
 # The longest a load reads; what it has not read by then is not deduplicated.
 LOAD_LIMIT_S = 300.0
+
+_DECODER = msgspec.json.Decoder(FinishedBatch)
 
 
 def _partition_of(key: bytes, partitions: int) -> int:
@@ -62,12 +65,12 @@ class Deduplicator:
         self._reader = make_consumer(kafka, group_id=None, isolation_level=isolation_level, fetch_max_wait_ms=100)
         self._reading = asyncio.Lock()  # one read-back at a time on the reader
         self._results_partitions = 0  # of the results topic; 0: not known (the topic is missing)
-        self._jobs_partitions = 0
         # The load of each owned jobs partition: its jobs wait for it.
         self._loads: dict[int, asyncio.Future[None]] = {}
         self._loading: set[asyncio.Task[None]] = set()
-        # Jobs running here, by id: their jobs partition, and the copies waiting for their result.
-        self._running: dict[str, tuple[int, list[asyncio.Future[bytes | None]]]] = {}
+        # Jobs running here, by id: their jobs partition; and the copies of some waiting for their result.
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, list[asyncio.Future[bytes | None]]] = {}
 
     async def start(self) -> None:
         """Connect the reader and learn the results topic's partitions (where each id's result is)."""
@@ -82,10 +85,8 @@ class Deduplicator:
         await asyncio.gather(*self._loading, return_exceptions=True)
         await self._reader.stop()
 
-    def assigned(self, partitions: Iterable[int], jobs_partitions: int) -> None:
-        """Jobs partitions given to this worker (of `jobs_partitions`): load their finished ids; their jobs
-        wait for the load."""
-        self._jobs_partitions = jobs_partitions
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """Jobs partitions given to this worker: load their finished ids; their jobs wait for the load."""
         loop = asyncio.get_running_loop()
         futures = {p: loop.create_future() for p in partitions if p not in self._loads}
         if not futures:
@@ -110,51 +111,57 @@ class Deduplicator:
         load = self._loads.get(jobs_partition)
         if load is not None and not load.done():
             await load
-        while (running := self._running.get(job_id)) is not None:
+        while job_id in self._running:
             waiting = asyncio.get_running_loop().create_future()
-            running[1].append(waiting)
+            self._waiting.setdefault(job_id, []).append(waiting)
             value = await waiting
             if value is not None:
                 return value
-        key = job_id.encode()
-        found = self.ids.find(digest(key), int(time.time()))
+        found = self.ids.find(digest(job_id), int(time.time()))
         if found is not None:
-            try:
-                value = await self._read_back(found, key)
-            except KafkaError as exc:
-                value, error = None, repr(exc)
-            else:
-                error = "not found"
+            value = await self._read_back_logged(found, job_id)
             if value is not None:
                 return value
-            log.warning(
-                "a finished job's result could not be read back: the job runs again",
-                extra={"job_id": job_id, "partition": found.partition, "offset": found.offset, "error": error},
-            )
             if job_id in self._running:  # a copy started meanwhile: wait for it
                 return await self.first_result(jobs_partition, job_id)
-        self._running[job_id] = (jobs_partition, [])
+        self._running[job_id] = jobs_partition
         return None
 
-    def finished(self, job_id: str, key: bytes, value: bytes) -> None:
-        """A job that ran here has its result `value` (handed to the sink now with its finished record)."""
-        running = self._running.pop(job_id, None)
-        if running is None:
+    def finished(self, job_id: str, value: bytes) -> None:
+        """A job that ran here has its result `value` (handed to the sink now, to be listed in a finished record)."""
+        jobs_partition = self._running.pop(job_id, None)
+        if jobs_partition is None:
             return
-        jobs_partition, waiting = running
-        if self._results_partitions:
-            now_s = int(time.time())
-            self.ids.add(digest(key), jobs_partition, _partition_of(key, self._results_partitions), None, now_s, now_s)
-        for copy in waiting:
-            if not copy.done():
-                copy.set_result(value)
+        now_s = int(time.time())
+        self.ids.add(digest(job_id), jobs_partition, now_s, now_s)
+        if job_id in self._waiting:
+            self._answer(job_id, value)
 
     def abandoned(self, job_id: str) -> None:
         """A job that ran here ended without a result (cancelled): a copy waiting for it runs itself."""
-        running = self._running.pop(job_id, None)
-        for copy in running[1] if running is not None else ():
+        if self._running.pop(job_id, None) is not None:
+            self._answer(job_id, None)
+
+    def _answer(self, job_id: str, value: bytes | None) -> None:
+        """The copies waiting for `job_id` take its result (None: they run themselves)."""
+        for copy in self._waiting.pop(job_id, ()):
             if not copy.done():
-                copy.set_result(None)
+                copy.set_result(value)
+
+    async def _read_back_logged(self, found: Finished, job_id: str) -> bytes | None:
+        """A finished job's first result, or None (then the job runs again, said in a warning)."""
+        try:
+            value = await self._read_back(found, job_id)
+        except KafkaError as exc:
+            value, error = None, repr(exc)
+        else:
+            error = "not found"
+        if value is None:
+            log.warning(
+                "a finished job's result could not be read back: the job runs again",
+                extra={"job_id": job_id, "offset": found.offset, "error": error},
+            )
+        return value
 
     async def _load(self, futures: dict[int, asyncio.Future[None]]) -> None:
         started = time.monotonic()
@@ -189,29 +196,18 @@ class Deduplicator:
             found = await topic_partitions(self._kafka, [self._topic, self._results_topic])
             partitions = len(found.get(self._topic, ()))
             self._results_partitions = len(found.get(self._results_topic, ()))
-            if not partitions or not self._results_partitions:
+            if not partitions:
                 return 0
-            same = partitions == self._jobs_partitions
-            sources = [
-                TopicPartition(self._topic, p) for p in (futures if same else range(partitions)) if p < partitions
-            ]
+            # The finished records of jobs partition p are on finished partition p modulo the finished partitions.
+            sources = [TopicPartition(self._topic, p) for p in sorted({p % partitions for p in futures})]
             ends = await self._positions(consumer, sources)
             added = 0
             while ends:
                 batch = await consumer.getmany(*ends, timeout_ms=200)
                 now_s = int(time.time())
-                for tp, records in batch.items():
+                for records in batch.values():
                     for record in records:
-                        if record.key is None:
-                            continue
-                        jobs_partition = tp.partition if same else _partition_of(record.key, self._jobs_partitions)
-                        load = futures.get(jobs_partition)
-                        if load is None or self._loads.get(jobs_partition) is not load:
-                            continue  # not this load's, or revoked meanwhile
-                        results_partition = _partition_of(record.key, self._results_partitions)
-                        added += self.ids.add(
-                            digest(record.key), jobs_partition, results_partition, None, record.timestamp // 1000, now_s
-                        )
+                        added += self._add_listed(record.value, record.timestamp // 1000, futures, now_s)
                 # Done with a partition at its end offset, once a fetch brings nothing more: the embedded
                 # broker answers a lower end offset than the last record's when that came in a batch of several.
                 for tp in list(ends):
@@ -222,6 +218,19 @@ class Deduplicator:
             return added
         finally:
             await consumer.stop()
+
+    def _add_listed(self, value: bytes, timestamp_s: int, futures: dict[int, asyncio.Future[None]], now_s: int) -> int:
+        """Add the ids a finished record lists, when they are of a jobs partition this load is for (and still
+        owned); how many were new."""
+        try:
+            listed = _DECODER.decode(value or b"")
+        except msgspec.DecodeError:
+            return 0  # not a finished record of this worker's making: nothing to learn from it
+        load = futures.get(listed.jobs_partition)
+        if load is None or self._loads.get(listed.jobs_partition) is not load:
+            return 0  # another partition's, or revoked meanwhile
+        add, jobs_partition = self.ids.add, listed.jobs_partition
+        return sum(add(digest(job_id), jobs_partition, timestamp_s, now_s) for job_id in listed.ids)
 
     async def _positions(self, consumer: AIOKafkaConsumer, sources: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Assign `sources` to `consumer` at the first record of the window; the end offset of each one that
@@ -243,13 +252,16 @@ class Deduplicator:
                 left[tp] = ends[tp]
         return left
 
-    async def _read_back(self, found: Finished, key: bytes) -> bytes | None:
-        """The first result of `key`, read from the results topic; None when it cannot be found. A job that
+    async def _read_back(self, found: Finished, job_id: str) -> bytes | None:
+        """The first result of `job_id`, read from the results topic; None when it cannot be found. A job that
         finished within the read-back time may have its result still on its way: it is looked for again until
         that time has passed. For an older one a scan to the partition's end settles it (its result is gone:
         the results topic's retention, or a topic made anew), so that a run of such duplicates does not hold
         the worker up."""
-        tp = TopicPartition(self._results_topic, found.partition)
+        if not self._results_partitions:
+            return None  # no results topic (missing when the worker started)
+        key = job_id.encode()
+        tp = TopicPartition(self._results_topic, _partition_of(key, self._results_partitions))
         async with self._reading:
             recent = time.time() - found.timestamp_s < self._read_back_s
             deadline = time.monotonic() + self._read_back_s
@@ -258,13 +270,14 @@ class Deduplicator:
                 reader.assign([tp])
             reader.resume(tp)
             try:
-                return await self._find(tp, found, key, deadline, again=recent)
+                return await self._find(tp, found, job_id, deadline, again=recent)
             finally:
                 reader.pause(tp)  # no fetching between read-backs
 
     async def _find(
-        self, tp: TopicPartition, found: Finished, key: bytes, deadline: float, again: bool
+        self, tp: TopicPartition, found: Finished, job_id: str, deadline: float, again: bool
     ) -> bytes | None:
+        key = job_id.encode()
         start = found.offset
         while True:
             if start is None:  # not read back before: look for it from the time it finished
@@ -273,7 +286,7 @@ class Deduplicator:
                 located, start = await self._scan(tp, start, key, deadline)
                 if located is not None:
                     offset, value = located
-                    self.ids.locate(digest(key), offset)
+                    self.ids.locate(digest(job_id), offset)
                     return value
             if not again or time.monotonic() >= deadline:
                 return None

@@ -11,6 +11,10 @@ flushes append to it too, rather than to a batch that would wait for the request
 that fails sends its jobs again, with all their outputs, after a backoff, until they are
 acknowledged: an offset is never finished before its outputs are on the broker.
 
+A job that ran (deduplication on) is also listed in a finished record (dedupe.py): each flush makes
+one a jobs partition listing the ids of its jobs there, on the finished topic's partition of that
+number, and a job is finished only when its finished record is acknowledged too.
+
 Outputs are placed where the producer's default partitioner would put them (murmur2 of the key
 over the topic's partitions, as the Java client does), a key-less one on a random partition. The
 hash is native code (the `murmurhash2` package) where that has wheels, else Python, where it took
@@ -32,6 +36,7 @@ from msgspec import Struct
 
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import not_sent, sent
+from worker.pipeline.dedupe import IDS_PER_RECORD, FinishedRecords
 
 log = get_logger("outbox")
 
@@ -46,20 +51,28 @@ class _Entry(Struct, kw_only=True):  # a Struct: made in C, once a job
     outputs: list[Output]
     done: Callable[[], None]
     spans: list[Any] | None
+    finished: tuple[int, str] | None = None  # (jobs partition, job id) to list in a finished record
     failures: int = 0  # its sendings that failed; an acknowledgement counts only for the current one
     unacknowledged: int = 0  # its outputs of the current sending not acknowledged yet
 
 
+class _Listed(Struct, kw_only=True):
+    """The jobs a finished record lists, each with its failures when it was listed."""
+
+    jobs: list[tuple[_Entry, int]]
+
+
 # What a batch holds, in the order of its records: (entry, index of the output, the entry's failures
-# when it was appended).
-Placed = list[tuple[_Entry, int, int]]
+# when it was appended), or for a finished record (the jobs it lists, -1, 0).
+Placed = list[tuple[_Entry | _Listed, int, int]]
 
 
 class Outbox:
     """Outputs waiting for the broker, sent in batches; see the module's docstring."""
 
-    def __init__(self, producer: AIOKafkaProducer) -> None:
+    def __init__(self, producer: AIOKafkaProducer, records: FinishedRecords | None = None) -> None:
         self._producer = producer
+        self._records = records
         self._pending: list[_Entry] = []
         # The batch taking each topic partition's outputs, and what it holds: sent and waiting for
         # aiokafka's sender (which closes it when it takes it), or made by the flush running now.
@@ -75,15 +88,24 @@ class Outbox:
         """Jobs whose outputs are put and not all acknowledged yet."""
         return self._unacknowledged
 
-    def put(self, outputs: list[Output], done: Callable[[], None], spans: list[Any] | None = None) -> None:
-        """Send `outputs` (one job's); call `done` once the broker acknowledged them all. Never blocks."""
+    def put(
+        self,
+        outputs: list[Output],
+        done: Callable[[], None],
+        spans: list[Any] | None = None,
+        finished: tuple[int, str] | None = None,
+    ) -> None:
+        """Send `outputs` (one job's) and list the job in a finished record (`finished`: its jobs partition and
+        id; the outbox needs FinishedRecords then); call `done` once the broker acknowledged them all. Never blocks."""
         if self._closed:
             raise RuntimeError("the outbox is closed")
-        if not outputs:  # nothing to wait for
+        if finished is not None and self._records is None:
+            raise ValueError("a job to list in a finished record: the outbox needs FinishedRecords")
+        if not outputs and finished is None:  # nothing to wait for
             asyncio.get_running_loop().call_soon(done)
             return
         self._unacknowledged += 1
-        self._queue(_Entry(outputs=outputs, done=done, spans=spans))
+        self._queue(_Entry(outputs=outputs, done=done, spans=spans, finished=finished))
 
     def _queue(self, entry: _Entry) -> None:
         self._pending.append(entry)
@@ -137,10 +159,20 @@ class Outbox:
         new: list[tuple[tuple[str, int], Any, Placed]] = []  # made here, to send, in order
         partitions: dict[str, list[int]] = {}
         last_key, last_hash = None, 0
+        # The jobs to list in finished records, and their ids, by jobs partition.
+        listing: dict[int, tuple[list[_Entry], list[str]]] = {}
         try:
             for entry in entries:
                 entry.unacknowledged = len(entry.outputs)
                 generation = entry.failures
+                if entry.finished is not None:
+                    entry.unacknowledged += 1
+                    jobs_partition, job_id = entry.finished
+                    listed = listing.get(jobs_partition)
+                    if listed is None:
+                        listed = listing[jobs_partition] = ([], [])
+                    listed[0].append(entry)
+                    listed[1].append(job_id)
                 for index, (topic, key, value, headers) in enumerate(entry.outputs):
                     known = partitions.get(topic)
                     if known is None:
@@ -165,6 +197,8 @@ class Outbox:
                         current[0].append(timestamp=None, key=key, value=value, headers=headers)
                     batch, placed = current
                     placed.append((entry, index, generation))
+            if listing:
+                await self._list(listing, new)
             for (topic, partition), batch, placed in new:
                 future = await producer.send_batch(batch, topic, partition=partition)
                 future.add_done_callback(partial(self._landed, (topic, partition), placed))
@@ -175,22 +209,43 @@ class Outbox:
                 self._let_go(where, placed)
             raise
 
+    async def _list(
+        self, listing: dict[int, tuple[list[_Entry], list[str]]], new: list[tuple[tuple[str, int], Any, Placed]]
+    ) -> None:
+        """Append the finished records listing each jobs partition's jobs to the batch of the finished topic's
+        partition of that number (modulo the topic's partitions); batches made here go to `new`."""
+        records = self._records
+        if records is None:  # put refuses a job to list without FinishedRecords
+            return
+        topic = records.topic
+        known = sorted(
+            self._producer.client.cluster.partitions_for_topic(topic) or await self._producer.partitions_for(topic)
+        )
+        for jobs_partition, (jobs, job_ids) in listing.items():
+            where = (topic, known[jobs_partition % len(known)])
+            for start in range(0, len(jobs), IDS_PER_RECORD):
+                key, value = records.make(jobs_partition, job_ids[start : start + IDS_PER_RECORD])
+                current = self._open.get(where)
+                if current is None or current[0].append(timestamp=None, key=key, value=value, headers=[]) is None:
+                    current = self._open[where] = (self._producer.create_batch(), [])
+                    new.append((where, *current))
+                    current[0].append(timestamp=None, key=key, value=value, headers=[])
+                listed = _Listed(jobs=[(entry, entry.failures) for entry in jobs[start : start + IDS_PER_RECORD]])
+                current[1].append((listed, -1, 0))
+
     def _landed(self, where: tuple[str, int], placed: Placed, future: asyncio.Future[Any]) -> None:
         """A batch's acknowledgement (or failure), for each output it holds: the jobs whose last output
         it was are finished; on a failure, the jobs it holds are sent again, whole."""
         self._let_go(where, placed)  # taken by the sender (closed), or failed
         outcome: Any = asyncio.CancelledError() if future.cancelled() else (future.exception() or future.result())
         if isinstance(outcome, BaseException):
-            again, seen = [], set()
-            for entry, _, generation in placed:
-                if entry.failures == generation and id(entry) not in seen:  # not already sent again
-                    seen.add(id(entry))
-                    again.append(entry)
-            if again:
-                self._failed(again, outcome)
+            self._send_again(placed, outcome)
             return
         finished = []
         for relative, (entry, index, generation) in enumerate(placed):
+            if isinstance(entry, _Listed):
+                finished.extend(self._listed(entry))
+                continue
             if entry.failures != generation:
                 continue  # sent again since: its last sending's acknowledgements count
             if entry.spans:
@@ -200,6 +255,27 @@ class Outbox:
                 finished.append(entry)
         if finished:
             self._finished(finished)
+
+    def _send_again(self, placed: Placed, exc: BaseException) -> None:
+        """A batch failed: the jobs it holds outputs of, or lists, are sent again, whole (those not already)."""
+        again, seen = [], set()
+        for job, generation in _jobs_placed(placed):
+            if job.failures == generation and id(job) not in seen:  # not already sent again
+                seen.add(id(job))
+                again.append(job)
+        if again:
+            self._failed(again, exc)
+
+    @staticmethod
+    def _listed(listed: _Listed) -> list[_Entry]:
+        """A finished record's acknowledgement: the jobs it lists whose last acknowledgement it was."""
+        finished = []
+        for entry, generation in listed.jobs:
+            if entry.failures == generation:
+                entry.unacknowledged -= 1
+                if not entry.unacknowledged:
+                    finished.append(entry)
+        return finished
 
     def _let_go(self, where: tuple[str, int], placed: Placed) -> None:
         """The batch holding `placed` takes no more outputs: no longer the partition's open one (nor its jobs kept)."""
@@ -236,6 +312,17 @@ class Outbox:
 
         handle = asyncio.get_running_loop().call_later(delay, again)
         self._retries.add(handle)
+
+
+def _jobs_placed(placed: Placed) -> list[tuple[_Entry, int]]:
+    """The jobs a batch holds outputs of, or lists, each with its failures when it was placed."""
+    jobs = []
+    for entry, _, generation in placed:
+        if isinstance(entry, _Listed):
+            jobs.extend(entry.jobs)
+        else:
+            jobs.append((entry, generation))
+    return jobs
 
 
 class _Landed:

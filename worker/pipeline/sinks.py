@@ -6,7 +6,8 @@ sends the outputs at once through the outbox and finishes the offset at the brok
 the group's offsets are committed separately, so a crash between the two redoes the job (its result
 carries the job id). Exactly-once (`TransactionalSink`) finishes the offset at once and holds the outputs
 until a transaction writes them together with the group's offsets: read_committed consumers see both or
-neither.
+neither. A job that ran (deduplication on) is also listed in a finished record (dedupe.py) that goes with
+its outputs: the outbox's flush, or the transaction, lists the jobs of each jobs partition in one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from worker.config import KafkaConfig
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import not_sent, sent
+from worker.pipeline.dedupe import IDS_PER_RECORD, FinishedRecords
 from worker.pipeline.kafka import DeliveryError, make_producer
 from worker.pipeline.outbox import Outbox, Output
 
@@ -45,7 +47,10 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
 
-    def put(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None) -> None: ...
+    def put(
+        self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None, finished: str | None
+    ) -> None:
+        """Take a job's outputs and, `finished`, the id to list in a finished record (a job that ran)."""
 
     async def commit(self, positions: dict[TopicPartition, int]) -> bool: ...
 
@@ -59,9 +64,11 @@ class Sink(Protocol):
 class OutboxSink:
     """At-least-once: outputs go to the broker as soon as their job is done; offsets are committed after."""
 
-    def __init__(self, config: KafkaConfig, consumer: AIOKafkaConsumer, finish: Finish) -> None:
+    def __init__(
+        self, config: KafkaConfig, consumer: AIOKafkaConsumer, finish: Finish, records: FinishedRecords | None = None
+    ) -> None:
         self.producer = make_producer(config)
-        self.outbox = Outbox(self.producer)
+        self.outbox = Outbox(self.producer, records)
         self._consumer = consumer
         self._finish = finish
         self.held = 0  # a job's offset finishes only when its outputs are acknowledged
@@ -74,9 +81,12 @@ class OutboxSink:
         """Connect the producer."""
         await self.producer.start()
 
-    def put(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None) -> None:
-        """Send a job's outputs; its offset finishes at their acknowledgement."""
-        self.outbox.put(outputs, partial(self._finish, tp, offset), spans)
+    def put(
+        self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None, finished: str | None
+    ) -> None:
+        """Send a job's outputs (and list it in a finished record); its offset finishes at their acknowledgement."""
+        listed = (tp.partition, finished) if finished is not None else None
+        self.outbox.put(outputs, partial(self._finish, tp, offset), spans, listed)
 
     async def commit(self, positions: dict[TopicPartition, int]) -> bool:
         """Commit the group's offsets; whether the broker took them."""
@@ -103,7 +113,13 @@ class OutboxSink:
 class TransactionalSink:
     """Exactly-once: a job's outputs wait for a transaction that commits them with the group's offsets."""
 
-    def __init__(self, config: KafkaConfig, finish: Finish, fenced: Callable[[BaseException], None]) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        finish: Finish,
+        fenced: Callable[[BaseException], None],
+        records: FinishedRecords | None = None,
+    ) -> None:
         self.transactional_id = config.transactional_id or f"{config.group_id}-{socket.gethostname()}-{os.getpid()}"
         self.producer = make_producer(
             config,
@@ -114,8 +130,12 @@ class TransactionalSink:
         self._config = config
         self._finish = finish
         self._fenced = fenced
-        # Finished jobs' outputs (and their send spans), by partition and offset, until their transaction.
-        self._ready: dict[TopicPartition, dict[int, tuple[list[Output], list[Any] | None]]] = defaultdict(dict)
+        self._records = records
+        # Finished jobs' outputs, their send spans and the id to list in a finished record, by partition and
+        # offset, until their transaction.
+        self._ready: dict[TopicPartition, dict[int, tuple[list[Output], list[Any] | None, str | None]]] = defaultdict(
+            dict
+        )
         self.held = 0
 
     @property
@@ -132,9 +152,14 @@ class TransactionalSink:
                 f"{self._config.bootstrap_servers} refused a transactional producer: {exc!r}"
             ) from exc
 
-    def put(self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None) -> None:
-        """Hold a job's outputs for the next transaction; its offset may be committed with them."""
-        self._ready[tp][offset] = (outputs, spans)
+    def put(
+        self, tp: TopicPartition, offset: int, outputs: list[Output], spans: list[Any] | None, finished: str | None
+    ) -> None:
+        """Hold a job's outputs (and the id to list in a finished record) for the next transaction; its offset may
+        be committed with them."""
+        if finished is not None and self._records is None:
+            raise ValueError("a job to list in a finished record: the sink needs FinishedRecords")
+        self._ready[tp][offset] = (outputs, spans, finished)
         self.held += 1
         self._finish(tp, offset)
 
@@ -145,12 +170,16 @@ class TransactionalSink:
         try:
             async with self.producer.transaction():
                 for tp, finished in offsets.items():
+                    job_ids = []
                     for offset in finished:
-                        outputs, spans = self._ready[tp][offset]
+                        outputs, spans, job_id = self._ready[tp][offset]
                         for index, (topic, key, value, headers) in enumerate(outputs):
                             acknowledged = await self.producer.send(topic, value, key=key, headers=headers)
                             if spans:
                                 traced.append((spans[index], acknowledged))
+                        if job_id is not None:
+                            job_ids.append(job_id)
+                    await self._list(tp.partition, job_ids)
                 await self.producer.send_offsets_to_transaction(positions, self._config.group_id)
         except ProducerFenced as exc:
             # Another replica took this transactional id: this one must not write again.
@@ -175,6 +204,17 @@ class TransactionalSink:
             self.held -= len(finished)
         return True
 
+    async def _list(self, jobs_partition: int, job_ids: list[str]) -> None:
+        """Send (in the open transaction) the finished records listing `job_ids`, to the finished topic's
+        partition numbered as `jobs_partition` (modulo the topic's partitions)."""
+        if not job_ids or self._records is None:
+            return
+        topic = self._records.topic
+        known = sorted(await self.producer.partitions_for(topic))
+        for start in range(0, len(job_ids), IDS_PER_RECORD):
+            key, value = self._records.make(jobs_partition, job_ids[start : start + IDS_PER_RECORD])
+            await self.producer.send(topic, value, key=key, partition=known[jobs_partition % len(known)])
+
     async def settled(self, timeout: float) -> bool:
         """Nothing is sent outside a transaction: always settled."""
         return True
@@ -196,8 +236,8 @@ class TransactionalSink:
         for tp, finished in offsets.items():
             ready = self._ready.get(tp, {})
             for offset in finished:
-                outputs, spans = ready.get(offset, ([], None))
+                outputs, spans, job_id = ready.get(offset, ([], None, None))
                 for span in spans or ():
                     not_sent(span, exc)
                 if spans:
-                    ready[offset] = (outputs, None)
+                    ready[offset] = (outputs, None, job_id)
