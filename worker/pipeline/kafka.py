@@ -127,12 +127,12 @@ async def create_topics(
     try:
         topics = config.topics
         names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state, topics.finished]
-        # The learned-rates topic keeps the latest value per key: compacted. The finished topic (a job's
-        # result by job id) also drops what is older than the dedupe window; it has as many partitions as
-        # the jobs topic, so a job and its finished record hash to the same partition number.
+        # The learned-rates topic keeps the latest value per key: compacted. The finished topic (the ids
+        # finished in each jobs partition, every record keyed anew) drops what is older than the dedupe
+        # window; it has as many partitions as the jobs topic, one for each jobs partition's records.
         configs = {
             topics.state: {"cleanup.policy": "compact"},
-            topics.finished: {"cleanup.policy": "compact,delete"}
+            topics.finished: {"cleanup.policy": "delete"}
             | ({"retention.ms": str(dedupe_window_s * 1000)} if dedupe_window_s > 0 else {}),
         }
         existing = set(await admin.list_topics())
