@@ -12,6 +12,25 @@ from worker.pipeline.kafka import make_producer
 from worker.pipeline.outbox import Outbox
 
 
+async def read(bootstrap: str, topics: list[str], count: int | None, seconds: int = 30) -> list:
+    """The records of `topics` from their beginning: until `count` are read (None: all that come), at most
+    `seconds` (a lost output shows as a short list, not a hang)."""
+    reader = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await reader.start()
+    records: list = []
+    try:
+        for _ in range(seconds):
+            for batch in (await reader.getmany(timeout_ms=1000)).values():
+                records.extend(batch)
+            if count is not None and len(records) >= count:
+                break
+    finally:
+        await reader.stop()
+    return records
+
+
 def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_the_acknowledgement(bootstrap):
     setup = Setup(bootstrap)
     topics = setup.config.kafka.topics
@@ -38,23 +57,7 @@ def test_outputs_land_where_the_default_partitioner_puts_them_and_done_follows_t
         finally:
             await outbox.close()
             await producer.stop()
-        reader = AIOKafkaConsumer(
-            topics.costs,
-            topics.results,
-            topics.dlq,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await reader.start()
-        records = []
-        try:
-            while len(records) < 1206:
-                for batch in (await reader.getmany(timeout_ms=1000)).values():
-                    records.extend(batch)
-        finally:
-            await reader.stop()
-        return done, records
+        return done, await read(bootstrap, [topics.costs, topics.results, topics.dlq], 1206)
 
     done, records = asyncio.run(scenario())
     assert sorted(done) == list(range(600))
@@ -87,20 +90,7 @@ def test_outputs_beyond_a_full_batch_go_in_the_next_one_in_their_order(bootstrap
         finally:
             await outbox.close()
             await producer.stop()
-        reader = AIOKafkaConsumer(
-            topics.results, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-        )
-        await reader.start()
-        records = []
-        try:
-            for _ in range(30):  # at most 30 s: a lost output shows as a short list, not a hang
-                for batch in (await reader.getmany(timeout_ms=1000)).values():
-                    records.extend(batch)
-                if len(records) >= 200:
-                    break
-        finally:
-            await reader.stop()
-        return done, records
+        return done, await read(bootstrap, [topics.results], 200)
 
     done, records = asyncio.run(scenario())
     assert sorted(done) == list(range(200))
@@ -127,18 +117,7 @@ def test_jobs_listed_in_finished_records_land_on_their_jobs_partitions_number_an
         finally:
             await outbox.close()
             await producer.stop()
-        reader = AIOKafkaConsumer(
-            topics.finished, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
-        )
-        await reader.start()
-        records = []
-        try:
-            for _ in range(10):
-                for batch in (await reader.getmany(timeout_ms=1000)).values():
-                    records.extend(batch)
-        finally:
-            await reader.stop()
-        return done, records
+        return done, await read(bootstrap, [topics.finished], None, seconds=10)
 
     done, records = asyncio.run(scenario())
     assert sorted(done) == list(range(2400))

@@ -1,9 +1,15 @@
 """A capturing HTTP server on loopback for the conformance tests: it keeps each JSON body the adapters and the
 official SDKs send and answers as the wire API would, and the helpers that compare their bodies."""
 
+import asyncio
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.providers.test_adapters import KEYS
+from worker.config import load_config
+from worker.providers import build_providers
+from worker.providers.base import Completion, CompletionRequest
 
 # A minimal valid answer of each wire API, so that the SDKs and the adapters finish their calls.
 ANSWERS = {
@@ -85,3 +91,17 @@ def env_of(base_url: str, client: str) -> dict[str, str]:
 def same_fields(adapter: dict, sdk: dict) -> None:
     """Every field the adapter sets is in the SDK's body, encoded the same way."""
     assert {name: sdk.get(name) for name in adapter} == adapter
+
+
+def call_adapter(url: str, request: CompletionRequest, provider: str, **env: str) -> Completion:
+    """One call of the worker's adapter for `provider` (its lean client), to the server at `url`; `env` overrides
+    the configuration (e.g. LLM_ROUTER__MODELS__GPT_4O__CAPABILITIES)."""
+    client = build_providers(load_config(env=env_of(url, "lean") | env), env=KEYS).clients[provider]
+
+    async def run() -> Completion:
+        try:
+            return await client.complete(request)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())

@@ -2,19 +2,15 @@
 `anthropic` SDK does (a capturing server on loopback), and its answers' tool calls and forced-tool answers are read
 from real-shaped Messages (checked against `anthropic.types.Message`)."""
 
-import asyncio
 import base64
 import json
 
 import pytest
 from anthropic.types import Message, ToolUseBlock
-from msgspec.structs import replace
 
-from tests.providers.capture import Capture, env_of, same_fields
+from tests.providers.capture import Capture, call_adapter, same_fields
 from tests.providers.test_sdks import anthropic_client
-from worker.config import load_config
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers import build_providers
 from worker.providers.anthropic import JSON_INSTRUCTION, AnswerTool, conversation
 from worker.providers.base import Completion, CompletionRequest
 
@@ -42,17 +38,8 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 24).decode()
 
 def complete(capture: Capture, request: CompletionRequest, capabilities: tuple[str, ...] = ()) -> Completion:
     """One call of the worker's Anthropic adapter, its model declaring `capabilities`, to the capturing server."""
-    config = load_config(env=env_of(capture.url, "lean"))
-    config = replace(config, models={MODEL: replace(config.models[MODEL], capabilities=list(capabilities))})
-    provider = build_providers(config, env={"ANTHROPIC_API_KEY": "sk-ant"}).clients["anthropic"]
-
-    async def run():
-        try:
-            return await provider.complete(request)
-        finally:
-            await provider.close()
-
-    return asyncio.run(run())
+    capable = {"LLM_ROUTER__MODELS__CLAUDE_3_5_SONNET__CAPABILITIES": json.dumps(list(capabilities))}
+    return call_adapter(capture.url, request, "anthropic", **capable)
 
 
 def request(*messages: ChatMessage, **fields) -> CompletionRequest:

@@ -2,21 +2,17 @@
 the `google-genai` SDK does (both sent to a capturing server on loopback), and the adapter reads a function-call
 answer, shaped as the SDK's GenerateContentResponse, into tool calls."""
 
-import asyncio
 import base64
 
 import msgspec
 import pytest
 from google.genai import types as genai_types
 
-from tests.providers.capture import Capture, env_of, same_fields
-from tests.providers.test_adapters import KEYS
+from tests.providers.capture import Capture, call_adapter, same_fields
 from tests.providers.test_sdks import gemini_client
-from worker.config import load_config
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers import build_providers
 from worker.providers.base import Completion, CompletionRequest
 from worker.providers.gemini import JSON_INSTRUCTION, contents, gemini_schema, parse_response
 
@@ -50,16 +46,7 @@ def request(*messages: ChatMessage, **fields) -> CompletionRequest:
 
 def complete(capture: Capture, call: CompletionRequest, capabilities: str = '["json_schema"]') -> Completion:
     """One call of the worker's Gemini adapter to the capturing server, MODEL with `capabilities` (a JSON list)."""
-    env = env_of(capture.url, "lean") | {"LLM_ROUTER__MODELS__GEMINI_2_5_FLASH__CAPABILITIES": capabilities}
-    provider = build_providers(load_config(env=env), env=KEYS).clients["gemini"]
-
-    async def run():
-        try:
-            return await provider.complete(call)
-        finally:
-            await provider.close()
-
-    return asyncio.run(run())
+    return call_adapter(capture.url, call, "gemini", LLM_ROUTER__MODELS__GEMINI_2_5_FLASH__CAPABILITIES=capabilities)
 
 
 def ours(capture: Capture, call: CompletionRequest, capabilities: str = '["json_schema"]') -> dict:

@@ -2,7 +2,6 @@
 (a capturing server on loopback), it reads tool calls from a real-shaped answer, and each OpenAI-compatible server
 gets what it takes (the compat table)."""
 
-import asyncio
 import json
 import typing
 
@@ -10,13 +9,12 @@ import msgspec
 import openai
 import pytest
 
-from tests.providers.capture import env_of, same_fields
-from tests.providers.test_adapters import KEYS
+from tests.providers.capture import call_adapter, same_fields
 from tests.providers.test_sdks import openai_client
 from worker.config import ProviderConfig, load_config
 from worker.errors import ProviderError
 from worker.messages import ChatMessage, ImagePart, JsonSchemaFormat, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers import build_providers, dropped_params
+from worker.providers import dropped_params
 from worker.providers.base import Completion, CompletionRequest
 from worker.providers.openai import (
     COMPAT,
@@ -111,16 +109,7 @@ def request(model: str = "gpt-4o", **fields) -> CompletionRequest:
 
 def complete(url: str, call: CompletionRequest, provider: str = "openai", **env: str) -> Completion:
     """One call of the worker's adapter for `provider`, to the capturing server at `url`."""
-    config = load_config(env=env_of(url, "lean") | env)
-    client = build_providers(config, env=KEYS).clients[provider]
-
-    async def run():
-        try:
-            return await client.complete(call)
-        finally:
-            await client.close()
-
-    return asyncio.run(run())
+    return call_adapter(url, call, provider, **env)
 
 
 def adapter(compat: str = "", capabilities: tuple[str, ...] = ()) -> OpenAIProvider:
