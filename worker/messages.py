@@ -233,7 +233,8 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
             raise ValueError("`messages` must not be empty")
         if not self.text().strip() and not self._has_more_than_text():  # nothing to answer: it would bill for nothing
             raise ValueError("the prompt is empty or blank" if self.prompt is not None else "the messages hold no text")
-        self._check_tools()
+        if self.tools is not None or self.tool_choice is not None:
+            self._check_tools()
 
     def _has_more_than_text(self) -> bool:
         return any(m.tool_calls or m.role == "tool" or m.images() for m in self.messages or ())
