@@ -47,33 +47,21 @@ def ours(capture: Capture, model: str, **env: str) -> dict:
     return capture.last()
 
 
-def test_openai_body_matches_the_openai_sdk(capture):
-    adapter = ours(capture, "gpt-4o")
+@pytest.mark.parametrize(
+    "model, cap_field", [("gpt-4o", "max_completion_tokens"), ("llama-4-70b", "max_tokens")], ids=["openai", "vllm"]
+)
+def test_openai_and_openai_compatible_bodies_match_the_openai_sdk(capture, model, cap_field):
+    adapter = ours(capture, model)
     openai_client(capture).chat.completions.create(
-        model="gpt-4o",
+        model=model,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
-        max_completion_tokens=50,
         temperature=0.3,
         top_p=0.9,
         stop=["END", "##"],
         seed=42,
+        **{cap_field: 50},
     )
-    assert {"temperature", "top_p", "stop", "seed"} <= adapter.keys()
-    same_fields(adapter, capture.last())
-
-
-def test_openai_compatible_body_matches_the_openai_sdk(capture):
-    adapter = ours(capture, "llama-4-70b")
-    openai_client(capture).chat.completions.create(
-        model="llama-4-70b",
-        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
-        max_tokens=50,
-        temperature=0.3,
-        top_p=0.9,
-        stop=["END", "##"],
-        seed=42,
-    )
-    assert {"temperature", "top_p", "stop", "seed", "max_tokens"} <= adapter.keys()
+    assert {"temperature", "top_p", "stop", "seed", cap_field} <= adapter.keys()
     same_fields(adapter, capture.last())
 
 

@@ -126,16 +126,7 @@ def test_escape_writes_what_a_terminal_would_act_on_as_python_does():
 
 
 def test_a_result_line_escapes_its_id_output_and_error_and_keeps_its_columns():
-    result = Result(
-        job_id="id\twith\x1b[2Jcodes",
-        status="failed",
-        attempts=[],
-        usage=Usage(),
-        cost_usd=0.0,
-        latency_ms=3,
-        finished_at=datetime.now(UTC),
-        error=ErrorInfo(kind="server", message="line one\nline two\x07"),
-    )
+    result = Result.failed(job_id="id\twith\x1b[2Jcodes", kind="server", message="line one\nline two\x07")
     line = format_result(result)
     assert line.startswith("id\\twith\\x1b[2Jcodes\tfailed\t")
     assert line.endswith("\tserver: line one\\nline two\\x07")

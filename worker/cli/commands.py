@@ -228,8 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     create = topic_commands.add_parser(
         "create",
         parents=[talks_to_broker],
-        help="create the jobs, results, costs and dead-letter topics",
-        description="Create the four topics named in the configuration; existing ones are left as they are.",
+        help="create the jobs, results, costs, dead-letter, learned-state and finished topics",
+        description="Create the six topics named in the configuration (kafka.topics); existing ones are left as they "
+        "are.",
     )
     create.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     create.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1)")

@@ -262,7 +262,7 @@ async def _run(
     _print_results(jobs, results)
     _print_costs(costs)
     _print_letters(letters)
-    _print_bill(costs, simulated, config, simulator)
+    _print_bill(costs, simulated, simulator)
     missing = [job.id for job in jobs if job.id not in results]
     if missing or len(letters) < len(MALFORMED):
         print(
@@ -387,7 +387,7 @@ def _print_costs(costs: list[CostEvent]) -> None:
     _table(["model", "attempts", "failed", "input tok", "output tok", "cost"], rows)
 
 
-def _print_bill(costs: list[CostEvent], simulated: list[str], config: Config, simulator: SimulatorServer) -> None:
+def _print_bill(costs: list[CostEvent], simulated: list[str], simulator: SimulatorServer) -> None:
     """The cost events of the simulated providers' attempts against what the simulator billed for them."""
     mine = [e for e in costs if e.provider in simulated]
     charged = sum(e.cost_usd for e in mine)
