@@ -47,7 +47,7 @@ from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
 from worker.ratelimit.limits import RateLimits
-from worker.routing.capabilities import needs, seed_dropped
+from worker.routing.capabilities import needs
 from worker.routing.classify import Classifier, TaskClassifier
 from worker.routing.learning import QualityModel
 from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
@@ -291,11 +291,9 @@ class JobRunner:
             breaker = self.breakers.of(provider_name)
             cap = self._output_cap(run, plan, model)
             reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
-            request = CompletionRequest.of(run.job, model=model, messages=run.messages, max_output_tokens=cap)
-            if seed_dropped(run.job, models[model]):  # "seed" is soft: the call goes without it
-                request = msgspec.structs.replace(
-                    request, sampling=msgspec.structs.replace(request.sampling, seed=None)
-                )
+            request = CompletionRequest.of(
+                run.job, model=model, model_config=models[model], messages=run.messages, max_output_tokens=cap
+            )
             while True:
                 if breaker.opened_at is not None:  # not closed: the call may be its probe
                     breaker.start_call(self._clock())
@@ -429,8 +427,6 @@ class JobRunner:
             self._record(run, attempt, span)
             return attempt, None, None
         dropped = dropped_params(self._config.providers[provider.name], request)
-        if request.sampling.seed is None and run.job.seed is not None:  # the model has no "seed"
-            dropped.append("seed")
         started = time.monotonic()
         try:
             completion = await provider.complete(request)

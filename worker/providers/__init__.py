@@ -47,13 +47,13 @@ _SAMPLING: dict[str, Callable[[Sampling, str], tuple[dict, list[str]]]] = {
 
 def dropped_params(config: ProviderConfig, request: CompletionRequest) -> list[str]:
     """The job's settings a call to a provider of this kind leaves out: generation settings it does not take,
-    and on an OpenAI-compatible server a `tool_choice` it cannot ask for (the echo provider, which samples
-    nothing, leaves none out)."""
+    on an OpenAI-compatible server a `tool_choice` it cannot ask for (the echo provider, which samples nothing,
+    leaves none out), then what the request itself left out for the model (`CompletionRequest.left_out`)."""
     fields = _SAMPLING.get(config.kind)
     dropped = fields(request.sampling, config.anthropic_version)[1] if fields else []
     if config.kind in ("openai", "openai_compatible"):
         dropped += openai.tool_fields(request, openai.COMPAT[config.compat])[1]
-    return dropped
+    return dropped + list(request.left_out)
 
 
 class Providers(Struct, kw_only=True):

@@ -7,9 +7,11 @@ from typing import Any, Literal, Protocol
 import msgspec
 from msgspec import Struct
 
+from worker.config import ModelConfig
 from worker.errors import ProviderError, classify_http_error
 from worker.messages import ChatMessage, Job, JsonSchemaFormat, Tool, ToolCall, ToolChoiceName
 from worker.ratelimit.headers import RateLimitState
+from worker.routing.capabilities import seed_dropped
 from worker.routing.verify import wants_json
 
 # The result's finish reasons (worker.messages.FinishReason), and "other" for one no wire API documents.
@@ -55,10 +57,18 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
     sampling: Sampling = Sampling()
     tools: tuple[Tool, ...] = ()
     tool_choice: Literal["auto", "none", "required"] | ToolChoiceName | None = None
+    # The job's settings left out before the adapter saw them (`seed` for a model without the capability).
+    left_out: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, job: Job, *, model: str, messages: list[ChatMessage], max_output_tokens: int) -> CompletionRequest:
-        """The call of `model` that `job` asks for (its messages, as the worker framed them)."""
+    def of(
+        cls, job: Job, *, model: str, model_config: ModelConfig, messages: list[ChatMessage], max_output_tokens: int
+    ) -> CompletionRequest:
+        """The call of `model` that `job` asks for (its messages, as the worker framed them); a model without
+        the "seed" capability gets it without the seed, which `left_out` names."""
+        sampling, left_out = Sampling.of(job), tuple[str, ...]()
+        if seed_dropped(job, model_config):
+            sampling, left_out = msgspec.structs.replace(sampling, seed=None), ("seed",)
         return cls(
             job_id=job.id,
             model=model,
@@ -66,9 +76,10 @@ class CompletionRequest(Struct, frozen=True, kw_only=True):
             max_output_tokens=max_output_tokens,
             json_output=wants_json(job),
             schema=job.schema,
-            sampling=Sampling.of(job),
+            sampling=sampling,
             tools=tuple(job.tools or ()),
             tool_choice=job.tool_choice,
+            left_out=left_out,
         )
 
 
