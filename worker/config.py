@@ -57,6 +57,9 @@ class Topics(Struct, forbid_unknown_fields=True):
     dlq: str = "llm.dlq"
     state: str = "llm.router-state"
     finished: str = "llm.finished"
+    feedback: str = "llm.feedback"
+    routes: str = "llm.routes"
+    evidence: str = "llm.router-evidence"
 
 
 class KafkaConfig(Struct, forbid_unknown_fields=True):
@@ -79,6 +82,8 @@ class KafkaConfig(Struct, forbid_unknown_fields=True):
     # predecessor at once), and how long a dead replica's open transaction blocks read_committed readers.
     transactional_id: str = ""
     transaction_timeout_ms: PosInt = 10000
+    # How long the routes topic keeps a job's route: feedback for an older job is an unknown job.
+    routes_retention_s: PosInt = 604800
     topics: Topics = msgspec.field(default_factory=Topics)
 
 
@@ -181,6 +186,9 @@ class TaskConfig(Struct, forbid_unknown_fields=True):
     models: Annotated[list[str], Meta(min_length=1)]
     quality: str = ""
     max_output_tokens: PosInt | None = None
+    # The soft floor of the task's jobs that set none (absent: routing.default_accuracy_floor, or
+    # default_verified_floor for verifiable jobs).
+    accuracy_floor: Probability | None = None
 
 
 class ClassifierRule(Struct, forbid_unknown_fields=True):
@@ -219,6 +227,14 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
     state_publish_interval_s: Annotated[float, Meta(gt=0)] = 5.0
     # A provider out of rotation (quota, auth) gets one probe job this many seconds later.
     rotation_retry_s: Annotated[float, Meta(gt=0)] = 300.0
+    # Agreement plans for jobs without checks: up to this many models asked in parallel, their answer taken
+    # when they all agree (1: no agreement plans).
+    max_agreement: Annotated[int, Meta(ge=1, le=4)] = 2
+    # How often two models' wrong answers to the same prompt agree, before feedback teaches it.
+    wrong_agreement_prior: Probability = 0.2
+    # A judge for every unverifiable job of judge_tasks (empty: every task type): the model that grades.
+    judge_model: str = ""
+    judge_tasks: list[str] = []
 
 
 class RateLimitsConfig(Struct, forbid_unknown_fields=True):
@@ -397,6 +413,13 @@ def _check_references(config: Config, source: str, overridden: Mapping[str, str]
             errors.append(f"providers.{name}.base_url: required for kind {provider.kind!r}")
     if config.routing.single_model not in config.models:
         errors.append(f"routing.single_model: unknown model {config.routing.single_model!r}")
+    if config.routing.judge_model and config.routing.judge_model not in config.models:
+        errors.append(f"routing.judge_model: unknown model {config.routing.judge_model!r}")
+    errors.extend(
+        f"routing.judge_tasks[{i}]: unknown task {task!r}"
+        for i, task in enumerate(config.routing.judge_tasks)
+        if task not in config.tasks
+    )
     if config.kafka.max_request_bytes <= config.worker.max_job_bytes:
         errors.append(
             "kafka.max_request_bytes: must exceed worker.max_job_bytes (a dead letter carries the job's bytes)"

@@ -26,7 +26,8 @@ JobId = Annotated[
 ]
 NonNegInt = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
-DeadLetterKind = Literal["not_json", "invalid_job", "too_large"]
+DeadLetterKind = Literal["not_json", "invalid_job", "too_large", "invalid_feedback", "unknown_job"]
+AttemptRole = Literal["answer", "judge"]
 
 
 ToolName = Annotated[
@@ -166,8 +167,16 @@ class Checks(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=Tru
     json_schema: (
         Annotated[dict[str, Any], Meta(description="The answer must be JSON valid under this JSON Schema.")] | None
     ) = None
+    judge: Annotated[
+        bool, Meta(description="A cheap model grades the answer against the prompt (pass or fail); a fail escalates.")
+    ] = False
+    rubric: (
+        Annotated[str, Meta(min_length=1, description="What the judge grades the answer by (with `judge`).")] | None
+    ) = None
 
     def __post_init__(self) -> None:
+        if self.rubric is not None and not self.judge:
+            raise ValueError("checks.rubric needs checks.judge")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -250,8 +259,19 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
 
     @property
     def verifiable(self) -> bool:
-        """Whether a wrong answer can be told from a right one (checks, structured output or tools)."""
-        return self.checks is not None or self.response_format != "text" or bool(self.tools)
+        """Whether a wrong answer can be told from a right one by the worker itself (an expected answer, a regex,
+        a JSON Schema, structured output or tools; a judge's grade is a model's opinion, not a check)."""
+        checks = self.checks
+        return (
+            (checks is not None and (checks.expected is not None or checks.regex is not None or checks.json_schema is not None))
+            or self.response_format != "text"
+            or bool(self.tools)
+        )
+
+    @property
+    def judged(self) -> bool:
+        """Whether the job asks for a judge (`checks.judge`)."""
+        return self.checks is not None and self.checks.judge
 
     @property
     def schema(self) -> JsonSchemaFormat | None:
@@ -316,6 +336,9 @@ class Attempt(Struct, omit_defaults=True, kw_only=True):
             "not the job's value (docs/architecture.md, generation settings)."
         ),
     ] = []
+    role: Annotated[
+        AttemptRole, Meta(description="answer: the call answers the job; judge: it grades another attempt's answer.")
+    ] = "answer"
 
 
 class Result(Struct, omit_defaults=True, kw_only=True):
@@ -379,6 +402,46 @@ class CostEvent(Struct, omit_defaults=True, kw_only=True):
     cache_write_input_tokens: Annotated[
         NonNegInt, Meta(description="Of input_tokens, those written to the provider's prompt cache.")
     ] = 0
+    role: Annotated[AttemptRole, Meta(description="The attempt's role: answer, or judge.")] = "answer"
+
+
+class Feedback(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """What someone found out about a job's answer, at any time after its result: right or wrong (`correct`),
+    or a grade (`score`, 0 wrong to 1 right). Produced to the feedback topic, keyed by job id."""
+
+    job_id: JobId
+    correct: bool | None = None
+    score: Annotated[float, Meta(ge=0, le=1)] | None = None
+    source: Annotated[str, Meta(description="Who or what gave the feedback (a user, a test, a later check).")] | None = (
+        None
+    )
+
+    def __post_init__(self) -> None:
+        if (self.correct is None) == (self.score is None):
+            raise ValueError("feedback needs exactly one of `correct` or `score`")
+
+    @property
+    def grade(self) -> float:
+        """The feedback as a grade from 0 (wrong) to 1 (right)."""
+        if self.score is not None:
+            return self.score
+        return 1.0 if self.correct else 0.0
+
+
+class Route(Struct, omit_defaults=True, kw_only=True):
+    """How a job was answered, kept on the routes topic (compacted, keyed by job id) for the feedback that
+    may come later: which model's answer stood, for which task type, and on whose word it was accepted."""
+
+    job_id: JobId
+    task: str
+    model: str
+    finished_at: datetime
+    agreed: Annotated[list[str], Meta(description="The other models whose answers agreed with it.")] = []
+    judge: Annotated[str | None, Meta(description="The model that judged the answer and passed it.")] = None
+    overruled: Annotated[
+        list[str], Meta(description="Models whose answers the job asked for and did not take (they differed).")
+    ] = []
+    feedback: Annotated[bool, Meta(description="Feedback on the job has been learned from (it counts once).")] = False
 
 
 class DeadLetter(Struct, omit_defaults=True, kw_only=True):
