@@ -262,11 +262,10 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
         """Whether a wrong answer can be told from a right one by the worker itself (an expected answer, a regex,
         a JSON Schema, structured output or tools; a judge's grade is a model's opinion, not a check)."""
         checks = self.checks
-        return (
-            (checks is not None and (checks.expected is not None or checks.regex is not None or checks.json_schema is not None))
-            or self.response_format != "text"
-            or bool(self.tools)
+        checked = checks is not None and (
+            checks.expected is not None or checks.regex is not None or checks.json_schema is not None
         )
+        return checked or self.response_format != "text" or bool(self.tools)
 
     @property
     def judged(self) -> bool:
@@ -412,9 +411,7 @@ class Feedback(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=T
     job_id: JobId
     correct: bool | None = None
     score: Annotated[float, Meta(ge=0, le=1)] | None = None
-    source: Annotated[str, Meta(description="Who or what gave the feedback (a user, a test, a later check).")] | None = (
-        None
-    )
+    source: Annotated[str, Meta(description="Who or what gave the feedback (a user, a later check).")] | None = None
 
     def __post_init__(self) -> None:
         if (self.correct is None) == (self.score is None):

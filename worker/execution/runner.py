@@ -38,7 +38,18 @@ from worker.errors import TRANSIENT, Disposition, ProviderError, disposition
 from worker.execution.breakers import Breaker, Breakers, BreakerState
 from worker.execution.health import BREAKER_GAUGE, ProviderHealth
 from worker.execution.job_run import JobRun
-from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, ImagePart, Job, Result, TextPart, ToolCall
+from worker.messages import (
+    Attempt,
+    ChatMessage,
+    CostEvent,
+    ErrorInfo,
+    ImagePart,
+    Job,
+    Result,
+    Route,
+    TextPart,
+    ToolCall,
+)
 from worker.observability.metrics import Metrics
 from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.providers import dropped_params
@@ -60,10 +71,12 @@ _ONE_REQUEST = Allowance(requests=1, input_tokens=0, output_tokens=0)  # what a 
 
 
 class JobOutcome(Struct, kw_only=True):
-    """What a job produces: its one result and one cost event per attempt."""
+    """What a job produces: its one result, one cost event per attempt and, for an answered job, its route
+    (kept for the feedback that may come later)."""
 
     result: Result
     cost_events: list[CostEvent]
+    route: Route | None = None
 
 
 def check_answer(completion: Completion) -> ErrorInfo | None:
