@@ -21,7 +21,7 @@ import msgspec
 
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.cli.runs import produce, running_worker
-from worker.config import load_config
+from worker.config import Topics, load_config
 from worker.messages import Job
 from worker.pipeline.kafka import create_topics
 from worker.providers import build_providers
@@ -48,10 +48,7 @@ async def _run(bootstrap: str, url: str) -> tuple[list[tuple[float, int]], dict]
         "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
         "LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE": str(LIMIT),
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
-        **{
-            f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
-            for t in ("jobs", "results", "costs", "dlq", "state", "finished")
-        },
+        **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in Topics.__struct_fields__},
     }
     config = load_config(env=env)
     providers, keys = {}, {}

@@ -71,7 +71,7 @@ from aiokafka.structs import ConsumerRecord
 from worker import runtime
 from worker.broker import EmbeddedBroker, free_port, wait_for_port
 from worker.cli.runs import produce, running_worker
-from worker.config import Config, KafkaConfig, load_config
+from worker.config import Config, KafkaConfig, Topics, load_config
 from worker.messages import Job, Result
 from worker.observability.telemetry import OFF, telemetry_from_env
 from worker.pipeline.kafka import create_topics, make_consumer, make_producer
@@ -346,10 +346,7 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
         "LLM_ROUTER__KAFKA__GROUP_ID": f"bench-{run_id}",
         "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
-        **{
-            f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}"
-            for t in ("jobs", "results", "costs", "dlq", "state", "finished")
-        },
+        **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in Topics.__struct_fields__},
         "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
     } | {k: str(v) for k, v in overrides.items()}
 

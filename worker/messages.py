@@ -1,7 +1,7 @@
 """The contract of every topic: typed messages in and out of the worker.
 
-Every message on `llm.jobs`, `llm.results`, `llm.costs` and `llm.dlq` is one of these Structs,
-encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-router schemas`).
+Every message on `llm.jobs`, `llm.results`, `llm.costs`, `llm.dlq`, `llm.feedback` and `llm.routes` is one
+of these Structs, encoded as JSON. `schemas/` holds their JSON Schemas, generated from here (`llm-router schemas`).
 """
 
 from __future__ import annotations

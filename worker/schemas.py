@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 import orjson
 
-from worker.messages import CostEvent, DeadLetter, Job, Result
+from worker.messages import CostEvent, DeadLetter, Feedback, Job, Result, Route
 
 # The checkout's schemas/ (beside worker/); an installed package has none: schemas/ in the current directory.
 _CHECKOUT_SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -19,6 +19,8 @@ SCHEMAS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "result": (Result, "results"),
     "cost_event": (CostEvent, "costs"),
     "dead_letter": (DeadLetter, "dlq"),
+    "feedback": (Feedback, "feedback"),
+    "route": (Route, "routes"),
 }
 
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from worker.cli import runs
-from worker.config import Config, load_config
+from worker.config import Config, Topics, load_config
 from worker.messages import CostEvent, DeadLetter, Job, Result
 from worker.pipeline.kafka import create_topics, make_consumer
 
@@ -38,10 +38,7 @@ class Setup:
             "LLM_ROUTER__KAFKA__GROUP_ID": f"test-{self.run_id}",
             "LLM_ROUTER__KAFKA__SESSION_TIMEOUT_MS": "6000",
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-            **{
-                f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}"
-                for t in ("jobs", "results", "costs", "dlq", "state", "finished")
-            },
+            **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in Topics.__struct_fields__},
             **ECHO_PROVIDERS,
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}

@@ -39,6 +39,9 @@ def test_topics_produce_worker_results(bootstrap, tmp_path, replicas):
             setup.topics.dlq,
             setup.topics.state,
             setup.topics.finished,
+            setup.topics.feedback,
+            setup.topics.routes,
+            setup.topics.evidence,
         )
     ]
     again = cli(setup, "topics", "create")

@@ -32,7 +32,7 @@ from worker.cli.inspect import (
 )
 from worker.cli.tables import COST_GROUPS, escape
 from worker.config import Config, ConfigError, load_config
-from worker.messages import Job
+from worker.messages import Feedback, Job
 from worker.observability.logs import get_logger, setup_logging
 from worker.pipeline.kafka import BrokerUnavailable, DeliveryError, wait_for_broker
 
@@ -96,6 +96,16 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def _grade(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1: {text!r}")
     return value
 
 
@@ -214,6 +224,22 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("--json", action="store_true", help="one JSON object a line")
     dlq.set_defaults(func=cmd_dlq)
 
+    feedback = commands.add_parser(
+        "feedback",
+        parents=[talks_to_broker],
+        help="send feedback on a job's answer",
+        description="Send one feedback message on the answer to JOB_ID, keyed by the job id, to the feedback topic, "
+        "and print it: right (--correct), wrong (--wrong) or a grade from 0 to 1 (--score). The workers learn from "
+        "a job's feedback once; feedback on a job they cannot find goes to the dead-letter topic (unknown_job).",
+    )
+    feedback.add_argument("job_id", metavar="JOB_ID", help="the id of the job whose answer is graded")
+    verdict = feedback.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--correct", action="store_true", help="the answer was right")
+    verdict.add_argument("--wrong", action="store_true", help="the answer was wrong")
+    verdict.add_argument("--score", type=_grade, help="a grade from 0 (wrong) to 1 (right)")
+    feedback.add_argument("--source", default=None, help="who or what found it out (a user, a later check)")
+    feedback.set_defaults(func=_cmd_feedback)
+
     topics = commands.add_parser("topics", parents=[configured], help="list or create the topics")
     topic_commands = topics.add_subparsers(title="topics commands", metavar="COMMAND")
     listing = topic_commands.add_parser(
@@ -228,11 +254,15 @@ def _parser() -> argparse.ArgumentParser:
     create = topic_commands.add_parser(
         "create",
         parents=[talks_to_broker],
-        help="create the jobs, results, costs, dead-letter, learned-state and finished topics",
-        description="Create the six topics named in the configuration (kafka.topics); existing ones are left as they "
-        "are.",
+        help="create the topics of jobs, results, costs, dead letters, learned state, finished jobs, feedback, "
+        "routes and evidence",
+        description="Create the nine topics named in the configuration (kafka.topics); existing ones are left as they "
+        "are. The evidence topic has one partition, the others --partitions (the feedback and routes topics match the "
+        "jobs topic: keyed by job id alike).",
     )
-    create.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    create.add_argument(
+        "--partitions", type=int, default=4, help="partitions per topic, the evidence topic's excepted (default 4)"
+    )
     create.add_argument("--replication-factor", type=int, default=1, help="replication factor (default 1)")
     create.set_defaults(func=_cmd_topics_create)
 
@@ -498,6 +528,36 @@ async def _print_acked(pending: list) -> None:
         print(escape(label), flush=False)
     sys.stdout.flush()
     pending.clear()
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    from worker.pipeline.kafka import make_producer, topic_partitions
+
+    verdict = {"correct": True} if args.correct else {"correct": False} if args.wrong else {"score": args.score}
+    try:
+        feedback = msgspec.convert({"job_id": args.job_id, "source": args.source, **verdict}, Feedback)
+    except msgspec.ValidationError as exc:
+        raise UsageError(f"not valid feedback: {exc}") from None
+    config = _config(args)
+    topic, timeout_s = config.kafka.topics.feedback, timeout_of(args, config)
+    value = msgspec.json.encode(feedback)
+
+    async def send() -> None:
+        async with started(lambda: make_producer(config.kafka), config.kafka, timeout_s) as producer:
+            if topic not in await topic_partitions(config.kafka, [topic]):
+                raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await (await producer.send(topic, value, key=feedback.job_id.encode()))
+            except TimeoutError:
+                raise BrokerUnavailable(
+                    f"the Kafka broker at {config.kafka.bootstrap_servers} did not take the feedback within "
+                    f"{timeout_s:g} s"
+                ) from None
+
+    runtime.run(send(), config.worker.event_loop)
+    print(value.decode())
+    return 0
 
 
 def _cmd_topics_create(args: argparse.Namespace) -> int:

@@ -546,7 +546,10 @@ class JobRunner:
         if error is not None and run.span is not None:
             run.span.set_attribute("error.type", error.kind)
             run.span.set_status(Status(StatusCode.ERROR, error.message[:500]))
-        return JobOutcome(result=result, cost_events=run.cost_events)
+        route = None
+        if result.status == "ok" and result.model is not None:
+            route = Route(job_id=result.job_id, task=run.task, model=result.model, finished_at=result.finished_at)
+        return JobOutcome(result=result, cost_events=run.cost_events, route=route)
 
     @staticmethod
     def _end_spans(spans: list[tuple[Span, int]] | None, error: ErrorInfo | None) -> None:

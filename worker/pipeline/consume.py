@@ -2,12 +2,13 @@
 
 Records arrive in batches from `getmany`; each record runs as a task of its own (an eager task where
 the Python version has them, so a job that needs no I/O finishes without a turn of the event loop).
-A finished job hands its result and cost events (or its dead letter) to the sink of the configured
+A finished job hands its result, cost events and route (or its dead letter) to the sink of the configured
 delivery (sinks.py): the outbox for at-least-once, a transaction for exactly-once. The sink finishes
 the job's offset when its outputs are safe, and the committer commits per partition only the
 contiguous finished prefix. At `max_in_flight` the partitions are paused rather than buffered. A
 revoke or a stop lets in-flight jobs finish within the grace period, commits, and abandons the rest
-uncommitted (they are redelivered).
+uncommitted (they are redelivered). Beside the loop, each replica takes its share of the feedback
+topic (feedback.py) and shares what it learns with the other replicas (evidence.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from worker.execution.runner import JobOutcome, JobRunner
 from worker.messages import Job, Result
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
-from worker.pipeline import state
+from worker.pipeline import evidence, state
 from worker.pipeline.connection import BrokerWatch, watch_client_logs
 from worker.pipeline.dedupe import FinishedRecords
+from worker.pipeline.evidence import EvidenceTail
+from worker.pipeline.feedback import FeedbackLoop
 from worker.pipeline.finished import Deduplicator
 from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
-from worker.pipeline.kafka import make_consumer, wait_for_broker
+from worker.pipeline.kafka import make_consumer, make_producer, wait_for_broker
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
 from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
@@ -81,7 +84,8 @@ class Worker:
         self._capacity = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._encoder = msgspec.json.Encoder()
-        self._results_topic, self._costs_topic = config.kafka.topics.results, config.kafka.topics.costs
+        topics = config.kafka.topics
+        self._results_topic, self._costs_topic, self._routes_topic = topics.results, topics.costs, topics.routes
         self._max_job_bytes = config.worker.max_job_bytes
         self._paused = False
         self._no_provider_since: float | None = None  # paused because no provider can take a job
@@ -102,6 +106,13 @@ class Worker:
             self.consumer = make_consumer(config.kafka)
             self.sink = OutboxSink(config.kafka, self.consumer, self._finish, records)
         self.producer = self.sink.producer
+        # Learned rates, evidence and feedback marks are sent outside the jobs' transactions.
+        exactly_once = config.worker.delivery == "exactly_once"
+        self.learning_producer = make_producer(config.kafka) if exactly_once else self.producer
+        self.replica = evidence.replica_id()
+        self.feedback = FeedbackLoop(config, self.runner.quality, self.learning_producer)
+        self.evidence = EvidenceTail(config.kafka, self.replica, self.runner.quality)
+        self._sharing = False  # evidence is sent and taken (the evidence topic exists)
         self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
         self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
         if config.worker.dedupe_window_s > 0:
@@ -220,6 +231,8 @@ class Worker:
         self._log_start()
         await self.runner.limits.start()
         await self.sink.start()
+        if self.learning_producer is not self.producer:
+            await self.learning_producer.start()
         try:
             if self.dedupe is not None:
                 await self.dedupe.start()
@@ -227,27 +240,39 @@ class Worker:
             await self.consumer.start()
             await self._warn_missing_topics()
             await self._restore_learned_rates()
-            committer = asyncio.create_task(self._commit_every(self.config.worker.commit_interval_ms / 1000))
-            publisher = asyncio.create_task(self._publish_rates_every(self.config.routing.state_publish_interval_s))
-            watcher = asyncio.create_task(self.broker.run())
+            await self._start_sharing()
+            background = [
+                asyncio.create_task(self._commit_every(self.config.worker.commit_interval_ms / 1000)),
+                asyncio.create_task(self._publish_rates_every(self.config.routing.state_publish_interval_s)),
+                asyncio.create_task(self.broker.run()),
+                asyncio.create_task(self._take_feedback()),
+            ]
+            if self._sharing:
+                background.append(asyncio.create_task(self.evidence.run()))
             unwatch = watch_client_logs(self.broker)
             try:
                 await self._intake(stop)
             finally:
                 await self.release(self.tracker.partitions(), reason="shutdown")
                 unwatch()
-                for task in (committer, publisher, watcher):
+                for task in background:
                     task.cancel()
-                await asyncio.gather(committer, publisher, watcher, return_exceptions=True)
+                await asyncio.gather(*background, return_exceptions=True)
                 await self._publish_rates()
                 await self.consumer.stop()
         finally:
+            await self.evidence.close()
             if self.dedupe is not None:
                 await self.dedupe.close()
+            if self.learning_producer is not self.producer:
+                await self.learning_producer.stop()
             await self.sink.close()
             await self.runner.limits.close()
             await self._close_providers()
-        log.info("worker stopped", extra={"stats": msgspec.to_builtins(self.stats)})
+        log.info(
+            "worker stopped",
+            extra={"stats": msgspec.to_builtins(self.stats), "feedback": msgspec.to_builtins(self.feedback.stats)},
+        )
         if self._fatal is not None:
             raise self._fatal
 
@@ -302,25 +327,45 @@ class Worker:
                 extra={"pairs": len({(s.task, s.model) for s in states}), "rates": self.runner.quality.snapshot()},
             )
 
+    async def _start_sharing(self) -> None:
+        """Tail the evidence topic from its end (after the learned rates are restored: they hold what came before)."""
+        try:
+            self._sharing = await self.evidence.start()
+        except KafkaError as exc:
+            log.warning("evidence not shared: this replica learns alone", extra={"error": repr(exc)})
+
+    async def _take_feedback(self) -> None:
+        try:
+            await self.feedback.run()
+        except Exception:  # the broker failed it, or a bug: said, and the jobs go on
+            log.exception("feedback no longer taken by this replica")
+
     async def _publish_rates_every(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             await self._publish_rates()
 
     async def _publish_rates(self) -> None:
-        changes = self.runner.quality.take_changes()
+        """The learned rates changed since the last time to the state topic, and what this replica learned to the
+        other replicas."""
+        quality, topics = self.runner.quality, self.config.kafka.topics
+        changes = quality.take_changes()
+        try:
+            if changes:
+                await state.publish(self.learning_producer, topics.state, changes)
+            if self._sharing:
+                await evidence.publish(self.learning_producer, topics.evidence, self.replica, quality)
+        except KafkaError as exc:
+            self._kafka_failed("learned rates not published", exc)
+            return
         if changes:
-            try:
-                await state.publish(self.producer, self.config.kafka.topics.state, changes)
-            except KafkaError as exc:
-                self._kafka_failed("learned rates not published", exc)
-                return
-            log.info("learned rates", extra={"rates": self.runner.quality.snapshot()})
+            log.info("learned rates", extra={"rates": quality.snapshot()})
 
     async def _warn_missing_topics(self) -> None:
         known = await self.consumer.topics()
         topics = self.config.kafka.topics
-        needed = (topics.jobs, topics.results, topics.costs, topics.dlq) + ((topics.finished,) if self.dedupe else ())
+        needed = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.feedback, topics.routes]
+        needed += [topics.evidence] + ([topics.finished] if self.dedupe else [])
         missing = [t for t in needed if t not in known]
         if missing:
             log.warning(
@@ -540,6 +585,8 @@ class Worker:
             outputs.append((costs, key, encode(event), []))
         result = encode(outcome.result)
         outputs.append((self._results_topic, key, result, []))
+        if outcome.route is not None:
+            outputs.append((self._routes_topic, key, encode(outcome.route), []))
         if self.dedupe is not None:
             self.dedupe.finished(outcome.result.job_id, result)
         return outputs

@@ -30,7 +30,7 @@ from worker.config import KafkaConfig, WorkerConfig
 from worker.observability.logs import get_logger
 from worker.pipeline.dedupe import Finished, FinishedBatch, FinishedIds, digest
 from worker.pipeline.kafka import make_consumer, topic_partitions
-from worker.pipeline.outbox import murmur2
+from worker.pipeline.outbox import partition_of
 
 log = get_logger("finished")
 
@@ -44,11 +44,6 @@ SLACK_MS = 2000
 LOAD_LIMIT_S = 300.0
 
 _DECODER = msgspec.json.Decoder(FinishedBatch)
-
-
-def _partition_of(key: bytes, partitions: int) -> int:
-    """Where the default partitioner puts `key` among `partitions` partitions."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class Deduplicator:
@@ -261,7 +256,7 @@ class Deduplicator:
         if not self._results_partitions:
             return None  # no results topic (missing when the worker started)
         key = job_id.encode()
-        tp = TopicPartition(self._results_topic, _partition_of(key, self._results_partitions))
+        tp = TopicPartition(self._results_topic, partition_of(key, self._results_partitions))
         async with self._reading:
             recent = time.time() - found.timestamp_s < self._read_back_s
             deadline = time.monotonic() + self._read_back_s

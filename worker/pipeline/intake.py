@@ -1,4 +1,4 @@
-"""Intake: raw Kafka bytes to a typed Job, or the reason they go to the dead-letter topic."""
+"""Intake: raw Kafka bytes to a typed Job or Feedback, or the reason they go to the dead-letter topic."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from worker.messages import DeadLetter, DeadLetterKind, Job, JobId, Result
+from worker.messages import DeadLetter, DeadLetterKind, Feedback, Job, JobId, Result
 
 _decoder = msgspec.json.Decoder(Job)
+_feedback_decoder = msgspec.json.Decoder(Feedback)
 
 
 class _IdOnly(msgspec.Struct):
@@ -49,6 +50,16 @@ def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
         Exception
     ) as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
         return Rejection(kind="invalid_job", message=f"not a valid job: {type(exc).__name__}: {exc}")
+
+
+def decode_feedback(value: bytes | None) -> Feedback | Rejection:
+    """Decode one feedback message's value; never raises. Whatever is wrong with it, its kind is `invalid_feedback`."""
+    if value is None:
+        return Rejection(kind="invalid_feedback", message="the message has no value (a tombstone), expected feedback")
+    try:
+        return _feedback_decoder.decode(value)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        return Rejection(kind="invalid_feedback", message=f"not valid feedback: {exc}")
 
 
 def _readable_id(value: bytes) -> str | None:

@@ -117,31 +117,57 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
     return AIOKafkaConsumer(*topics, **(options | overrides))
 
 
+# What the evidence topic keeps: replicas tail it from its end, and a batch is old news a publish interval later.
+EVIDENCE_RETENTION_MS = 3_600_000
+
+
 async def create_topics(
     config: KafkaConfig, partitions: int, replication_factor: int = 1, dedupe_window_s: int = 86400
 ) -> dict[str, str]:
-    """Create the jobs, results, costs, dead-letter, learned-state and finished topics; each one's state:
-    "created" or "exists". The finished topic keeps its records `dedupe_window_s` (worker.dedupe_window_s)."""
+    """Create the jobs, results, costs, dead-letter, learned-state, finished, feedback, routes and evidence
+    topics; each one's state: "created" or "exists". The finished topic keeps its records `dedupe_window_s`
+    (worker.dedupe_window_s), the routes topic `kafka.routes_retention_s`."""
     admin = AIOKafkaAdminClient(**_common(config))
     await admin.start()
     try:
         topics = config.topics
-        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state, topics.finished]
+        names = [
+            topics.jobs,
+            topics.results,
+            topics.costs,
+            topics.dlq,
+            topics.state,
+            topics.finished,
+            topics.feedback,
+            topics.routes,
+            topics.evidence,
+        ]
         # The learned-rates topic keeps the latest value per key: compacted. The finished topic (the ids
         # finished in each jobs partition, every record keyed anew) drops what is older than the dedupe
-        # window; it has as many partitions as the jobs topic, one for each jobs partition's records.
+        # window; it has as many partitions as the jobs topic, one for each jobs partition's records. The
+        # routes topic keeps a job's latest route (compacted: its feedback mark replaces it) for the
+        # routes retention; with the feedback topic, it has the jobs topic's partitions (co-partitioned:
+        # both keyed by job id). Every replica reads all of the evidence topic: one partition.
         configs = {
             topics.state: {"cleanup.policy": "compact"},
             topics.finished: {"cleanup.policy": "delete"}
             | ({"retention.ms": str(dedupe_window_s * 1000)} if dedupe_window_s > 0 else {}),
+            topics.routes: {"cleanup.policy": "compact,delete", "retention.ms": str(config.routes_retention_s * 1000)},
+            topics.evidence: {"cleanup.policy": "delete", "retention.ms": str(EVIDENCE_RETENTION_MS)},
         }
+        counts = {topics.evidence: 1}
         existing = set(await admin.list_topics())
         missing = [n for n in names if n not in existing]
         if missing:
             try:
                 response = await admin.create_topics(
                     [
-                        NewTopic(name, partitions, replication_factor, topic_configs=configs.get(name, {}))
+                        NewTopic(
+                            name,
+                            counts.get(name, partitions),
+                            replication_factor,
+                            topic_configs=configs.get(name, {}),
+                        )
                         for name in missing
                     ]
                 )

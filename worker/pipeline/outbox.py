@@ -379,3 +379,8 @@ _NATIVE = _murmur2_native()
 # Kafka's murmur2 of a key: native code where it is installed (10-50 times faster), else `murmur2_python`.
 murmur2: Callable[[bytes], int] = _NATIVE if _NATIVE is not None else murmur2_python
 MURMUR2 = "native" if _NATIVE is not None else "python"
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Where the default partitioner puts `key` among `partitions` partitions."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
