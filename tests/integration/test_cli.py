@@ -13,6 +13,8 @@ import pytest
 from tests.integration.helpers import REPO, Setup, collect
 from worker.broker import free_port
 from worker.messages import Job
+from worker.pipeline.kafka import make_consumer
+from worker.pipeline.outbox import partition_of
 
 
 def cli(setup: Setup, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -180,9 +182,38 @@ def test_find_follow_summarize_costs_dead_letters_and_topics_list(bootstrap, tmp
     assert topics[setup.topics.dlq]["end_offsets"] == 2 and topics[setup.topics.dlq]["lag"] is None
 
 
+def test_feedback_sends_one_message_keyed_by_the_job_id_and_prints_it(bootstrap):
+    setup = Setup(bootstrap)
+    assert cli(setup, "topics", "create", "--partitions", "3").returncode == 0
+    sent = [
+        cli(setup, "feedback", "fb-1", "--wrong", "--source", "support"),
+        cli(setup, "feedback", "fb-2", "--score", "0.75"),
+    ]
+    assert [out.returncode for out in sent] == [0, 0], [out.stderr for out in sent]
+    printed = [orjson.loads(out.stdout) for out in sent]
+    assert printed == [{"job_id": "fb-1", "correct": False, "source": "support"}, {"job_id": "fb-2", "score": 0.75}]
+
+    async def read() -> list:
+        consumer = make_consumer(setup.config.kafka, setup.topics.feedback, group_id=None)
+        await consumer.start()
+        try:
+            records: list = []
+            async with asyncio.timeout(30):
+                while len(records) < 2:
+                    for batch in (await consumer.getmany(timeout_ms=200)).values():
+                        records.extend(batch)
+            return records
+        finally:
+            await consumer.stop()
+
+    records = sorted(asyncio.run(read()), key=lambda r: r.key)
+    assert [orjson.loads(r.value) for r in records] == printed
+    assert [(r.key, r.partition) for r in records] == [(k, partition_of(k, 3)) for k in (b"fb-1", b"fb-2")]
+
+
 def test_a_missing_topic_is_one_line_and_exit_1(bootstrap):
     setup = Setup(bootstrap)
-    for command in (["results", "x"], ["results", "--summary"], ["costs"], ["dlq"]):
+    for command in (["results", "x"], ["results", "--summary"], ["costs"], ["dlq"], ["feedback", "x", "--correct"]):
         out = cli(setup, *command, "--timeout", "20")
         assert out.returncode == 1, command
         assert len(out.stderr.decode().splitlines()) == 1 and "does not exist" in out.stderr.decode(), command
@@ -205,6 +236,7 @@ STARTUP_SLACK_S = 5.0
         ["results", "--summary"],
         ["costs", "--by", "task"],
         ["dlq"],
+        ["feedback", "j", "--wrong"],
         ["topics", "list"],
         ["topics", "create"],
         ["eval", "JOBS"],

@@ -58,6 +58,7 @@ def test_format_result_shows_the_output_or_the_error():
         ["results"],
         ["costs"],
         ["dlq"],
+        ["feedback"],
         ["topics", "create"],
         ["topics", "list"],
         ["config", "show"],
@@ -254,6 +255,10 @@ def test_config_and_log_level_are_taken_before_or_after_the_command():
         (["results", "--summary", "some-id"], "llm-router: results: --summary reads the whole topic"),
         (["results", "--follow"], "llm-router: results: --follow waits for the JOB_IDs given"),
         (["config", "check", "--config", "/no/such.toml"], "/no/such.toml: no such configuration file"),
+        (["feedback", "j1"], "one of the arguments --correct --wrong --score is required"),
+        (["feedback", "j1", "--correct", "--wrong"], "argument --wrong: not allowed with argument --correct"),
+        (["feedback", "j1", "--score", "1.5"], "argument --score: must be from 0 to 1: '1.5'"),
+        (["feedback", "j\x01", "--wrong"], "llm-router: not valid feedback: Expected `str` matching regex"),
     ],
 )
 def test_usage_and_configuration_errors_are_one_line_and_exit_2(args, says):

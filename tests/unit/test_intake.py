@@ -1,11 +1,12 @@
 """Intake: every message becomes a job or a dead letter with a reason, never an exception."""
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.messages import DeadLetter, Job
-from worker.pipeline.intake import Rejection, dead_letter, decode_job, rejected_result
+from worker.messages import DeadLetter, Feedback, Job
+from worker.pipeline.intake import Rejection, dead_letter, decode_feedback, decode_job, rejected_result
 
 LIMIT = 1024
 
@@ -135,3 +136,32 @@ def test_a_rejected_message_without_a_readable_id_gets_no_result():
         rejection = decode_job(value, LIMIT)
         assert isinstance(rejection, Rejection) and rejection.job_id is None
         assert rejected_result(rejection) is None
+
+
+def test_feedback_decodes_with_its_grade():
+    right = decode_feedback(b'{"job_id": "j1", "correct": true, "source": "user"}')
+    assert isinstance(right, Feedback) and right.grade == 1.0 and right.source == "user"
+    wrong = decode_feedback(b'{"job_id": "j1", "correct": false}')
+    assert isinstance(wrong, Feedback) and wrong.grade == 0.0
+    graded = decode_feedback(b'{"job_id": "j1", "score": 0.25}')
+    assert isinstance(graded, Feedback) and graded.grade == 0.25
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        (None, "no value"),
+        (b"not json", "JSON is malformed"),
+        (b'"\xff"', "Expected `object`"),
+        (b'{"job_id": "j1"}', "exactly one of `correct` or `score`"),
+        (b'{"job_id": "j1", "correct": true, "score": 1}', "exactly one of `correct` or `score`"),
+        (b'{"job_id": "j1", "score": 1.5}', "<= 1.0"),
+        (b'{"job_id": "", "correct": true}', "length >= 1"),
+        (b'{"job_id": "j1", "correct": true, "stars": 5}', "unknown field `stars`"),
+        (b"[" * 100_000, "not valid feedback"),
+    ],
+)
+def test_feedback_that_is_not_valid_is_rejected_as_invalid_feedback(value, fragment):
+    rejection = decode_feedback(value)
+    assert isinstance(rejection, Rejection) and rejection.kind == "invalid_feedback"
+    assert fragment in rejection.message, rejection.message

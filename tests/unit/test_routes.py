@@ -1,0 +1,55 @@
+"""The routes a replica holds for its feedback partitions: the latest record of each job wins."""
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from worker.messages import Route
+from worker.pipeline.routes import RouteIndex, routes_partitions
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def route(job_id: str, model: str = "gpt-4o", **fields) -> Route:
+    return Route(job_id=job_id, task="simple_qa", model=model, finished_at=NOW, **fields)
+
+
+def test_co_partitioned_topics_read_the_same_partitions_else_all():
+    assert routes_partitions({1, 3}, 4, 4) == {1, 3}
+    assert routes_partitions({1}, 4, 6) == set(range(6))
+    assert routes_partitions(set(), 4, 4) == set()
+
+
+def test_the_latest_record_of_a_job_wins_and_a_tombstone_forgets_it():
+    index = RouteIndex()
+    index.hold([0, 2])
+    assert index.put_record(0, b"a", msgspec.json.encode(route("a", "gemini-2.5-flash")))
+    assert index.put_record(0, b"a", msgspec.json.encode(route("a", "gemini-2.5-flash", feedback=True)))
+    assert index.put_record(2, b"b", msgspec.json.encode(route("b", agreed=["llama-4-70b"])))
+    assert index.get(0, "a") == route("a", "gemini-2.5-flash", feedback=True)
+    assert index.get(2, "b").agreed == ["llama-4-70b"]
+    assert index.get(2, "a") is None, "a job is looked for on its own partition"
+    assert len(index) == 2
+    assert index.put_record(0, b"a", None)
+    assert index.get(0, "a") is None and len(index) == 1
+
+
+def test_a_record_that_is_not_a_route_changes_nothing():
+    index = RouteIndex()
+    index.hold([0])
+    index.put(0, route("a"))
+    assert not index.put_record(0, b"a", b'{"job_id": "a"}')
+    assert not index.put_record(0, b"a", b"not json")
+    assert index.get(0, "a") == route("a")
+
+
+def test_partitions_not_held_keep_nothing_and_dropped_ones_are_forgotten():
+    index = RouteIndex()
+    index.hold([1])
+    assert index.put_record(3, b"x", msgspec.json.encode(route("x")))
+    index.put(3, route("y"))
+    assert index.get(3, "x") is None and index.get(3, "y") is None and len(index) == 0
+    index.put(1, route("z"))
+    assert index.held() == {1}
+    index.drop([1])
+    assert index.held() == set() and index.get(1, "z") is None
