@@ -1,5 +1,7 @@
 """The routes a replica holds for its feedback partitions: the latest record of each job wins."""
 
+import tracemalloc
+import uuid
 from datetime import UTC, datetime
 
 import msgspec
@@ -53,3 +55,18 @@ def test_partitions_not_held_keep_nothing_and_dropped_ones_are_forgotten():
     assert index.held() == {1}
     index.drop([1])
     assert index.held() == set() and index.get(1, "z") is None
+
+
+def test_a_held_route_takes_a_few_hundred_bytes(report):
+    index = RouteIndex()
+    index.hold([0])
+    records = [msgspec.json.encode(route(str(uuid.UUID(int=i)), "gemini-2.5-flash")) for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        for record in records:
+            index.put_record(0, None, record)
+        per_route = tracemalloc.get_traced_memory()[0] / len(records)
+    finally:
+        tracemalloc.stop()
+    report(f"routes index: {per_route:.0f} bytes a route (a UUID job id, no agreeing models or judge)")
+    assert len(index) == len(records) and per_route < 600
