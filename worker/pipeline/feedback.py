@@ -13,9 +13,9 @@ routes had at the assignment. Per record:
   the feedback's time (the route may still be on its way, like the result it went with); still none:
   dead letter `unknown_job`;
 - a route marked `feedback`: already learned from, nothing more;
-- else the route's models learn the grade, and the route is produced again marked (compaction keeps
-  the mark: a second feedback, or this one read again, counts once).
-A batch's offsets are committed once its outputs are acknowledged.
+- else the route is produced again marked (compaction keeps the mark: a second feedback, or this one
+  read again, counts once) and, once the mark is acknowledged, the route's models learn the grade.
+A batch's offsets are committed after that.
 """
 
 from __future__ import annotations
@@ -125,29 +125,40 @@ class FeedbackLoop:
             async with self._handling:
                 try:
                     await self._handle(batch)
-                except KafkaError as exc:
-                    log.warning("feedback not committed: read again later", extra={"error": repr(exc)})
+                except KafkaError as exc:  # the commit: a new owner reads the feedback again (the marks are on)
+                    log.warning("feedback not committed", extra={"error": repr(exc)})
 
     async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Take a batch's records in order, deliver what they produce, commit."""
+        """Take a batch's records in order, deliver what they produce, then learn from them (so that feedback
+        whose mark was not delivered, at a stop, is learned from when it is read again) and commit. A record
+        the broker failed the lookup of is read again, with those after it."""
         owned = self.consumer.assignment()
         outputs: list[Output] = []
-        positions = {}
-        for tp, records in batch.items():
-            if tp not in owned:
-                continue  # revoked meanwhile: its new owner takes it from the committed offset
-            for record in records:
-                output = await self._take(record)
-                if output is not None:
-                    outputs.append(output)
-            positions[tp] = records[-1].offset + 1
+        lessons: list[tuple[Route, float]] = []
+        handled: dict[TopicPartition, int] = {}
+        try:
+            for tp, records in batch.items():
+                if tp not in owned:
+                    continue  # revoked meanwhile: its new owner takes it from the committed offset
+                for record in records:
+                    output = await self._take(record, lessons)
+                    if output is not None:
+                        outputs.append(output)
+                    handled[tp] = record.offset + 1
+        except KafkaError as exc:
+            log.warning("feedback read again: a route lookup failed", extra={"error": repr(exc)})
+            for tp, records in batch.items():
+                if tp in owned:
+                    self.consumer.seek(tp, handled.get(tp, records[0].offset))
         await self._deliver(outputs)
-        if positions:
-            await self.consumer.commit(positions)
+        for route, grade in lessons:
+            self._quality.learn_feedback(route, grade)
+        if handled:
+            await self.consumer.commit(handled)
 
-    async def _take(self, record: Any) -> Output | None:
+    async def _take(self, record: Any, lessons: list[tuple[Route, float]]) -> Output | None:
         """One feedback record (aiokafka's ConsumerRecord): what it produces (a mark, a dead letter, itself
-        keyed anew), or None."""
+        keyed anew), or None; the route and grade to learn from go to `lessons`."""
         feedback = decode_feedback(record.value)
         if isinstance(feedback, Rejection):
             return self._dead_letter(feedback, record)
@@ -163,7 +174,7 @@ class FeedbackLoop:
         if route.feedback:
             self.stats.repeated += 1
             return None
-        self._quality.learn_feedback(route, feedback.grade)
+        lessons.append((route, feedback.grade))
         marked = msgspec.structs.replace(route, feedback=True)
         self.index.put(partition, marked)
         self.stats.learned += 1
