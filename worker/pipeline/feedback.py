@@ -245,12 +245,14 @@ class FeedbackLoop:
                 for record in records:
                     if not self.index.put_record(tp.partition, record.key, record.value):
                         log.warning("unreadable route skipped", extra={"partition": tp.partition})
-                self._read_to[tp.partition] = records[-1].offset + 1
-            for partition, loaded in self._loaded.items():
-                tp = TopicPartition(self._routes_topic, partition)
-                fetched = tp in batch
-                if not loaded.is_set() and self._caught_up(partition, fetched):
-                    loaded.set()
+            # The position, not the last record's offset: a transaction's markers take offsets too.
+            for tp in self._reader.assignment():
+                self._read_to[tp.partition] = await self._reader.position(tp)
+            if taken == self._assignment:  # else the ends noted are another assignment's
+                for partition, loaded in self._loaded.items():
+                    fetched = TopicPartition(self._routes_topic, partition) in batch
+                    if not loaded.is_set() and self._caught_up(partition, fetched):
+                        loaded.set()
             self._advanced.set()
 
     def _caught_up(self, partition: int, fetched: bool) -> bool:
@@ -280,8 +282,6 @@ class FeedbackLoop:
                 self._reader.seek(tp, self._read_to[tp.partition])
         if new:
             await self._reader.seek_to_beginning(*new)
-            for tp in new:
-                self._read_to[tp.partition] = await self._reader.position(tp)
 
 
 class _Rebalance(ConsumerRebalanceListener):
