@@ -162,6 +162,7 @@ def test_the_shifted_simulator_config_differs_from_the_shipped_one_only_in_the_a
         ("llama-4-70b", "creative_writing"): (0.85, 0.65),
         ("llama-4-70b", "simple_qa"): (0.91, 0.97),
     }
+
     def without_accuracies(config):
         models = {model: msgspec.structs.replace(b, accuracy={}) for model, b in config.models.items()}
         return msgspec.structs.replace(config, models=models)
