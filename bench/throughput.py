@@ -351,6 +351,8 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
             for t in ("jobs", "results", "costs", "dlq", "state", "finished")
         },
         "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
+        # One call a job: what is measured is the worker's path for a call, not a plan of several.
+        "LLM_ROUTER__ROUTING__MAX_AGREEMENT": "1",
     } | {k: str(v) for k, v in overrides.items()}
 
 

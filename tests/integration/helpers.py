@@ -43,6 +43,9 @@ class Setup:
                 for t in ("jobs", "results", "costs", "dlq", "state", "finished", "feedback")
             },
             **ECHO_PROVIDERS,
+            # One model answers each unverifiable job (echo's answers never agree: an agreement plan would
+            # escalate every job); agreement plans have tests of their own.
+            "LLM_ROUTER__ROUTING__DEFAULT_ACCURACY_FLOOR": "0.85",
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}
         self.config: Config = load_config(env=self.env)
