@@ -40,7 +40,7 @@ class Setup:
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             **{
                 f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}"
-                for t in ("jobs", "results", "costs", "dlq", "state", "finished")
+                for t in ("jobs", "results", "costs", "dlq", "state", "finished", "feedback")
             },
             **ECHO_PROVIDERS,
             # One model answers each unverifiable job (echo's answers never agree: an agreement plan would

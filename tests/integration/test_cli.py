@@ -39,6 +39,7 @@ def test_topics_produce_worker_results(bootstrap, tmp_path, replicas):
             setup.topics.dlq,
             setup.topics.state,
             setup.topics.finished,
+            setup.topics.feedback,
         )
     ]
     again = cli(setup, "topics", "create")

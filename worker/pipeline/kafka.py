@@ -120,13 +120,13 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
 async def create_topics(
     config: KafkaConfig, partitions: int, replication_factor: int = 1, dedupe_window_s: int = 86400
 ) -> dict[str, str]:
-    """Create the jobs, results, costs, dead-letter, learned-state and finished topics; each one's state:
+    """Create the jobs, results, costs, dead-letter, learned-state, finished and feedback topics; each one's state:
     "created" or "exists". The finished topic keeps its records `dedupe_window_s` (worker.dedupe_window_s)."""
     admin = AIOKafkaAdminClient(**_common(config))
     await admin.start()
     try:
         topics = config.topics
-        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state, topics.finished]
+        names = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.state, topics.finished, topics.feedback]
         # The learned-rates topic keeps the latest value per key: compacted. The finished topic (the ids
         # finished in each jobs partition, every record keyed anew) drops what is older than the dedupe
         # window; it has as many partitions as the jobs topic, one for each jobs partition's records.
