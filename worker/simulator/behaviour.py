@@ -141,6 +141,12 @@ def _accuracy(behaviour: ModelBehaviour, prompt: str) -> float:
     return behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
 
 
+def hedged(wrong: str) -> str:
+    """A wrong answer as a model unsure of it writes it: longer than the right one, as wrong answers often are
+    (the same wrong value, hedged the same way, still agrees with another model's)."""
+    return f"I am not sure, but it may be {wrong}."
+
+
 def wrong_answer(wanted: str, seed: int, model: str, prompt: str, agreement: float) -> str:
     """The model's wrong answer to `prompt`: the prompt's common one with probability sqrt(`agreement`), else
     its own (so two wrong models agree with probability `agreement`); never `wanted` (by `answer_key`)."""
@@ -233,7 +239,7 @@ def answer(
         text, correct = _structured_text(behaviour, request.schema, wanted, correct, rng)
         return _sized(request, text, correct)
     if wanted is not None:
-        text = wanted if correct else wrong_answer(wanted, seed, request.model, prompt, wrong_answer_agreement)
+        text = wanted if correct else hedged(wrong_answer(wanted, seed, request.model, prompt, wrong_answer_agreement))
     else:
         count = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
         words = [FILLER[i % len(FILLER)] for i in range(count)]
