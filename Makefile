@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval kafka kafka-stop schemas compose-check wheel-check lint clean
+.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval eval-blind kafka kafka-stop schemas compose-check wheel-check lint clean
 
 # Quiet on stdout (progress goes to stderr): `make bench`'s stdout is JSON lines only, even on a fresh clone.
 $(STAMP): pyproject.toml
@@ -56,6 +56,12 @@ bench-instructions: $(STAMP)
 ## The routing policies compared on the shipped workload (Kafka, worker, simulator).
 eval: $(STAMP)
 	$(BIN)/llm-router eval bench/workload.jsonl
+
+## The same blind (the jobs without their checks, scored by the eval), on the shipped simulator and on one whose
+## accuracies differ from the router's priors.
+eval-blind: $(STAMP)
+	$(BIN)/llm-router eval --blind bench/workload.jsonl
+	$(BIN)/llm-router eval --blind --simulator-config config/simulator-shifted.toml bench/workload.jsonl
 
 ## Apache Kafka (KRaft) on loopback from Maven Central jars; prints its bootstrap address.
 kafka:

@@ -348,6 +348,8 @@ def _env(bootstrap: str, name: str, overrides: Mapping[str, object]) -> dict[str
         "LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S": "1",
         **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"bench-{run_id}.{t}" for t in Topics.__struct_fields__},
         "LLM_ROUTER__WORKER__EVENT_LOOP": EVENT_LOOP,
+        # One call a job: what is measured is the worker's path for a call, not a plan of several.
+        "LLM_ROUTER__ROUTING__MAX_AGREEMENT": "1",
     } | {k: str(v) for k, v in overrides.items()}
 
 

@@ -213,7 +213,7 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
     # Floors for jobs that set none, soft (when no chain reaches one, the most reliable chain is used):
     # one for jobs whose wrong answers cannot be caught, one for verifiable jobs (checks, JSON), which
     # reach a high floor cheaply through a chain.
-    default_accuracy_floor: Probability = 0.85
+    default_accuracy_floor: Probability = 0.92
     default_verified_floor: Probability = 0.95
     max_chain: Annotated[int, Meta(ge=1, le=5)] = 3
     # Output tokens expected, as a share of the job's output cap, for cost and latency estimates.

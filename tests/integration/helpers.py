@@ -40,6 +40,9 @@ class Setup:
             "LLM_ROUTER__KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
             **{f"LLM_ROUTER__KAFKA__TOPICS__{t.upper()}": f"t-{self.run_id}.llm.{t}" for t in Topics.__struct_fields__},
             **ECHO_PROVIDERS,
+            # One model answers each unverifiable job (echo's answers never agree: an agreement plan would
+            # escalate every job); agreement plans have tests of their own.
+            "LLM_ROUTER__ROUTING__DEFAULT_ACCURACY_FLOOR": "0.85",
         }
         self.env = base | {k: str(v) for k, v in overrides.items()}
         self.config: Config = load_config(env=self.env)

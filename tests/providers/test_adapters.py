@@ -8,9 +8,10 @@ import pytest
 
 from worker.config import load_config
 from worker.errors import ProviderError
-from worker.messages import ChatMessage
+from worker.messages import ChatMessage, Job
 from worker.providers import build_providers
 from worker.providers.base import CompletionRequest
+from worker.routing.judge import JUDGE_MAX_OUTPUT_TOKENS, judge_messages, passed
 from worker.routing.pricing import attempt_cost, prompt_tokens
 from worker.simulator.caching import key_label
 
@@ -87,6 +88,19 @@ def test_text_finish_usage_and_cost_match_what_the_simulator_served(sim, model, 
         + served["output_tokens"] * config.models[model].output_usd_per_mtok
     ) / 1e6
     assert cost == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_the_simulator_grades_a_judge_request_on_every_wire(sim, model):
+    sim.patch(MODELS[model][1], accuracy={}, default_accuracy=1.0)
+    question = "Capital of Kenya? [[expect: Nairobi]] [[task: simple_qa]]"
+    for given, passes in (("Nairobi.", True), ("Mombasa", False)):
+        system, user = judge_messages(
+            Job(id="job-1", prompt=question), [ChatMessage(role="user", content=question)], given
+        )
+        completion, _ = call(sim, model, user.text(), max_tokens=JUDGE_MAX_OUTPUT_TOKENS, system=system.text())
+        assert passed(completion.text) is passes, f"{model} judged {given!r}: {completion.text!r}"
+        assert completion.output_tokens <= 2
 
 
 def test_system_messages_reach_each_wire_format_as_its_own_field(sim):

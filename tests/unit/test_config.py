@@ -3,6 +3,7 @@
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from worker.config import CONFIG_ENV, DEFAULT_CONFIG, DEFAULTS_DIR, ConfigError, load_config, parse_config
@@ -144,6 +145,29 @@ def test_the_simulator_config_defaults_to_the_shipped_one_whatever_the_directory
     config = load_simulator_config()
     assert "gpt-4o" in config.models
     assert load_simulator_config(DEFAULT_SIMULATOR_CONFIG) == config
+
+
+def test_the_shifted_simulator_config_differs_from_the_shipped_one_only_in_the_accuracies_it_names():
+    shipped, shifted = load_simulator_config(), load_simulator_config(DEFAULTS_DIR / "simulator-shifted.toml")
+    changed = {
+        (model, task): (behaviour.accuracy[task], shifted.models[model].accuracy[task])
+        for model, behaviour in shipped.models.items()
+        for task in behaviour.accuracy
+        if behaviour.accuracy[task] != shifted.models[model].accuracy[task]
+    }
+    assert changed == {
+        ("gemini-2.5-flash", "summarization"): (0.90, 0.70),
+        ("gemini-2.5-flash", "complex_reasoning"): (0.86, 0.66),
+        ("claude-3-5-sonnet-20241022", "code_generation"): (0.93, 0.75),
+        ("llama-4-70b", "simple_qa"): (0.91, 0.97),
+        ("llama-4-70b", "code_generation"): (0.89, 0.95),
+    }
+
+    def without_accuracies(config):
+        models = {model: msgspec.structs.replace(b, accuracy={}) for model, b in config.models.items()}
+        return msgspec.structs.replace(config, models=models)
+
+    assert without_accuracies(shifted) == without_accuracies(shipped)
 
 
 def test_cache_prices_default_to_the_provider_kinds_published_ratio():

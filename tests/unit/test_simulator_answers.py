@@ -1,11 +1,16 @@
-"""The simulator's structured answers and tool calls: the schema-valid generator, the prompt directives, how each
-wire's request is read, and what each real API refuses."""
+"""The simulator's answers: wrong answers of a model's own, a judge's verdicts, structured answers and tool calls
+(the schema-valid generator, the prompt directives), how each wire's request is read, and what each real API
+refuses."""
 
 import random
+import re
 
 import msgspec
 import pytest
 
+from worker.messages import ChatMessage, Checks, Job
+from worker.routing.agreement import answer_key
+from worker.routing.judge import judge_messages
 from worker.simulator.behaviour import SimRequest, answer
 from worker.simulator.requests import anthropic_call, gemini_call, openai_call
 from worker.simulator.settings import ModelBehaviour
@@ -95,8 +100,76 @@ def test_geminis_openapi_subset_reads_as_the_json_schema_it_means():
     assert is_valid(gemini, valid_value(gemini, random.Random(3)))
 
 
-def request(prompt, **fields):
-    return SimRequest(model="m", texts=[prompt], max_tokens=500, **fields)
+def request(prompt, model="m", **fields):
+    return SimRequest(model=model, texts=[prompt], max_tokens=500, **fields)
+
+
+WRONG = ModelBehaviour(wire="openai", default_accuracy=0.0)
+
+
+@pytest.mark.parametrize(
+    ("expected", "looks_like"),
+    [("1372", r"\d+"), ("-2", r"-?\d+"), ("3.14", r"\d+\.\d\d"), ("Nairobi", r"[A-Z][a-z]+"), ("NASA", r"[A-Z]+")],
+)
+def test_a_wrong_answer_looks_like_an_answer_and_is_each_models_own(expected, looks_like):
+    prompt = f"Question? [[expect: {expected}]]"
+    texts = [answer(WRONG, request(prompt, model=f"model-{i}"), 7, random.Random(1), 0.0).text for i in range(6)]
+    assert all(re.fullmatch(f"I am not sure, but it may be {looks_like}\\.", text) for text in texts), texts
+    assert all(answer_key(text) != answer_key(expected) for text in texts)
+    assert len(set(texts)) == len(texts), f"without agreement, each model is wrong its own way: {texts}"
+    again = answer(WRONG, request(prompt, model="model-0"), 7, random.Random(2), 0.0).text
+    assert again == texts[0], "a model gives the same wrong answer every time"
+    json_answer = answer(WRONG, request(prompt, model="model-0", json=True), 7, random.Random(1), 0.0).text
+    assert json_answer == msgspec.json.encode({"answer": texts[0]}).decode(), "asked for JSON: {'answer': ...}"
+
+
+@pytest.mark.parametrize("agreement", [0.0, 0.1, 0.5, 1.0])
+def test_two_wrong_models_agree_on_a_share_of_prompts_set_by_wrong_answer_agreement(agreement):
+    prompts = [f"Capital of country {i}? [[expect: Paris]]" for i in range(2000)]
+    agreed = sum(
+        answer(WRONG, request(p, model="a"), 7, random.Random(), agreement).text
+        == answer(WRONG, request(p, model="b"), 7, random.Random(), agreement).text
+        for p in prompts
+    )
+    assert abs(agreed / len(prompts) - agreement) < 0.03, agreed
+
+
+def judge_request(model, question, given, rubric=None):
+    """The judge's request for `given` as the answer to `question` (worker.routing.judge's prompt)."""
+    job = Job(id="j", prompt=question, checks=Checks(judge=True, rubric=rubric) if rubric else None)
+    messages = judge_messages(job, [ChatMessage(role="user", content=question)], given)
+    return SimRequest(model=model, texts=[m.text() for m in messages], max_tokens=8)
+
+
+def test_a_judge_passes_an_answer_that_agrees_with_the_expected_one_and_fails_another():
+    judge = ModelBehaviour(wire="openai", default_accuracy=1.0)
+    question = "Capital of Kenya? [[expect: Nairobi]] [[task: simple_qa]]"
+    for given, verdict in (("nairobi.", "PASS"), (" Nairobi", "PASS"), ("Mombasa", "FAIL"), ("42", "FAIL")):
+        reply = answer(judge, judge_request("j", question, given), 7, random.Random(1))
+        assert (reply.text, reply.finish, reply.correct) == (verdict, "stop", True), given
+        assert 1 <= reply.output_tokens <= 2
+    graded = answer(judge, judge_request("j", question, "Mombasa", rubric="One word."), 7, random.Random(1))
+    assert graded.text == "FAIL", "a rubric does not change the verdict"
+    unknown = answer(judge, judge_request("j", "Write me a poem.", "Roses are red"), 7, random.Random(1))
+    assert (unknown.text, unknown.correct) == ("PASS", None), "without an expected answer the judge passes"
+
+
+def test_a_judge_is_right_with_its_accuracy_for_the_task_drawn_apart_from_its_answers():
+    judge = ModelBehaviour(wire="openai", accuracy={"simple_qa": 0.7, "code_generation": 0.0}, default_accuracy=1.0)
+    right, answered_right, agree_on_both = 0, 0, 0
+    for i in range(2000):
+        question = f"What is {i} plus 1? [[expect: {i + 1}]] [[task: simple_qa]]"
+        verdict = answer(judge, judge_request("j", question, str(i + 1)), 7, random.Random())
+        own = answer(judge, request(question, model="j"), 7, random.Random())
+        right += verdict.text == "PASS"
+        answered_right += bool(own.correct)
+        agree_on_both += own.correct == (verdict.text == "PASS")
+    assert abs(right / 2000 - 0.7) < 0.03 and abs(answered_right / 2000 - 0.7) < 0.03
+    assert abs(agree_on_both / 2000 - (0.7**2 + 0.3**2)) < 0.03, "the verdict's draw is independent of the answer's"
+    wrong_judge = answer(
+        judge, judge_request("j", "Code? [[expect: 1]] [[task: code_generation]]", "1"), 7, random.Random()
+    )
+    assert (wrong_judge.text, wrong_judge.correct) == ("FAIL", False)
 
 
 def test_a_structured_answer_is_the_expected_json_when_right_and_another_valid_value_when_wrong():

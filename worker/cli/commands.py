@@ -312,7 +312,8 @@ def _parser() -> argparse.ArgumentParser:
         help="compare routing policies on a workload",
         description="Run a workload of jobs with expected answers (checks.expected) through Kafka, the worker and the "
         "simulator under each policy (always-gpt-4o, reference, router) and print cost, accuracy and latency side by "
-        "side.",
+        "side, on the jobs every policy could route. Verified (the default), the worker checks each answer; --blind, "
+        "the jobs go without their checks and the eval scores the answers itself.",
     )
     evaluate.add_argument("workload", help="JSON-lines file of jobs with checks.expected (see bench/workload.jsonl)")
     evaluate.add_argument("--json", action="store_true", help="one JSON object a line per policy")
@@ -327,6 +328,19 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="multiply the simulated latencies (default: the simulator config's)",
+    )
+    evaluate.add_argument(
+        "--blind",
+        action="store_true",
+        help="send the jobs without their checks, as real jobs come, and score the answers in the eval",
+    )
+    evaluate.add_argument(
+        "--feedback-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="send the eval's verdict to the feedback topic for a random share F (0 to 1) of the jobs as their "
+        "results arrive (default 0)",
     )
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -623,13 +637,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if unknown:
         print(f"llm-router eval: unknown policy {', '.join(unknown)} (known: {', '.join(POLICIES)})", file=sys.stderr)
         return 2
+    if not 0 <= args.feedback_share <= 1:
+        print("llm-router eval: --feedback-share must be from 0 to 1", file=sys.stderr)
+        return 2
     sim_config = load_simulator_config(args.simulator_config)
     if args.latency_scale is not None:
         sim_config = msgspec.structs.replace(sim_config, latency_scale=args.latency_scale)
     config = _config(args)
     _wait_for_external_broker(config, timeout_of(args, config))
     try:
-        return run_eval(config, sim_config, args.workload, policies, args.json)
+        return run_eval(
+            config,
+            sim_config,
+            args.workload,
+            policies,
+            args.json,
+            blind=args.blind,
+            feedback_share=args.feedback_share,
+            simulator_name=args.simulator_config or "the shipped simulator.toml",
+        )
     except ValueError as exc:
         print(f"llm-router eval: {exc}", file=sys.stderr)
         return 2

@@ -3,15 +3,18 @@
 Each policy gets its own topics and worker on one broker, and a fresh simulator with the same
 seed (so a model that gets a question wrong gets it wrong under every policy). Each job's prompt
 is sent with the simulator's directives (`[[expect: ...]] [[task: ...]]`) so that the simulated
-models answer with their configured accuracy; the worker verifies the answers against the job's
-`checks.expected` like any other job.
+models answer with their configured accuracy. Verified (the default), the worker verifies the answers
+against the job's `checks.expected` like any other job; blind, the jobs go without their checks, as
+real jobs come, and the eval scores the answers itself (worker/cli/eval_figures.py). For a share of
+the jobs (the same under every policy) the eval sends its verdict to the feedback topic as each
+result arrives, as a user grading a sample would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import statistics
-import sys
+import random
 import time
 import uuid
 from pathlib import Path
@@ -21,10 +24,11 @@ import orjson
 
 from worker import runtime
 from worker.broker import EmbeddedBroker
+from worker.cli.eval_figures import figures, is_correct, print_table, unroutable
 from worker.cli.runs import produce, run_kafka, running_worker
 from worker.config import Config
-from worker.messages import Job, Result
-from worker.pipeline.kafka import create_topics, make_consumer
+from worker.messages import Feedback, Job, Result
+from worker.pipeline.kafka import create_topics, make_consumer, make_producer
 from worker.providers import build_providers
 from worker.routing.classify import Classifier
 from worker.simulator.endpoints import SIMULATOR_KEY, on_simulator
@@ -38,21 +42,19 @@ POLICIES = {
 }
 
 
-class PolicyFigures(msgspec.Struct, kw_only=True):
-    policy: str
-    jobs: int
-    correct: int
-    accuracy: float
-    cost_usd: float
-    cost_per_1k_jobs_usd: float
-    cost_per_correct_usd: float
-    p50_ms: float
-    p99_ms: float
-    attempts_per_job: float
-    failed: int
-    # What the simulator billed for the policy's calls, and how far the cost (the sum of its cost events) is from it.
+class Grading(msgspec.Struct, frozen=True, kw_only=True):
+    """How the eval scores a run's results, and the jobs whose verdict it sends as feedback."""
+
+    blind: bool = False
+    feedback_ids: frozenset[str] = frozenset()
+
+
+class PolicyRun(msgspec.Struct, kw_only=True):
+    """What one policy's run gave: its results by job id, what the simulator billed, the feedback sent."""
+
+    results: dict[str, Result]
     billed_usd: float
-    bill_gap_usd: float
+    feedback_sent: int
 
 
 def read_workload(path: str | Path) -> list[Job]:
@@ -73,15 +75,22 @@ def read_workload(path: str | Path) -> list[Job]:
     return jobs
 
 
-def with_directives(job: Job, task: str) -> Job:
-    """The job as sent: its prompt carries the simulator's directives."""
+def with_directives(job: Job, task: str, blind: bool = False) -> Job:
+    """The job as sent: its prompt carries the simulator's directives; blind, it goes without its checks."""
     assert job.checks is not None  # read_workload admits only jobs with checks.expected
     directive = f"\n[[expect: {job.checks.expected}]] [[task: {task}]]"
+    checks = None if blind else job.checks
     if job.prompt is not None:
-        return msgspec.structs.replace(job, prompt=job.prompt + directive)
+        return msgspec.structs.replace(job, prompt=job.prompt + directive, checks=checks)
     messages = list(job.messages or [])
     messages[-1] = msgspec.structs.replace(messages[-1], content=messages[-1].text() + directive)
-    return msgspec.structs.replace(job, messages=messages)
+    return msgspec.structs.replace(job, messages=messages, checks=checks)
+
+
+def feedback_sample(jobs: list[Job], share: float, seed: int) -> frozenset[str]:
+    """The ids of a seeded random `share` of the jobs: the same jobs under every policy."""
+    ids = sorted(job.id for job in jobs)
+    return frozenset(random.Random(seed).sample(ids, round(share * len(ids))))
 
 
 def policy_config(
@@ -105,7 +114,8 @@ async def run_policy(
     bootstrap: str,
     run_id: str,
     timeout_s: float,
-) -> PolicyFigures:
+    grading: Grading,
+) -> PolicyRun:
     simulator = SimulatorServer(msgspec.convert(msgspec.to_builtins(sim_config), SimulatorConfig))
     url = await simulator.start()
     try:
@@ -116,57 +126,55 @@ async def run_policy(
         async with running_worker(config, build_providers(config, env=keys)):
             await produce(
                 config.kafka,
-                [(job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job)))) for job in jobs],
+                [
+                    (job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job), grading.blind)))
+                    for job in jobs
+                ],
             )
-            results = await _collect(config, {job.id for job in jobs}, timeout_s)
+            results, sent = await _collect(config, {job.id: job for job in jobs}, timeout_s, grading)
         billed = simulator.simulator.stats.cost_usd  # every call is answered before its job's result
     finally:
         await simulator.stop()
-    return figures(policy, jobs, results, billed)
+    return PolicyRun(results=results, billed_usd=billed, feedback_sent=sent)
 
 
-async def _collect(config: Config, ids: set[str], timeout_s: float) -> dict[str, Result]:
+async def _collect(
+    config: Config, jobs: dict[str, Job], timeout_s: float, grading: Grading
+) -> tuple[dict[str, Result], int]:
+    """Every job's first result, and how many feedbacks were sent: the eval's verdict on each answered job of
+    the feedback sample, as its result arrives."""
     consumer = make_consumer(config.kafka, config.kafka.topics.results, group_id=None)
+    producer = make_producer(config.kafka)
     await consumer.start()
-    decoder = msgspec.json.Decoder(Result)
+    await producer.start()
+    decoder, encoder = msgspec.json.Decoder(Result), msgspec.json.Encoder()
     results: dict[str, Result] = {}
+    acknowledgements = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(results) < len(ids) and time.monotonic() < deadline:
+        while len(results) < len(jobs) and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     result = decoder.decode(record.value)
-                    results.setdefault(result.job_id, result)
+                    job = jobs.get(result.job_id)
+                    if job is None or result.job_id in results:
+                        continue
+                    results[result.job_id] = result
+                    if result.job_id in grading.feedback_ids and result.status == "ok":
+                        verdict = Feedback(job_id=job.id, correct=is_correct(job, result, grading.blind), source="eval")
+                        acknowledgements.append(
+                            await producer.send(
+                                config.kafka.topics.feedback, encoder.encode(verdict), key=job.id.encode()
+                            )
+                        )
+        await asyncio.gather(*acknowledgements)
     finally:
+        await producer.stop()
         await consumer.stop()
-    missing = ids - set(results)
+    missing = set(jobs) - set(results)
     if missing:
         raise RuntimeError(f"{len(missing)} job(s) got no result within {timeout_s:.0f} s")
-    return results
-
-
-def figures(policy: str, jobs: list[Job], results: dict[str, Result], billed_usd: float) -> PolicyFigures:
-    """The policy's figures from its results (a result is correct when it passed verification) and what the
-    simulator billed for them."""
-    chosen = [results[job.id] for job in jobs]
-    correct = sum(r.status == "ok" for r in chosen)
-    cost = sum(r.cost_usd for r in chosen)
-    latencies = sorted(r.latency_ms for r in chosen)
-    return PolicyFigures(
-        policy=policy,
-        jobs=len(chosen),
-        correct=correct,
-        accuracy=round(correct / len(chosen), 4),
-        cost_usd=round(cost, 6),
-        cost_per_1k_jobs_usd=round(cost / len(chosen) * 1000, 4),
-        cost_per_correct_usd=round(cost / correct, 8) if correct else float("inf"),
-        p50_ms=round(statistics.median(latencies), 1),
-        p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
-        attempts_per_job=round(sum(len(r.attempts) for r in chosen) / len(chosen), 3),
-        failed=len(chosen) - correct,
-        billed_usd=round(billed_usd, 6),
-        bill_gap_usd=round(abs(cost - billed_usd), 9),
-    )
+    return results, len(acknowledgements)
 
 
 def run_eval(
@@ -176,8 +184,15 @@ def run_eval(
     policies: list[str],
     as_json: bool,
     timeout_s: float = 600.0,
+    *,
+    blind: bool = False,
+    feedback_share: float = 0.0,
+    simulator_name: str = "the shipped simulator.toml",
 ) -> int:
+    """Run the workload under each policy and print their figures (a table, or with `as_json` a JSON object a
+    line); blind and with feedback on a share of the jobs as `blind` and `feedback_share` say."""
     jobs = read_workload(workload)
+    grading = Grading(blind=blind, feedback_ids=feedback_sample(jobs, feedback_share, sim_config.seed))
     run_id = uuid.uuid4().hex[:8]
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker: EmbeddedBroker | None = None
@@ -187,65 +202,33 @@ def run_eval(
         broker = EmbeddedBroker()
         bootstrap = broker.start()
     try:
-        results = [
-            runtime.run(
-                run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s), config.worker.event_loop
+        runs = {
+            policy: runtime.run(
+                run_policy(config, sim_config, policy, jobs, bootstrap, run_id, timeout_s, grading),
+                config.worker.event_loop,
             )
             for policy in policies
-        ]
+        }
     finally:
         if broker:
             broker.stop()
+    left_out = unroutable([run.results for run in runs.values()])
+    results = [
+        figures(
+            policy,
+            jobs,
+            run.results,
+            run.billed_usd,
+            blind=blind,
+            feedback_share=feedback_share,
+            left_out=left_out,
+            feedback_sent=run.feedback_sent,
+        )
+        for policy, run in runs.items()
+    ]
     if as_json:
         for figure in results:
             print(orjson.dumps(msgspec.to_builtins(figure)).decode())
     else:
-        print_table(results)
+        print_table(results, simulator_name)
     return 0
-
-
-def print_table(results: list[PolicyFigures]) -> None:
-    by = {r.policy: r for r in results}
-
-    def cheaper(r: PolicyFigures, base: str) -> str:
-        other = by.get(base)
-        if other is None or other is r or not other.correct or not r.correct:
-            return "-"
-        saving = (1 - r.cost_per_correct_usd / other.cost_per_correct_usd) * 100
-        return f"{saving:.1f}%" if saving >= 0 else f"no ({-saving:.0f}% dearer)"
-
-    headers = [
-        "policy",
-        "jobs",
-        "accuracy",
-        "cost / 1K jobs",
-        "cost / correct",
-        "cheaper than always-gpt-4o",
-        "cheaper than reference",
-        "p50",
-        "p99",
-        "attempts / job",
-        "cost events vs bill",
-    ]
-    rows = [
-        [
-            r.policy,
-            str(r.jobs),
-            f"{r.accuracy * 100:.1f}%",
-            f"${r.cost_per_1k_jobs_usd:.4f}",
-            f"${r.cost_per_correct_usd:.8f}",
-            cheaper(r, "always-gpt-4o"),
-            cheaper(r, "reference"),
-            f"{r.p50_ms:.0f} ms",
-            f"{r.p99_ms:.0f} ms",
-            f"{r.attempts_per_job:.2f}",
-            f"${r.bill_gap_usd:.9f}",
-        ]
-        for r in results
-    ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    sys.stdout.flush()

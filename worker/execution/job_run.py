@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from msgspec import Struct
 from opentelemetry.trace import Span
 
-from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Usage
+from worker.messages import Attempt, ChatMessage, CostEvent, ErrorInfo, Job, Result, Route, Usage
 from worker.providers.base import Completion
 from worker.routing.verify import parsed_answer, wants_json
 
@@ -37,6 +37,13 @@ class JobRun(Struct, kw_only=True):
     probe: str | None = None  # the provider out of rotation this job may try again
     probe_answered: bool | None = None  # whether it answered the probe (None: not tried, or not conclusively)
     answer: Completion | None = None  # the completion whose answer passed: the result's finish reason, tool calls
+    answer_model: str | None = None  # the model whose answer the job took
+    retries: int = 0  # transient failures retried: the job's retry budget, spent across its models
+    agreed: list[str] = []  # the models whose answers agreed with the one taken (an agreement plan)
+    judged_by: str | None = None  # the judge that passed the answer taken
+    disputed: dict[str, Completion] = {}  # answers not taken yet: they disagreed, or the judge failed one
+    judge_failed: str | None = None  # the judge whose fail sent the job on
+    overruled: list[str] = []  # the models whose answers the answer taken differs from
 
     def reason(self, model: str) -> tuple[str, str | None]:
         """Why the next attempt, on `model`, is made: planned, rerouted, a retry or an escalation (and the
@@ -60,6 +67,7 @@ class JobRun(Struct, kw_only=True):
         latency_ms: float = 0.0,
         waited_ms: float = 0.0,
         dropped: list[str] | None = None,
+        role: str = "answer",
     ) -> Attempt:
         """The job's next attempt as it ended: failed with `error`, or not; `completion` when the model
         answered (a call that got no answer billed nothing); `dropped`: the settings the call left out."""
@@ -78,6 +86,7 @@ class JobRun(Struct, kw_only=True):
             rate_limit_wait_ms=waited_ms,
             rerouted_from=None if self.attempts else self.rerouted_from,  # only a job's first attempt went elsewhere
             dropped_params=dropped or [],
+            role="judge" if role == "judge" else "answer",
         )
 
     def cost_event(self, attempt: Attempt) -> CostEvent:
@@ -97,6 +106,29 @@ class JobRun(Struct, kw_only=True):
             error_kind=attempt.error.kind if attempt.error else None,
             cached_input_tokens=attempt.cached_input_tokens,
             cache_write_input_tokens=attempt.cache_write_input_tokens,
+            role=attempt.role,
+        )
+
+    def _answered_by(self) -> Attempt | None:
+        """The attempt whose answer the job took: the last one that answered (not a judge's) on the model of
+        `answer_model` (any model, when unset)."""
+        for attempt in reversed(self.attempts):
+            if attempt.error is None and attempt.role == "answer" and self.answer_model in (None, attempt.model):
+                return attempt
+        return None
+
+    def route(self, result: Result) -> Route | None:
+        """How the job was answered, for the feedback that may come (None for a job with no answer)."""
+        if result.model is None:
+            return None
+        return Route(
+            job_id=self.job.id,
+            task=self.task,
+            model=result.model,
+            finished_at=result.finished_at,
+            agreed=self.agreed,
+            judge=self.judged_by,
+            overruled=self.overruled,
         )
 
     def failure(self) -> ErrorInfo:
@@ -135,7 +167,7 @@ class JobRun(Struct, kw_only=True):
                 cache_write_input_tokens=sum(a.cache_write_input_tokens for a in attempts),
             )
             cost_usd = sum(a.cost_usd for a in attempts)
-        answered_by = last if last is not None and error is None else None
+        answered_by = self._answered_by() if error is None else None
         answer = self.answer if error is None else None
         return Result(
             job_id=self.job.id,

@@ -23,6 +23,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from math import prod
 from urllib.parse import urlsplit
 
 import anyio
@@ -58,8 +59,10 @@ from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
 from worker.ratelimit.limits import RateLimits
+from worker.routing.agreement import agree, answer_key
 from worker.routing.capabilities import needs
 from worker.routing.classify import Classifier, TaskClassifier
+from worker.routing.judge import JUDGE_MAX_OUTPUT_TOKENS, judge_messages, passed
 from worker.routing.learning import QualityModel
 from worker.routing.plan import NoRoute, Plan, first_instead, make_plan
 from worker.routing.pricing import MESSAGE_OVERHEAD_TOKENS, attempt_cost, content_tokens, extra_input_tokens
@@ -269,6 +272,7 @@ class JobRunner:
             job.cost_cap_usd,
             tuple(job.allowed_providers or ()) if job.allowed_providers is not None else None,
             job.verifiable,
+            job.judged,
             wants_json(job),
             job.max_output_tokens,
             run.needs,
@@ -284,53 +288,41 @@ class JobRunner:
             # A JSON job needs a correct answer that is JSON too: the model's format reliability counts.
             rate = self.quality.json_rate if wants_json(job) else self.quality.rate
             plan = self._plans[key] = make_plan(
-                job, run.task, self._config, run.text_tokens, unavailable, rate, blocked, run.needs
+                job,
+                run.task,
+                self._config,
+                run.text_tokens,
+                unavailable,
+                rate,
+                blocked,
+                run.needs,
+                judge_rate=self.quality.judge_rate,
+                wrong_agreement=self.quality.wrong_agreement(run.task),
             )
         return plan
 
     async def _attempts(self, run: JobRun, plan: Plan, jumped: bool = False) -> str | None:
-        """Try the plan's models in order, each again after a transient failure: the answer, or None when
-        no model gave one."""
-        models = self._config.models
+        """Run the plan: its agreement group first, if any; then its chain in order, each model again after a
+        transient failure, the first answer judged when the plan has a judge. The answer, or None when no
+        model gave one."""
         planned = reservation(run.prompt_tokens, plan.max_output_tokens)
-        retries = 0  # the job's retry budget, spent across the chain's models
+        if plan.agree:
+            agreed = await self._agreement(run, plan, planned)
+            if agreed is not None:
+                return agreed
+        judge = plan.judge
         for model in self._chain(run, plan, planned):
-            provider_name = models[model].provider
-            if provider_name in self._unavailable and provider_name != run.probe:
+            completion = await self._answer(run, plan, model, planned)
+            if completion is None:
                 continue
-            if models[model].context_window <= run.too_long_window:
-                continue
-            provider = self._providers[provider_name]
-            breaker = self.breakers.of(provider_name)
-            cap = self._output_cap(run, plan, model)
-            reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
-            request = CompletionRequest.of(
-                run.job, model=model, model_config=models[model], messages=run.messages, max_output_tokens=cap
-            )
-            while True:
-                if breaker.opened_at is not None:  # not closed: the call may be its probe
-                    breaker.start_call(self._clock())
-                attempt, completion, retry_after_s = await self._attempt(run, provider, request, reserved)
-                run.attempts.append(attempt)
-                if provider_name == run.probe and (attempt.error is None or attempt.error.kind not in TRANSIENT):
-                    run.probe_answered = attempt.error is None or attempt.error.kind not in OUT_OF_ROTATION
-                if attempt.error is None:
-                    breaker.succeeded()
-                    run.answer = completion
-                    return completion.text if completion else ""
-                run.last_error = attempt.error
-                delay_s = self._retry_delay(breaker, attempt.error, retries, retry_after_s)
-                if delay_s is None:
-                    larger = self._larger_cap(run, model, attempt.error, cap)
-                    if larger is not None:  # cut at the worker's own cap: the same model once, with room to finish
-                        cap = run.raised_cap = larger
-                        reserved = reservation(run.prompt_tokens, cap)
-                        request = msgspec.structs.replace(request, max_output_tokens=cap)
-                        continue
-                    self._leave(run, provider_name, model, attempt.error)
-                    break
-                await self._sleep(delay_s)
-                retries += 1
+            if judge is not None:
+                passed = await self._judged(run, judge, model, completion)
+                judge = None  # one judgement a job: after a fail, the next answer stands
+                if not passed:
+                    continue
+            self._settle_disputes(run, model, completion)
+            run.answer, run.answer_model = completion, model
+            return completion.text
         if run.last_error is not None and run.last_error.kind == "context_too_long" and not jumped:
             # No model of the chain has a larger window: jump to the cheapest one that has.
             wider = self._cheapest_wider(plan, run.too_long_window)
@@ -338,6 +330,109 @@ class JobRunner:
                 jump = Plan(task=plan.task, models=[wider], max_output_tokens=plan.max_output_tokens)
                 return await self._attempts(run, jump, jumped=True)
         return None
+
+    async def _answer(
+        self, run: JobRun, plan: Plan, model: str, planned: Allowance, request: CompletionRequest | None = None
+    ) -> Completion | None:
+        """`model`'s answer to the job (or, given `request` with role judge, its grade): its attempts until
+        one passes, the job's retry budget runs out or the model is left; None when it gave no answer."""
+        models = self._config.models
+        provider_name = models[model].provider
+        if provider_name in self._unavailable and provider_name != run.probe:
+            return None
+        if models[model].context_window <= run.too_long_window:
+            return None
+        provider = self._providers[provider_name]
+        breaker = self.breakers.of(provider_name)
+        role = "answer" if request is None else "judge"
+        if request is None:
+            cap = self._output_cap(run, plan, model)
+            reserved = planned if cap == plan.max_output_tokens else reservation(run.prompt_tokens, cap)
+            request = CompletionRequest.of(
+                run.job, model=model, model_config=models[model], messages=run.messages, max_output_tokens=cap
+            )
+        else:
+            cap, reserved = request.max_output_tokens, planned
+        while True:
+            if breaker.opened_at is not None:  # not closed: the call may be its probe
+                breaker.start_call(self._clock())
+            attempt, completion, retry_after_s = await self._attempt(run, provider, request, reserved, role)
+            run.attempts.append(attempt)
+            if provider_name == run.probe and (attempt.error is None or attempt.error.kind not in TRANSIENT):
+                run.probe_answered = attempt.error is None or attempt.error.kind not in OUT_OF_ROTATION
+            if attempt.error is None:
+                breaker.succeeded()
+                return completion
+            run.last_error = attempt.error
+            delay_s = self._retry_delay(breaker, attempt.error, run.retries, retry_after_s)
+            if delay_s is None:
+                larger = self._larger_cap(run, model, attempt.error, cap) if role == "answer" else None
+                if larger is not None:  # cut at the worker's own cap: the same model once, with room to finish
+                    cap = run.raised_cap = larger
+                    reserved = reservation(run.prompt_tokens, cap)
+                    request = msgspec.structs.replace(request, max_output_tokens=cap)
+                    continue
+                self._leave(run, provider_name, model, attempt.error)
+                return None
+            await self._sleep(delay_s)
+            run.retries += 1
+
+    async def _agreement(self, run: JobRun, plan: Plan, planned: Allowance) -> str | None:
+        """Ask the plan's agreement group in parallel: their answer when they all answered and agree (each
+        model learns from it, weighed by how often wrong answers agree), else None, the answers kept to be
+        compared with the one that stands."""
+        group = plan.agree
+        completions = await asyncio.gather(*(self._answer(run, plan, m, planned) for m in group))
+        answered = {m: c for m, c in zip(group, completions, strict=True) if c is not None}
+        if len(answered) == len(group) and agree([c.text for c in answered.values()]):
+            rates = [self.quality.rate(run.task, m) for m in group]
+            right = prod(rates)
+            wrong = prod(1 - p for p in rates) * self.quality.wrong_agreement(run.task) ** (len(group) - 1)
+            for m in group:  # P(all right | all agree): what the agreement says of each
+                self.quality.record(run.task, m, True, right / (right + wrong))
+            run.answer, run.answer_model = answered[group[0]], group[0]
+            run.agreed = list(group[1:])
+            return run.answer.text
+        run.disputed = answered
+        return None
+
+    async def _judged(self, run: JobRun, judge: str, model: str, completion: Completion) -> bool:
+        """Whether `judge` passes `model`'s answer (a judge that cannot be called has not passed it). A pass
+        teaches the model, weighed by the judge's reliability; a fail leaves the answer to be compared with
+        the one that stands."""
+        messages = judge_messages(run.job, run.messages, completion.text)
+        request = CompletionRequest(
+            job_id=run.job.id, model=judge, messages=messages, max_output_tokens=JUDGE_MAX_OUTPUT_TOKENS
+        )
+        prompt_tokens = content_tokens(messages) + MESSAGE_OVERHEAD_TOKENS * len(messages)
+        reserved = reservation(prompt_tokens, JUDGE_MAX_OUTPUT_TOKENS)
+        plan = Plan(task=run.task, models=[judge], max_output_tokens=JUDGE_MAX_OUTPUT_TOKENS)
+        if await self._answer(run, plan, judge, reserved, request) is not None:
+            reliability = self.quality.judge_rate(run.task, judge)
+            self.quality.record(run.task, model, True, max(0.0, 2 * reliability - 1))
+            run.judged_by = judge
+            return True
+        verdict = run.attempts[-1]
+        run.disputed = {model: completion}
+        run.judge_failed = judge if verdict.error is not None and verdict.error.kind == "judge_failed" else None
+        return False
+
+    def _settle_disputes(self, run: JobRun, model: str, completion: Completion) -> None:
+        """`model`'s answer stands over the answers that disagreed with it (or that the judge failed): each of
+        them learns whether it agreed, weighed by the standing model's success rate, as the judge learns
+        whether its fail was right."""
+        if not run.disputed:
+            return
+        weight = self.quality.rate(run.task, model)
+        standing = answer_key(completion.text)
+        for other, answer in run.disputed.items():
+            same = answer_key(answer.text) == standing
+            self.quality.record(run.task, other, same, weight)
+            if not same:
+                run.overruled.append(other)
+            if run.judge_failed is not None:
+                self.quality.record_judge(run.task, run.judge_failed, not same, weight)
+        run.disputed = {}
 
     def _output_cap(self, run: JobRun, plan: Plan, model: str) -> int:
         """The output-token cap of a call to `model`: the plan's, or the larger one a truncated answer led
@@ -424,10 +519,10 @@ class JobRunner:
         return min(wider, key=lambda n: models[n].input_usd_per_mtok) if wider else None
 
     async def _attempt(
-        self, run: JobRun, provider: Provider, request: CompletionRequest, reserved: Allowance
+        self, run: JobRun, provider: Provider, request: CompletionRequest, reserved: Allowance, role: str = "answer"
     ) -> tuple[Attempt, Completion | None, float | None]:
-        """The job's next attempt, on `request.model`: wait for the allowance, call, judge the answer,
-        record it. Returns the attempt, the completion and the provider's retry delay."""
+        """The job's next attempt, on `request.model`: wait for the allowance, call, assess the answer (or, for
+        a judge, read its grade), record it. Returns the attempt, the completion and the provider's retry delay."""
         span = self._attempt_span(run, provider.name, request) if run.spans is not None else None
         gates = self.limits.gates(request.model)
         waited_s = 0.0
@@ -436,7 +531,8 @@ class JobRunner:
                 if not gate.take_now(reserved):
                     waited_s += await gate.queue_for(reserved, run.job.priority)
         except ValueError as exc:  # more tokens than a whole minute's limit: this model can never take it
-            attempt = run.attempt(provider.name, request.model, ErrorInfo(kind="bad_request", message=str(exc)))
+            error = ErrorInfo(kind="bad_request", message=str(exc))
+            attempt = run.attempt(provider.name, request.model, error, role=role)
             self._record(run, attempt, span)
             return attempt, None, None
         dropped = dropped_params(self._config.providers[provider.name], request)
@@ -452,7 +548,13 @@ class JobRunner:
             self._refused_call(gates, reserved, exc)
             error = ErrorInfo(kind=exc.kind, message=exc.message)
             attempt = run.attempt(
-                provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000, dropped=dropped
+                provider.name,
+                request.model,
+                error,
+                latency_ms=latency_ms,
+                waited_ms=waited_s * 1000,
+                dropped=dropped,
+                role=role,
             )
             self._record(run, attempt, span)
             return attempt, None, exc.retry_after_s
@@ -463,7 +565,13 @@ class JobRunner:
                 gate.correct(reserved, _ONE_REQUEST)
             error = ErrorInfo(kind="deadline_exceeded", message="the job deadline passed during the call")
             attempt = run.attempt(
-                provider.name, request.model, error, latency_ms=latency_ms, waited_ms=waited_s * 1000, dropped=dropped
+                provider.name,
+                request.model,
+                error,
+                latency_ms=latency_ms,
+                waited_ms=waited_s * 1000,
+                dropped=dropped,
+                role=role,
             )
             self._record(run, attempt, span)
             raise
@@ -477,7 +585,7 @@ class JobRunner:
         attempt = run.attempt(
             provider.name,
             request.model,
-            self._judge(run, request.model, completion),
+            self._assess(run, request.model, completion) if role == "answer" else _grade(request.model, completion),
             completion=completion,
             cost_usd=attempt_cost(
                 self._config.models[request.model],
@@ -489,6 +597,7 @@ class JobRunner:
             latency_ms=latency_ms,
             waited_ms=waited_s * 1000,
             dropped=dropped,
+            role=role,
         )
         self._record(run, attempt, span, completion)
         return attempt, completion, None
@@ -503,7 +612,7 @@ class JobRunner:
             if exc.kind == "rate_limited":
                 gate.throttle(exc.retry_after_s if exc.retry_after_s is not None else self._config.worker.retry_base_s)
 
-    def _judge(self, run: JobRun, model: str, completion: Completion) -> ErrorInfo | None:
+    def _assess(self, run: JobRun, model: str, completion: Completion) -> ErrorInfo | None:
         """Why `model`'s answer does not count, or None when it does. What the outcome shows is learned:
         a refusal, an empty or a checked answer teach the model's accuracy for the task type; an answer to
         a JSON job teaches its JSON format reliability; a truncation teaches nothing (the cap cut it)."""
@@ -546,10 +655,7 @@ class JobRunner:
         if error is not None and run.span is not None:
             run.span.set_attribute("error.type", error.kind)
             run.span.set_status(Status(StatusCode.ERROR, error.message[:500]))
-        route = None
-        if result.status == "ok" and result.model is not None:
-            route = Route(job_id=result.job_id, task=run.task, model=result.model, finished_at=result.finished_at)
-        return JobOutcome(result=result, cost_events=run.cost_events, route=route)
+        return JobOutcome(result=result, cost_events=run.cost_events, route=run.route(result))
 
     @staticmethod
     def _end_spans(spans: list[tuple[Span, int]] | None, error: ErrorInfo | None) -> None:
@@ -615,6 +721,14 @@ class JobRunner:
                     [{"role": "assistant", "parts": parts, "finish_reason": completion.finish_reason}]
                 ).decode()
         span.set_attributes(attributes)
+
+
+def _grade(judge: str, completion: Completion) -> ErrorInfo | None:
+    """A judge's attempt: None when it passed the answer, else why not (kind `judge_failed`)."""
+    if passed(completion.text):
+        return None
+    reply = completion.text.strip()[:80] or "nothing"
+    return ErrorInfo(kind="judge_failed", message=f"the judge {judge} did not pass the answer (it replied {reply!r})")
 
 
 def _traced(message: ChatMessage) -> dict:

@@ -14,6 +14,8 @@ JUDGE_SYSTEM = (
 )
 VERDICT_ASK = "Verdict (PASS or FAIL):"
 JUDGE_MAX_OUTPUT_TOKENS = 8
+# The judge's instructions around the prompt and the answer, in tokens (for its cost estimate).
+JUDGE_PROMPT_TOKENS = 80
 
 
 def judge_messages(job: Job, messages: list[ChatMessage], answer: str) -> list[ChatMessage]:

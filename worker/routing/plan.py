@@ -20,13 +20,15 @@ the capabilities it needs (`worker.routing.capabilities`: tools, vision, a stric
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from itertools import permutations
+from itertools import combinations, permutations
+from math import prod
 
 from msgspec import Struct
 
 from worker.config import Config
 from worker.messages import Job
 from worker.routing.capabilities import needs
+from worker.routing.judge import JUDGE_MAX_OUTPUT_TOKENS, JUDGE_PROMPT_TOKENS
 
 
 class NoRoute(Exception):
@@ -42,6 +44,20 @@ class Plan(Struct, frozen=True, kw_only=True):
     # Models of the chain that may go first instead when the first one has no capacity now: the chain
     # reordered still clears the floor and the latency budget (the cost cap holds for any order).
     alternates: tuple[str, ...] = ()
+    # An agreement plan: these models are asked in parallel first and their answer taken when they all
+    # agree; on disagreement the chain follows, and its first answer stands.
+    agree: tuple[str, ...] = ()
+    # A judge plan: this model grades the chain's first answer; a fail goes on to the next model.
+    judge: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """agreement, judge, chain (several models, each tried when the one before failed) or single."""
+        if self.agree:
+            return "agreement"
+        if self.judge is not None:
+            return "judge"
+        return "chain" if len(self.models) > 1 else "single"
 
 
 Rate = Callable[[str, str], float]
@@ -56,9 +72,13 @@ def make_plan(
     rate: Rate | None = None,
     blocked: Collection[str] = (),
     needed: frozenset[str] | None = None,
+    judge_rate: Rate | None = None,
+    wrong_agreement: float = 0.2,
 ) -> Plan:
-    """The chain of models to try for `job` under the routing policy and every constraint of the job.
-    `needed`: the capabilities the job needs (`capabilities.needs(job)`, computed when not given)."""
+    """The plan for `job` under the routing policy and every constraint of the job. `rate`: the learned
+    probability of a correct answer per task type and model (default: the priors); `judge_rate`: a judge's
+    (default: `rate`); `wrong_agreement`: how often two wrong answers agree; `needed`: the capabilities the
+    job needs (`capabilities.needs(job)`, computed when not given)."""
     task_config = config.tasks.get(task)
     routing = config.routing
     needed = needs(job) if needed is None else needed
@@ -102,66 +122,196 @@ def make_plan(
     candidates = [m for m in candidates if config.models[m].provider not in blocked] or candidates
 
     expected_output = max(1, int(max_output * routing.expected_output_share))
-    costs = {
-        m: (input_tokens * config.models[m].input_usd_per_mtok + expected_output * config.models[m].output_usd_per_mtok)
-        / 1e6
-        for m in candidates
-    }
-    worst = {
-        m: (input_tokens * config.models[m].input_usd_per_mtok + max_output * config.models[m].output_usd_per_mtok)
-        / 1e6
-        for m in candidates
-    }
-    latency = {m: config.models[m].latency_ms_per_100_output_tokens * expected_output / 100 for m in candidates}
-    p = {m: min(max(rate(task, m), 1e-6), 1 - 1e-6) for m in candidates}
+    estimates = _Estimates(
+        cost={m: _call_usd(config, m, input_tokens, expected_output) for m in candidates},
+        worst={m: _call_usd(config, m, input_tokens, max_output) for m in candidates},
+        latency={m: config.models[m].latency_ms_per_100_output_tokens * expected_output / 100 for m in candidates},
+        p={m: _clip(rate(task, m)) for m in candidates},
+    )
     default_floor = routing.default_verified_floor if job.verifiable else routing.default_accuracy_floor
+    if not job.verifiable and task_config is not None and task_config.accuracy_floor is not None:
+        default_floor = task_config.accuracy_floor
     floor = job.accuracy_floor if job.accuracy_floor is not None else default_floor
     budget = job.latency_budget_ms
     cap = job.cost_cap_usd
 
-    chains = []
-    longest = routing.max_chain if job.verifiable else 1
-    for length in range(1, min(longest, len(candidates)) + 1):
-        for ordering in permutations(candidates, length):
-            expected_cost = expected_latency = 0.0
-            reach = 1.0  # probability that the chain gets this far
-            for m in ordering:
-                expected_cost += reach * costs[m]
-                expected_latency += reach * latency[m]
-                reach *= 1 - p[m]
-            chains.append((ordering, expected_cost, 1 - reach, expected_latency, sum(worst[m] for m in ordering)))
+    judge = _judge_model(job, task, config, candidates, unavailable, input_tokens + expected_output)
+    if judge is not None:
+        judged = judge_rate or (lambda t, m: rate(t, m))
+        options = _judge_options(
+            candidates,
+            estimates,
+            judge,
+            _clip(judged(task, judge)),
+            _judge_usd(config, judge, input_tokens, expected_output),
+        )
+    elif job.verifiable:
+        options = _chains(candidates, estimates, routing.max_chain)
+    else:
+        options = _chains(candidates, estimates, 1)
+        if job.model is None:
+            options += _agreements(candidates, estimates, routing.max_agreement, wrong_agreement)
 
-    fits_budget = [c for c in chains if budget is None or c[3] <= budget]
+    fits_budget = [o for o in options if budget is None or o.latency <= budget]
     if not fits_budget:
         raise NoRoute(_explain("latency_budget_ms", candidates, job, input_tokens, max_output, config, unavailable))
-    fits_cap = [c for c in fits_budget if cap is None or c[4] <= cap]
+    fits_cap = [o for o in fits_budget if cap is None or o.worst <= cap]
     if not fits_cap:
         raise NoRoute(_explain("cost_cap_usd", candidates, job, input_tokens, max_output, config, unavailable))
-    clears = [c for c in fits_cap if c[2] >= floor]
+    clears = [o for o in fits_cap if o.success >= floor]
     if clears:
-        best = min(clears, key=lambda c: (c[1] / c[2], len(c[0])))
+        best = min(clears, key=lambda o: (o.cost / o.success, len(o.agree) + len(o.models)))
     elif job.accuracy_floor is not None:
-        top = max(c[2] for c in fits_cap)
+        top = max(o.success for o in fits_cap)
         raise NoRoute(
-            f"accuracy_floor {job.accuracy_floor} is above what any chain of {', '.join(candidates)} reaches"
+            f"accuracy_floor {job.accuracy_floor} is above what any plan of {', '.join(candidates)} reaches"
             f" within the other constraints (best {top:.3f})"
         )
     else:
-        best = max(fits_cap, key=lambda c: (c[2], -c[1]))
-    chain = list(best[0])
+        best = max(fits_cap, key=lambda o: (o.success, -o.cost))
+    chain = list(best.models)
+    p = estimates.p
     if not job.verifiable:
         # Fallbacks for refusals and errors, by cost per correct answer.
-        fallbacks = [m for m in candidates if m not in chain and p[m] >= min(floor, p[chain[0]])]
-        chain += sorted(fallbacks, key=lambda m: costs[m] / p[m])[: routing.max_chain - 1]
-    alternates = tuple(m for m in chain[1:] if _may_go_first(m, chain, job.verifiable, p, latency, floor, budget))
+        answerers = best.agree or chain[:1]
+        least = min(floor, *(p[m] for m in answerers))
+        fallbacks = [m for m in candidates if m not in chain and m not in best.agree and p[m] >= least]
+        chain += sorted(fallbacks, key=lambda m: estimates.cost[m] / p[m])[: max(0, routing.max_chain - len(chain))]
+    plain = not best.agree and best.judge is None
+    alternates = (
+        tuple(m for m in chain[1:] if _may_go_first(m, chain, job.verifiable, p, estimates.latency, floor, budget))
+        if plain
+        else ()
+    )
     return Plan(
         task=task,
         models=chain,
         max_output_tokens=max_output,
-        expected_cost_usd=best[1],
-        success_probability=best[2],
+        expected_cost_usd=best.cost,
+        success_probability=best.success,
         alternates=alternates,
+        agree=best.agree,
+        judge=best.judge,
     )
+
+
+class _Estimates(Struct, frozen=True, kw_only=True):
+    """Per candidate model: one call's expected and worst cost, its expected latency, its success rate."""
+
+    cost: dict[str, float]
+    worst: dict[str, float]
+    latency: dict[str, float]
+    p: dict[str, float]
+
+
+class _Option(Struct, frozen=True, kw_only=True):
+    """A plan under consideration, priced: expected cost, probability of a correct answer, expected latency
+    and the worst cost (every call made, each to the output cap)."""
+
+    models: tuple[str, ...]
+    agree: tuple[str, ...] = ()
+    judge: str | None = None
+    cost: float
+    success: float
+    latency: float
+    worst: float
+
+
+def _clip(p: float) -> float:
+    return min(max(p, 1e-6), 1 - 1e-6)
+
+
+def _call_usd(config: Config, model: str, input_tokens: int, output_tokens: int) -> float:
+    m = config.models[model]
+    return (input_tokens * m.input_usd_per_mtok + output_tokens * m.output_usd_per_mtok) / 1e6
+
+
+def _judge_usd(config: Config, judge: str, input_tokens: int, answer_tokens: int) -> float:
+    """One judge call: the prompt, the answer and the judge's instructions in; a one-word verdict out."""
+    return _call_usd(config, judge, input_tokens + answer_tokens + JUDGE_PROMPT_TOKENS, JUDGE_MAX_OUTPUT_TOKENS)
+
+
+def _chains(candidates: list[str], e: _Estimates, longest: int) -> list[_Option]:
+    """Escalation chains of up to `longest` models: each next model is tried when the one before failed."""
+    options = []
+    for length in range(1, min(longest, len(candidates)) + 1):
+        for ordering in permutations(candidates, length):
+            cost = latency = 0.0
+            reach = 1.0  # probability that the chain gets this far
+            for m in ordering:
+                cost += reach * e.cost[m]
+                latency += reach * e.latency[m]
+                reach *= 1 - e.p[m]
+            worst = sum(e.worst[m] for m in ordering)
+            options.append(_Option(models=ordering, cost=cost, success=1 - reach, latency=latency, worst=worst))
+    return options
+
+
+def _agreements(candidates: list[str], e: _Estimates, largest: int, wrong_agreement: float) -> list[_Option]:
+    """Agreement plans: a group of models asked in parallel, their answer taken when they all agree; on
+    disagreement the next model, whose answer stands. All of the group's wrong answers agree with
+    probability `wrong_agreement` for each model beyond the first."""
+    options = []
+    for size in range(2, min(largest, len(candidates) - 1) + 1):
+        for group in combinations(candidates, size):
+            right = prod(e.p[m] for m in group)
+            wrong_together = prod(1 - e.p[m] for m in group) * wrong_agreement ** (size - 1)
+            disagree = 1 - right - wrong_together
+            for then in candidates:
+                if then in group:
+                    continue
+                options.append(
+                    _Option(
+                        models=(then,),
+                        agree=group,
+                        cost=sum(e.cost[m] for m in group) + disagree * e.cost[then],
+                        success=right + disagree * e.p[then],
+                        latency=max(e.latency[m] for m in group) + disagree * e.latency[then],
+                        worst=sum(e.worst[m] for m in group) + e.worst[then],
+                    )
+                )
+    return options
+
+
+def _judge_options(
+    candidates: list[str], e: _Estimates, judge: str, reliability: float, judge_usd: float
+) -> list[_Option]:
+    """Judge plans: a model answers, the judge grades the answer (rightly with probability `reliability`);
+    a fail goes to the next model, whose answer stands."""
+    options = []
+    for first in candidates:
+        p = e.p[first]
+        failed = p * (1 - reliability) + (1 - p) * reliability
+        for then in candidates:
+            if then == first:
+                continue
+            options.append(
+                _Option(
+                    models=(first, then),
+                    judge=judge,
+                    cost=e.cost[first] + judge_usd + failed * e.cost[then],
+                    success=p * reliability + failed * e.p[then],
+                    latency=e.latency[first] + failed * e.latency[then],
+                    worst=e.worst[first] + judge_usd + e.worst[then],
+                )
+            )
+    return options
+
+
+def _judge_model(
+    job: Job, task: str, config: Config, candidates: list[str], unavailable: Mapping[str, str], answer_tokens: int
+) -> str | None:
+    """The model that judges the job's answers, or None when the job is not judged: a job with `checks.judge`,
+    or an unverifiable job of `routing.judge_tasks` when `routing.judge_model` is set. The judge is
+    `routing.judge_model` while its provider can be called, else the cheapest candidate."""
+    routing = config.routing
+    wanted = job.judged or (bool(routing.judge_model) and (not routing.judge_tasks or task in routing.judge_tasks))
+    if not wanted or job.verifiable or job.model is not None or len(candidates) < 2:
+        return None
+    configured = routing.judge_model
+    if configured and config.models[configured].provider not in unavailable:
+        return configured
+    return min(candidates, key=lambda m: _judge_usd(config, m, answer_tokens, 0))
 
 
 def _can(config: Config, model: str, needed: frozenset[str]) -> bool:

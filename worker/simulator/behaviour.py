@@ -3,8 +3,18 @@
 A prompt may carry directives for evaluation sets: `[[expect: ANSWER]]` (the right answer) and
 `[[task: TYPE]]` (the task type whose accuracy applies). The model answers ANSWER with its
 accuracy for that task type, decided by a hash of seed, model and prompt (so a model that gets a
-question wrong gets it wrong every time), and a wrong answer otherwise. Asked for JSON, it answers
-JSON (ANSWER as it is when it is JSON, else `{"answer": ...}`), except for its `json_failure` share.
+question wrong gets it wrong every time), and a wrong answer otherwise. A wrong answer looks like an
+answer (a number near ANSWER when ANSWER is a number, else a made-up word) and is the model's own,
+except that with probability sqrt(`wrong_answer_agreement`) it is the prompt's common wrong answer: so
+two models wrong on a prompt give the same answer with probability `wrong_answer_agreement`, and
+otherwise differ (but for a chance of about one in two thousand). Asked for JSON, it answers JSON
+(ANSWER as it is when it is JSON, else `{"answer": ...}`), except for its `json_failure` share.
+
+A judge request (`worker.routing.judge.judge_messages`: the last text holds `<prompt>...</prompt>` and
+`<answer>...</answer>` and ends with the verdict ask) is graded: the right verdict is PASS when the
+answer agrees (`answer_key`) with the `[[expect: ...]]` of the prompt part, FAIL otherwise, PASS without
+one. The judge model gives the right verdict with its accuracy for the prompt part's `[[task: ...]]`
+(a draw of its own from seed, model and the judge request), else the wrong one.
 
 Asked for JSON under a schema (structured output), it answers JSON valid under the schema: ANSWER when
 ANSWER (or `{"answer": ANSWER}`) is valid JSON under it and the model is right, another valid value when
@@ -32,12 +42,18 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
+from worker.routing.agreement import answer_key
+from worker.routing.judge import VERDICT_ASK
 from worker.routing.pricing import estimate_tokens
-from worker.simulator.settings import ModelBehaviour
+from worker.simulator.settings import WRONG_ANSWER_AGREEMENT, ModelBehaviour
 from worker.simulator.structured import is_valid, off_schema_value, valid_value
 
 _EXPECT = re.compile(r"\[\[expect:\s*(.*?)\s*\]\]", re.S)
 _TASK = re.compile(r"\[\[task:\s*([\w.-]+)\s*\]\]")
+# A judge request's prompt and answer (worker.routing.judge.judge_messages).
+_JUDGED = re.compile(r"<prompt>\n?(.*?)\n?</prompt>.*?<answer>\n?(.*)\n?</answer>", re.S)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
 _TOOL = re.compile(r"\[\[tool:\s*([\w.:-]+)\s*(\{.*?\})?\s*\]\]", re.S)
 FILLER = [
     "the",
@@ -109,9 +125,82 @@ def latency_s(behaviour: ModelBehaviour, output_tokens: int, scale: float, rng: 
     )
 
 
-def _unit(seed: int, model: str, prompt: str) -> float:
-    digest = hashlib.blake2b(f"{seed}\0{model}\0{prompt}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+def _draw(seed: int, *parts: str) -> int:
+    """A 64-bit number decided by the seed and `parts` alone (the same request draws the same every time)."""
+    key = "\0".join((str(seed), *parts))
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+def _unit(seed: int, *parts: str) -> float:
+    return _draw(seed, *parts) / 2**64
+
+
+def _accuracy(behaviour: ModelBehaviour, prompt: str) -> float:
+    """The model's accuracy for the prompt's `[[task: TYPE]]`, else its default accuracy."""
+    task = _TASK.search(prompt)
+    return behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
+
+
+def hedged(wrong: str) -> str:
+    """A wrong answer as a model unsure of it writes it: longer than the right one, as wrong answers often are
+    (the same wrong value, hedged the same way, still agrees with another model's)."""
+    return f"I am not sure, but it may be {wrong}."
+
+
+def wrong_answer(wanted: str, seed: int, model: str, prompt: str, agreement: float) -> str:
+    """The model's wrong answer to `prompt`: the prompt's common one with probability sqrt(`agreement`), else
+    its own (so two wrong models agree with probability `agreement`); never `wanted` (by `answer_key`)."""
+    shared = _unit(seed, model, prompt, "shared-wrong") < math.sqrt(agreement)
+    source = "\0common" if shared else model
+    number = _NUMBER.fullmatch(wanted.strip())
+    if number:
+        return _wrong_number(number.group(0), _draw(seed, source, prompt, "wrong"))
+    for attempt in range(8):  # a made-up word may, by a rare chance, be the expected one
+        text = _made_up(wanted, seed, source, f"{prompt}\0{attempt}")
+        if answer_key(text) != answer_key(wanted):
+            break
+    return text
+
+
+def _wrong_number(wanted: str, draw: int) -> str:
+    """A number near `wanted` with as many decimals, off by 1 to 999 units of its last place (upwards when
+    downwards would make a count negative)."""
+    decimals = len(wanted.partition(".")[2])
+    value, offset = int(wanted.replace(".", "")), 1 + draw % 999
+    units = value - offset if draw // 999 % 2 and (value < 0 or offset <= value) else value + offset
+    if not decimals:
+        return str(units)
+    sign, digits = ("-" if units < 0 else ""), str(abs(units)).rjust(decimals + 1, "0")
+    return f"{sign}{digits[:-decimals]}.{digits[-decimals:]}"
+
+
+def _made_up(wanted: str, seed: int, source: str, prompt: str) -> str:
+    """Made-up words, as many as `wanted` has (up to four), written in its case."""
+    words = []
+    for i in range(min(4, len(wanted.split()) or 1)):
+        draw = _draw(seed, source, prompt, f"word-{i}")
+        word = "".join(_SYLLABLES[draw // len(_SYLLABLES) ** k % len(_SYLLABLES)] for k in range(2 + draw % 2))
+        words.append(word)
+    text = " ".join(words)
+    if wanted.isupper():
+        return text.upper()
+    return text.title() if wanted[:1].isupper() else text
+
+
+def _graded(behaviour: ModelBehaviour, request: SimRequest, seed: int) -> tuple[str, bool | None] | None:
+    """The verdict on a judge request and whether it is right (None: no expected answer); None when the request
+    is not a judge request."""
+    last = request.texts[-1].rstrip() if request.texts else ""
+    parts = _JUDGED.search(last) if last.endswith(VERDICT_ASK) else None
+    if parts is None:
+        return None
+    prompt, given = parts.groups()
+    expected = _EXPECT.search(prompt)
+    if expected is None:
+        return "PASS", None
+    passes = answer_key(given) == answer_key(expected.group(1))
+    right = _unit(seed, request.model, "\n".join(request.texts), "verdict") < _accuracy(behaviour, prompt)
+    return ("PASS" if passes == right else "FAIL"), right
 
 
 def _as_json(text: str) -> str:
@@ -123,21 +212,26 @@ def _as_json(text: str) -> str:
     return text
 
 
-def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: random.Random) -> Answer:
-    """The model's answer (the module's docstring): tool calls, structured JSON, JSON or text; the expected
-    answer with the model's accuracy, else a wrong one; filler without a directive."""
+def answer(
+    behaviour: ModelBehaviour,
+    request: SimRequest,
+    seed: int,
+    rng: random.Random,
+    wrong_answer_agreement: float = WRONG_ANSWER_AGREEMENT,
+) -> Answer:
+    """The model's answer (the module's docstring): a judge's verdict, tool calls, structured JSON, JSON or text;
+    the expected answer with the model's accuracy, else a wrong one; filler without a directive."""
     prompt = "\n".join(request.texts)
     if rng.random() < behaviour.errors.refused:
         return Answer(text="I can't help with that request.", output_tokens=8, finish="refusal")
+    graded = _graded(behaviour, request, seed)
+    if graded is not None:
+        return _sized(request, *graded)
     expected = _EXPECT.search(prompt)
     wanted = expected.group(1) if expected else None
     correct = None
     if expected:
-        task = _TASK.search(prompt)
-        accuracy = (
-            behaviour.accuracy.get(task.group(1), behaviour.default_accuracy) if task else behaviour.default_accuracy
-        )
-        correct = _unit(seed, request.model, prompt) < accuracy
+        correct = _unit(seed, request.model, prompt) < _accuracy(behaviour, prompt)
     calls = _tool_calls(behaviour, request, prompt, wanted, correct, rng)
     if calls:
         return _sized(request, msgspec.json.encode([msgspec.to_builtins(c) for c in calls]).decode(), correct, calls)
@@ -145,7 +239,7 @@ def answer(behaviour: ModelBehaviour, request: SimRequest, seed: int, rng: rando
         text, correct = _structured_text(behaviour, request.schema, wanted, correct, rng)
         return _sized(request, text, correct)
     if wanted is not None:
-        text = wanted if correct else f"I am not sure, but it is not {wanted[:1]}... perhaps 42."
+        text = wanted if correct else hedged(wrong_answer(wanted, seed, request.model, prompt, wrong_answer_agreement))
     else:
         count = max(1, int(behaviour.output_tokens * (0.75 + 0.5 * rng.random())))
         words = [FILLER[i % len(FILLER)] for i in range(count)]

@@ -192,7 +192,7 @@ class Simulator:
             tool_name=call.tool_name,
             after_tool_result=call.after_tool_result,
         )
-        reply = answer(behaviour, request, self.config.seed, self._rng)
+        reply = answer(behaviour, request, self.config.seed, self._rng, self.config.wrong_answer_agreement)
         if call.prefill and reply.text.startswith(call.prefill):
             reply = msgspec.structs.replace(reply, text=reply.text[len(call.prefill) :])
         output_tokens = reply.output_tokens + behaviour.thinking_tokens

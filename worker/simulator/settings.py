@@ -1,4 +1,6 @@
-"""The simulator's configuration (`config/simulator.toml`): how each model behaves."""
+"""The simulator's configuration (`config/simulator.toml`): how each model behaves, and how often two models'
+wrong answers to the same prompt agree (`wrong_answer_agreement`: the share of prompts two wrong models answer
+alike, so agreement is evidence of a right answer, not proof)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from worker.config import CACHE_PRICE_RATIOS, DEFAULTS_DIR, ConfigError, describ
 DEFAULT_SIMULATOR_CONFIG = DEFAULTS_DIR / "simulator.toml"
 
 Rate = Annotated[float, Meta(ge=0, le=1)]
+WRONG_ANSWER_AGREEMENT = 0.1
 PerMinute = Annotated[int, Meta(ge=0)]
 Price = Annotated[float, Meta(ge=0)]
 
@@ -75,6 +78,7 @@ class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
 class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     models: dict[str, ModelBehaviour]
     seed: int = 7
+    wrong_answer_agreement: Rate = WRONG_ANSWER_AGREEMENT
     latency_scale: Annotated[float, Meta(ge=0)] = 1.0  # multiplies every latency (0: answer at once)
     timeout_hang_s: Annotated[float, Meta(ge=0)] = 120.0
 
