@@ -114,7 +114,7 @@ WRONG = ModelBehaviour(wire="openai", default_accuracy=0.0)
 def test_a_wrong_answer_looks_like_an_answer_and_is_each_models_own(expected, looks_like):
     prompt = f"Question? [[expect: {expected}]]"
     texts = [answer(WRONG, request(prompt, model=f"model-{i}"), 7, random.Random(1), 0.0).text for i in range(6)]
-    assert all(re.fullmatch(f"I am not sure, but it may be {looks_like}\\.", text) for text in texts), texts
+    assert all(re.fullmatch(f"I am not sure, but I think the answer is {looks_like}\\.", text) for text in texts), texts
     assert all(answer_key(text) != answer_key(expected) for text in texts)
     assert len(set(texts)) == len(texts), f"without agreement, each model is wrong its own way: {texts}"
     again = answer(WRONG, request(prompt, model="model-0"), 7, random.Random(2), 0.0).text

@@ -144,7 +144,7 @@ def _accuracy(behaviour: ModelBehaviour, prompt: str) -> float:
 def hedged(wrong: str) -> str:
     """A wrong answer as a model unsure of it writes it: longer than the right one, as wrong answers often are
     (the same wrong value, hedged the same way, still agrees with another model's)."""
-    return f"I am not sure, but it may be {wrong}."
+    return f"I am not sure, but I think the answer is {wrong}."
 
 
 def wrong_answer(wanted: str, seed: int, model: str, prompt: str, agreement: float) -> str:
