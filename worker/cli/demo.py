@@ -92,6 +92,11 @@ WEATHER = Tool(
 POLICY = "You answer customers of the billing team from this refund policy: refunds within 30 days. " * 60
 
 
+# The floor of the request jobs: a chain of three models, so that the demo's cheap models, which refuse a
+# share of their calls, cannot fail one by refusing together.
+REQUEST_FLOOR = 0.995
+
+
 def request_jobs(run_id: str) -> list[Job]:
     """Jobs as applications send them: a structured answer, a tool call, a shared long system prompt (read
     from the provider's prompt cache the second time) and an image."""
@@ -102,12 +107,14 @@ def request_jobs(run_id: str) -> list[Job]:
             '"France"}]] [[task: simple_qa]]',
             response_format=PLACE,
             temperature=0,
+            accuracy_floor=REQUEST_FLOOR,
         ),
         Job(
             id=f"{run_id}-tool",
             prompt='Do I need an umbrella in Paris today? [[tool: get_weather {"city": "Paris"}]]',
             tools=[WEATHER],
             tool_choice=ToolChoiceName(name="get_weather"),
+            accuracy_floor=REQUEST_FLOOR,
         ),
         *(
             Job(
@@ -129,7 +136,7 @@ def request_jobs(run_id: str) -> list[Job]:
                 )
             ],
             checks=Checks(expected="red"),
-            accuracy_floor=0.99,  # a chain of three: the demo's cheap models refuse a share of their calls
+            accuracy_floor=REQUEST_FLOOR,
         ),
     ]
 
