@@ -536,6 +536,21 @@ class JobRunner:
             self._record(run, attempt, span)
             return attempt, None, None
         dropped = dropped_params(self._config.providers[provider.name], request)
+
+        def failed(error: ErrorInfo, latency_ms: float) -> Attempt:
+            """The attempt of a call that got no answer (it billed nothing), recorded."""
+            attempt = run.attempt(
+                provider.name,
+                request.model,
+                error,
+                latency_ms=latency_ms,
+                waited_ms=waited_s * 1000,
+                dropped=dropped,
+                role=role,
+            )
+            self._record(run, attempt, span)
+            return attempt
+
         started = time.monotonic()
         try:
             completion = await provider.complete(request)
@@ -546,34 +561,14 @@ class JobRunner:
             elif exc.status is not None:
                 self.health.answered(provider.name)
             self._refused_call(gates, reserved, exc)
-            error = ErrorInfo(kind=exc.kind, message=exc.message)
-            attempt = run.attempt(
-                provider.name,
-                request.model,
-                error,
-                latency_ms=latency_ms,
-                waited_ms=waited_s * 1000,
-                dropped=dropped,
-                role=role,
-            )
-            self._record(run, attempt, span)
+            attempt = failed(ErrorInfo(kind=exc.kind, message=exc.message), latency_ms)
             return attempt, None, exc.retry_after_s
         except (asyncio.CancelledError, anyio.get_cancelled_exc_class()):
             # The job deadline cut the call: it is recorded, with what it cost (unknown: nothing billed).
             latency_ms = (time.monotonic() - started) * 1000
             for gate in gates:
                 gate.correct(reserved, _ONE_REQUEST)
-            error = ErrorInfo(kind="deadline_exceeded", message="the job deadline passed during the call")
-            attempt = run.attempt(
-                provider.name,
-                request.model,
-                error,
-                latency_ms=latency_ms,
-                waited_ms=waited_s * 1000,
-                dropped=dropped,
-                role=role,
-            )
-            self._record(run, attempt, span)
+            failed(ErrorInfo(kind="deadline_exceeded", message="the job deadline passed during the call"), latency_ms)
             raise
         latency_ms = (time.monotonic() - started) * 1000
         self.health.answered(provider.name)
