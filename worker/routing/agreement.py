@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-from worker.routing.verify import answer_body
-
-_EDGES = " \t\r\n.!?\"'`"
+from worker.routing.verify import answer_body, text_key
 
 
 def answer_key(text: str) -> str:
@@ -19,7 +17,7 @@ def answer_key(text: str) -> str:
             return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS).decode()
         except orjson.JSONDecodeError:
             pass
-    return body.strip(_EDGES).casefold()
+    return text_key(body)
 
 
 def agree(texts: list[str]) -> bool:

@@ -38,6 +38,11 @@ def _validator(schema_json: bytes):
     return jsonschema.Draft202012Validator(orjson.loads(schema_json))
 
 
+def text_key(text: str) -> str:
+    """What a text answer is compared by: without case, surrounding space and final punctuation."""
+    return text.strip(_EDGES).casefold()
+
+
 def answer_body(text: str) -> str:
     """What is verified of an answer: the body of its code fence when the answer is one fenced block,
     else the answer itself."""
@@ -129,7 +134,7 @@ def verify(job: Job, text: str, tool_calls: Sequence[ToolCall] = (), tool_call_e
                 return ErrorInfo(kind="format_failed", message=f"the answer is off the schema {schema.name!r}: {off}")
     if checks is None:
         return None
-    if checks.expected is not None and body.strip(_EDGES).casefold() != checks.expected.strip(_EDGES).casefold():
+    if checks.expected is not None and text_key(body) != text_key(checks.expected):
         return ErrorInfo(kind="verification_failed", message="the answer differs from the expected answer")
     if checks.regex is not None and not _pattern(checks.regex).search(body):
         return ErrorInfo(kind="verification_failed", message=f"the answer does not match {checks.regex!r}")
