@@ -184,10 +184,12 @@ def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transac
         for s in spans
         if s.kind == SpanKind.PRODUCER and s.name.startswith("send ")
     }
-    # Each job's outputs: its result and its cost events. The finished records (deduplication) are the
-    # transaction's, each listing many jobs: no job's send span.
+    # Each job's outputs: its result, its cost events and, answered, its route. The finished records
+    # (deduplication) are the transaction's, each listing many jobs: no job's send span.
     assert not [s for s in sends.values() if s.name == f"send {setup.topics.finished}"]
-    assert len(sends) == len(outputs.results) + len(outputs.costs)
+    routes = [s for s in sends.values() if s.name == f"send {setup.topics.routes}"]
+    assert len(routes) == sum(r.status == "ok" for r in outputs.results)
+    assert len(sends) == len(outputs.results) + len(outputs.costs) + len(routes)
     for headers in outputs.result_headers + outputs.cost_headers:
         send = sends[parse_traceparent(headers)]  # each output carries its own send span's context
         assert send.parent is not None and send.parent.span_id in process
