@@ -144,3 +144,52 @@ def http_error(
     return ProviderError(
         kind, f"{detail}: {message}".strip(), retry_after_s=retry_after_s, status=status, rate_limits=rate_limits
     )
+
+
+# A provider's batch API (OpenAI Batch, Anthropic Message Batches, Gemini Batch Mode): the same requests,
+# answered within a day at the provider's batch discount. docs/architecture.md, "Batch APIs".
+BatchStatus = Literal["running", "ended", "cancelling"]
+
+
+class BatchRequest(Struct, frozen=True, kw_only=True):
+    """One request of a batch: `custom_id` names it in the results (the job's id)."""
+
+    custom_id: str
+    request: CompletionRequest
+
+
+class BatchState(Struct, frozen=True, kw_only=True):
+    """Where a submitted batch is: running (results not all in), cancelling, or ended (every line has its
+    result, an answer or an error, to read with `results`)."""
+
+    status: BatchStatus
+    # The provider's own word for it ("in_progress", "ended", "JOB_STATE_SUCCEEDED"...), for logs.
+    provider_status: str = ""
+
+
+class BatchLine(Struct, frozen=True, kw_only=True):
+    """One line of an ended batch: the answer to the request `custom_id`, or why there is none (kind
+    "batch_expired" for a line the batch did not reach in its window, "batch_cancelled" for one cancelled,
+    else the kind the same error has on a synchronous call)."""
+
+    custom_id: str
+    completion: Completion | None = None
+    error_kind: str = ""
+    error_message: str = ""
+
+
+class BatchApi(Protocol):
+    """A provider's batch API, for one model a batch. Each call raises `worker.errors.ProviderError` as a
+    synchronous call does."""
+
+    async def submit_batch(self, model: str, requests: list[BatchRequest]) -> str:
+        """Send the requests (all to `model`, the router's model name) as one batch; its id."""
+        ...
+
+    async def batch_state(self, batch_id: str) -> BatchState: ...
+
+    async def batch_results(self, batch_id: str) -> list[BatchLine]:
+        """The lines of an ended batch, one per request, in any order."""
+        ...
+
+    async def cancel_batch(self, batch_id: str) -> None: ...
