@@ -60,6 +60,8 @@ class Topics(Struct, forbid_unknown_fields=True):
     feedback: str = "llm.feedback"
     routes: str = "llm.routes"
     evidence: str = "llm.router-evidence"
+    # Jobs parked for a provider's batch API and their open batches (compacted: a record per job and batch).
+    batches: str = "llm.batches"
 
 
 class KafkaConfig(Struct, forbid_unknown_fields=True):
@@ -134,6 +136,10 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
+    # Whether jobs that can wait may use the provider's batch API (unset: yes for openai, anthropic and gemini;
+    # an OpenAI-compatible server has none), and what a batch line bills as a share of the synchronous price.
+    batch_api: bool | None = None
+    batch_discount: Annotated[float, Meta(gt=0, le=1)] = 0.5
     # echo only: simulated call time and share of refused attempts.
     latency_ms: NonNegFloat = 0.0
     failure_rate: Probability = 0.0
@@ -237,6 +243,24 @@ class RoutingConfig(Struct, forbid_unknown_fields=True):
     judge_tasks: list[str] = []
 
 
+class BatchConfig(Struct, forbid_unknown_fields=True):
+    """Provider batch APIs for jobs that can wait (`complete_within_s`): docs/architecture.md, "Batch APIs"."""
+
+    enabled: bool = True
+    # A job goes by batch only while its deadline is at least this far: room for the batch and, when the
+    # batch is late, a synchronous chain (routing.job_deadline_s) after it. Most batches end within the hour.
+    min_window_s: Annotated[float, Meta(gt=0)] = 3600.0
+    # A batch goes when it holds max_requests requests or its first request has waited max_wait_s.
+    max_wait_s: Annotated[float, Meta(gt=0)] = 60.0
+    # Under every provider's own limit (OpenAI 50,000, Anthropic 100,000) and small enough that the batch's
+    # record (its job ids) fits in one Kafka message.
+    max_requests: Annotated[int, Meta(ge=1, le=10000)] = 5000
+    poll_interval_s: Annotated[float, Meta(gt=0)] = 30.0
+    # Each provider's batch queue limit: the tokens of its open batches (prompt estimates and output caps);
+    # 0: none. Batch traffic counts here, not against the synchronous requests and tokens per minute.
+    max_enqueued_tokens: Annotated[int, Meta(ge=0)] = 0
+
+
 class RateLimitsConfig(Struct, forbid_unknown_fields=True):
     # A share of every limit kept unused, for the jitter between our clock and the provider's.
     margin: Annotated[float, Meta(ge=0, lt=1)] = 0.02
@@ -271,6 +295,7 @@ class Config(Struct, forbid_unknown_fields=True):
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
@@ -413,6 +438,11 @@ def _check_references(config: Config, source: str, overridden: Mapping[str, str]
             errors.append(f"providers.{name}.base_url: required for kind {provider.kind!r}")
     if config.routing.single_model not in config.models:
         errors.append(f"routing.single_model: unknown model {config.routing.single_model!r}")
+    if config.batch.enabled and config.batch.min_window_s <= config.routing.job_deadline_s:
+        errors.append(
+            f"batch.min_window_s: {config.batch.min_window_s:g} leaves no room for a batch before the synchronous"
+            f" chain a late batch falls back to (routing.job_deadline_s {config.routing.job_deadline_s:g})"
+        )
     if config.routing.judge_model and config.routing.judge_model not in config.models:
         errors.append(f"routing.judge_model: unknown model {config.routing.judge_model!r}")
     errors.extend(

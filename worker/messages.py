@@ -28,6 +28,8 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 Usd = Annotated[float, Meta(ge=0, description="US dollars.")]
 DeadLetterKind = Literal["not_json", "invalid_job", "too_large", "invalid_feedback", "unknown_job"]
 AttemptRole = Literal["answer", "judge"]
+# How an attempt was made: a synchronous call, or a line of a provider's batch (half price, within a day).
+Via = Literal["sync", "batch"]
 
 
 ToolName = Annotated[
@@ -232,6 +234,17 @@ class Job(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
         | None
     ) = None
     seed: Annotated[int, Meta(description="Asks for repeatable sampling, where the provider has it.")] | None = None
+    complete_within_s: (
+        Annotated[
+            float,
+            Meta(
+                gt=0,
+                description="Seconds after the job's Kafka timestamp by which its result is due; a deadline far "
+                "enough lets the router use a provider's batch API at its discount. Absent: as soon as possible.",
+            ),
+        ]
+        | None
+    ) = None
 
     def __post_init__(self) -> None:
         if not self.id.isprintable():  # bidi overrides, zero-width and other format characters too
@@ -338,6 +351,8 @@ class Attempt(Struct, omit_defaults=True, kw_only=True):
     role: Annotated[
         AttemptRole, Meta(description="answer: the call answers the job; judge: it grades another attempt's answer.")
     ] = "answer"
+    via: Annotated[Via, Meta(description="sync: a synchronous call; batch: a line of a provider's batch.")]
+    batch_id: Annotated[str | None, Meta(description="The provider's id of the batch (via batch).")] = None
 
 
 class Result(Struct, omit_defaults=True, kw_only=True):
@@ -363,6 +378,8 @@ class Result(Struct, omit_defaults=True, kw_only=True):
     tool_calls: Annotated[
         list[ToolCall] | None, Meta(description="The tools the model called, when it called any.")
     ] = None
+    via: Annotated[Via, Meta(description="How the answer (else the last attempt) was made: sync or batch.")]
+    batch_id: Annotated[str | None, Meta(description="The batch of the answer, when it came by batch.")] = None
 
     @classmethod
     def failed(cls, *, job_id: str, kind: str, message: str, tenant: str | None = None) -> Result:
@@ -377,6 +394,7 @@ class Result(Struct, omit_defaults=True, kw_only=True):
             finished_at=datetime.now(UTC),
             tenant=tenant,
             error=ErrorInfo(kind=kind, message=message),
+            via="sync",
         )
 
 
@@ -402,6 +420,8 @@ class CostEvent(Struct, omit_defaults=True, kw_only=True):
         NonNegInt, Meta(description="Of input_tokens, those written to the provider's prompt cache.")
     ] = 0
     role: Annotated[AttemptRole, Meta(description="The attempt's role: answer, or judge.")] = "answer"
+    via: Annotated[Via, Meta(description="sync: a synchronous call; batch: a line of a provider's batch.")]
+    batch_id: Annotated[str | None, Meta(description="The provider's id of the batch (via batch).")] = None
 
 
 class Feedback(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -474,3 +494,47 @@ class DeadLetter(Struct, omit_defaults=True, kw_only=True):
             if name.startswith("dlq."):
                 fields[name[4:]] = value.decode()
         return msgspec.convert(fields, cls, strict=False)
+
+
+class ParkedJob(Struct, tag_field="record", tag="job", omit_defaults=True, kw_only=True):
+    """A job waiting for a provider's batch, on the batches topic keyed by its id: what its run needs to go on
+    when the batch's answer comes (its plan and attempts so far), and the batch it is in (None: queued)."""
+
+    job: Job
+    task: str
+    models: list[str]  # the plan's chain
+    batch_models: list[str]  # the models of the chain that go by batch while the deadline allows
+    max_output_tokens: int
+    step: int  # the model of the chain the batch asks
+    due: float  # the job's deadline, epoch seconds
+    taken_at: float  # when the worker took the job, epoch seconds
+    parked_at: float
+    attempts: list[Attempt] = []
+    batch_id: str | None = None
+    # The job's trace context (W3C headers), carried to its outputs when it resumes.
+    trace: dict[str, str] = {}
+
+    @property
+    def model(self) -> str:
+        """The model the batch asks."""
+        return self.models[self.step]
+
+
+class BatchedJob(Struct, array_like=True):
+    """A job of an open batch: what a cost event of its line needs when the job is gone (given up)."""
+
+    job_id: str
+    tenant: str | None
+    task: str
+    attempt: int  # the number of the job's attempt the line is
+
+
+class OpenBatch(Struct, tag_field="record", tag="batch", kw_only=True):
+    """A batch submitted to a provider, on the batches topic keyed `batch:{id}`, in the partition of its jobs."""
+
+    batch_id: str
+    provider: str
+    model: str
+    jobs: list[BatchedJob]
+    submitted_at: float
+    tokens: int  # its prompts' estimates and output caps: what it holds of the provider's batch queue

@@ -42,6 +42,7 @@ def test_format_result_shows_the_output_or_the_error():
         finished_at=datetime.now(UTC),
         output="hello\nworld",
         model="m",
+        via="sync",
     )
     # A newline of the output is shown escaped, so that a result stays one line.
     assert "hello\\nworld" in format_result(ok) and "\tok\t" in format_result(ok)
@@ -152,7 +153,15 @@ def test_percentiles_are_nearest_rank():
 
 def _attempt(model: str, cost: float) -> Attempt:
     return Attempt(
-        number=1, provider="p", model=model, outcome="ok", input_tokens=1, output_tokens=1, cost_usd=cost, latency_ms=1
+        number=1,
+        provider="p",
+        model=model,
+        outcome="ok",
+        input_tokens=1,
+        output_tokens=1,
+        cost_usd=cost,
+        latency_ms=1,
+        via="sync",
     )
 
 
@@ -167,6 +176,7 @@ def test_the_summary_counts_statuses_and_sums_every_attempts_cost_by_model():
             cost_usd=1.5,
             latency_ms=10,
             finished_at=now,
+            via="sync",
         ),
         Result(
             job_id="b",
@@ -177,6 +187,7 @@ def test_the_summary_counts_statuses_and_sums_every_attempts_cost_by_model():
             latency_ms=30,
             finished_at=now,
             error=ErrorInfo(kind="server", message="down"),
+            via="sync",
         ),
     ]
     summary = summarize_results(results, undecodable=1)
@@ -202,6 +213,7 @@ def test_costs_are_summed_per_group_with_distinct_jobs_and_a_total():
             ts=now,
             tenant=tenant,
             task="qa",
+            via="sync",
         )
 
     events = [event("a", "m1", "acme", 1.0), event("a", "m2", "acme", 2.0), event("b", "m1", None, 0.5)]

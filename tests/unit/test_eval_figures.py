@@ -22,6 +22,7 @@ def ok(job_id, output, cost=0.01):
         latency_ms=10.0,
         finished_at=datetime.now(UTC),
         output=output,
+        via="sync",
     )
 
 

@@ -44,6 +44,7 @@ class JobRun(Struct, kw_only=True):
     disputed: dict[str, Completion] = {}  # answers not taken yet: they disagreed, or the judge failed one
     judge_failed: str | None = None  # the judge whose fail sent the job on
     overruled: list[str] = []  # the models whose answers the answer taken differs from
+    due: float | None = None  # the job's deadline (complete_within_s after its Kafka timestamp), epoch seconds
 
     def reason(self, model: str) -> tuple[str, str | None]:
         """Why the next attempt, on `model`, is made: planned, rerouted, a retry or an escalation (and the
@@ -68,9 +69,11 @@ class JobRun(Struct, kw_only=True):
         waited_ms: float = 0.0,
         dropped: list[str] | None = None,
         role: str = "answer",
+        batch_id: str | None = None,
     ) -> Attempt:
         """The job's next attempt as it ended: failed with `error`, or not; `completion` when the model
-        answered (a call that got no answer billed nothing); `dropped`: the settings the call left out."""
+        answered (a call that got no answer billed nothing); `dropped`: the settings the call left out; `batch_id`:
+        the provider's batch it was a line of (None: a synchronous call)."""
         return Attempt(
             number=len(self.attempts) + 1,
             provider=provider,
@@ -87,6 +90,8 @@ class JobRun(Struct, kw_only=True):
             rerouted_from=None if self.attempts else self.rerouted_from,  # only a job's first attempt went elsewhere
             dropped_params=dropped or [],
             role="judge" if role == "judge" else "answer",
+            via="sync" if batch_id is None else "batch",
+            batch_id=batch_id,
         )
 
     def cost_event(self, attempt: Attempt) -> CostEvent:
@@ -107,6 +112,8 @@ class JobRun(Struct, kw_only=True):
             cached_input_tokens=attempt.cached_input_tokens,
             cache_write_input_tokens=attempt.cache_write_input_tokens,
             role=attempt.role,
+            via=attempt.via,
+            batch_id=attempt.batch_id,
         )
 
     def _answered_by(self) -> Attempt | None:
@@ -169,6 +176,7 @@ class JobRun(Struct, kw_only=True):
             cost_usd = sum(a.cost_usd for a in attempts)
         answered_by = self._answered_by() if error is None else None
         answer = self.answer if error is None else None
+        made_by = answered_by or last
         return Result(
             job_id=self.job.id,
             status="failed" if error else "ok",
@@ -186,4 +194,6 @@ class JobRun(Struct, kw_only=True):
             finish_reason=None if answer is None or answer.finish_reason == "other" else answer.finish_reason,
             parsed=parsed_answer(output) if output and wants_json(self.job) else None,
             tool_calls=list(answer.tool_calls) if answer is not None and answer.tool_calls else None,
+            via=made_by.via if made_by else "sync",
+            batch_id=made_by.batch_id if made_by else None,
         )

@@ -46,6 +46,7 @@ from worker.messages import (
     ErrorInfo,
     ImagePart,
     Job,
+    ParkedJob,
     Result,
     Route,
     TextPart,
@@ -54,7 +55,7 @@ from worker.messages import (
 from worker.observability.metrics import Metrics
 from worker.observability.telemetry import OFF, PROVIDER_NAMES, Telemetry
 from worker.providers import dropped_params
-from worker.providers.base import Completion, CompletionRequest, Provider
+from worker.providers.base import BatchLine, Completion, CompletionRequest, Provider
 from worker.ratelimit.gates import Gate
 from worker.ratelimit.gates import Usage as Allowance
 from worker.ratelimit.headers import RateLimitState
@@ -80,6 +81,22 @@ class JobOutcome(Struct, kw_only=True):
     result: Result
     cost_events: list[CostEvent]
     route: Route | None = None
+
+
+class Parked(Struct, kw_only=True):
+    """A job handed to a provider's batch: its record for the batches topic, and the cost events of the
+    attempts it made before."""
+
+    job: ParkedJob
+    cost_events: list[CostEvent]
+
+
+class _Park(Exception):
+    """The chain's next model goes by batch: the job parks at this step of its chain."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
 
 
 def check_answer(completion: Completion) -> ErrorInfo | None:
@@ -120,8 +137,11 @@ class JobRunner:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry = OFF,
+        batch_discounts: dict[str, float] | None = None,
     ) -> None:
         self._config = config
+        # The providers whose batch API jobs that can wait may use, each with the share of the price it bills.
+        self._batch_discounts = dict(batch_discounts or {}) if config.batch.enabled else {}
         self._telemetry = telemetry
         self.metrics = Metrics(telemetry.meter, telemetry.distributions)
         self._gen_ai = {
@@ -191,30 +211,155 @@ class JobRunner:
             for name in self._providers
         )
 
-    async def run(self, job: Job, running: asyncio.Task | None = None) -> JobOutcome:
-        """Run `job` to its result. Never raises for a provider's failure: that is a failed result.
+    async def run(self, job: Job, running: asyncio.Task | None = None, due: float | None = None) -> JobOutcome | Parked:
+        """Run `job` to its result, or until it parks for a provider's batch. Never raises for a provider's
+        failure: that is a failed result.
 
-        `running` is the task running it (default: the current one), which the job deadline cancels."""
+        `running` is the task running it (default: the current one), which the job deadline cancels; `due`:
+        the job's deadline (epoch seconds), when it has one."""
         run = self._start(job)
+        run.due = due
         if self._out_of_rotation_key:
             run.probe = self.health.take_probe()
         try:
-            return await self._run(run, running)
+            try:
+                plan = self._plan(run)
+            except NoRoute as exc:
+                return self._finish(run, None, ErrorInfo(kind="no_route", message=str(exc)))
+            if run.span is not None:
+                run.span.set_attribute("llm_router.route", plan.models)
+            return await self._run(run, plan, running)
         finally:
             if run.probe is not None:
                 self._probe_ended(run)
 
-    async def _run(self, run: JobRun, running: asyncio.Task | None) -> JobOutcome:
-        try:
-            plan = self._plan(run)
-        except NoRoute as exc:
-            return self._finish(run, None, ErrorInfo(kind="no_route", message=str(exc)))
-        if run.span is not None:
-            run.span.set_attribute("llm_router.route", plan.models)
+    def batch_request(self, parked: ParkedJob) -> CompletionRequest:
+        """The call a parked job's batch line makes: to the model of its step, as a synchronous call would."""
+        model = parked.model
+        messages = parked.job.messages or [ChatMessage(role="user", content=parked.job.prompt or "")]
+        return CompletionRequest.of(
+            parked.job,
+            model=model,
+            model_config=self._config.models[model],
+            messages=messages,
+            max_output_tokens=parked.max_output_tokens,
+        )
+
+    async def resume(self, parked: ParkedJob, line: BatchLine | None) -> JobOutcome | Parked:
+        """Go on with a parked job: its batch line's answer (`line`), or, None, the batch given up at the
+        job's give-up time. An answer that passes ends the job; a failed answer goes on to the next model
+        (by batch again while the deadline leaves room); a line without an answer, or none, asks the same
+        model synchronously."""
+        run = self._start(parked.job, task=parked.task)
+        run.due, run.attempts = parked.due, list(parked.attempts)
+        run.started -= time.time() - parked.taken_at  # the result's latency counts from when the job was taken
+        plan = Plan(
+            task=parked.task,
+            models=parked.models,
+            max_output_tokens=parked.max_output_tokens,
+            batch=tuple(parked.batch_models),
+        )
+        model, step = parked.model, parked.step
+        if line is None and parked.batch_id is None:  # never submitted: nothing was asked
+            return await self._run(run, plan, None, start=step, batch_from=step + 1)
+        if line is None:
+            late = BatchLine(
+                custom_id=parked.job.id,
+                error_kind="batch_late",
+                error_message="the batch had not answered by the job's give-up time",
+            )
+            self._batch_answer(run, parked, late)
+            return await self._run(run, plan, None, start=step, batch_from=step + 1)
+        completion = self._batch_answer(run, parked, line)
+        if completion is None:  # no answer in the line: the same model, synchronously
+            return await self._run(run, plan, None, start=step, batch_from=step + 1)
+        if run.attempts[-1].error is None:
+            run.answer, run.answer_model = completion, model
+            return self._finish(run, completion.text, None)
+        return await self._run(run, plan, None, start=step + 1)
+
+    def _batch_answer(self, run: JobRun, parked: ParkedJob, line: BatchLine) -> Completion | None:
+        """Record the attempt a batch line was: its answer assessed as a synchronous one, at the batch price;
+        the answer, or None when the line has none."""
+        model = parked.model
+        provider = self._provider_of(model)
+        latency_ms = max(0.0, time.time() - parked.parked_at) * 1000
+        completion = line.completion
+        if completion is None:
+            error = ErrorInfo(kind=line.error_kind or "server", message=line.error_message or "the batch line failed")
+            attempt = run.attempt(provider, model, error, latency_ms=latency_ms, batch_id=parked.batch_id)
+            run.attempts.append(attempt)
+            run.last_error = error
+            self._record(run, attempt, None)
+            return None
+        attempt = run.attempt(
+            provider,
+            model,
+            self._assess(run, model, completion),
+            completion=completion,
+            cost_usd=self.batch_cost(model, completion),
+            latency_ms=latency_ms,
+            batch_id=parked.batch_id,
+        )
+        run.attempts.append(attempt)
+        if attempt.error is not None:
+            run.last_error = attempt.error
+        self._record(run, attempt, None, completion)
+        return completion
+
+    def batch_cost(self, model: str, completion: Completion) -> float:
+        """What a batch line's answer costs: the synchronous price at the provider's batch discount."""
+        config = self._config.models[model]
+        full = attempt_cost(
+            config,
+            completion.input_tokens,
+            completion.output_tokens,
+            completion.cached_input_tokens,
+            completion.cache_write_input_tokens,
+        )
+        return full * self._batch_discounts.get(config.provider, 1.0)
+
+    def _provider_of(self, model: str) -> str:
+        return self._config.models[model].provider
+
+    def _batchable(self, run: JobRun) -> bool:
+        """Whether the job's deadline leaves room for a batch now (and a provider has a batch API)."""
+        return (
+            bool(self._batch_discounts)
+            and run.due is not None
+            and run.due - time.time() >= self._config.batch.min_window_s
+        )
+
+    def _park(self, run: JobRun, plan: Plan, step: int) -> Parked:
+        """The job parks for a batch of its chain's model at `step`."""
+        self._end_spans(run.spans, None)
+        now = time.time()
+        assert run.due is not None
+        record = ParkedJob(
+            job=run.job,
+            task=run.task,
+            models=plan.models,
+            batch_models=list(plan.batch),
+            max_output_tokens=plan.max_output_tokens,
+            step=step,
+            due=run.due,
+            taken_at=now - (time.monotonic() - run.started),
+            parked_at=now,
+            attempts=run.attempts,
+        )
+        return Parked(job=record, cost_events=run.cost_events)
+
+    async def _run(
+        self, run: JobRun, plan: Plan, running: asyncio.Task | None, start: int = 0, batch_from: int = 0
+    ) -> JobOutcome | Parked:
+        """Run the plan from the chain's model at `start` (the models before `batch_from` synchronously) within
+        the job deadline: the result, or the job parked for a batch."""
         error: ErrorInfo | None
         deadline = self._deadlines.start(running)
         try:
-            output = await self._attempts(run, plan)
+            output = await self._attempts(run, plan, start=start, batch_from=batch_from)
+        except _Park as park:
+            return self._park(run, plan, park.step)  # the deadline ends below
         except asyncio.CancelledError:
             if not deadline.timed_out():
                 self._end_spans(run.spans, None)
@@ -231,12 +376,12 @@ class JobRunner:
             self._deadlines.end(deadline)
         return self._finish(run, output, error)
 
-    def _start(self, job: Job) -> JobRun:
-        """The job taken: its task, its prompt's token estimate (made once a job, for the plan and the
-        reservations: its text, and its tools, schema and images, `pricing.extra_input_tokens`), the
-        capabilities it needs and its span."""
+    def _start(self, job: Job, task: str | None = None) -> JobRun:
+        """The job taken: its task (classified unless given), its prompt's token estimate (made once a job, for
+        the plan and the reservations: its text, and its tools, schema and images, `pricing.extra_input_tokens`),
+        the capabilities it needs and its span."""
         started = time.monotonic()
-        task = self._classifier.classify(job)
+        task = task or self._classifier.classify(job)
         messages = job.messages if job.messages is not None else [ChatMessage(role="user", content=job.prompt or "")]
         text_tokens = content_tokens(messages) + extra_input_tokens(job, messages, self._wires)
         span = trace.get_current_span() if self._telemetry.tracing else None
@@ -280,6 +425,7 @@ class JobRunner:
             blocked,
             unavailable_key,
             self.quality.version // 16,
+            self._batchable(run),
         )
         plan = self._plans.get(key)
         if plan is None:
@@ -298,20 +444,33 @@ class JobRunner:
                 run.needs,
                 judge_rate=self.quality.judge_rate,
                 wrong_agreement=self.quality.wrong_agreement(run.task),
+                batch_discount=self._batch_discount() if self._batchable(run) else None,
             )
         return plan
 
-    async def _attempts(self, run: JobRun, plan: Plan, jumped: bool = False) -> str | None:
-        """Run the plan: its agreement group first, if any; then its chain in order, each model again after a
-        transient failure, the first answer judged when the plan has a judge. The answer, or None when no
-        model gave one."""
+    def _batch_discount(self) -> dict[str, float]:
+        """Each model whose provider has a batch API, with the share of the price a batch line bills."""
+        discounts = self._batch_discounts
+        return {m: discounts[c.provider] for m, c in self._config.models.items() if c.provider in discounts}
+
+    async def _attempts(
+        self, run: JobRun, plan: Plan, jumped: bool = False, start: int = 0, batch_from: int = 0
+    ) -> str | None:
+        """Run the plan: its agreement group first, if any; then its chain in order from `start`, each model
+        again after a transient failure, the first answer judged when the plan has a judge. The answer, or
+        None when no model gave one. A model the plan asks by batch (from `batch_from` on), while the job's
+        deadline leaves room, parks the job (raises _Park)."""
         planned = reservation(run.prompt_tokens, plan.max_output_tokens)
         if plan.agree:
             agreed = await self._agreement(run, plan, planned)
             if agreed is not None:
                 return agreed
         judge = plan.judge
-        for model in self._chain(run, plan, planned):
+        chain = self._chain(run, plan, planned) if start == 0 else plan.models
+        for step in range(start, len(chain)):
+            model = chain[step]
+            if step >= batch_from and model in plan.batch and self._batchable(run):
+                raise _Park(step)
             completion = await self._answer(run, plan, model, planned)
             if completion is None:
                 continue

@@ -28,11 +28,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from worker.config import Config, ConfigError
-from worker.execution.runner import JobOutcome, JobRunner
+from worker.execution.runner import JobOutcome, JobRunner, Parked
 from worker.messages import Job, Result
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import evidence, state
+from worker.pipeline.batches import BatchDesk
 from worker.pipeline.connection import BrokerWatch, watch_client_logs
 from worker.pipeline.dedupe import FinishedRecords
 from worker.pipeline.evidence import EvidenceTail
@@ -43,7 +44,7 @@ from worker.pipeline.kafka import make_consumer, make_producer, wait_for_broker
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
 from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
-from worker.providers import Providers, build_providers
+from worker.providers import Providers, batch_apis, build_providers
 from worker.ratelimit.gates import GateStats
 from worker.ratelimit.limits import partition_share
 from worker.runtime import tune_gc
@@ -62,6 +63,7 @@ class WorkerStats(msgspec.Struct):
     abandoned: int = 0
     commits: int = 0
     duplicates: int = 0  # jobs not run again: their id had finished (their first result published again)
+    parked: int = 0  # jobs handed to the batch desk (batches.py)
 
 
 class Worker:
@@ -75,7 +77,14 @@ class Worker:
             raise ConfigError(_no_usable_provider(config, providers.unavailable))
         self.providers = providers.clients
         self._skipped = providers.unavailable  # said once the broker answered
-        self.runner = JobRunner(config, self.providers, providers.unavailable, telemetry=telemetry)
+        apis = batch_apis(config, self.providers) if config.batch.enabled else {}
+        self.runner = JobRunner(
+            config,
+            self.providers,
+            providers.unavailable,
+            telemetry=telemetry,
+            batch_discounts={name: config.providers[name].batch_discount for name in apis},
+        )
         self.stats = WorkerStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         # The running jobs of each owned partition, by offset: what a release waits for, or cancels.
@@ -112,6 +121,8 @@ class Worker:
         self.replica = evidence.replica_id()
         self.feedback = FeedbackLoop(config, self.runner.quality, self.learning_producer)
         self.evidence = EvidenceTail(config.kafka, self.replica, self.runner.quality)
+        # Jobs parked for a provider's batch: none without a provider whose batch API may be used.
+        self.batches = BatchDesk(config, self.runner, apis, self.learning_producer) if apis else None
         self._sharing = False  # evidence is sent and taken (the evidence topic exists)
         self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
         self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
@@ -247,6 +258,8 @@ class Worker:
                 asyncio.create_task(self.broker.run()),
                 asyncio.create_task(self._take_feedback()),
             ]
+            if self.batches is not None:
+                background.append(asyncio.create_task(self._run_batches(self.batches)))
             if self._sharing:
                 background.append(asyncio.create_task(self.evidence.run()))
             unwatch = watch_client_logs(self.broker)
@@ -340,6 +353,12 @@ class Worker:
         except Exception:  # the broker failed it, or a bug: said, and the jobs go on
             log.exception("feedback no longer taken by this replica")
 
+    async def _run_batches(self, desk: BatchDesk) -> None:
+        try:
+            await desk.run()
+        except Exception:  # the broker failed it, or a bug: said; parked jobs wait for another replica
+            log.exception("parked jobs no longer handled by this replica")
+
     async def _publish_rates_every(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
@@ -366,6 +385,7 @@ class Worker:
         topics = self.config.kafka.topics
         needed = [topics.jobs, topics.results, topics.costs, topics.dlq, topics.feedback, topics.routes]
         needed += [topics.evidence] + ([topics.finished] if self.dedupe else [])
+        needed += [topics.batches] if self.batches is not None else []
         missing = [t for t in needed if t not in known]
         if missing:
             log.warning(
@@ -554,19 +574,23 @@ class Worker:
             first = await self.dedupe.first_result(record.partition, decoded.id)
             if first is not None:
                 return self._repeated(decoded.id, first), None
+        due = record.timestamp / 1000 + decoded.complete_within_s if decoded.complete_within_s else None
         try:
-            outcome = await self.runner.run(decoded)
+            outcome = await self.runner.run(decoded, due=due)
         except Exception as exc:  # a bug must still give the job a result, never silence
             outcome = self._internal_error(decoded, exc)
         except asyncio.CancelledError:  # abandoned: a copy waiting for its result runs itself
             if self.dedupe is not None:
                 self.dedupe.abandoned(decoded.id)
             raise
+        self.stats.cost_events += len(outcome.cost_events)
+        if isinstance(outcome, Parked):  # its offset is committed once its record is on the batches topic
+            self.stats.parked += 1
+            return self._parked_outputs(outcome), None
         if outcome.result.status == "ok":
             self.stats.results_ok += 1
         else:
             self.stats.results_failed += 1
-        self.stats.cost_events += len(outcome.cost_events)
         return self._job_outputs(outcome), decoded.id if self.dedupe is not None else None
 
     @staticmethod
@@ -589,6 +613,13 @@ class Worker:
             outputs.append((self._routes_topic, key, encode(outcome.route), []))
         if self.dedupe is not None:
             self.dedupe.finished(outcome.result.job_id, result)
+        return outputs
+
+    def _parked_outputs(self, parked: Parked) -> list[Output]:
+        """A job parked for a batch: the cost events of its attempts so far, and its record."""
+        key = parked.job.job.id.encode()
+        outputs: list[Output] = [(self._costs_topic, key, self._encoder.encode(e), []) for e in parked.cost_events]
+        outputs.append((self.config.kafka.topics.batches, key, self._encoder.encode(parked.job), []))
         return outputs
 
     def _repeated(self, job_id: str, result: bytes) -> list[Output]:

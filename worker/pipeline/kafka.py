@@ -141,19 +141,22 @@ async def create_topics(
             topics.feedback,
             topics.routes,
             topics.evidence,
+            topics.batches,
         ]
         # The learned-rates topic keeps the latest value per key: compacted. The finished topic (the ids
         # finished in each jobs partition, every record keyed anew) drops what is older than the dedupe
         # window; it has as many partitions as the jobs topic, one for each jobs partition's records. The
         # routes topic keeps a job's latest route (compacted: its feedback mark replaces it) for the
         # routes retention; with the feedback topic, it has the jobs topic's partitions (co-partitioned:
-        # both keyed by job id). Every replica reads all of the evidence topic: one partition.
+        # both keyed by job id). Every replica reads all of the evidence topic: one partition. The batches topic
+        # keeps each parked job's and open batch's latest record until its tombstone: compacted.
         configs = {
             topics.state: {"cleanup.policy": "compact"},
             topics.finished: {"cleanup.policy": "delete"}
             | ({"retention.ms": str(dedupe_window_s * 1000)} if dedupe_window_s > 0 else {}),
             topics.routes: {"cleanup.policy": "compact,delete", "retention.ms": str(config.routes_retention_s * 1000)},
             topics.evidence: {"cleanup.policy": "delete", "retention.ms": str(EVIDENCE_RETENTION_MS)},
+            topics.batches: {"cleanup.policy": "compact"},
         }
         counts = {topics.evidence: 1}
         existing = set(await admin.list_topics())

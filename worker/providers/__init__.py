@@ -11,7 +11,7 @@ from worker.config import Config, ConfigError, ModelConfig, ProviderConfig
 from worker.http import Transport, make_transport
 from worker.providers import anthropic, gemini, openai
 from worker.providers.anthropic import AnthropicProvider
-from worker.providers.base import Completion, CompletionRequest, Provider, Sampling
+from worker.providers.base import BatchApi, Completion, CompletionRequest, Provider, Sampling
 from worker.providers.echo import EchoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
@@ -22,6 +22,7 @@ __all__ = [
     "Provider",
     "Providers",
     "Sampling",
+    "batch_apis",
     "build_providers",
     "dropped_params",
 ]
@@ -83,3 +84,18 @@ def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Pro
             raise ConfigError(f"providers.{name}: {exc}") from None
         clients[name] = _ADAPTERS[provider.kind](name, provider, models, key, transport)
     return Providers(clients=clients, unavailable=unavailable)
+
+
+def batch_apis(config: Config, clients: Mapping[str, Provider]) -> dict[str, BatchApi]:
+    """The clients whose provider's batch API jobs may use: `batch_api` on (by default for the providers
+    that have one: openai, anthropic, gemini)."""
+    apis: dict[str, BatchApi] = {}
+    for name, client in clients.items():
+        provider = config.providers[name]
+        wanted = provider.batch_api if provider.batch_api is not None else provider.kind in _BATCH_KINDS
+        if wanted and isinstance(client, BatchApi):
+            apis[name] = client
+    return apis
+
+
+_BATCH_KINDS = frozenset({"openai", "anthropic", "gemini"})

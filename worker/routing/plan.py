@@ -24,6 +24,7 @@ from itertools import combinations, permutations
 from math import prod
 
 from msgspec import Struct
+from msgspec.structs import replace
 
 from worker.config import Config
 from worker.messages import Job
@@ -49,6 +50,9 @@ class Plan(Struct, frozen=True, kw_only=True):
     agree: tuple[str, ...] = ()
     # A judge plan: this model grades the chain's first answer; a fail goes on to the next model.
     judge: str | None = None
+    # A batch plan: these models of the chain are asked through their provider's batch API (priced at its
+    # discount) while the job's deadline leaves room for a batch.
+    batch: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -74,11 +78,14 @@ def make_plan(
     needed: frozenset[str] | None = None,
     judge_rate: Rate | None = None,
     wrong_agreement: float = 0.2,
+    batch_discount: Mapping[str, float] | None = None,
 ) -> Plan:
     """The plan for `job` under the routing policy and every constraint of the job. `rate`: the learned
     probability of a correct answer per task type and model (default: the priors); `judge_rate`: a judge's
     (default: `rate`); `wrong_agreement`: how often two wrong answers agree; `needed`: the capabilities the
-    job needs (`capabilities.needs(job)`, computed when not given)."""
+    job needs (`capabilities.needs(job)`, computed when not given); `batch_discount`: for a job that can wait for a
+    batch, the models whose provider has a batch API, with the share of the price a batch line costs (chains
+    of them priced so are weighed against the synchronous plans)."""
     task_config = config.tasks.get(task)
     routing = config.routing
     needed = needs(job) if needed is None else needed
@@ -151,6 +158,8 @@ def make_plan(
         options = _chains(candidates, estimates, 1)
         if job.model is None:
             options += _agreements(candidates, estimates, routing.max_agreement, wrong_agreement)
+    if batch_discount:
+        options += _batch_chains(candidates, estimates, batch_discount, routing.max_chain if job.verifiable else 1)
 
     fits_budget = [o for o in options if budget is None or o.latency <= budget]
     if not fits_budget:
@@ -177,7 +186,7 @@ def make_plan(
         least = min(floor, *(p[m] for m in answerers))
         fallbacks = [m for m in candidates if m not in chain and m not in best.agree and p[m] >= least]
         chain += sorted(fallbacks, key=lambda m: estimates.cost[m] / p[m])[: max(0, routing.max_chain - len(chain))]
-    plain = not best.agree and best.judge is None
+    plain = not best.agree and best.judge is None and not best.batch
     alternates = (
         tuple(m for m in chain[1:] if _may_go_first(m, chain, job.verifiable, p, estimates.latency, floor, budget))
         if plain
@@ -192,6 +201,7 @@ def make_plan(
         alternates=alternates,
         agree=best.agree,
         judge=best.judge,
+        batch=tuple(m for m in chain if m in (batch_discount or {})) if best.batch else (),
     )
 
 
@@ -211,6 +221,7 @@ class _Option(Struct, frozen=True, kw_only=True):
     models: tuple[str, ...]
     agree: tuple[str, ...] = ()
     judge: str | None = None
+    batch: bool = False
     cost: float
     success: float
     latency: float
@@ -245,6 +256,18 @@ def _chains(candidates: list[str], e: _Estimates, longest: int) -> list[_Option]
             worst = sum(e.worst[m] for m in ordering)
             options.append(_Option(models=ordering, cost=cost, success=1 - reach, latency=latency, worst=worst))
     return options
+
+
+def _batch_chains(candidates: list[str], e: _Estimates, discount: Mapping[str, float], longest: int) -> list[_Option]:
+    """Escalation chains whose models with a batch API are asked by batch, each such call at its discount."""
+    batched = _Estimates(
+        cost={m: c * discount.get(m, 1.0) for m, c in e.cost.items()},
+        worst={m: c * discount.get(m, 1.0) for m, c in e.worst.items()},
+        latency=e.latency,
+        p=e.p,
+    )
+    chains = _chains(candidates, batched, longest)
+    return [replace(option, batch=True) for option in chains if any(m in discount for m in option.models)]
 
 
 def _agreements(candidates: list[str], e: _Estimates, largest: int, wrong_agreement: float) -> list[_Option]:
