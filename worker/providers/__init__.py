@@ -11,17 +11,19 @@ from worker.config import Config, ConfigError, ModelConfig, ProviderConfig
 from worker.http import Transport, make_transport
 from worker.providers import anthropic, gemini, openai
 from worker.providers.anthropic import AnthropicProvider
-from worker.providers.base import Completion, CompletionRequest, Provider, Sampling
+from worker.providers.base import BatchApi, Completion, CompletionRequest, Provider, Sampling
 from worker.providers.echo import EchoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
 
 __all__ = [
+    "BatchApi",
     "Completion",
     "CompletionRequest",
     "Provider",
     "Providers",
     "Sampling",
+    "batch_api",
     "build_providers",
     "dropped_params",
 ]
@@ -83,3 +85,15 @@ def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Pro
             raise ConfigError(f"providers.{name}: {exc}") from None
         clients[name] = _ADAPTERS[provider.kind](name, provider, models, key, transport)
     return Providers(clients=clients, unavailable=unavailable)
+
+
+# The clients with a batch API: each implements BatchApi (an OpenAIProvider's only for kind openai).
+_BATCH_CLIENTS = (OpenAIProvider, AnthropicProvider, GeminiProvider, EchoProvider)
+
+
+def batch_api(client: Provider, config: ProviderConfig) -> BatchApi | None:
+    """The batch API of a built client (`build_providers`) whose configuration has `batch_api` true (it never
+    is for an OpenAI-compatible server), else None."""
+    if config.batch_api and config.kind != "openai_compatible" and isinstance(client, _BATCH_CLIENTS):
+        return client
+    return None
