@@ -114,6 +114,10 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     dedupe_max_ids: PosInt = 1_000_000
 
 
+# The provider kinds whose batch API is used unless a provider's `batch_api` says otherwise.
+BATCH_API_KINDS = frozenset({"openai", "anthropic", "gemini"})
+
+
 class ProviderConfig(Struct, forbid_unknown_fields=True):
     kind: Literal["openai", "anthropic", "gemini", "openai_compatible", "echo"]
     # The environment variable holding the API key; "" for a server that takes none (self-hosted).
@@ -136,13 +140,21 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     input_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
     output_tokens_per_minute: Annotated[int, Meta(ge=0)] = 0
-    # Whether jobs that can wait may use the provider's batch API (unset: yes for openai, anthropic and gemini;
-    # an OpenAI-compatible server has none), and what a batch line bills as a share of the synchronous price.
-    batch_api: bool | None = None
-    batch_discount: Annotated[float, Meta(gt=0, le=1)] = 0.5
     # echo only: simulated call time and share of refused attempts.
     latency_ms: NonNegFloat = 0.0
     failure_rate: Probability = 0.0
+    # Whether jobs may go through the provider's batch API (worker.providers.batch_api). Unset: true for the
+    # kinds that have one (openai, anthropic, gemini), false for the others; echo may set it (its batches are
+    # in-process, for the benchmark), an OpenAI-compatible server may not.
+    batch_api: bool | None = None
+    # What the provider bills for a batch line, as a share of the synchronous price (0.5: half price).
+    batch_discount: Annotated[float, Meta(gt=0, le=1)] = 0.5
+
+    def __post_init__(self) -> None:
+        if self.batch_api is None:
+            self.batch_api = self.kind in BATCH_API_KINDS
+        elif self.batch_api and self.kind == "openai_compatible":
+            raise ValueError("batch_api: an OpenAI-compatible server has no batch API (OpenAI's own is kind openai)")
 
 
 # (cached read, cache write) prices as shares of the input price, by provider kind, from the providers'

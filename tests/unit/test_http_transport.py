@@ -134,9 +134,12 @@ class Server:
                 while True:
                     head = await reader.readuntil(b"\r\n\r\n")
                     length = next(
-                        int(line.partition(b":")[2])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
+                        (
+                            int(line.partition(b":")[2])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,  # a GET has no body
                     )
                     self.requests.append(head + await reader.readexactly(length))
                     writer.write(self.reply)
@@ -325,6 +328,27 @@ def test_a_server_whose_ca_is_trusted_through_ca_bundle_or_ssl_cert_file_and_ref
     else:
         assert not isinstance(response, ProviderError), response
         assert (response.status, response.body) == (200, b'{"ok": true}')
+
+
+@pytest.mark.parametrize(("client", "loop"), CLIENTS)
+def test_a_get_is_sent_without_a_body_and_a_post_follows_it(client, loop):
+    async def scenario():
+        async with Server(answer(b'{"status": "in_progress"}')) as server:
+            http = transport(client)
+            try:
+                url = f"http://127.0.0.1:{server.port}/v1/batches/batch_1"
+                got = await http.get(url, {"authorization": "Bearer k"})
+                posted = await http.post(f"{url}/cancel", {"authorization": "Bearer k"}, b"")
+            finally:
+                await http.close()
+            return got, posted, server.requests
+
+    got, posted, requests = runtime.run(scenario(), loop)
+    assert (got.status, got.body, posted.status) == (200, b'{"status": "in_progress"}', 200)
+    get, post = (request.lower() for request in requests)
+    assert get.startswith(b"get /v1/batches/batch_1 http/1.1\r\n") and b"authorization: bearer k\r\n" in get
+    assert get.endswith(b"\r\n\r\n") and b"content-length: 0" not in get
+    assert post.startswith(b"post /v1/batches/batch_1/cancel http/1.1\r\n")
 
 
 @pytest.mark.parametrize(("client", "loop"), CLIENTS)

@@ -53,6 +53,12 @@ class AiohttpTransport:
         return self._session
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
+        return await self._request("POST", url, headers, body)
+
+    async def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        return await self._request("GET", url, headers, None)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> HttpResponse:
         session = self._session or self._open()
         try:
             proxy = self._proxy_of[url]
@@ -65,8 +71,8 @@ class AiohttpTransport:
             proxy_url = proxy.url
             proxy_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
         try:
-            async with session.post(
-                url, data=body, headers=headers, proxy=proxy_url, proxy_headers=proxy_headers
+            async with session.request(
+                method, url, data=body, headers=headers, proxy=proxy_url, proxy_headers=proxy_headers
             ) as response:
                 length = response.content_length  # of the encoded body
                 if length is not None and length > self._max_body:

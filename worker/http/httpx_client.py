@@ -35,8 +35,14 @@ class HttpxTransport:
         )
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse:
+        return await self._request("POST", url, headers, body)
+
+    async def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        return await self._request("GET", url, headers, None)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> HttpResponse:
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers) as response:
+            async with self._client.stream(method, url, content=body, headers=headers) as response:
                 length = response.headers.get("content-length")  # of the encoded body
                 if length is not None and length.isdigit() and int(length) > self._max_body:
                     raise too_large(url, f"the answer's Content-Length is {length} bytes, more than {self._max_body}")

@@ -1,5 +1,5 @@
 """A lean HTTP/1.1 client on asyncio's protocols, the default transport: pooled keep-alive connections,
-one POST at a time each.
+one request at a time each.
 
 The worker's calls are all alike: a JSON POST to a few fixed URLs, a JSON answer with a length (or
 chunked). aiohttp's general machinery (multidicts, signals, cookies, per-request timers and tasks)
@@ -42,7 +42,7 @@ class _Target:
 
     __slots__ = ("connect", "head", "host", "key", "port", "proxy", "tls")
 
-    def __init__(self, url: str, proxies: Proxies) -> None:
+    def __init__(self, url: str, proxies: Proxies, method: str = "POST") -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -53,7 +53,7 @@ class _Target:
         self.key = (self.tls, self.host, self.port, self.proxy)
         authority = parts.netloc.rpartition("@")[2]  # host[:port] as written, an IPv6 address in brackets
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request_line = f"POST {path} HTTP/1.1\r\n"
+        request_line = f"{method} {path} HTTP/1.1\r\n"
         proxy_authorization = ""
         self.connect = b""  # the CONNECT request that opens a tunnel through the proxy (https)
         if self.proxy is not None:
@@ -66,7 +66,7 @@ class _Target:
                 )
                 proxy_authorization = ""  # the tunnel's requests go to the server, not the proxy
             else:
-                request_line = f"POST {parts.scheme}://{authority}{path} HTTP/1.1\r\n"  # absolute form
+                request_line = f"{method} {parts.scheme}://{authority}{path} HTTP/1.1\r\n"  # absolute form
         self.head = f"{request_line}Host: {authority}\r\n{proxy_authorization}Accept-Encoding: gzip\r\n".encode(
             "latin-1"
         )
@@ -239,7 +239,8 @@ class LeanTransport:
         self._open = 0
         self._idle: dict[tuple, deque[_Connection]] = {}
         self._queue: deque[asyncio.Future[None]] = deque()  # calls waiting for a connection
-        self._targets: dict[str, _Target] = {}
+        self._targets: dict[str, _Target] = {}  # POST, by URL
+        self._get_targets: dict[str, _Target] = {}
         self._headers: tuple[dict[str, str], bytes] | None = None
         self._ssl: ssl.SSLContext | None = None  # made at the first https connection (it takes tens of ms)
         self._closed = False
@@ -248,10 +249,24 @@ class LeanTransport:
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _Target(url, self._proxies)
+        data = b"".join((target.head, self._header_lines(headers), b"Content-Length: %d\r\n\r\n" % len(body), body))
+        return await self._call(url, target, data)
+
+    async def get(self, url: str, headers: dict[str, str]) -> HttpResponse:
+        target = self._get_targets.get(url)
+        if target is None:
+            target = self._get_targets[url] = _Target(url, self._proxies, "GET")
+        return await self._call(url, target, b"".join((target.head, self._header_lines(headers), b"\r\n")))
+
+    def _header_lines(self, headers: dict[str, str]) -> bytes:
+        """The headers as request lines, encoded once per dict (an adapter passes the same dict every call)."""
         cached = self._headers
-        if cached is None or cached[0] is not headers:  # an adapter passes the same dict every call
+        if cached is None or cached[0] is not headers:
             cached = self._headers = (headers, "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1"))
-        data = b"".join((target.head, cached[1], b"Content-Length: %d\r\n\r\n" % len(body), body))
+        return cached[1]
+
+    async def _call(self, url: str, target: _Target, data: bytes) -> HttpResponse:
+        """Send a whole request (`data`) to `target` on a pooled connection; its response."""
         timeout = self._timeouts.start()
         try:
             for retry in (False, True):

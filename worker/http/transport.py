@@ -1,4 +1,4 @@
-"""The transport contract: how a provider adapter POSTs to its API and what comes back.
+"""The transport contract: how a provider adapter calls its API (POST, and GET for batches) and what comes back.
 
 Every transport (worker/http/lean.py, the default; aiohttp_client.py; httpx_client.py) pools its
 connections per provider, honours the environment's proxies and the CAs it is told to trust
@@ -25,10 +25,13 @@ class HttpResponse(Struct, frozen=True, kw_only=True):
 
 
 class Transport(Protocol):
-    """POSTs JSON bodies; raises ProviderError("timeout") on a timeout and ("server") when unreachable, when
-    the answer is malformed or larger than its limit."""
+    """POSTs bodies (JSON, or a batch API's file upload) and GETs (a batch's state and results); raises
+    ProviderError("timeout") on a timeout and ("server") when unreachable, when the answer is malformed or
+    larger than its limit."""
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> HttpResponse: ...
+
+    async def get(self, url: str, headers: dict[str, str]) -> HttpResponse: ...
 
     async def close(self) -> None: ...
 

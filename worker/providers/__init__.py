@@ -17,11 +17,13 @@ from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
 
 __all__ = [
+    "BatchApi",
     "Completion",
     "CompletionRequest",
     "Provider",
     "Providers",
     "Sampling",
+    "batch_api",
     "batch_apis",
     "build_providers",
     "dropped_params",
@@ -86,16 +88,19 @@ def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Pro
     return Providers(clients=clients, unavailable=unavailable)
 
 
+# The clients with a batch API: each implements BatchApi (an OpenAIProvider's only for kind openai).
+_BATCH_CLIENTS = (OpenAIProvider, AnthropicProvider, GeminiProvider, EchoProvider)
+
+
+def batch_api(client: Provider, config: ProviderConfig) -> BatchApi | None:
+    """The batch API of a built client (`build_providers`) whose configuration has `batch_api` true (it never
+    is for an OpenAI-compatible server), else None."""
+    if config.batch_api and config.kind != "openai_compatible" and isinstance(client, _BATCH_CLIENTS):
+        return client
+    return None
+
+
 def batch_apis(config: Config, clients: Mapping[str, Provider]) -> dict[str, BatchApi]:
-    """The clients whose provider's batch API jobs may use: `batch_api` on (by default for the providers
-    that have one: openai, anthropic, gemini)."""
-    apis: dict[str, BatchApi] = {}
-    for name, client in clients.items():
-        provider = config.providers[name]
-        wanted = provider.batch_api if provider.batch_api is not None else provider.kind in _BATCH_KINDS
-        if wanted and isinstance(client, BatchApi):
-            apis[name] = client
-    return apis
-
-
-_BATCH_KINDS = frozenset({"openai", "anthropic", "gemini"})
+    """The batch APIs jobs may use, by provider name (`batch_api`)."""
+    apis = {name: batch_api(client, config.providers[name]) for name, client in clients.items()}
+    return {name: api for name, api in apis.items() if api is not None}

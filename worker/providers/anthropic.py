@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 from msgspec.structs import replace
 
 from worker.config import ModelConfig, ProviderConfig
+from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
 from worker.messages import ChatMessage, ContentPart, ImagePart, JsonSchemaFormat, Tool, ToolCall, ToolChoiceName
-from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
-from worker.ratelimit.headers import anthropic_rate_limits, retry_after_from_headers
+from worker.providers.base import (
+    BatchLine,
+    BatchRequest,
+    BatchState,
+    BatchStatus,
+    Completion,
+    CompletionRequest,
+    FinishReason,
+    Sampling,
+    decode_json,
+    http_error,
+)
+from worker.providers.batches import CANCELLED, EXPIRED, answered, check_batch, check_size, jsonl, not_answered
+from worker.ratelimit.headers import RateLimitState, anthropic_rate_limits, retry_after_from_headers
 from worker.routing.pricing import text_tokens
 
 # The Messages API has no JSON mode: a JSON answer is asked for in the system prompt, and the answer is
@@ -40,6 +54,29 @@ SAMPLING_REMOVED_IN = "2026-10-21"
 # caching is simply not cached): a system prompt of this many estimated tokens or more is marked.
 MIN_CACHEABLE_TOKENS = 1024
 CACHE_CONTROL = {"type": "ephemeral"}  # the default 5-minute cache, whose writes bill 1.25x
+
+# Message Batches: at most this many requests or bytes a batch; a custom_id is 1-64 of [a-zA-Z0-9_-].
+MAX_BATCH_REQUESTS = 100_000
+MAX_BATCH_BYTES = 256_000_000
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+# The readings (Reading) of this many submitted batches are kept, the oldest forgotten first.
+MAX_REMEMBERED_BATCHES = 10_000
+_BATCH_STATUS: dict[str, BatchStatus] = {"in_progress": "running", "canceling": "cancelling", "ended": "ended"}
+# The results of requests the batch did not reach.
+_NOT_REACHED = {"expired": EXPIRED, "canceled": CANCELLED}
+# The HTTP status of each error type (docs.anthropic.com, "Errors"): an errored line's error has no status.
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -92,12 +129,16 @@ class AnthropicProvider:
         self._models = {m: c.api_model or m for m, c in models.items()}
         self._native_schema = {m for m, c in models.items() if NATIVE_SCHEMA in c.capabilities}
         self._version = config.anthropic_version
-        self._headers = {"content-type": "application/json", "anthropic-version": config.anthropic_version}
+        self._batches_url = self._url + "/batches"
+        # The batch API's GETs and body-less POSTs: the same headers but the body's type.
+        self._get_headers = {"anthropic-version": config.anthropic_version}
         self._prompt_cache = config.prompt_cache
         if api_key:
-            self._headers["x-api-key"] = api_key
+            self._get_headers["x-api-key"] = api_key
+        self._headers = {"content-type": "application/json"} | self._get_headers
         self._transport = transport
         self._encoder = msgspec.json.Encoder()
+        self._readings: dict[str, dict[str, Reading]] = {}  # by batch id, then custom_id: the ones not plain
 
     def request_body(self, request: CompletionRequest) -> dict:
         """System messages go to the top-level `system`; the rest stay in order, as content blocks
@@ -158,14 +199,114 @@ class AnthropicProvider:
             self._url, self._headers, self._encoder.encode(self.request_body(request))
         )
         latency = (time.monotonic() - started) * 1000
-        completion = parse_response(response, latency, self.name, self.answer_tool(request))
-        if self.prefills(request) and completion.text and completion.finish_reason != "refusal":
-            # The answer continues the prefill, which the API does not repeat: the model's whole answer.
-            completion = replace(completion, text=JSON_PREFILL + completion.text)
-        return completion
+        reading = self.reading(request)
+        return reading.whole(parse_response(response, latency, self.name, reading.answer))
+
+    def reading(self, request: CompletionRequest) -> Reading:
+        """How the answer to `request` is read: its answer tool, and whether it continues the JSON prefill."""
+        return Reading(answer=self.answer_tool(request), prefilled=self.prefills(request))
+
+    async def submit_batch(self, model: str, requests: list[BatchRequest]) -> str:
+        """Create a Message Batch whose requests' `params` are the synchronous calls' bodies; its id. How each
+        answer is read is kept by this client for `batch_results` (see `Reading`)."""
+        check_batch(self.name, model, requests, MAX_BATCH_REQUESTS)
+        unfit = [r.custom_id for r in requests if not CUSTOM_ID.fullmatch(r.custom_id)]
+        if unfit:
+            raise ProviderError("bad_request", f"{self.name}: custom_id {unfit[0]!r} is not 1-64 of [a-zA-Z0-9_-]")
+        entries = [{"custom_id": r.custom_id, "params": self.request_body(r.request)} for r in requests]
+        body = self._encoder.encode({"requests": entries})
+        check_size(self.name, len(body), MAX_BATCH_BYTES)
+        batch_id = object_id(self._json(await self._transport.post(self._batches_url, self._headers, body)), self.name)
+        self._remember(batch_id, {r.custom_id: self.reading(r.request) for r in requests})
+        return batch_id
+
+    def _remember(self, batch_id: str, readings: dict[str, Reading]) -> None:
+        """Keep the readings of a submitted batch that are not plain, for its results (the oldest batches'
+        forgotten beyond MAX_REMEMBERED_BATCHES)."""
+        self._readings[batch_id] = {custom_id: r for custom_id, r in readings.items() if r != Reading()}
+        while len(self._readings) > MAX_REMEMBERED_BATCHES:
+            del self._readings[next(iter(self._readings))]
+
+    async def batch_state(self, batch_id: str) -> BatchState:
+        status = str((await self._batch(batch_id)).get("processing_status") or "")
+        return BatchState(status=_BATCH_STATUS.get(status, "running"), provider_status=status)
+
+    async def batch_results(self, batch_id: str) -> list[BatchLine]:
+        """The lines of the results file at the batch's `results_url`; ProviderError("bad_request") for a batch
+        that has not ended."""
+        batch = await self._batch(batch_id)
+        if batch.get("processing_status") != "ended" or not batch.get("results_url"):
+            status = batch.get("processing_status")
+            raise ProviderError("bad_request", f"{self.name}: batch {batch_id} has not ended ({status})")
+        response = await self._transport.get(str(batch["results_url"]), self._get_headers)
+        raise_for_error(response)
+        readings = self._readings.get(batch_id, {})
+        return [self.batch_line(line, readings) for line in jsonl(response.body, self.name)]
+
+    def batch_line(self, line: dict, readings: dict[str, Reading]) -> BatchLine:
+        """A line of a batch's results: its message read as a synchronous answer, or why there is none."""
+        custom_id = str(line.get("custom_id") or "")
+        result = line.get("result")
+        result = result if isinstance(result, dict) else {}
+        kind = result.get("type")
+        if kind == "succeeded":
+            reading = readings.get(custom_id, Reading())
+            return answered(custom_id, lambda: reading.whole(self.batch_completion(result.get("message"), reading)))
+        if kind in _NOT_REACHED:
+            return not_answered(custom_id, _NOT_REACHED[kind], f"{self.name}: the request was {kind}")
+        error = result.get("error")
+        return answered(custom_id, lambda: raise_line_error(error if isinstance(error, dict) else {}))
+
+    def batch_completion(self, message: Any, reading: Reading) -> Completion:
+        """A succeeded line's Message as a Completion."""
+        if not isinstance(message, dict):
+            raise ProviderError("server", f"{self.name}: a batch result's message is not a JSON object")
+        return read_completion(
+            message, self.name, reading.answer, request_id=str(message.get("id") or ""), latency_ms=0.0
+        )
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        raise_for_error(await self._transport.post(f"{self._batches_url}/{batch_id}/cancel", self._get_headers, b""))
+
+    async def _batch(self, batch_id: str) -> dict:
+        return self._json(await self._transport.get(f"{self._batches_url}/{batch_id}", self._get_headers))
+
+    def _json(self, response: HttpResponse) -> dict:
+        return answer_json(response, self.name, anthropic_rate_limits(response.headers, datetime.now(UTC)))
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+class Reading(NamedTuple):
+    """How the answer to a request is read: the answer tool whose call is the answer, and whether the answer
+    continues the JSON prefill. A batch's results do not say: its client keeps them from `submit_batch`, so
+    a batch submitted by another process (or before a restart) is read plainly, and those answers (a schema's
+    answer tool call, a JSON answer missing its prefill) fail verification rather than pass wrongly."""
+
+    answer: AnswerTool | None = None
+    prefilled: bool = False
+
+    def whole(self, completion: Completion) -> Completion:
+        """The model's whole answer: a prefilled answer continues the prefill, which the API does not repeat."""
+        if self.prefilled and completion.text and completion.finish_reason != "refusal":
+            return replace(completion, text=JSON_PREFILL + completion.text)
+        return completion
+
+
+def raise_line_error(error: dict) -> NoReturn:
+    """The ProviderError of an errored batch line: its error type read as the same error's HTTP status."""
+    inner = error.get("error")
+    detail = inner if isinstance(inner, dict) else error  # an ErrorResponse holds the error object
+    error_type, message = str(detail.get("type") or ""), str(detail.get("message") or "")
+    raise http_error(_ERROR_STATUS.get(error_type, 500), error_type, "", message, None, None)
+
+
+def object_id(data: dict, what: str) -> str:
+    """The `id` of an API object (a message batch); ProviderError("server") when it has none."""
+    if not data.get("id"):
+        raise ProviderError("server", f"{what}: the answer names no id: {str(data)[:200]}")
+    return str(data["id"])
 
 
 def sampling_fields(sampling: Sampling, api_version: str) -> tuple[dict[str, Any], list[str]]:
@@ -290,8 +431,20 @@ def parse_response(
 ) -> Completion:
     """A Messages answer (or error) as a Completion (or ProviderError). A call of the `answer` tool is the
     answer itself, as JSON text, not a tool call."""
-    now = datetime.now(UTC)
-    limits = anthropic_rate_limits(response.headers, now)
+    limits = anthropic_rate_limits(response.headers, datetime.now(UTC))
+    data = answer_json(response, what, limits)
+    request_id = response.headers.get("request-id") or str(data.get("id") or "")
+    return read_completion(data, what, answer, request_id=request_id, latency_ms=latency_ms, rate_limits=limits)
+
+
+def answer_json(response: HttpResponse, what: str, limits: RateLimitState | None = None) -> dict:
+    """The JSON object of a 2xx answer; else the answer's ProviderError (its kind, retry time and limits)."""
+    raise_for_error(response, limits)
+    return decode_json(response.body, what)
+
+
+def raise_for_error(response: HttpResponse, limits: RateLimitState | None = None) -> None:
+    """The ProviderError of a non-2xx answer, with its retry time and the limits its headers give."""
     if response.status >= 300:
         error_type, message = "", response.body[:300].decode(errors="replace")
         try:
@@ -300,10 +453,21 @@ def parse_response(
             error_type, message = str(error.get("type") or ""), str(error.get("message") or message)
         except (msgspec.DecodeError, AttributeError):
             pass
-        raise http_error(
-            response.status, error_type, "", message, retry_after_from_headers(response.headers, now), limits
-        )
-    data = decode_json(response.body, what)
+        retry = retry_after_from_headers(response.headers, datetime.now(UTC))
+        raise http_error(response.status, error_type, "", message, retry, limits)
+
+
+def read_completion(
+    data: dict,
+    what: str,
+    answer: AnswerTool | None = None,
+    *,
+    request_id: str,
+    latency_ms: float,
+    rate_limits: RateLimitState | None = None,
+) -> Completion:
+    """A Message object (a synchronous answer's body, or a batch result's) as a Completion. A call of the
+    `answer` tool is the answer itself, as JSON text, not a tool call."""
     blocks = data.get("content") or ()
     text = "".join(block.get("text", "") for block in blocks if block.get("type") == "text")
     finish = _FINISH.get(data.get("stop_reason") or "", "other")
@@ -327,10 +491,10 @@ def parse_response(
         output_tokens=int(usage.get("output_tokens") or 0),
         cached_input_tokens=cache_read,
         cache_write_input_tokens=cache_write,
-        request_id=response.headers.get("request-id") or str(data.get("id") or ""),
+        request_id=request_id,
         latency_ms=latency_ms,
         response_model=str(data.get("model") or ""),
-        rate_limits=limits,
+        rate_limits=rate_limits,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import msgspec
 from msgspec import Struct
@@ -178,7 +178,6 @@ class BatchLine(Struct, frozen=True, kw_only=True):
     error_message: str = ""
 
 
-@runtime_checkable
 class BatchApi(Protocol):
     """A provider's batch API, for one model a batch. Each call raises `worker.errors.ProviderError` as a
     synchronous call does."""

@@ -6,7 +6,7 @@ import posixpath
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import msgspec
@@ -15,7 +15,19 @@ from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
 from worker.messages import ChatMessage, ImagePart, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
+from worker.providers.base import (
+    BatchLine,
+    BatchRequest,
+    BatchState,
+    BatchStatus,
+    Completion,
+    CompletionRequest,
+    FinishReason,
+    Sampling,
+    decode_json,
+    http_error,
+)
+from worker.providers.batches import CANCELLED, EXPIRED, answered, check_batch, check_size, not_answered
 from worker.ratelimit.headers import gemini_retry_delay, retry_after_from_headers
 
 # generationConfig's names for the job's generation settings.
@@ -77,6 +89,32 @@ _IMAGE_TYPES = {
     ".gif": "image/gif",
 }
 _TOOL_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+# Batch Mode: inline requests up to this size ("20 MB"; larger batches go through an uploaded file).
+MAX_INLINE_BYTES = 20_000_000
+_BATCH_STATUS: dict[str, BatchStatus] = {
+    "PENDING": "running",
+    "RUNNING": "running",
+    "SUCCEEDED": "ended",
+    "FAILED": "ended",
+    "CANCELLED": "ended",
+    "EXPIRED": "ended",
+}
+# The batch states whose requests without a response were not reached.
+_NOT_REACHED = {"CANCELLED": CANCELLED, "EXPIRED": EXPIRED}
+# google.rpc.Code: the HTTP status and name of each (google.rpc.code.proto's mapping).
+_RPC_CODES: dict[Any, tuple[int, str]] = {
+    1: (499, "CANCELLED"),
+    2: (500, "UNKNOWN"),
+    3: (400, "INVALID_ARGUMENT"),
+    4: (504, "DEADLINE_EXCEEDED"),
+    5: (404, "NOT_FOUND"),
+    7: (403, "PERMISSION_DENIED"),
+    8: (429, "RESOURCE_EXHAUSTED"),
+    9: (400, "FAILED_PRECONDITION"),
+    13: (500, "INTERNAL"),
+    14: (503, "UNAVAILABLE"),
+    16: (401, "UNAUTHENTICATED"),
+}
 
 
 def _finish(reason: str, tool_calls: bool) -> FinishReason:
@@ -101,13 +139,14 @@ class GeminiProvider:
         self.name = name
         base = config.base_url.rstrip("/")
         self._urls = {m: f"{base}/models/{c.api_model or m}:generateContent" for m, c in models.items()}
+        self._api_models = {m: c.api_model or m for m, c in models.items()}
         self._base = base
         # The models that take a schema natively (`responseJsonSchema`); the others get JSON mode with the schema
         # in the instructions.
         self._native_schema = {m for m, c in models.items() if "json_schema" in c.capabilities}
-        self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers["x-goog-api-key"] = api_key
+        # The batch API's GETs and body-less POSTs: the key alone.
+        self._get_headers = {"x-goog-api-key": api_key} if api_key else {}
+        self._headers = {"content-type": "application/json"} | self._get_headers
         self._transport = transport
         self._encoder = msgspec.json.Encoder()
 
@@ -141,8 +180,91 @@ class GeminiProvider:
         response = await self._transport.post(url, self._headers, self._encoder.encode(self.request_body(request)))
         return parse_response(response, (time.monotonic() - started) * 1000, self.name)
 
+    async def submit_batch(self, model: str, requests: list[BatchRequest]) -> str:
+        """Create a batch of inline requests (each the synchronous call's body, `metadata.key` its custom_id);
+        its id, the name the API gives it (`batches/...`)."""
+        check_batch(self.name, model, requests, None)
+        inlined = [{"request": self.request_body(r.request), "metadata": {"key": r.custom_id}} for r in requests]
+        batch = {"displayName": f"llm-router {model}", "inputConfig": {"requests": {"requests": inlined}}}
+        body = self._encoder.encode({"batch": batch})
+        check_size(self.name, len(body), MAX_INLINE_BYTES)
+        url = f"{self._base}/models/{self._api_models.get(model, model)}:batchGenerateContent"
+        operation = answer_json(await self._transport.post(url, self._headers, body), self.name)
+        if not operation.get("name"):
+            raise ProviderError("server", f"{self.name}: the batch created has no name: {str(operation)[:200]}")
+        return str(operation["name"])
+
+    async def batch_state(self, batch_id: str) -> BatchState:
+        state = batch_job_state(await self._batch(batch_id))
+        return BatchState(status=_BATCH_STATUS.get(state, "running"), provider_status=state)
+
+    async def batch_results(self, batch_id: str) -> list[BatchLine]:
+        """The batch's inlined responses, each read as a synchronous answer (or its error), and for a cancelled
+        or expired batch its requests without a response. ProviderError("bad_request") for a batch that failed
+        as a whole or has not ended."""
+        batch = await self._batch(batch_id)
+        state = batch_job_state(batch)
+        if state == "FAILED" or _BATCH_STATUS.get(state) != "ended":
+            detail = (batch.get("error") or {}).get("message") or state
+            raise ProviderError("bad_request", f"{self.name}: batch {batch_id} has not ended with results: {detail}")
+        lines = [self.batch_line(inlined) for inlined in _inlined_responses(batch)]
+        if state in _NOT_REACHED:
+            answered_ids = {line.custom_id for line in lines}
+            lines.extend(
+                not_answered(key, _NOT_REACHED[state], f"{self.name}: the batch ended {state.lower()}")
+                for key in _request_keys(batch)
+                if key not in answered_ids
+            )
+        return lines
+
+    def batch_line(self, inlined: dict) -> BatchLine:
+        """An inlined response: its `response` read as a synchronous answer, or its `error` (a google.rpc.Status)
+        read as the same error's HTTP answer."""
+        custom_id = str((inlined.get("metadata") or {}).get("key") or "")
+        response, error = inlined.get("response"), inlined.get("error")
+        if isinstance(response, dict):
+            return answered(custom_id, lambda: read_completion(response, 0.0))
+        return answered(custom_id, lambda: raise_status(error if isinstance(error, dict) else {}))
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        raise_for_error(await self._transport.post(f"{self._base}/{batch_id}:cancel", self._get_headers, b""))
+
+    async def _batch(self, batch_id: str) -> dict:
+        return answer_json(await self._transport.get(f"{self._base}/{batch_id}", self._get_headers), self.name)
+
     async def close(self) -> None:
         await self._transport.close()
+
+
+def batch_job_state(batch: dict) -> str:
+    """A batch's state without its prefix (PENDING, RUNNING, SUCCEEDED...): the API names it BATCH_STATE_*
+    in the operation's `metadata` (the SDK, the docs and Vertex say JOB_STATE_*)."""
+    state = str((batch.get("metadata") or batch).get("state") or "")
+    return state.removeprefix("BATCH_STATE_").removeprefix("JOB_STATE_")
+
+
+def _inlined_responses(batch: dict) -> list[dict]:
+    """The inlined responses of a batch: in the operation's `response` once done, or its metadata's `output`."""
+    for output in (batch.get("response"), (batch.get("metadata") or {}).get("output"), batch.get("output")):
+        if isinstance(output, dict):
+            responses = (output.get("inlinedResponses") or {}).get("inlinedResponses")
+            if isinstance(responses, list):
+                return [r for r in responses if isinstance(r, dict)]
+    return []
+
+
+def _request_keys(batch: dict) -> list[str]:
+    """The keys of a batch's inline requests, where the batch shows its input (`inputConfig`)."""
+    source = batch.get("metadata") or batch
+    requests = ((source.get("inputConfig") or {}).get("requests") or {}).get("requests") or []
+    return [str((r.get("metadata") or {}).get("key")) for r in requests if isinstance(r, dict)]
+
+
+def raise_status(status: dict) -> NoReturn:
+    """The ProviderError of a batch line's error (a google.rpc.Status): its code read as the HTTP status the
+    same error has on a synchronous call."""
+    http_status, name = _RPC_CODES.get(status.get("code"), (500, ""))
+    raise http_error(http_status, str(status.get("status") or name), "", str(status.get("message") or ""), None, None)
 
 
 def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -285,6 +407,17 @@ def tool_calls(parts: Iterable[dict[str, Any]]) -> tuple[tuple[ToolCall, ...], s
 
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemini") -> Completion:
     """A generateContent answer (or error) as a Completion (or ProviderError)."""
+    return read_completion(answer_json(response, what), latency_ms)
+
+
+def answer_json(response: HttpResponse, what: str) -> dict:
+    """The JSON object of a 2xx answer; else the answer's ProviderError (its kind and retry time)."""
+    raise_for_error(response)
+    return decode_json(response.body, what)
+
+
+def raise_for_error(response: HttpResponse) -> None:
+    """The ProviderError of a non-2xx answer, with the retry time its error details or headers give."""
     if response.status >= 300:
         status, message, retry = "", response.body[:300].decode(errors="replace"), None
         try:
@@ -296,7 +429,10 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "gemin
         if retry is None:
             retry = retry_after_from_headers(response.headers, datetime.now(UTC))
         raise http_error(response.status, status, "", message, retry, None)
-    data = decode_json(response.body, what)
+
+
+def read_completion(data: dict, latency_ms: float) -> Completion:
+    """A GenerateContentResponse (a synchronous answer's body, or a batch's inlined response) as a Completion."""
     usage = data.get("usageMetadata") or {}
     candidates = data.get("candidates") or []
     finish: FinishReason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,8 +15,20 @@ from worker.config import ModelConfig, ProviderConfig
 from worker.errors import ProviderError
 from worker.http.transport import HttpResponse, Transport
 from worker.messages import ChatMessage, ImagePart, TextPart, Tool, ToolCall, ToolChoiceName
-from worker.providers.base import Completion, CompletionRequest, FinishReason, Sampling, decode_json, http_error
-from worker.ratelimit.headers import openai_rate_limits, parse_duration, retry_after_from_headers
+from worker.providers.base import (
+    BatchLine,
+    BatchRequest,
+    BatchState,
+    BatchStatus,
+    Completion,
+    CompletionRequest,
+    FinishReason,
+    Sampling,
+    decode_json,
+    http_error,
+)
+from worker.providers.batches import CANCELLED, EXPIRED, answered, check_batch, check_size, jsonl, not_answered
+from worker.ratelimit.headers import RateLimitState, openai_rate_limits, parse_duration, retry_after_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 # "function_call" is the finish reason of the deprecated `functions` API, still sent by some servers.
@@ -26,6 +39,23 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+# The Batch API (kind "openai" only): each line a Chat Completions call, answered within the window.
+BATCH_ENDPOINT = "/v1/chat/completions"
+COMPLETION_WINDOW = "24h"
+MAX_BATCH_REQUESTS = 50_000
+MAX_BATCH_BYTES = 200_000_000  # of the input file ("200 MB")
+_BATCH_STATUS: dict[str, BatchStatus] = {
+    "validating": "running",
+    "in_progress": "running",
+    "finalizing": "running",
+    "cancelling": "cancelling",
+    "completed": "ended",
+    "expired": "ended",
+    "cancelled": "ended",
+    "failed": "ended",
+}
+# An error file's codes for a request without an answer.
+_LINE_ERRORS = {"batch_expired": EXPIRED, "batch_cancelled": CANCELLED, "request_timeout": "timeout"}
 # JSON mode (`response_format: json_object`) is refused unless a message asks for JSON in words.
 JSON_INSTRUCTION = "Answer with one JSON object only, no other text."
 # JSON mode standing in for a schema the model cannot take natively: the schema goes in the instructions.
@@ -73,9 +103,10 @@ class OpenAIProvider:
         self._native_schema = {m for m, c in models.items() if "json_schema" in c.capabilities}
         self._compat_name = config.compat or "openai"
         self._compat = COMPAT[config.compat]
-        self._headers = {"content-type": "application/json"}
-        if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
+        self._base = config.base_url.rstrip("/")
+        # The key alone: the headers of a GET, a body-less POST and a file upload.
+        self._auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._headers = {"content-type": "application/json"} | self._auth
         self._transport = transport
         self._encoder = msgspec.json.Encoder()
 
@@ -131,8 +162,110 @@ class OpenAIProvider:
         latency = (time.monotonic() - started) * 1000
         return parse_response(response, latency, self.name)
 
+    async def submit_batch(self, model: str, requests: list[BatchRequest]) -> str:
+        """Upload the requests as a JSONL file (purpose "batch"), each line's body the synchronous call's, and
+        create a batch of it; the batch's id."""
+        check_batch(self.name, model, requests, MAX_BATCH_REQUESTS)
+        content = b"".join(self._encoder.encode(self.batch_input_line(r)) + b"\n" for r in requests)
+        check_size(self.name, len(content), MAX_BATCH_BYTES)
+        file_id = await self._upload(content)
+        body = {"input_file_id": file_id, "endpoint": BATCH_ENDPOINT, "completion_window": COMPLETION_WINDOW}
+        response = await self._transport.post(f"{self._base}/batches", self._headers, self._encoder.encode(body))
+        return object_id(self._json(response), self.name)
+
+    def batch_input_line(self, request: BatchRequest) -> dict:
+        """A line of the batch's input file: the request's synchronous body, under its custom_id."""
+        body = self.request_body(request.request)
+        return {"custom_id": request.custom_id, "method": "POST", "url": BATCH_ENDPOINT, "body": body}
+
+    async def _upload(self, content: bytes) -> str:
+        """Upload a batch input file (multipart/form-data); the file's id."""
+        boundary = uuid.uuid4().hex
+        headers = self._auth | {"content-type": f"multipart/form-data; boundary={boundary}"}
+        response = await self._transport.post(f"{self._base}/files", headers, batch_file_form(boundary, content))
+        return object_id(self._json(response), self.name)
+
+    async def batch_state(self, batch_id: str) -> BatchState:
+        status = str((await self._batch(batch_id)).get("status") or "")
+        return BatchState(status=_BATCH_STATUS.get(status, "running"), provider_status=status)
+
+    async def batch_results(self, batch_id: str) -> list[BatchLine]:
+        """The lines of the batch's output file (answers, and answers with an error status) and of its error
+        file (requests without an answer: expired, cancelled). ProviderError("bad_request") for a batch that
+        failed as a whole (its input refused) or has not ended."""
+        batch = await self._batch(batch_id)
+        status = str(batch.get("status") or "")
+        if status == "failed":
+            errors = (batch.get("errors") or {}).get("data") or []
+            detail = "; ".join(str(e.get("message") or e.get("code") or "") for e in errors if isinstance(e, dict))
+            raise ProviderError("bad_request", f"{self.name}: batch {batch_id} failed: {detail or 'no reason given'}")
+        if _BATCH_STATUS.get(status) != "ended":
+            raise ProviderError("bad_request", f"{self.name}: batch {batch_id} has not ended ({status})")
+        lines: list[BatchLine] = []
+        for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+            if file_id:
+                response = await self._transport.get(f"{self._base}/files/{file_id}/content", self._auth)
+                raise_for_error(response)
+                lines.extend(read_batch_line(line, self.name) for line in jsonl(response.body, self.name))
+        return lines
+
+    async def cancel_batch(self, batch_id: str) -> None:
+        raise_for_error(await self._transport.post(f"{self._base}/batches/{batch_id}/cancel", self._auth, b""))
+
+    async def _batch(self, batch_id: str) -> dict:
+        return self._json(await self._transport.get(f"{self._base}/batches/{batch_id}", self._auth))
+
+    def _json(self, response: HttpResponse) -> dict:
+        return answer_json(response, self.name, openai_rate_limits(response.headers))
+
     async def close(self) -> None:
         await self._transport.close()
+
+
+def batch_file_form(boundary: str, content: bytes) -> bytes:
+    """The multipart/form-data body that uploads `content` as a batch input file."""
+    return b"".join(
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'.encode(),
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="batch.jsonl"\r\n'.encode(),
+            b"Content-Type: application/jsonl\r\n\r\n",
+            content,
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+
+
+def object_id(data: dict, what: str) -> str:
+    """The `id` of an API object (a file, a batch); ProviderError("server") when it has none."""
+    if not data.get("id"):
+        raise ProviderError("server", f"{what}: the answer names no id: {str(data)[:200]}")
+    return str(data["id"])
+
+
+def read_batch_line(line: dict, what: str) -> BatchLine:
+    """A line of a batch's output or error file: its answer (read as a synchronous answer, or the error its
+    status gives), or the error of a request the batch did not answer (expired, cancelled, timed out)."""
+    custom_id = str(line.get("custom_id") or "")
+    response = line.get("response")
+    if isinstance(response, dict):
+        return answered(custom_id, lambda: batch_completion(response, what))
+    error = line.get("error")
+    error = error if isinstance(error, dict) else {}
+    code, message = str(error.get("code") or ""), str(error.get("message") or "")
+    return not_answered(custom_id, _LINE_ERRORS.get(code, "server"), f"{what}: {code or 'error'}: {message}")
+
+
+def batch_completion(response: dict, what: str) -> Completion:
+    """A batch line's `response` (status_code, request_id, body) as a Completion, or the ProviderError its
+    status and body make on a synchronous call."""
+    status, body = int(response.get("status_code") or 0), response.get("body")
+    if not 200 <= status < 300:
+        error_type, code, message = error_fields(body)
+        raise http_error(status, error_type, code, message, None, None)
+    if not isinstance(body, dict):
+        raise ProviderError("server", f"{what}: a batch line's answer is not a JSON object: {str(body)[:200]}")
+    request_id = str(response.get("request_id") or body.get("id") or "")
+    return read_completion(body, what, request_id=request_id, latency_ms=0.0)
 
 
 def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
@@ -207,6 +340,19 @@ def _instruct(messages: list[dict], instruction: str) -> None:
 def parse_response(response: HttpResponse, latency_ms: float, what: str = "openai") -> Completion:
     """A Chat Completions answer (or error) as a Completion (or ProviderError)."""
     limits = openai_rate_limits(response.headers)
+    data = answer_json(response, what, limits)
+    request_id = response.headers.get("x-request-id") or str(data.get("id") or "")
+    return read_completion(data, what, request_id=request_id, latency_ms=latency_ms, rate_limits=limits)
+
+
+def answer_json(response: HttpResponse, what: str, limits: RateLimitState | None = None) -> dict:
+    """The JSON object of a 2xx answer; else the answer's ProviderError (its kind, retry time and limits)."""
+    raise_for_error(response, limits)
+    return decode_json(response.body, what)
+
+
+def raise_for_error(response: HttpResponse, limits: RateLimitState | None = None) -> None:
+    """The ProviderError of a non-2xx answer, with its retry time and the limits its headers give."""
     if response.status >= 300:
         error_type, code, error_message = _error_fields(response.body)
         retry = retry_after_from_headers(response.headers, datetime.now(UTC))
@@ -214,7 +360,12 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
             hint = _TRY_AGAIN.search(error_message)  # "Please try again in 579ms."
             retry = parse_duration(hint.group(1)) if hint else None
         raise http_error(response.status, error_type, code, error_message, retry, limits)
-    data = decode_json(response.body, what)
+
+
+def read_completion(
+    data: dict, what: str, *, request_id: str, latency_ms: float, rate_limits: RateLimitState | None = None
+) -> Completion:
+    """A chat completion object (a synchronous answer's body, or a batch line's) as a Completion."""
     choices = data.get("choices") or []
     if not choices:
         raise ProviderError("server", f"{what}: the answer has no choices")
@@ -237,10 +388,10 @@ def parse_response(response: HttpResponse, latency_ms: float, what: str = "opena
         output_tokens=int(usage.get("completion_tokens") or details.get("reasoning_tokens") or 0),
         # OpenAI caches prefixes by itself and bills no writes: only cache reads are reported.
         cached_input_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-        request_id=response.headers.get("x-request-id") or str(data.get("id") or ""),
+        request_id=request_id,
         latency_ms=latency_ms,
         response_model=str(data.get("model") or ""),
-        rate_limits=limits,
+        rate_limits=rate_limits,
     )
 
 
@@ -265,11 +416,16 @@ def read_tool_calls(calls: list[Any]) -> tuple[tuple[ToolCall, ...], str]:
 
 
 def _error_fields(body: bytes) -> tuple[str, str, str]:
-    """(type, code, message) from OpenAI's `{"error": {...}}` or vLLM's flat `{"object": "error", ...}`."""
+    """(type, code, message) of an error answer's body."""
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return "", "", body[:300].decode(errors="replace")
+    return error_fields(data)
+
+
+def error_fields(data: Any) -> tuple[str, str, str]:
+    """(type, code, message) from OpenAI's `{"error": {...}}` or vLLM's flat `{"object": "error", ...}`."""
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, str):  # some servers (Ollama) send {"error": "message"}

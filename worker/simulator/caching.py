@@ -37,7 +37,9 @@ class Bill(msgspec.Struct, kw_only=True):
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
     output_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # batch lines included
+    batch_requests: int = 0
+    batch_cost_usd: float = 0.0
 
     def add(self, behaviour: ModelBehaviour, input_tokens: int, output_tokens: int, cache: CacheUse) -> float:
         """Bill one answered request; its cost."""
@@ -54,6 +56,17 @@ class Bill(msgspec.Struct, kw_only=True):
         self.cache_write_input_tokens += cache.written
         self.output_tokens += output_tokens
         self.cost_usd += cost
+        return cost
+
+    def add_batch(self, behaviour: ModelBehaviour, input_tokens: int, output_tokens: int) -> float:
+        """Bill one answered batch line (no prompt cache) at the model's batch discount; its cost."""
+        input_price, output_price, _, _ = behaviour.prices()
+        cost = (input_tokens * input_price + output_tokens * output_price) * behaviour.batch_discount / 1_000_000
+        self.batch_requests += 1
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cost_usd += cost
+        self.batch_cost_usd += cost
         return cost
 
 

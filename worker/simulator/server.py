@@ -3,8 +3,11 @@
 POST /v1/chat/completions                      OpenAI and OpenAI-compatible servers
 POST /v1/messages                              Anthropic
 POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
+     the batch APIs (batch_wire.py): OpenAI's /v1/files and /v1/batches, Anthropic's /v1/messages/batches,
+     Gemini's /v1beta/models/{model}:batchGenerateContent and /v1beta/batches/{id}
 GET  /_sim/stats                               what it served, as JSON, with its bill per key and model
-GET  /_sim/requests?limit=N                    the last requests it received (path, model, body, headers without keys)
+GET  /_sim/requests?limit=N                    the last requests it received (path, model, body, headers without keys,
+                                               via: "sync" for a call, "batch" for a batch's line)
 POST /_sim/reset                               zero the counts
 GET  /_sim/models                              every model's behaviour
 PATCH /_sim/models/{model}                     change a model's behaviour (JSON fields), e.g. its error mix
@@ -26,14 +29,16 @@ from worker import runtime
 from worker.config import EventLoopChoice
 from worker.runtime import tune_gc
 from worker.simulator import wire
-from worker.simulator.behaviour import SimRequest, answer, latency_s, pick_error
-from worker.simulator.caching import Bill, CacheUse, PromptCache, key_label
+from worker.simulator.batch_wire import BatchApis
+from worker.simulator.batches import BatchStore, SimBatch, SimLine, line_outcome
+from worker.simulator.behaviour import Answer, SimRequest, answer, latency_s, pick_error
+from worker.simulator.caching import NO_CACHE, Bill, CacheUse, PromptCache, key_label
 from worker.simulator.lean_server import LeanServer, Request, Response, Routes, json_response
 from worker.simulator.limits import Limits
 from worker.simulator.requests import Call, anthropic_call, gemini_call, openai_call
 from worker.simulator.sampling import sampling_error
 from worker.simulator.settings import ModelBehaviour, SimulatorConfig
-from worker.simulator.validation import call_error
+from worker.simulator.validation import anthropic_refusal, call_error
 
 # Headers that carry an API key: left out of the requests shown at /_sim/requests.
 KEY_HEADERS = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
@@ -47,10 +52,12 @@ class ModelStats(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
-    cost_usd: float = 0.0  # at the model's prices
-    correct: int = 0
+    cost_usd: float = 0.0  # of the synchronous calls, at the model's prices
+    correct: int = 0  # answers graded right (synchronous calls and batch lines)
     wrong: int = 0
     statuses: dict[str, int] = {}
+    batch_requests: int = 0  # batch lines answered (the counts above but `correct` and `wrong` are calls')
+    batch_cost_usd: float = 0.0  # of those lines, at the model's batch discount
 
 
 class Stats(msgspec.Struct, kw_only=True):
@@ -63,13 +70,24 @@ class Stats(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cached_input_tokens: int = 0
     cache_write_input_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # everything billed: synchronous calls and batch lines
+    batch_requests: int = 0
+    batch_cost_usd: float = 0.0
     in_flight: int = 0
     max_in_flight: int = 0
     statuses: dict[str, int] = {}
     models: dict[str, ModelStats] = {}
     # The bill: per API key (named by a digest, `caching.key_label`) and model.
     bills: dict[str, dict[str, Bill]] = {}
+
+
+class Decided(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer a model gives a call, with the call's tokens."""
+
+    behaviour: ModelBehaviour
+    answer: Answer
+    input_tokens: int
+    output_tokens: int  # thinking tokens included
 
 
 class Simulator:
@@ -83,13 +101,28 @@ class Simulator:
         self._decoder = msgspec.json.Decoder()
         self._cache = PromptCache()
         self._labels: dict[str, str] = {}
-        self._received: deque[tuple[str, str, Any, dict[str, str]]] = deque(maxlen=REQUESTS_KEPT)
+        self._received: deque[tuple[str, str, Any, dict[str, str], str]] = deque(maxlen=REQUESTS_KEPT)
+        self.batches = BatchStore()
+        self._batch_apis = BatchApis(self)
 
     def routes(self) -> Routes:
         routes = Routes()
         routes.add("POST", "/v1/chat/completions", self._openai)
         routes.add("POST", "/v1/messages", self._anthropic)
         routes.add("POST", r"/{version:v1beta|v1}/models/{target}", self._gemini)
+        batch_apis = self._batch_apis
+        routes.add("POST", "/v1/files", batch_apis.openai_upload)
+        routes.add("GET", "/v1/files/{file_id}", batch_apis.openai_file)
+        routes.add("GET", "/v1/files/{file_id}/content", batch_apis.openai_file_content)
+        routes.add("POST", "/v1/batches", batch_apis.openai_create)
+        routes.add("GET", "/v1/batches/{batch_id}", batch_apis.openai_get)
+        routes.add("POST", "/v1/batches/{batch_id}/cancel", batch_apis.openai_cancel)
+        routes.add("POST", "/v1/messages/batches", batch_apis.anthropic_create)
+        routes.add("GET", "/v1/messages/batches/{batch_id}", batch_apis.anthropic_get)
+        routes.add("GET", "/v1/messages/batches/{batch_id}/results", batch_apis.anthropic_results)
+        routes.add("POST", "/v1/messages/batches/{batch_id}/cancel", batch_apis.anthropic_cancel)
+        routes.add("GET", "/v1beta/batches/{batch_id}", batch_apis.gemini_get)
+        routes.add("POST", "/v1beta/batches/{target}", batch_apis.gemini_cancel)
         routes.add("GET", "/_sim/stats", self._get_stats)
         routes.add("GET", "/_sim/requests", self._get_requests)
         routes.add("POST", "/_sim/reset", self._reset)
@@ -101,41 +134,39 @@ class Simulator:
     async def _openai(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
-        self._received.append((request.path, model, body, request.headers))
+        self._received.append((request.path, model, body, request.headers, "sync"))
         behaviour = self.config.models.get(model)
         wire_name = behaviour.wire if behaviour and behaviour.wire in ("openai", "openai_compatible") else "openai"
-        key = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return await self._serve(openai_call(body, wire=wire_name, model=model, key=key, arrived=request.arrived))
+        return await self._serve(
+            openai_call(
+                body,
+                wire=wire_name,
+                model=model,
+                key=wire.api_key("openai", request.headers, request.query),
+                arrived=request.arrived,
+            )
+        )
 
     async def _anthropic(self, request: Request) -> Response:
         body = await self._body(request)
         model = str(body.get("model") or "") if isinstance(body, dict) else ""
-        self._received.append((request.path, model, body, request.headers))
-        if isinstance(body, dict):
-            if not request.headers.get("anthropic-version"):
-                return self._reply(
-                    wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required"), model
-                )
-            if "max_tokens" not in body:
-                return self._reply(
-                    wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required"), model
-                )
-            invalid = sampling_error("anthropic", body, request.headers.get("anthropic-version", ""))
-            if invalid is not None:
-                return self._reply(wire.error("anthropic", "", "bad_request", model, invalid.message), model)
+        self._received.append((request.path, model, body, request.headers, "sync"))
+        refused = anthropic_refusal(body, request.headers.get("anthropic-version", ""), model)
+        if refused is not None:
+            return self._reply(refused, model)
         # The API takes `x-api-key`; the current SDK sends the key as a Bearer token, which it takes too.
-        key = (
-            request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        )
+        key = wire.api_key("anthropic", request.headers, request.query)
         return await self._serve(anthropic_call(body, model=model, key=key, arrived=request.arrived))
 
     async def _gemini(self, request: Request) -> Response:
         model, _, action = request.match_info["target"].partition(":")
+        if action == "batchGenerateContent":
+            return await self._batch_apis.gemini_create(request, model)
         if action != "generateContent":
             return self._reply(wire.error("gemini", "", "not_found", model), model)
         body = await self._body(request)
-        self._received.append((request.path, model, body, request.headers))
-        key = request.headers.get("x-goog-api-key") or request.query.get("key", "")
+        self._received.append((request.path, model, body, request.headers, "sync"))
+        key = wire.api_key("gemini", request.headers, request.query)
         return await self._serve(gemini_call(body, model=model, key=key, arrived=request.arrived))
 
     async def _body(self, request: Request) -> Any:
@@ -154,33 +185,30 @@ class Simulator:
         finally:
             stats.in_flight -= 1
 
-    async def _answer(self, call: Call) -> Response:
-        """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
-        so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
+    def _decide(self, call: Call) -> wire.Reply | Decided:
+        """The answer the model gives `call`, or the error a request like it gets whatever the load (an invalid
+        request, an unknown model, no key, a prompt beyond the context window)."""
         wire_name, model, texts, max_tokens, key = call.wire, call.model, call.texts, call.max_tokens, call.key
         behaviour = self.config.models.get(model)
         if texts is None or not isinstance(max_tokens, int) or max_tokens <= 0:
-            return self._reply(
-                wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request"), model
-            )
+            return wire.error(wire_name, "", "bad_request", model, "the request body is not a valid request")
         if behaviour is None or behaviour.wire != wire_name:
-            return self._reply(wire.error(wire_name, "", "not_found", model), model)
+            return wire.error(wire_name, "", "not_found", model)
         flavor = behaviour.flavor
         if not key:
-            return self._reply(wire.error(wire_name, flavor, "auth", model), model)
-        # Anthropic's settings depend on its version header: checked by `_anthropic`, which has it.
+            return wire.error(wire_name, flavor, "auth", model)
+        # Anthropic's settings depend on its version header: checked by `anthropic_refusal`, which has it.
         invalid = None if wire_name == "anthropic" else sampling_error(wire_name, call.body)
         if invalid is None:
             invalid = call_error(call)
         if invalid is not None:
-            refused = wire.error(
+            return wire.error(
                 wire_name, flavor, "bad_request", model, invalid.message, param=invalid.param, code=invalid.code
             )
-            return self._reply(refused, model)
         input_tokens = call.input_tokens()  # texts, images and tools: requests.py says how they are counted
         too_long = self._context_error(wire_name, behaviour, input_tokens, max_tokens)
         if too_long:
-            return self._reply(wire.error(wire_name, flavor, "context_too_long", model, too_long), model)
+            return wire.error(wire_name, flavor, "context_too_long", model, too_long)
         request = SimRequest(
             model=model,
             texts=texts,
@@ -195,7 +223,28 @@ class Simulator:
         reply = answer(behaviour, request, self.config.seed, self._rng, self.config.wrong_answer_agreement)
         if call.prefill and reply.text.startswith(call.prefill):
             reply = msgspec.structs.replace(reply, text=reply.text[len(call.prefill) :])
-        output_tokens = reply.output_tokens + behaviour.thinking_tokens
+        return Decided(
+            behaviour=behaviour,
+            answer=reply,
+            input_tokens=input_tokens,
+            output_tokens=reply.output_tokens + behaviour.thinking_tokens,
+        )
+
+    async def _answer(self, call: Call) -> Response:
+        """The reply to one call; a success comes its latency after the request `arrived` (time.monotonic),
+        so the time the simulator itself took to get to it under load is part of the latency, not added to it."""
+        decided = self._decide(call)
+        if not isinstance(decided, Decided):
+            return self._reply(decided, call.model)
+        wire_name, model, texts, key = call.wire, call.model, call.texts, call.key
+        behaviour, reply, input_tokens, output_tokens = (
+            decided.behaviour,
+            decided.answer,
+            decided.input_tokens,
+            decided.output_tokens,
+        )
+        flavor = behaviour.flavor
+        assert texts is not None  # a call without texts was refused by `_decide`
         limits = self._limits_for(key, model, behaviour)
         now = time.monotonic()
         admitted, wait, binding = limits.admit(
@@ -245,11 +294,7 @@ class Simulator:
         model_stats.output_tokens += output_tokens
         self.stats.input_tokens += input_tokens
         self.stats.output_tokens += output_tokens
-        if reply.correct is not None:
-            if reply.correct:
-                model_stats.correct += 1
-            else:
-                model_stats.wrong += 1
+        self._grade(model_stats, reply)
         return self._reply(
             wire.success(wire_name, model, reply, input_tokens, behaviour.thinking_tokens, headers, cache), model
         )
@@ -258,6 +303,73 @@ class Simulator:
         self, key: str, model: str, behaviour: ModelBehaviour, input_tokens: int, output_tokens: int, cache: CacheUse
     ) -> None:
         """Bill an answered request to its key, and count its cached tokens and cost in the stats."""
+        cost = self._bill_for(key, model).add(behaviour, input_tokens, output_tokens, cache)
+        for stats in (self.stats, self._model_stats(model)):
+            stats.cached_input_tokens += cache.read
+            stats.cache_write_input_tokens += cache.written
+            stats.cost_usd += cost
+
+    def record(self, path: str, model: str, body: Any, headers: dict[str, str], via: str) -> None:
+        """Keep a request for /_sim/requests (`via`: "sync" or "batch")."""
+        self._received.append((path, model, body, headers, via))
+
+    def settle_batches(self) -> None:
+        """End every running batch whose latency has passed, its lines decided now (batches.py)."""
+        now = time.monotonic()
+        for batch in self.batches.running():
+            if now >= batch.started + self._batch_latency_s(batch):
+                self.batches.end(batch, self._settle_line)
+
+    def _batch_latency_s(self, batch: SimBatch) -> float:
+        """The longest `batch_latency_s` of the batch's models (Anthropic's batches may mix them), scaled."""
+        models = {line.call.model for line in batch.lines}
+        latencies = [b.batch_latency_s for b in map(self.config.models.get, models) if b is not None]
+        return max(latencies, default=0.0) * self.config.latency_scale
+
+    def _settle_line(self, batch: SimBatch, line: SimLine) -> None:
+        """A line's result as its batch ends: expired, a server error or the synchronous answer."""
+        call = line.call
+        behaviour = self.config.models.get(call.model)
+        expiry, error = (behaviour.batch_expiry_share, behaviour.batch_error_share) if behaviour else (0.0, 0.0)
+        outcome = line_outcome(self.config.seed, batch.number, line.custom_id, expiry, error)
+        if outcome == "expired":
+            line.outcome = outcome
+            return
+        if outcome == "errored":
+            reply = wire.error(call.wire, behaviour.flavor if behaviour else "", "server", call.model)
+        else:
+            reply = line.refused or self._batch_answer(call)
+        line.status, line.headers, line.body = reply
+        line.outcome = "answered" if line.status == 200 else "errored"
+
+    def _batch_answer(self, call: Call) -> wire.Reply:
+        """The synchronous answer to `call`, without its latency, rate limits or error mix, billed at the
+        model's batch discount; or the error the request gets whatever the load."""
+        decided = self._decide(call)
+        if not isinstance(decided, Decided):
+            return decided
+        behaviour = decided.behaviour
+        cost = self._bill_for(call.key, call.model).add_batch(behaviour, decided.input_tokens, decided.output_tokens)
+        model_stats = self._model_stats(call.model)
+        for stats in (self.stats, model_stats):
+            stats.batch_requests += 1
+            stats.batch_cost_usd += cost
+        self.stats.cost_usd += cost
+        self._grade(model_stats, decided.answer)
+        return wire.success(
+            call.wire, call.model, decided.answer, decided.input_tokens, behaviour.thinking_tokens, {}, NO_CACHE
+        )
+
+    @staticmethod
+    def _grade(model_stats: ModelStats, reply: Answer) -> None:
+        if reply.correct is not None:
+            if reply.correct:
+                model_stats.correct += 1
+            else:
+                model_stats.wrong += 1
+
+    def _bill_for(self, key: str, model: str) -> Bill:
+        """The bill of `key` for `model`."""
         label = self._labels.get(key)
         if label is None:
             label = self._labels[key] = key_label(key)  # a digest a request would cost more than the bill
@@ -267,11 +379,7 @@ class Simulator:
         bill = bills.get(model)
         if bill is None:
             bill = bills[model] = Bill()
-        cost = bill.add(behaviour, input_tokens, output_tokens, cache)
-        for stats in (self.stats, self._model_stats(model)):
-            stats.cached_input_tokens += cache.read
-            stats.cache_write_input_tokens += cache.written
-            stats.cost_usd += cost
+        return bill
 
     @staticmethod
     def _context_error(wire_name: str, behaviour: ModelBehaviour, input_tokens: int, max_tokens: int) -> str:
@@ -337,6 +445,7 @@ class Simulator:
         return Response(status, headers, body)
 
     async def _get_stats(self, request: Request) -> Response:
+        self.settle_batches()  # a batch past its latency is billed whether or not anyone asked about it
         return json_response(msgspec.json.encode(self.stats))
 
     async def _get_requests(self, request: Request) -> Response:
@@ -354,8 +463,9 @@ class Simulator:
                         "model": model,
                         "body": body,
                         "headers": {k: v for k, v in headers.items() if k.lower() not in KEY_HEADERS},
+                        "via": via,
                     }
-                    for path, model, body, headers in received
+                    for path, model, body, headers, via in received
                 ]
             )
         )
@@ -366,6 +476,7 @@ class Simulator:
         self._limits.clear()
         self._cache.clear()
         self._received.clear()
+        self.batches.clear()
         return json_response(msgspec.json.encode(self.stats))
 
     async def _get_models(self, request: Request) -> Response:

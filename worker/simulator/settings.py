@@ -62,6 +62,14 @@ class ModelBehaviour(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_
     cache_write_usd_per_mtok: Price | None = None
     # The shortest prompt prefix the model caches (OpenAI, Anthropic's Sonnet, Gemini 2.5 Flash: 1,024).
     min_cacheable_tokens: Annotated[int, Meta(gt=0)] = 1024
+    # The batch APIs (batches.py): a batch ends `batch_latency_s` after its creation (times the config's
+    # latency_scale, by the setting when asked); then `batch_expiry_share` of its lines are expired and
+    # `batch_error_share` errored (a server error), each line's draw seeded; the others are answered as the
+    # same request would be synchronously, billed at `batch_discount` times the model's prices.
+    batch_latency_s: Annotated[float, Meta(ge=0)] = 60.0
+    batch_expiry_share: Rate = 0.0
+    batch_error_share: Rate = 0.0
+    batch_discount: Rate = 0.5
 
     def prices(self) -> tuple[float, float, float, float]:
         """(input, output, cached input, cache write) USD per million tokens."""

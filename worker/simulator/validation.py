@@ -13,8 +13,9 @@ import binascii
 import re
 from typing import Any
 
+from worker.simulator import wire
 from worker.simulator.requests import Call, SimImage, SimTool
-from worker.simulator.sampling import Invalid
+from worker.simulator.sampling import Invalid, sampling_error
 
 OPENAI_MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 ANTHROPIC_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -377,3 +378,16 @@ def _gemini_schema_problem(schema: Any, at: str) -> str | None:
 def _snake_to_camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(word.title() for word in rest)
+
+
+def anthropic_refusal(body: Any, version: str, model: str) -> wire.Reply | None:
+    """The 400 the Messages API answers a request without its version header or max_tokens, or with sampling
+    settings the version does not take; None for a request it takes (the rest is checked as on every wire)."""
+    if not isinstance(body, dict):
+        return None
+    if not version:
+        return wire.error("anthropic", "", "bad_request", model, "anthropic-version: header is required")
+    if "max_tokens" not in body:
+        return wire.error("anthropic", "", "bad_request", model, "max_tokens: Field required")
+    invalid = sampling_error("anthropic", body, version)
+    return None if invalid is None else wire.error("anthropic", "", "bad_request", model, invalid.message)

@@ -36,6 +36,15 @@ LIMIT_WORDS = {
 }
 
 
+def api_key(wire: str, headers: dict[str, str], query: dict[str, str]) -> str:
+    """The API key a request carries where its wire API takes it. Anthropic's API takes `x-api-key`; the current
+    SDK sends the key as a Bearer token, which it takes too."""
+    if wire == "gemini":
+        return headers.get("x-goog-api-key") or query.get("key", "")
+    bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return (headers.get("x-api-key") or bearer) if wire == "anthropic" else bearer
+
+
 def go_duration(seconds: float) -> str:
     """OpenAI's reset format: `20ms`, `1.5s`, `6m0s`."""
     if seconds < 1:
