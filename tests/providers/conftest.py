@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,13 +30,13 @@ class SimulatorProcess:
         return response.json()
 
 
-@pytest.fixture(scope="session")
-def simulator(tmp_path_factory):
+@contextmanager
+def simulator_process(log: Path, latency_scale: float) -> Iterator[SimulatorProcess]:
+    """`llm-router simulate` on a free port with every latency times `latency_scale`, until the block ends."""
     port = free_port()
-    log = tmp_path_factory.mktemp("sim") / "simulator.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", "0"],
+            [sys.executable, "-m", "worker", "simulate", "--port", str(port), "--latency-scale", str(latency_scale)],
             cwd=REPO,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -48,14 +51,39 @@ def simulator(tmp_path_factory):
     process.wait(timeout=10)
 
 
-@pytest.fixture
-def sim(simulator):
-    """The simulator with its counts zeroed and every model's behaviour restored after the test."""
+def restoring(simulator: SimulatorProcess) -> Iterator[SimulatorProcess]:
+    """The simulator with its counts zeroed, every model's behaviour restored after the test."""
     simulator.reset()
     before = httpx.get(f"{simulator.url}/_sim/models").json()
     yield simulator
     for model, behaviour in before.items():
         httpx.put(f"{simulator.url}/_sim/models/{model}", json=behaviour).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def simulator(tmp_path_factory):
+    with simulator_process(tmp_path_factory.mktemp("sim") / "simulator.log", latency_scale=0) as process:
+        yield process
+
+
+@pytest.fixture
+def sim(simulator):
+    """The simulator answering at once, with its counts zeroed and every model's behaviour restored after the
+    test."""
+    yield from restoring(simulator)
+
+
+@pytest.fixture(scope="session")
+def timed_simulator(tmp_path_factory):
+    with simulator_process(tmp_path_factory.mktemp("sim") / "timed-simulator.log", latency_scale=1) as process:
+        yield process
+
+
+@pytest.fixture
+def timed_sim(timed_simulator):
+    """The simulator at latency scale 1 (a batch runs for its model's batch_latency_s), counts zeroed and every
+    model's behaviour restored after the test."""
+    yield from restoring(timed_simulator)
 
 
 @pytest.fixture

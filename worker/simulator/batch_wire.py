@@ -10,8 +10,8 @@ an error file (errored lines with their response, expired and cancelled ones wit
 Anthropic: POST /v1/messages/batches (`requests`: [{custom_id, params}], at most 100,000 or 256 MB, the
 latter a 413 as the API's size limit is); GET /v1/messages/batches/{id}; GET .../{id}/results (JSONL of
 succeeded, errored, canceled and expired results); POST .../{id}/cancel.
-Gemini (v1beta): POST /v1beta/models/{model}:batchGenerateContent (inline requests, at most 20 MB) and
-GET /v1beta/batches/{id}, an Operation whose metadata is the batch, with its output when done (a line
+Gemini (v1beta, also v1): POST /v1beta/models/{model}:batchGenerateContent (inline requests, at most 20 MB)
+and GET /v1beta/batches/{id}, an Operation whose metadata is the batch, with its output when done (a line
 expired as an error DEADLINE_EXCEEDED); POST /v1beta/batches/{id}:cancel.
 
 The batch endpoints' own calls are not counted in the stats; the lines they answer are (server.py).
@@ -127,6 +127,15 @@ class BatchApis:
         """A line of a batch being taken, recorded for /_sim/requests."""
         self._sim.record(path, call.model, call.body, headers, "batch")
         return SimLine(custom_id=custom_id, call=call, **fields)
+
+    async def get_batch(self, request: Request) -> Response:
+        """GET /v1/batches/{id}: OpenAI's batch, or Gemini's on its v1 (GET /v1beta/batches/{id}: Gemini's)."""
+        batch = self._store.batches.get(request.match_info["batch_id"])
+        if batch is not None:
+            gemini = batch.wire == "gemini"
+        else:
+            gemini = request.match_info["version"] == "v1beta" or "x-goog-api-key" in request.headers
+        return await (self.gemini_get(request) if gemini else self.openai_get(request))
 
     # OpenAI
 
@@ -560,7 +569,7 @@ class BatchApis:
         return result
 
     async def gemini_get(self, request: Request) -> Response:
-        """GET /v1beta/batches/{id}: the Operation."""
+        """GET /v1beta/batches/{id} (and /v1/...): the Operation."""
         refused = self._keyless("gemini", request)
         if refused is not None:
             return refused

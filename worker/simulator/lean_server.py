@@ -37,7 +37,7 @@ REASONS = {
     503: "Service Unavailable",
     529: "Overloaded",
 }
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 512 * 1024 * 1024  # OpenAI's files reach 512 MB (its batches 200 MB, Anthropic's 256 MB)
 
 
 class Response:

@@ -4,7 +4,7 @@ POST /v1/chat/completions                      OpenAI and OpenAI-compatible serv
 POST /v1/messages                              Anthropic
 POST /v1beta/models/{model}:generateContent    Gemini (also /v1/models/...)
      the batch APIs (batch_wire.py): OpenAI's /v1/files and /v1/batches, Anthropic's /v1/messages/batches,
-     Gemini's /v1beta/models/{model}:batchGenerateContent and /v1beta/batches/{id}
+     Gemini's /v1beta/models/{model}:batchGenerateContent and /v1beta/batches/{id} (also /v1/...)
 GET  /_sim/stats                               what it served, as JSON, with its bill per key and model
 GET  /_sim/requests?limit=N                    the last requests it received (path, model, body, headers without keys,
                                                via: "sync" for a call, "batch" for a batch's line)
@@ -56,7 +56,8 @@ class ModelStats(msgspec.Struct, kw_only=True):
     correct: int = 0  # answers graded right (synchronous calls and batch lines)
     wrong: int = 0
     statuses: dict[str, int] = {}
-    batch_requests: int = 0  # batch lines answered (the counts above but `correct` and `wrong` are calls')
+    # Batch lines answered and billed (the counts above are the synchronous calls', but for correct and wrong).
+    batch_requests: int = 0
     batch_cost_usd: float = 0.0  # of those lines, at the model's batch discount
 
 
@@ -115,14 +116,13 @@ class Simulator:
         routes.add("GET", "/v1/files/{file_id}", batch_apis.openai_file)
         routes.add("GET", "/v1/files/{file_id}/content", batch_apis.openai_file_content)
         routes.add("POST", "/v1/batches", batch_apis.openai_create)
-        routes.add("GET", "/v1/batches/{batch_id}", batch_apis.openai_get)
+        routes.add("GET", r"/{version:v1beta|v1}/batches/{batch_id}", batch_apis.get_batch)  # OpenAI's and Gemini's
         routes.add("POST", "/v1/batches/{batch_id}/cancel", batch_apis.openai_cancel)
         routes.add("POST", "/v1/messages/batches", batch_apis.anthropic_create)
         routes.add("GET", "/v1/messages/batches/{batch_id}", batch_apis.anthropic_get)
         routes.add("GET", "/v1/messages/batches/{batch_id}/results", batch_apis.anthropic_results)
         routes.add("POST", "/v1/messages/batches/{batch_id}/cancel", batch_apis.anthropic_cancel)
-        routes.add("GET", "/v1beta/batches/{batch_id}", batch_apis.gemini_get)
-        routes.add("POST", "/v1beta/batches/{target}", batch_apis.gemini_cancel)
+        routes.add("POST", r"/{version:v1beta|v1}/batches/{target}", batch_apis.gemini_cancel)
         routes.add("GET", "/_sim/stats", self._get_stats)
         routes.add("GET", "/_sim/requests", self._get_requests)
         routes.add("POST", "/_sim/reset", self._reset)
