@@ -99,6 +99,8 @@ _BATCH_STATUS: dict[str, BatchStatus] = {
     "CANCELLED": "ended",
     "EXPIRED": "ended",
 }
+# The submitted batches whose custom_ids are kept, the oldest forgotten first.
+MAX_REMEMBERED_BATCHES = 10_000
 # The batch states whose requests without a response were not reached.
 _NOT_REACHED = {"CANCELLED": CANCELLED, "EXPIRED": EXPIRED}
 # google.rpc.Code: the HTTP status and name of each (google.rpc.code.proto's mapping).
@@ -140,6 +142,9 @@ class GeminiProvider:
         base = config.base_url.rstrip("/")
         self._urls = {m: f"{base}/models/{c.api_model or m}:generateContent" for m, c in models.items()}
         self._api_models = {m: c.api_model or m for m, c in models.items()}
+        # The custom_ids of each batch submitted (the oldest forgotten first): a cancelled or expired batch has
+        # no response for the requests it did not reach, and does not name them.
+        self._keys: dict[str, list[str]] = {}
         self._base = base
         # The models that take a schema natively (`responseJsonSchema`); the others get JSON mode with the schema
         # in the instructions.
@@ -192,7 +197,11 @@ class GeminiProvider:
         operation = answer_json(await self._transport.post(url, self._headers, body), self.name)
         if not operation.get("name"):
             raise ProviderError("server", f"{self.name}: the batch created has no name: {str(operation)[:200]}")
-        return str(operation["name"])
+        batch_id = str(operation["name"])
+        self._keys[batch_id] = [r.custom_id for r in requests]
+        while len(self._keys) > MAX_REMEMBERED_BATCHES:
+            del self._keys[next(iter(self._keys))]
+        return batch_id
 
     async def batch_state(self, batch_id: str) -> BatchState:
         state = batch_job_state(await self._batch(batch_id))
@@ -207,24 +216,27 @@ class GeminiProvider:
         if state == "FAILED" or _BATCH_STATUS.get(state) != "ended":
             detail = (batch.get("error") or {}).get("message") or state
             raise ProviderError("bad_request", f"{self.name}: batch {batch_id} has not ended with results: {detail}")
-        lines = [self.batch_line(inlined) for inlined in _inlined_responses(batch)]
+        lines = [self.batch_line(inlined, state) for inlined in _inlined_responses(batch)]
         if state in _NOT_REACHED:
             answered_ids = {line.custom_id for line in lines}
             lines.extend(
                 not_answered(key, _NOT_REACHED[state], f"{self.name}: the batch ended {state.lower()}")
-                for key in _request_keys(batch)
+                for key in self._keys.get(batch_id, ())
                 if key not in answered_ids
             )
         return lines
 
-    def batch_line(self, inlined: dict) -> BatchLine:
-        """An inlined response: its `response` read as a synchronous answer, or its `error` (a google.rpc.Status)
-        read as the same error's HTTP answer."""
+    def batch_line(self, inlined: dict, state: str) -> BatchLine:
+        """An inlined response: its `response` read as a synchronous answer, or its `error` (a Status) read as
+        the same error's HTTP answer; in an expired batch, a request that ran out of time expired."""
         custom_id = str((inlined.get("metadata") or {}).get("key") or "")
         response, error = inlined.get("response"), inlined.get("error")
         if isinstance(response, dict):
             return answered(custom_id, lambda: read_completion(response, 0.0))
-        return answered(custom_id, lambda: raise_status(error if isinstance(error, dict) else {}))
+        status = error if isinstance(error, dict) else {}
+        if state == "EXPIRED" and _status_of(status)[1] == "DEADLINE_EXCEEDED":
+            return not_answered(custom_id, EXPIRED, f"{self.name}: {status.get('message') or 'the batch expired'}")
+        return answered(custom_id, lambda: raise_status(status))
 
     async def cancel_batch(self, batch_id: str) -> None:
         raise_for_error(await self._transport.post(f"{self._base}/{batch_id}:cancel", self._get_headers, b""))
@@ -253,18 +265,18 @@ def _inlined_responses(batch: dict) -> list[dict]:
     return []
 
 
-def _request_keys(batch: dict) -> list[str]:
-    """The keys of a batch's inline requests, where the batch shows its input (`inputConfig`)."""
-    source = batch.get("metadata") or batch
-    requests = ((source.get("inputConfig") or {}).get("requests") or {}).get("requests") or []
-    return [str((r.get("metadata") or {}).get("key")) for r in requests if isinstance(r, dict)]
-
-
 def raise_status(status: dict) -> NoReturn:
-    """The ProviderError of a batch line's error (a google.rpc.Status): its code read as the HTTP status the
-    same error has on a synchronous call."""
-    http_status, name = _RPC_CODES.get(status.get("code"), (500, ""))
-    raise http_error(http_status, str(status.get("status") or name), "", str(status.get("message") or ""), None, None)
+    """The ProviderError of a batch line's error, as the same error's HTTP answer would give it."""
+    http_status, name = _status_of(status)
+    raise http_error(http_status, name, "", str(status.get("message") or ""), None, None)
+
+
+def _status_of(status: dict) -> tuple[int, str]:
+    """A line error's HTTP status and status name: its `code` is a google.rpc.Code (a Status) or an HTTP
+    status (an error body's form), its `status` the name where given."""
+    code = status.get("code")
+    http_status, name = _RPC_CODES.get(code, (code if isinstance(code, int) and 400 <= code < 600 else 500, ""))
+    return http_status, str(status.get("status") or name)
 
 
 def sampling_fields(sampling: Sampling, api_version: str = "") -> tuple[dict[str, Any], list[str]]:
