@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -59,6 +60,12 @@ class DeskStats(msgspec.Struct):
     given_up: int = 0  # jobs run synchronously after their batch was late
     late_lines: int = 0  # answers after their job was given up: a cost event only
     cancelled: int = 0  # batches cancelled
+
+
+def custom_id(job_id: str) -> str:
+    """A job's id in a batch: a digest of it, within every provider's rules for custom ids (Anthropic's:
+    1-64 of [a-zA-Z0-9_-]), whatever characters the job id holds."""
+    return "j" + hashlib.sha256(job_id.encode()).hexdigest()[:40]
 
 
 def batch_key(batch_id: str) -> str:
@@ -242,7 +249,7 @@ class BatchDesk:
         if not jobs:
             return
         provider = self._config.models[model].provider
-        requests = [BatchRequest(custom_id=j.job.id, request=self._runner.batch_request(j)) for j in jobs]
+        requests = [BatchRequest(custom_id=custom_id(j.job.id), request=self._runner.batch_request(j)) for j in jobs]
         try:
             batch_id = await self._apis[provider].submit_batch(model, requests)
         except ProviderError as exc:
@@ -302,13 +309,16 @@ class BatchDesk:
     async def _finish(self, p: int, partition: _Partition, batch: OpenBatch, lines: list[BatchLine]) -> None:
         """An ended batch: each waiting job resumed with its line, each answer whose job was given up billed;
         then the batch's record removed."""
-        batched = {j.job_id: j for j in batch.jobs}
+        batched = {custom_id(j.job_id): j for j in batch.jobs}
         resumes, late = [], []
         for line in lines:
-            job = partition.jobs.get(line.custom_id)
-            if job is not None and job.batch_id == batch.batch_id and self._settled(line.custom_id):
+            if line.custom_id not in batched:
+                continue
+            job_id = batched[line.custom_id].job_id
+            job = partition.jobs.get(job_id)
+            if job is not None and job.batch_id == batch.batch_id and self._settled(job_id):
                 resumes.append(self._resume(p, job, line))
-            elif line.completion is not None and line.custom_id in batched:
+            elif line.completion is not None:
                 late.append(self._late_cost(batch, batched[line.custom_id], line))
         await asyncio.gather(*resumes)
         if late:
