@@ -155,3 +155,46 @@ def test_batches_that_expire_or_never_end_give_their_jobs_to_synchronous_calls_b
             first = r.attempts[0]
             assert (first.via, first.error.kind if first.error else None) == ("batch", kind)
             assert r.attempts[1].via == "sync" and r.attempts[1].model == first.model
+
+
+def test_a_replica_killed_with_open_batches_hands_them_to_another_which_finishes_them(bootstrap, replicas, report):
+    jobs = questions("kill", 40, DAY, seed=8)
+
+    async def scenario():
+        server, url = await serve(batch_latency_s=10_000.0)  # ten seconds: open across the kill
+        setup = Setup(bootstrap, **BATCHING, **simulator_providers(url))
+        try:
+            await make_topics(setup)
+            victim, survivor = await replicas.start_settled(setup, 2, **KEYS)
+            ids = {j.id for j in jobs}
+            collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= ids, timeout_s=90))
+            await produce(setup, [(j.id.encode(), msgspec.json.encode(j)) for j in jobs])
+            while not submitted(victim) or len(await batch_lines(url)) < len(jobs):
+                assert not collecting.done(), "the run ended before the batches were submitted"
+                await asyncio.sleep(0.1)
+            victim.kill()
+            outputs = await collecting
+            return outputs, submitted(victim), submitted(survivor), await batch_lines(url)
+        finally:
+            await server.stop()
+
+    async def batch_lines(url: str) -> list[dict]:
+        requests = await asyncio.to_thread(sim_get, url, "/_sim/requests?limit=1000")
+        return [r for r in requests if r["via"] == "batch"]
+
+    def submitted(replica) -> list[str]:
+        return [e["batch_id"] for e in replica.events() if e.get("event") == "batch submitted"]
+
+    outputs, by_victim, by_survivor, lines = asyncio.run(scenario())
+    results = {r.job_id: r for r in outputs.results}
+    report(
+        f"batches across a SIGKILL: jobs={len(jobs)} results={len(results)} batches submitted by the victim "
+        f"{len(by_victim)}, by the survivor {len(by_survivor)}; batch lines at the simulator {len(lines)}"
+    )
+    assert set(results) == {j.id for j in jobs}, "every job has its result: none lost"
+    assert by_victim, "the killed replica had open batches"
+    # The victim's batches were finished by the survivor, not submitted again.
+    first_batches = {r.attempts[0].batch_id for r in results.values()}
+    assert set(by_victim) <= first_batches and len(lines) - len(jobs) == sum(
+        1 for r in results.values() for a in r.attempts[1:] if a.via == "batch"
+    )
