@@ -342,6 +342,14 @@ def _parser() -> argparse.ArgumentParser:
         help="send the eval's verdict to the feedback topic for a random share F (0 to 1) of the jobs as their "
         "results arrive (default 0)",
     )
+    evaluate.add_argument(
+        "--complete-within-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="send every job with complete_within_s S, and add the policy router-batch (the router with the "
+        "providers' batch APIs) to the policies, beside router without them",
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
     simulate = commands.add_parser(
@@ -640,6 +648,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not 0 <= args.feedback_share <= 1:
         print("llm-router eval: --feedback-share must be from 0 to 1", file=sys.stderr)
         return 2
+    if args.complete_within_s is not None and args.complete_within_s <= 0:
+        print("llm-router eval: --complete-within-s must be above 0", file=sys.stderr)
+        return 2
+    if args.complete_within_s is not None and "router-batch" not in policies:
+        policies.append("router-batch")
     sim_config = load_simulator_config(args.simulator_config)
     if args.latency_scale is not None:
         sim_config = msgspec.structs.replace(sim_config, latency_scale=args.latency_scale)
@@ -654,6 +667,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             args.json,
             blind=args.blind,
             feedback_share=args.feedback_share,
+            complete_within_s=args.complete_within_s,
             simulator_name=args.simulator_config or "the shipped simulator.toml",
         )
     except ValueError as exc:

@@ -39,7 +39,11 @@ POLICIES = {
     "always-gpt-4o": {"policy": "single", "single_model": "gpt-4o"},
     "reference": {"policy": "fixed"},
     "router": {"policy": "cheapest_correct"},
+    "router-batch": {"policy": "cheapest_correct"},
 }
+# The batch settings of the router-batch policy: batches go and are polled within a second or two, so that an
+# eval's batches end at the simulator's batch latency (`batch_latency_s` times its latency scale).
+EVAL_BATCHES = {"max_wait_s": 1.0, "poll_interval_s": 1.0}
 
 
 class Grading(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +51,7 @@ class Grading(msgspec.Struct, frozen=True, kw_only=True):
 
     blind: bool = False
     feedback_ids: frozenset[str] = frozenset()
+    complete_within_s: float | None = None  # sent with every job
 
 
 class PolicyRun(msgspec.Struct, kw_only=True):
@@ -75,11 +80,13 @@ def read_workload(path: str | Path) -> list[Job]:
     return jobs
 
 
-def with_directives(job: Job, task: str, blind: bool = False) -> Job:
-    """The job as sent: its prompt carries the simulator's directives; blind, it goes without its checks."""
+def with_directives(job: Job, task: str, blind: bool = False, complete_within_s: float | None = None) -> Job:
+    """The job as sent: its prompt carries the simulator's directives; blind, it goes without its checks;
+    with `complete_within_s` when given."""
     assert job.checks is not None  # read_workload admits only jobs with checks.expected
     directive = f"\n[[expect: {job.checks.expected}]] [[task: {task}]]"
     checks = None if blind else job.checks
+    job = msgspec.structs.replace(job, complete_within_s=complete_within_s or job.complete_within_s)
     if job.prompt is not None:
         return msgspec.structs.replace(job, prompt=job.prompt + directive, checks=checks)
     messages = list(job.messages or [])
@@ -103,7 +110,9 @@ def policy_config(
         providers[name], key_env = on_simulator(name, provider, simulator_url)
         keys[key_env] = SIMULATOR_KEY
     routing = replace(config.routing, **POLICIES[policy])
-    return replace(config, kafka=kafka, providers=providers, routing=routing), keys
+    batching = policy == "router-batch"
+    batch = replace(config.batch, enabled=batching, **(EVAL_BATCHES if batching else {}))
+    return replace(config, kafka=kafka, providers=providers, routing=routing, batch=batch), keys
 
 
 async def run_policy(
@@ -127,7 +136,12 @@ async def run_policy(
             await produce(
                 config.kafka,
                 [
-                    (job.id.encode(), encoder.encode(with_directives(job, classifier.classify(job), grading.blind)))
+                    (
+                        job.id.encode(),
+                        encoder.encode(
+                            with_directives(job, classifier.classify(job), grading.blind, grading.complete_within_s)
+                        ),
+                    )
                     for job in jobs
                 ],
             )
@@ -187,12 +201,17 @@ def run_eval(
     *,
     blind: bool = False,
     feedback_share: float = 0.0,
+    complete_within_s: float | None = None,
     simulator_name: str = "the shipped simulator.toml",
 ) -> int:
     """Run the workload under each policy and print their figures (a table, or with `as_json` a JSON object a
     line); blind and with feedback on a share of the jobs as `blind` and `feedback_share` say."""
     jobs = read_workload(workload)
-    grading = Grading(blind=blind, feedback_ids=feedback_sample(jobs, feedback_share, sim_config.seed))
+    grading = Grading(
+        blind=blind,
+        feedback_ids=feedback_sample(jobs, feedback_share, sim_config.seed),
+        complete_within_s=complete_within_s,
+    )
     run_id = uuid.uuid4().hex[:8]
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker: EmbeddedBroker | None = None
