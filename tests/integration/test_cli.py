@@ -44,6 +44,7 @@ def test_topics_produce_worker_results(bootstrap, tmp_path, replicas):
             setup.topics.feedback,
             setup.topics.routes,
             setup.topics.evidence,
+            setup.topics.batches,
         )
     ]
     again = cli(setup, "topics", "create")
