@@ -40,6 +40,7 @@ from worker.execution.runner import JobOutcome, JobRunner, Parked
 from worker.messages import BatchedJob, ChatMessage, CostEvent, OpenBatch, ParkedJob
 from worker.observability.logs import get_logger
 from worker.pipeline.kafka import make_consumer
+from worker.pipeline.offsets import read_to_end
 from worker.pipeline.outbox import BACKOFF_S
 from worker.providers.base import BatchApi, BatchLine, BatchRequest
 from worker.routing.pricing import content_tokens
@@ -186,13 +187,8 @@ class BatchDesk:
                     partition.loaded = await self._caught_up(p, TopicPartition(self._topic, p) in fetched)
 
     async def _caught_up(self, p: int, fetched: bool) -> bool:
-        """Read to the end the partition had when assigned, and to the broker's end when the last fetch
-        brought records (the embedded broker lists an end short of a last batch of several records)."""
         tp = TopicPartition(self._topic, p)
-        read = await self.consumer.position(tp)
-        if read < self._ends.get(p, 0):
-            return False
-        return not fetched or read >= (self.consumer.highwater(tp) or 0)
+        return read_to_end(await self.consumer.position(tp), self._ends.get(p, 0), self.consumer.highwater(tp), fetched)
 
     async def _act(self) -> None:
         while True:

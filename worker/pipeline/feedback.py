@@ -34,6 +34,7 @@ from worker.messages import Route
 from worker.observability.logs import get_logger
 from worker.pipeline.intake import Rejection, dead_letter, decode_feedback
 from worker.pipeline.kafka import make_consumer, topic_partitions
+from worker.pipeline.offsets import read_to_end
 from worker.pipeline.outbox import BACKOFF_S, Output, partition_of
 from worker.pipeline.routes import RouteIndex, routes_partitions
 from worker.routing.learning import QualityModel
@@ -256,12 +257,8 @@ class FeedbackLoop:
             self._advanced.set()
 
     def _caught_up(self, partition: int, fetched: bool) -> bool:
-        """Read to the end the partition had when assigned, and to the broker's end when the last fetch brought
-        records (the embedded broker lists an end short of a last batch of several records)."""
-        read = self._read_to.get(partition, 0)
-        if read < self._ends.get(partition, 0):
-            return False
-        return not fetched or read >= (self._reader.highwater(TopicPartition(self._routes_topic, partition)) or 0)
+        highwater = self._reader.highwater(TopicPartition(self._routes_topic, partition))
+        return read_to_end(self._read_to.get(partition, 0), self._ends.get(partition, 0), highwater, fetched)
 
     async def _take_partitions(self) -> None:
         """Assign the reader the wanted routes partitions: the new ones from their beginning, the others where

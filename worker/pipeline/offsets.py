@@ -140,3 +140,12 @@ class OffsetTracker(Generic[P]):
     def committed_positions(self) -> dict[P, int]:
         """The last committed position of each partition that has one."""
         return {p: o.committed for p, o in self._partitions.items() if o.committed is not None}
+
+
+def read_to_end(read: int, end_at_assignment: int, highwater: int | None, fetched: bool) -> bool:
+    """Whether a reader of a partition from its beginning has its whole state: read to the end the partition
+    had when assigned, and to the broker's end when the last fetch brought records (the embedded broker lists
+    an end short of a last batch of several records)."""
+    if read < end_at_assignment:
+        return False
+    return not fetched or read >= (highwater or 0)
