@@ -18,19 +18,20 @@ $(STAMP): pyproject.toml
 
 venv install: $(STAMP)
 
-## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS).
+## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS), but
+## the `apache_kafka` ones, which restart their broker (`make test-kafka` runs them).
 test: $(STAMP) redis-server
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not apache_kafka"
 
 test-unit: $(STAMP) redis-server
 	$(BIN)/python -m pytest -m "not integration"
 
 test-integration: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m integration
+	$(BIN)/python -m pytest -m "integration and not apache_kafka"
 
 ## The reliability suite alone: on the embedded broker, then on Apache Kafka.
 test-reliability: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m reliability
+	$(BIN)/python -m pytest -m "reliability and not apache_kafka"
 	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m reliability
 
 ## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars (not the

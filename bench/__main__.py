@@ -12,17 +12,18 @@ import sys
 
 import orjson
 
-from bench import classifier, http_clients, instructions, rate_limit, throughput
+from bench import classifier, http_clients, instructions, parked, rate_limit, throughput
 from worker.runtime import loop_name
 
 SECTIONS = {
     "classifier": classifier.run,
     "http_client": http_clients.run,
+    "parked": parked.run,
     "rate_limit": rate_limit.run,
     "throughput": throughput.run,
     "instructions": instructions.run,
 }
-DEFAULT = ("classifier", "http_client", "rate_limit", "throughput")
+DEFAULT = ("classifier", "http_client", "parked", "rate_limit", "throughput")
 
 
 def main() -> int:

@@ -1,10 +1,12 @@
 """Writes bench/workload.jsonl: 600 evaluation jobs across the task types, with expected answers.
 
 Deterministic (seeded), so the shipped file can be regenerated: `python -m bench.make_workload`.
+`--jobs N --out PATH [--seed S]` writes another sample of N jobs in the same mix of task types.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -37,18 +39,25 @@ LANGS = ["Python", "Go", "Rust", "TypeScript", "Java"]
 THINGS = ["a lighthouse keeper", "a lost satellite", "a night bakery", "an old ferry", "a chess club"]
 
 
-def jobs(seed: int = 2026) -> list[dict]:
+# Jobs of each task type in the shipped 600.
+MIX = [
+    ("simple_qa", 180),
+    ("summarization", 90),
+    ("code_generation", 120),
+    ("complex_reasoning", 90),
+    ("creative_writing", 90),
+    ("long_context", 30),
+]
+SHIPPED_JOBS = sum(count for _, count in MIX)
+
+
+def jobs(seed: int = 2026, total: int = SHIPPED_JOBS) -> list[dict]:
+    """`total` jobs in the shipped mix of task types (rounded, the last type taking the remainder)."""
     rng = random.Random(seed)
     out: list[dict] = []
-    mix = [
-        ("simple_qa", 180),
-        ("summarization", 90),
-        ("code_generation", 120),
-        ("complex_reasoning", 90),
-        ("creative_writing", 90),
-        ("long_context", 30),
-    ]
-    for task, count in mix:
+    counts = [round(count * total / SHIPPED_JOBS) for _, count in MIX[:-1]]
+    counts.append(total - sum(counts))
+    for (task, _), count in zip(MIX, counts, strict=True):
         for i in range(count):
             out.append(make(task, i, rng))
     rng.shuffle(out)
@@ -120,10 +129,16 @@ def make(task: str, i: int, rng: random.Random) -> dict:
 
 
 def main() -> None:
-    with open(OUT, "wb") as out:
-        for job in jobs():
+    parser = argparse.ArgumentParser(prog="python -m bench.make_workload", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=SHIPPED_JOBS, help=f"how many (default {SHIPPED_JOBS})")
+    parser.add_argument("--seed", type=int, default=2026, help="the sample's seed (default 2026, the shipped one)")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where to write (default {OUT})")
+    args = parser.parse_args()
+    sample = jobs(args.seed, args.jobs)
+    with open(args.out, "wb") as out:
+        for job in sample:
             out.write(orjson.dumps(job) + b"\n")
-    print(f"{OUT}: {len(jobs())} jobs")
+    print(f"{args.out}: {len(sample)} jobs")
 
 
 if __name__ == "__main__":

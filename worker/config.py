@@ -144,8 +144,9 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     latency_ms: NonNegFloat = 0.0
     failure_rate: Probability = 0.0
     # Whether jobs may go through the provider's batch API (worker.providers.batch_api). Unset: true for the
-    # kinds that have one (openai, anthropic, gemini), false for the others; echo may set it (its batches are
-    # in-process, for the benchmark), an OpenAI-compatible server may not.
+    # kinds that have one (openai, anthropic, gemini), false for the others. An OpenAI-compatible server may
+    # set it when it serves OpenAI's Files and Batches endpoints (as Together's and Fireworks' do; vLLM's
+    # and Ollama's servers do not); echo may (its batches are in-process, for the benchmark).
     batch_api: bool | None = None
     # What the provider bills for a batch line, as a share of the synchronous price (0.5: half price).
     batch_discount: Annotated[float, Meta(gt=0, le=1)] = 0.5
@@ -153,8 +154,6 @@ class ProviderConfig(Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.batch_api is None:
             self.batch_api = self.kind in BATCH_API_KINDS
-        elif self.batch_api and self.kind == "openai_compatible":
-            raise ValueError("batch_api: an OpenAI-compatible server has no batch API (OpenAI's own is kind openai)")
 
 
 # (cached read, cache write) prices as shares of the input price, by provider kind, from the providers'

@@ -169,7 +169,9 @@ def test_a_replica_killed_with_open_batches_hands_them_to_another_which_finishes
             ids = {j.id for j in jobs}
             collecting = asyncio.create_task(collect(setup, until=lambda o: o.result_ids >= ids, timeout_s=90))
             await produce(setup, [(j.id.encode(), msgspec.json.encode(j)) for j in jobs])
-            while not submitted(victim) or len(await batch_lines(url)) < len(jobs):
+            # Kill once every job's batch is recorded: a replica killed between a batch's submission and its
+            # record submits those jobs again (docs/architecture.md, "Batch APIs"), which is not this test.
+            while not submitted(victim) or sum(batched(r) for r in (victim, survivor)) < len(jobs):
                 assert not collecting.done(), "the run ended before the batches were submitted"
                 await asyncio.sleep(0.1)
             victim.kill()
@@ -184,6 +186,9 @@ def test_a_replica_killed_with_open_batches_hands_them_to_another_which_finishes
 
     def submitted(replica) -> list[str]:
         return [e["batch_id"] for e in replica.events() if e.get("event") == "batch submitted"]
+
+    def batched(replica) -> int:
+        return sum(e["jobs"] for e in replica.events() if e.get("event") == "batch submitted")
 
     outputs, by_victim, by_survivor, lines = asyncio.run(scenario())
     results = {r.job_id: r for r in outputs.results}

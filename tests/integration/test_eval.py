@@ -26,6 +26,8 @@ KEYS = {
     "p50_ms",
     "p99_ms",
     "attempts_per_job",
+    "batch_attempts",
+    "sync_attempts",
     "failed",
     "billed_usd",
     "bill_gap_usd",
@@ -50,9 +52,11 @@ def run_eval(bootstrap: str, *options: str) -> dict[str, dict]:
     return {f["policy"]: f for f in map(orjson.loads, out.stdout.splitlines())}
 
 
-def test_router_beats_always_gpt4o_and_the_reference_routes(bootstrap, report):
-    figures = run_eval(bootstrap)
+def test_router_beats_always_gpt4o_and_the_reference_routes_and_by_batch_halves_its_cost(bootstrap, report):
+    # Every job may wait a day: router-batch runs beside the others, its batches ending after two seconds.
+    figures = run_eval(bootstrap, "--complete-within-s", "86400", "--batch-latency-s", "2")
     gpt, reference, router = figures["always-gpt-4o"], figures["reference"], figures["router"]
+    batch = figures["router-batch"]
     for f in figures.values():
         assert set(f) == KEYS and f["blind"] is False and f["feedback_sent"] == 0
         assert f["jobs"] == 600 and f["unroutable"] == 0
@@ -66,8 +70,17 @@ def test_router_beats_always_gpt4o_and_the_reference_routes(bootstrap, report):
     assert vs_gpt >= 0.60
     assert vs_reference >= 0.20
     assert router["accuracy"] >= gpt["accuracy"] - 0.01
-    for f in (gpt, reference, router):  # each policy's costs are what the simulator billed
+    for f in (gpt, reference, router, batch):  # each policy's costs are what the simulator billed
         assert f["bill_gap_usd"] <= 0.000001 * f["jobs"] / 1000
+    assert router["batch_attempts"] == 0 and router["sync_attempts"] >= router["jobs"]
+    by_batch = 1 - batch["cost_per_correct_usd"] / router["cost_per_correct_usd"]
+    report(
+        f"eval, every job within a day: router-batch {by_batch:.1%} below router per correct answer, accuracy "
+        f"{batch['accuracy']:.3f} vs {router['accuracy']:.3f}; attempts sync {batch['sync_attempts']}, "
+        f"batch {batch['batch_attempts']}"
+    )
+    assert batch["sync_attempts"] == 0 and batch["batch_attempts"] >= batch["jobs"]
+    assert by_batch >= 0.45 and batch["accuracy"] >= router["accuracy"] - 0.005
 
 
 @pytest.fixture(scope="module", params=["config/simulator.toml", "config/simulator-shifted.toml"])

@@ -287,13 +287,13 @@ def test_batch_api_defaults_by_kind_and_a_value_given_wins():
     assert [ProviderConfig(kind=kind).batch_api for kind in ("openai_compatible", "echo")] == [False] * 2
     assert ProviderConfig(kind="openai", batch_api=False).batch_api is False
     assert ProviderConfig(kind="echo", batch_api=True).batch_api is True, "echo's batches are for the benchmark"
+    assert ProviderConfig(kind="openai_compatible", batch_api=True).batch_api is True, "Together's, Fireworks'"
     assert ProviderConfig(kind="anthropic").batch_discount == 0.5
 
 
 @pytest.mark.parametrize(
     ("settings", "error"),
     [
-        ({"kind": "openai_compatible", "batch_api": True}, "providers.llama: batch_api: an OpenAI-compatible"),
         ({"kind": "openai", "batch_discount": 0}, "providers.llama.batch_discount: Expected `float` > 0.0"),
         ({"kind": "openai", "batch_discount": 1.5}, "providers.llama.batch_discount: Expected `float` <= 1.0"),
     ],

@@ -350,6 +350,14 @@ def _parser() -> argparse.ArgumentParser:
         help="send every job with complete_within_s S, and add the policy router-batch (the router with the "
         "providers' batch APIs) to the policies, beside router without them",
     )
+    evaluate.add_argument(
+        "--batch-latency-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="end every simulated batch S seconds after its creation (default: each model's batch_latency_s "
+        "times the latency scale)",
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
     simulate = commands.add_parser(
@@ -653,9 +661,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 2
     if args.complete_within_s is not None and "router-batch" not in policies:
         policies.append("router-batch")
+    if args.batch_latency_s is not None and args.batch_latency_s < 0:
+        print("llm-router eval: --batch-latency-s must be 0 or above", file=sys.stderr)
+        return 2
     sim_config = load_simulator_config(args.simulator_config)
     if args.latency_scale is not None:
         sim_config = msgspec.structs.replace(sim_config, latency_scale=args.latency_scale)
+    if args.batch_latency_s is not None:
+        sim_config = msgspec.structs.replace(sim_config, batch_latency_s=args.batch_latency_s)
     config = _config(args)
     _wait_for_external_broker(config, timeout_of(args, config))
     try:

@@ -23,6 +23,9 @@ class PolicyFigures(msgspec.Struct, kw_only=True):
     p50_ms: float
     p99_ms: float
     attempts_per_job: float
+    # The attempts (judges' included) made through a provider's batch API, and the others.
+    batch_attempts: int
+    sync_attempts: int
     failed: int
     # What the simulator billed for the policy's calls, and how far the cost (the sum of its cost events) is from it.
     billed_usd: float
@@ -84,6 +87,8 @@ def figures(
         p50_ms=round(statistics.median(latencies), 1),
         p99_ms=round(latencies[min(count - 1, int(count * 0.99))], 1),
         attempts_per_job=round(sum(len(result.attempts) for _, result in chosen) / count, 3),
+        batch_attempts=sum(a.via == "batch" for _, result in chosen for a in result.attempts),
+        sync_attempts=sum(a.via == "sync" for _, result in chosen for a in result.attempts),
         failed=count - correct,
         billed_usd=round(billed_usd, 6),
         bill_gap_usd=round(abs(sum(r.cost_usd for r in results.values()) - billed_usd), 9),
@@ -139,6 +144,10 @@ def print_table(results: list[PolicyFigures], simulator_config: str) -> None:
         ]
         for r in results
     ]
+    if "router-batch" in by:  # beside router: what batching saved, and how the attempts went
+        headers[7:7] = ["cheaper than router", "sync / batch attempts"]
+        for r, row in zip(results, rows, strict=True):
+            row[7:7] = [cheaper(r, "router"), f"{r.sync_attempts} / {r.batch_attempts}"]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("  ".join("-" * w for w in widths))

@@ -39,7 +39,7 @@ from worker.errors import ProviderError
 from worker.execution.runner import JobOutcome, JobRunner, Parked
 from worker.messages import BatchedJob, ChatMessage, CostEvent, OpenBatch, ParkedJob
 from worker.observability.logs import get_logger
-from worker.pipeline.kafka import make_consumer
+from worker.pipeline.kafka import make_consumer, make_producer, transactional_id
 from worker.pipeline.offsets import read_to_end
 from worker.pipeline.outbox import BACKOFF_S
 from worker.providers.base import BatchApi, BatchLine, BatchRequest
@@ -74,7 +74,7 @@ def batch_key(batch_id: str) -> str:
     return f"batch:{batch_id}"
 
 
-class _Partition:
+class BatchesPartition:
     """One owned partition of the batches topic: its parked jobs and open batches, as the topic holds them."""
 
     def __init__(self) -> None:
@@ -115,12 +115,24 @@ class BatchDesk:
         self._topics = kafka.topics
         self._runner = runner
         self._apis = apis
+        exactly_once = config.worker.delivery == "exactly_once"
+        # Exactly-once: a producer of the desk's own, whose transactions each hold a job's outputs and its
+        # record's tombstone (a lock keeps them one at a time); else the worker's producer.
         self._producer = producer
-        isolation = "read_committed" if config.worker.delivery == "exactly_once" else "read_uncommitted"
+        self._transactions: asyncio.Lock | None = None
+        if exactly_once:
+            self._producer = make_producer(
+                kafka,
+                enable_idempotence=True,
+                transactional_id=f"{transactional_id(kafka)}-batches",
+                transaction_timeout_ms=kafka.transaction_timeout_ms,
+            )
+            self._transactions = asyncio.Lock()
+        isolation = "read_committed" if exactly_once else "read_uncommitted"
         self.consumer = make_consumer(
             kafka, group_id=f"{kafka.group_id}-batches", isolation_level=isolation, fetch_max_wait_ms=100
         )
-        self._partitions: dict[int, _Partition] = {}
+        self._partitions: dict[int, BatchesPartition] = {}
         self._ends: dict[int, int] = {}
         # Keys this desk wrote, with the offset written: not acted on again until read back.
         self._written: dict[str, int] = {}
@@ -134,6 +146,8 @@ class BatchDesk:
 
     async def run(self) -> None:
         """Own a share of the batches topic until cancelled."""
+        if self._transactions is not None:
+            await self._producer.start()
         self.consumer.subscribe([self._topic], listener=_Rebalance(self))
         await self.consumer.start()
         try:
@@ -142,6 +156,8 @@ class BatchDesk:
                 tasks.create_task(self._act())
         finally:
             await self.consumer.stop()
+            if self._transactions is not None:
+                await self._producer.stop()
 
     @property
     def parked(self) -> int:
@@ -158,7 +174,7 @@ class BatchDesk:
         tps = [TopicPartition(self._topic, p) for p in new]
         ends = await self.consumer.end_offsets(tps)
         for tp in tps:
-            self._partitions[tp.partition] = _Partition()
+            self._partitions[tp.partition] = BatchesPartition()
             self._ends[tp.partition] = ends[tp]
         await self.consumer.seek_to_beginning(*tps)
 
@@ -210,7 +226,7 @@ class BatchDesk:
 
     # Submission
 
-    async def _submit_due(self, p: int, partition: _Partition) -> None:
+    async def _submit_due(self, p: int, partition: BatchesPartition) -> None:
         """Submit each model's queued jobs that are due: enough of them, or the first waited long enough."""
         now = time.time()
         batch = self._config.batch
@@ -223,7 +239,7 @@ class BatchDesk:
             jobs.sort(key=lambda j: j.parked_at)
             await self._submit(p, partition, model, self._within_queue(model, jobs[: batch.max_requests], partition))
 
-    def _within_queue(self, model: str, jobs: list[ParkedJob], partition: _Partition) -> list[ParkedJob]:
+    def _within_queue(self, model: str, jobs: list[ParkedJob], partition: BatchesPartition) -> list[ParkedJob]:
         """The first of `jobs` that fit in the provider's batch queue beside its open batches."""
         limit = self._config.batch.max_enqueued_tokens
         if not limit:
@@ -240,7 +256,7 @@ class BatchDesk:
             taken.append(job)
         return taken
 
-    async def _submit(self, p: int, partition: _Partition, model: str, jobs: list[ParkedJob]) -> None:
+    async def _submit(self, p: int, partition: BatchesPartition, model: str, jobs: list[ParkedJob]) -> None:
         """Send `jobs` as one batch to `model`, then record the batch and each job's place in it."""
         if not jobs:
             return
@@ -260,9 +276,9 @@ class BatchDesk:
             submitted_at=time.time(),
             tokens=sum(_tokens(j) for j in jobs),
         )
-        writes: list[tuple[str, bytes | None]] = [(batch_key(batch_id), _ENCODER.encode(record))]
-        writes += [(j.job.id, _ENCODER.encode(msgspec.structs.replace(j, batch_id=batch_id))) for j in jobs]
-        await self._write(p, writes)
+        records: list[tuple[str, bytes | None]] = [(batch_key(batch_id), _ENCODER.encode(record))]
+        records += [(j.job.id, _ENCODER.encode(msgspec.structs.replace(j, batch_id=batch_id))) for j in jobs]
+        await self._write(p, _Writes(records=records))
         self._polled[batch_id] = time.time()
         self.stats.submitted += 1
         self.stats.lines += len(jobs)
@@ -270,7 +286,7 @@ class BatchDesk:
 
     # Polling
 
-    async def _poll_due(self, p: int, partition: _Partition) -> None:
+    async def _poll_due(self, p: int, partition: BatchesPartition) -> None:
         """Ask after each open batch not asked after for a poll interval; finish the ended ones."""
         now = time.time()
         for batch in list(partition.batches.values()):
@@ -296,13 +312,13 @@ class BatchDesk:
                 log.warning("batch poll failed", extra={"batch_id": batch.batch_id, "error": exc.message})
 
     @staticmethod
-    def _waiting_on(partition: _Partition, batch: OpenBatch) -> bool:
+    def _waiting_on(partition: BatchesPartition, batch: OpenBatch) -> bool:
         """Whether a job still waits for `batch`'s answer."""
         return any(
             (job := partition.jobs.get(j.job_id)) is not None and job.batch_id == batch.batch_id for j in batch.jobs
         )
 
-    async def _finish(self, p: int, partition: _Partition, batch: OpenBatch, lines: list[BatchLine]) -> None:
+    async def _finish(self, p: int, partition: BatchesPartition, batch: OpenBatch, lines: list[BatchLine]) -> None:
         """An ended batch: each waiting job resumed with its line, each answer whose job was given up billed;
         then the batch's record removed."""
         batched = {custom_id(j.job_id): j for j in batch.jobs}
@@ -313,14 +329,14 @@ class BatchDesk:
             job_id = batched[line.custom_id].job_id
             job = partition.jobs.get(job_id)
             if job is not None and job.batch_id == batch.batch_id and self._settled(job_id):
-                resumes.append(self._resume(p, job, line))
+                resumes.append(self._resume(job, line))
             elif line.completion is not None:
                 late.append(self._late_cost(batch, batched[line.custom_id], line))
-        await asyncio.gather(*resumes)
-        if late:
-            self.stats.late_lines += len(late)
-            await self._write(p, [], [(self._topics.costs, e.job_id, _ENCODER.encode(e)) for e in late])
-        await self._write(p, [(batch_key(batch.batch_id), None)])
+        self.stats.late_lines += len(late)
+        writes = _Writes.of(await asyncio.gather(*resumes))
+        writes.outputs += [(self._topics.costs, e.job_id, _ENCODER.encode(e)) for e in late]
+        writes.records.append((batch_key(batch.batch_id), None))
+        await self._write(p, writes)
         self._polled.pop(batch.batch_id, None)
         self._cancelled.discard(batch.batch_id)
 
@@ -348,18 +364,19 @@ class BatchDesk:
 
     # Giving up
 
-    async def _give_up_due(self, p: int, partition: _Partition) -> None:
+    async def _give_up_due(self, p: int, partition: BatchesPartition) -> None:
         """Run synchronously each job whose batch has not answered by its deadline less a synchronous chain's."""
         give_up_at = time.time() + self._config.routing.job_deadline_s
         late = [j for j in partition.jobs.values() if j.due <= give_up_at and self._settled(j.job.id)]
-        self.stats.given_up += len(late)
-        await asyncio.gather(*(self._resume(p, job, None) for job in late))
+        if late:
+            self.stats.given_up += len(late)
+            await self._write(p, _Writes.of(await asyncio.gather(*(self._resume(job, None) for job in late))))
 
     # Resuming
 
-    async def _resume(self, p: int, job: ParkedJob, line: BatchLine | None) -> None:
-        """Go on with a parked job, and write what it comes to: its outputs and its record's tombstone, or its
-        record parked anew."""
+    async def _resume(self, job: ParkedJob, line: BatchLine | None) -> _Writes:
+        """Go on with a parked job; what it comes to: its outputs and its record's tombstone, or its record
+        parked anew (with the cost events so far)."""
         async with self._resuming:
             outcome = await self._runner.resume(job, line)
         if line is not None:
@@ -367,9 +384,8 @@ class BatchDesk:
         key = job.job.id
         costs = [(self._topics.costs, key, _ENCODER.encode(e)) for e in outcome.cost_events]
         if isinstance(outcome, Parked):
-            await self._write(p, [(key, _ENCODER.encode(outcome.job))], costs)
-            return
-        await self._write(p, [(key, None)], costs + self._outputs(outcome))
+            return _Writes(records=[(key, _ENCODER.encode(outcome.job))], outputs=costs)
+        return _Writes(records=[(key, None)], outputs=costs + self._outputs(outcome))
 
     def _outputs(self, outcome: JobOutcome) -> list[tuple[str, str, bytes]]:
         key = outcome.result.job_id
@@ -380,26 +396,49 @@ class BatchDesk:
 
     # Writing
 
-    async def _write(
-        self, p: int, records: Iterable[tuple[str, bytes | None]], outputs: Iterable[tuple[str, str, bytes]] = ()
-    ) -> None:
-        """Send `outputs` (topic, key, value) and then the batches topic's `records` (key, value) in partition
-        `p`, until acknowledged; note where the records landed (not acted on again until read back)."""
-        records, outputs = list(records), list(outputs)
+    async def _write(self, p: int, writes: _Writes) -> None:
+        """Send the outputs and then the batches topic's records (in partition `p`) until acknowledged, in one
+        transaction in exactly-once mode; note where the records landed (not acted on again until read back)."""
         failures = 0
         while True:
             try:
-                sent = [await self._producer.send(t, v, key=k.encode()) for t, k, v in outputs]
-                await asyncio.gather(*sent)
-                landed = [await self._producer.send(self._topic, v, key=k.encode(), partition=p) for k, v in records]
-                for (key, _), metadata in zip(records, await asyncio.gather(*landed), strict=True):
-                    self._written[key] = metadata.offset
+                if self._transactions is None:
+                    landed = await self._send(p, writes)
+                else:
+                    async with self._transactions, self._producer.transaction():
+                        landed = await self._send(p, writes)
+                self._written.update(landed)
                 return
-            except KafkaError as exc:
+            except KafkaError as exc:  # an open transaction is aborted: none of it is seen
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
                 log.warning("batch desk outputs not acknowledged: sent again", extra={"error": repr(exc)})
                 await asyncio.sleep(delay)
+
+    async def _send(self, p: int, writes: _Writes) -> dict[str, int]:
+        """Send the outputs, then the records once the outputs are acknowledged; each record's offset by key."""
+        sent = [await self._producer.send(t, v, key=k.encode()) for t, k, v in writes.outputs]
+        await asyncio.gather(*sent)
+        records = writes.records
+        landed = [await self._producer.send(self._topic, v, key=k.encode(), partition=p) for k, v in records]
+        return {key: metadata.offset for (key, _), metadata in zip(records, await asyncio.gather(*landed), strict=True)}
+
+
+class _Writes(msgspec.Struct, kw_only=True):
+    """What the desk writes together: the batches topic's records (key, value or None for a tombstone) and the
+    outputs they follow (topic, key, value)."""
+
+    records: list[tuple[str, bytes | None]] = []
+    outputs: list[tuple[str, str, bytes]] = []
+
+    @classmethod
+    def of(cls, parts: Iterable[_Writes]) -> _Writes:
+        """The writes of `parts`, together."""
+        writes = cls()
+        for part in parts:
+            writes.records += part.records
+            writes.outputs += part.outputs
+        return writes
 
 
 def _tokens(job: ParkedJob) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -100,6 +101,11 @@ def make_producer(config: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
         "max_batch_size": 1_000_000,
     }
     return AIOKafkaProducer(**(options | overrides))
+
+
+def transactional_id(config: KafkaConfig) -> str:
+    """This process's transactional id: the configured one, else unique to the group, host and process."""
+    return config.transactional_id or f"{config.group_id}-{socket.gethostname()}-{os.getpid()}"
 
 
 def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKafkaConsumer:

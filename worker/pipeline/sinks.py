@@ -13,8 +13,6 @@ its outputs: the outbox's flush, or the transaction, lists the jobs of each jobs
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -27,7 +25,7 @@ from worker.config import KafkaConfig
 from worker.observability.logs import get_logger
 from worker.observability.telemetry import not_sent, sent
 from worker.pipeline.dedupe import IDS_PER_RECORD, FinishedRecords
-from worker.pipeline.kafka import DeliveryError, make_producer
+from worker.pipeline.kafka import DeliveryError, make_producer, transactional_id
 from worker.pipeline.outbox import Outbox, Output
 
 log = get_logger("sinks")
@@ -120,7 +118,7 @@ class TransactionalSink:
         fenced: Callable[[BaseException], None],
         records: FinishedRecords | None = None,
     ) -> None:
-        self.transactional_id = config.transactional_id or f"{config.group_id}-{socket.gethostname()}-{os.getpid()}"
+        self.transactional_id = transactional_id(config)
         self.producer = make_producer(
             config,
             enable_idempotence=True,

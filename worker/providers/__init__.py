@@ -88,14 +88,13 @@ def build_providers(config: Config, env: Mapping[str, str] | None = None) -> Pro
     return Providers(clients=clients, unavailable=unavailable)
 
 
-# The clients with a batch API: each implements BatchApi (an OpenAIProvider's only for kind openai).
+# The clients with a batch API: each implements BatchApi (an OpenAI-compatible server's is OpenAI's).
 _BATCH_CLIENTS = (OpenAIProvider, AnthropicProvider, GeminiProvider, EchoProvider)
 
 
 def batch_api(client: Provider, config: ProviderConfig) -> BatchApi | None:
-    """The batch API of a built client (`build_providers`) whose configuration has `batch_api` true (it never
-    is for an OpenAI-compatible server), else None."""
-    if config.batch_api and config.kind != "openai_compatible" and isinstance(client, _BATCH_CLIENTS):
+    """The batch API of a built client (`build_providers`) whose configuration has `batch_api` true, else None."""
+    if config.batch_api and isinstance(client, _BATCH_CLIENTS):
         return client
     return None
 

@@ -39,7 +39,8 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
-# The Batch API (kind "openai" only): each line a Chat Completions call, answered within the window.
+# The Batch API (kind "openai", and OpenAI-compatible servers that serve it): each line a Chat Completions
+# call, answered within the window.
 BATCH_ENDPOINT = "/v1/chat/completions"
 COMPLETION_WINDOW = "24h"
 MAX_BATCH_REQUESTS = 50_000

@@ -12,8 +12,10 @@ SIMULATOR_KEY = "simulator"
 
 
 def on_simulator(name: str, provider: ProviderConfig, url: str) -> tuple[ProviderConfig, str]:
-    """The provider pointed at the simulator at `url` (an echo provider becomes an OpenAI one), and
-    the environment variable that must hold SIMULATOR_KEY for it."""
+    """The provider pointed at the simulator at `url` (an echo provider becomes an OpenAI one), with its batch
+    API, and the environment variable that must hold SIMULATOR_KEY for it. The simulator serves every wire's
+    batch API, the OpenAI-compatible server's too (OpenAI's endpoints, as Together's serve them)."""
     kind = "openai" if provider.kind == "echo" else provider.kind
     key_env = provider.api_key_env or f"{name.upper()}_API_KEY"
-    return msgspec.structs.replace(provider, kind=kind, base_url=url + BASE_PATHS[kind], api_key_env=key_env), key_env
+    base_url = url + BASE_PATHS[kind]
+    return msgspec.structs.replace(provider, kind=kind, base_url=base_url, api_key_env=key_env, batch_api=True), key_env

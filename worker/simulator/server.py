@@ -321,7 +321,10 @@ class Simulator:
                 self.batches.end(batch, self._settle_line)
 
     def _batch_latency_s(self, batch: SimBatch) -> float:
-        """The longest `batch_latency_s` of the batch's models (Anthropic's batches may mix them), scaled."""
+        """The longest `batch_latency_s` of the batch's models (Anthropic's batches may mix them), scaled; the
+        config's own `batch_latency_s` when set."""
+        if self.config.batch_latency_s is not None:
+            return self.config.batch_latency_s
         models = {line.call.model for line in batch.lines}
         latencies = [b.batch_latency_s for b in map(self.config.models.get, models) if b is not None]
         return max(latencies, default=0.0) * self.config.latency_scale

@@ -88,6 +88,9 @@ class SimulatorConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     seed: int = 7
     wrong_answer_agreement: Rate = WRONG_ANSWER_AGREEMENT
     latency_scale: Annotated[float, Meta(ge=0)] = 1.0  # multiplies every latency (0: answer at once)
+    # When set, every batch ends this many seconds after its creation, whatever its models and the
+    # latency_scale (`llm-router eval --batch-latency-s`).
+    batch_latency_s: Annotated[float, Meta(ge=0)] | None = None
     timeout_hang_s: Annotated[float, Meta(ge=0)] = 120.0
 
 
