@@ -96,25 +96,7 @@ class JobRun(Struct, kw_only=True):
 
     def cost_event(self, attempt: Attempt) -> CostEvent:
         """What `attempt` cost, for the costs topic."""
-        return CostEvent(
-            job_id=self.job.id,
-            attempt=attempt.number,
-            provider=attempt.provider,
-            model=attempt.model,
-            input_tokens=attempt.input_tokens,
-            output_tokens=attempt.output_tokens,
-            cost_usd=attempt.cost_usd,
-            outcome=attempt.outcome,
-            ts=datetime.now(UTC),
-            tenant=self.job.tenant,
-            task=self.task,
-            error_kind=attempt.error.kind if attempt.error else None,
-            cached_input_tokens=attempt.cached_input_tokens,
-            cache_write_input_tokens=attempt.cache_write_input_tokens,
-            role=attempt.role,
-            via=attempt.via,
-            batch_id=attempt.batch_id,
-        )
+        return cost_event(attempt, job_id=self.job.id, tenant=self.job.tenant, task=self.task)
 
     def _answered_by(self) -> Attempt | None:
         """The attempt whose answer the job took: the last one that answered (not a judge's) on the model of
@@ -197,3 +179,26 @@ class JobRun(Struct, kw_only=True):
             via=made_by.via if made_by else "sync",
             batch_id=made_by.batch_id if made_by else None,
         )
+
+
+def cost_event(attempt: Attempt, *, job_id: str, tenant: str | None, task: str) -> CostEvent:
+    """What `attempt` of the job `job_id` cost, for the costs topic."""
+    return CostEvent(
+        job_id=job_id,
+        attempt=attempt.number,
+        provider=attempt.provider,
+        model=attempt.model,
+        input_tokens=attempt.input_tokens,
+        output_tokens=attempt.output_tokens,
+        cost_usd=attempt.cost_usd,
+        outcome=attempt.outcome,
+        ts=datetime.now(UTC),
+        tenant=tenant,
+        task=task,
+        error_kind=attempt.error.kind if attempt.error else None,
+        cached_input_tokens=attempt.cached_input_tokens,
+        cache_write_input_tokens=attempt.cache_write_input_tokens,
+        role=attempt.role,
+        via=attempt.via,
+        batch_id=attempt.batch_id,
+    )

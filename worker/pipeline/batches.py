@@ -28,7 +28,6 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
 import msgspec
 from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -36,8 +35,9 @@ from aiokafka.errors import KafkaError
 
 from worker.config import Config
 from worker.errors import ProviderError
+from worker.execution.job_run import cost_event
 from worker.execution.runner import JobOutcome, JobRunner, Parked
-from worker.messages import BatchedJob, ChatMessage, CostEvent, OpenBatch, ParkedJob
+from worker.messages import Attempt, BatchedJob, ChatMessage, CostEvent, OpenBatch, ParkedJob
 from worker.observability.logs import get_logger
 from worker.pipeline.kafka import make_consumer, make_producer, transactional_id
 from worker.pipeline.offsets import read_to_end
@@ -344,23 +344,21 @@ class BatchDesk:
         """The cost event of an answer that came after its job was given up (the provider bills it)."""
         completion = line.completion
         assert completion is not None
-        return CostEvent(
-            job_id=job.job_id,
-            attempt=job.attempt,
+        attempt = Attempt(
+            number=job.attempt,
             provider=batch.provider,
             model=batch.model,
+            outcome="ok",
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
-            cost_usd=self._runner.batch_cost(batch.model, completion),
-            outcome="ok",
-            ts=datetime.now(UTC),
-            tenant=job.tenant,
-            task=job.task,
             cached_input_tokens=completion.cached_input_tokens,
             cache_write_input_tokens=completion.cache_write_input_tokens,
+            cost_usd=self._runner.batch_cost(batch.model, completion),
+            latency_ms=0.0,
             via="batch",
             batch_id=batch.batch_id,
         )
+        return cost_event(attempt, job_id=job.job_id, tenant=job.tenant, task=job.task)
 
     # Giving up
 
