@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from worker.config import CONFIG_ENV, DEFAULT_CONFIG, DEFAULTS_DIR, ConfigError, load_config, parse_config
-from worker.simulator.settings import DEFAULT_SIMULATOR_CONFIG, load_simulator_config
+from worker.simulator.settings import DEFAULT_SIMULATOR_CONFIG, dump_simulator_config, load_simulator_config
 
 
 def raw_default():
@@ -207,3 +207,11 @@ def test_capabilities_default_to_none_and_the_environment_sets_them():
     assert parse_config(raw).models["gpt-4o"].capabilities == []
     config = load_config(env={"LLM_ROUTER__MODELS__LLAMA_4_70B__CAPABILITIES": '["tools"]'})
     assert config.models["llama-4-70b"].capabilities == ["tools"]
+
+
+@pytest.mark.parametrize("batch_latency_s", [None, 5.0])
+def test_a_dumped_simulator_config_reads_back_the_same(tmp_path, batch_latency_s):
+    config = msgspec.structs.replace(load_simulator_config(), batch_latency_s=batch_latency_s, latency_scale=0.2)
+    path = tmp_path / "simulator.toml"
+    path.write_text(dump_simulator_config(config))
+    assert load_simulator_config(path) == config

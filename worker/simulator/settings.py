@@ -104,7 +104,7 @@ def dump_simulator_config(config: SimulatorConfig) -> str:
         return encode(v).decode()
 
     raw = msgspec.to_builtins(config)
-    lines = [f"{k} = {value(v)}" for k, v in raw.items() if k != "models"]
+    lines = [f"{k} = {value(v)}" for k, v in raw.items() if k != "models" and v is not None]  # TOML has no null
     for name, model in raw["models"].items():
         lines += ["", f"[models.{encode(name).decode()}]"] + [f"{k} = {value(v)}" for k, v in model.items()]
     return "\n".join(lines) + "\n"
