@@ -10,8 +10,16 @@
 #   scripts/kafka.sh stop --dir DIR               stop the broker started from DIR (TERM, then KILL
 #                                                 after 20 s)
 #
+# start's options for a secured listener beside the PLAINTEXT one:
+#   --sasl-ssl KEYSTORE           a SASL_SSL listener (SCRAM-SHA-512 over TLS) on another free loopback
+#                                 port; KEYSTORE is one PEM file holding the broker's private key
+#                                 (unencrypted PKCS#8) and then its certificate chain. Its address is
+#                                 printed as "SASL_SSL 127.0.0.1:M" on the line before the last.
+#   --scram-user NAME:PASSWORD    a SCRAM-SHA-512 user, added when DIR is formatted (its first start);
+#                                 repeatable; NAME and PASSWORD of letters, digits, '.', '_' and '-'
+#
 # Topics, messages and committed offsets live in DIR/data, so stop then start on the same DIR
-# keeps them; without --port a restart reuses the previous port when it is still free.
+# keeps them; without --port a restart reuses the previous ports when they are still free.
 # The broker's log is DIR/logs/server.log (log4j2), its JVM stdout/stderr DIR/logs/kafka.out.
 #
 # Environment:
@@ -196,18 +204,30 @@ terminate() {
 
 prop() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
 
+# The port of listener $1 (PLAINTEXT, SASL_SSL) in the `listeners` of DIR/server.properties; empty if none.
+listener_port() {
+  prop listeners "$2/server.properties" | tr ',' '\n' | sed -n "s|^$1://127\.0\.0\.1:\([0-9]*\)$|\1|p"
+}
+
 write_config() {
-  local dir="$1" port="$2" cport="$3"
+  local dir="$1" port="$2" cport="$3" sport="$4" keystore="$5"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local advertised="PLAINTEXT://127.0.0.1:$port" map="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ -n "$sport" ]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$sport"
+    advertised="$advertised,SASL_SSL://127.0.0.1:$sport"
+    map="$map,SASL_SSL:SASL_SSL"
+  fi
   cat >"$dir/server.properties" <<PROPS
 # Written by scripts/kafka.sh: one KRaft node that is both broker and controller, on loopback.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=$map
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=true
@@ -221,6 +241,16 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
+  if [ -n "$sport" ]; then
+    # Clients authenticate with SCRAM-SHA-512 (users stored in the cluster's metadata) over TLS; the
+    # broker's key and certificate chain come from one PEM file (Kafka reads PEM keystores itself).
+    cat >>"$dir/server.properties" <<PROPS
+listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$keystore
+PROPS
+  fi
   cat >"$dir/log4j2.properties" <<LOG
 # Written by scripts/kafka.sh: the broker logs to a file, not to the terminal.
 status = warn
@@ -244,18 +274,31 @@ LOG
 
 # ---------------------------------------------------------------------------------------- start
 start() {
-  local port="" dir=""
+  local port="" dir="" keystore="" scram=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --port) [ $# -ge 2 ] || die "--port needs a value"; port="$2"; shift 2 ;;
       --port=*) port="${1#--port=}"; shift ;;
       --dir) [ $# -ge 2 ] || die "--dir needs a value"; dir="$2"; shift 2 ;;
       --dir=*) dir="${1#--dir=}"; shift ;;
-      *) die "start: unknown argument '$1' (usage: start [--port N] --dir DIR)" ;;
+      --sasl-ssl) [ $# -ge 2 ] || die "--sasl-ssl needs a value"; keystore="$2"; shift 2 ;;
+      --sasl-ssl=*) keystore="${1#--sasl-ssl=}"; shift ;;
+      --scram-user) [ $# -ge 2 ] || die "--scram-user needs a value"; scram+=("$2"); shift 2 ;;
+      --scram-user=*) scram+=("${1#--scram-user=}"); shift ;;
+      *) die "start: unknown argument '$1' (usage: start [--port N] --dir DIR [--sasl-ssl KEYSTORE] [--scram-user NAME:PASSWORD]...)" ;;
     esac
   done
   [ -n "$dir" ] || die "start needs --dir DIR"
   [ -z "$port" ] || [[ "$port" =~ ^[0-9]+$ && "$port" -ge 1 && "$port" -le 65535 ]] || die "--port must be a TCP port number, not '$port'"
+  if [ -n "$keystore" ]; then
+    [ -r "$keystore" ] || die "--sasl-ssl: cannot read the keystore $keystore"
+    keystore="$(cd "$(dirname "$keystore")" && pwd)/$(basename "$keystore")"
+  fi
+  local user
+  for user in "${scram[@]}"; do
+    [[ "$user" =~ ^[A-Za-z0-9._-]+:[A-Za-z0-9._-]+$ ]] || die "--scram-user takes NAME:PASSWORD of letters, digits, '.', '_' and '-', not '$user'"
+  done
+  [ ${#scram[@]} -eq 0 ] || [ -n "$keystore" ] || die "--scram-user needs --sasl-ssl (the listener that authenticates)"
   need_python
   local java
   java="$(java_bin)"
@@ -266,26 +309,33 @@ start() {
 
   local pid
   pid="$(running_pid "$dir")"
-  [ -z "$pid" ] || die "a broker already runs from $dir (pid $pid, 127.0.0.1:$(prop 'advertised.listeners' "$dir/server.properties" | sed 's/.*://')); stop it first"
+  [ -z "$pid" ] || die "a broker already runs from $dir (pid $pid, 127.0.0.1:$(listener_port PLAINTEXT "$dir")); stop it first"
   rm -f "$dir/kafka.pid"
 
   # Ports: --port wins; else the previous port of this DIR if still free; else a free one.
-  # The controller port is kept across restarts when free (it names the quorum's one voter).
-  local old_port="" cport=""
+  # The controller and SASL_SSL ports are kept across restarts when free (the controller's
+  # names the quorum's one voter).
+  local old_port="" cport="" sport=""
   if [ -f "$dir/server.properties" ]; then
-    old_port="$(prop advertised.listeners "$dir/server.properties" | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p')"
-    cport="$(prop controller.quorum.voters "$dir/server.properties" | sed -n 's/.*127\.0\.0\.1:\([0-9]*\).*/\1/p')"
+    old_port="$(listener_port PLAINTEXT "$dir")"
+    cport="$(listener_port CONTROLLER "$dir")"
+    sport="$(listener_port SASL_SSL "$dir")"
   fi
   if [ -z "$port" ]; then
     if [ -n "$old_port" ] && port_free "$old_port"; then port="$old_port"; else port="$(free_ports 1)"; fi
   else
     port_free "$port" || die "port $port on 127.0.0.1 is already in use"
   fi
+  local p
   if [ -z "$cport" ] || [ "$cport" = "$port" ] || ! port_free "$cport"; then
-    local p
     for p in $(free_ports 2); do [ "$p" != "$port" ] && { cport="$p"; break; }; done
   fi
-  write_config "$dir" "$port" "$cport"
+  if [ -z "$keystore" ]; then
+    sport=""
+  elif [ -z "$sport" ] || [ "$sport" = "$port" ] || [ "$sport" = "$cport" ] || ! port_free "$sport"; then
+    for p in $(free_ports 3); do [ "$p" != "$port" ] && [ "$p" != "$cport" ] && { sport="$p"; break; }; done
+  fi
+  write_config "$dir" "$port" "$cport" "$sport" "$keystore"
 
   local log4j="-Dlog4j2.configurationFile=$dir/log4j2.properties"
   if [ ! -f "$dir/data/meta.properties" ]; then
@@ -294,9 +344,16 @@ start() {
     cluster_id="$(python3 -c 'import base64, uuid
 while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"): pass
 print(i)')"
+    local users=() name
+    for user in "${scram[@]}"; do
+      name="${user%%:*}"
+      users+=(--add-scram "SCRAM-SHA-512=[name=$name,password=${user#*:}]")
+    done
     "$java" -Xmx256m "$log4j" -cp "$libs/*" kafka.tools.StorageTool \
-      format --cluster-id "$cluster_id" --config "$dir/server.properties" >"$dir/logs/format.out" 2>&1 \
+      format --cluster-id "$cluster_id" --config "$dir/server.properties" "${users[@]}" >"$dir/logs/format.out" 2>&1 \
       || { cat "$dir/logs/format.out" >&2; die "formatting the storage in $dir/data failed"; }
+  elif [ ${#scram[@]} -gt 0 ]; then
+    say "$dir is formatted already: its SCRAM users stay as they are (--scram-user counts at the first start only)"
   fi
 
   echo "===== kafka.sh start $(date -u +%FT%TZ): Kafka $version on 127.0.0.1:$port, controller 127.0.0.1:$cport" >>"$dir/logs/kafka.out"
@@ -322,7 +379,8 @@ print(i)')"
     fi
     sleep 0.25
   done
-  say "Apache Kafka $version ready on 127.0.0.1:$port in $((SECONDS - t0)) s (pid $pid, data $dir/data, log $dir/logs/server.log)"
+  say "Apache Kafka $version ready on 127.0.0.1:$port${sport:+ (SASL_SSL on 127.0.0.1:$sport)} in $((SECONDS - t0)) s (pid $pid, data $dir/data, log $dir/logs/server.log)"
+  [ -z "$sport" ] || echo "SASL_SSL 127.0.0.1:$sport"
   echo "127.0.0.1:$port"
 }
 
@@ -354,6 +412,6 @@ case "${1:-}" in
   fetch) shift; [ $# -eq 0 ] || die "fetch takes no arguments"; fetch ;;
   start) shift; start "$@" ;;
   stop) shift; stop "$@" ;;
-  -h|--help|help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) echo "usage: $0 fetch | start [--port N] --dir DIR | stop --dir DIR" >&2; exit 2 ;;
+  -h|--help|help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "usage: $0 fetch | start [--port N] --dir DIR [--sasl-ssl KEYSTORE] [--scram-user NAME:PASSWORD]... | stop --dir DIR" >&2; exit 2 ;;
 esac

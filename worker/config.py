@@ -72,7 +72,18 @@ class KafkaConfig(Struct, forbid_unknown_fields=True):
     sasl_mechanism: str = ""
     sasl_username_env: str = "KAFKA_SASL_USERNAME"
     sasl_password_env: str = "KAFKA_SASL_PASSWORD"
-    # How long a command (and the worker at start) waits for a broker before it gives up (exit 1).
+    # SSL and SASL_SSL: the broker's certificate is always verified, against the system's CAs and the CAs in
+    # `ssl_cafile` besides (a PEM file, or a directory hashed by `openssl rehash`; "": the system's only), and
+    # must name the host connected to unless `ssl_check_hostname` is false.
+    ssl_cafile: str = ""
+    ssl_check_hostname: bool = True
+    # A client certificate for brokers that ask for one (ssl.client.auth): its PEM chain, its private key ("":
+    # in `ssl_certfile`), and the environment variable holding the key's password when the key is encrypted.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    ssl_key_password_env: str = "KAFKA_SSL_KEY_PASSWORD"
+    # How long a command (and the worker at start) waits for a broker before it gives up (exit 1); a broker
+    # that refuses the credentials, or whose certificate fails verification, stops it at once (exit 2).
     connect_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     linger_ms: Annotated[int, Meta(ge=0)] = 5
     max_request_bytes: PosInt = 8 * 1024 * 1024

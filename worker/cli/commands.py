@@ -34,7 +34,7 @@ from worker.cli.tables import COST_GROUPS, escape
 from worker.config import Config, ConfigError, load_config
 from worker.messages import Feedback, Job
 from worker.observability.logs import get_logger, setup_logging
-from worker.pipeline.kafka import BrokerUnavailable, DeliveryError, wait_for_broker
+from worker.pipeline.kafka import BrokerRefused, BrokerUnavailable, DeliveryError, wait_for_broker
 
 log = get_logger("cli")
 
@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llm-router: configuration error: {exc}", file=sys.stderr)
         return 2
     except UsageError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return 2
+    except BrokerRefused as exc:
+        # Wrong credentials or an untrusted certificate: the configuration must change, as for a ConfigError.
         print(f"llm-router: {exc}", file=sys.stderr)
         return 2
     except (BrokerUnavailable, DeliveryError, ConnectionError, KafkaError, TopicMissing) as exc:

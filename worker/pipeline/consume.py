@@ -307,8 +307,8 @@ class Worker:
             )
 
     async def _broker_answers(self, stop: asyncio.Event) -> bool:
-        """Wait for the broker (`kafka.connect_timeout_s`, then BrokerUnavailable); False when the worker is
-        stopped first."""
+        """Wait for the broker (`kafka.connect_timeout_s`, then BrokerUnavailable; BrokerRefused at once when it
+        refuses the credentials or its certificate fails verification); False when the worker is stopped first."""
         waiting = asyncio.ensure_future(wait_for_broker(self.config.kafka))
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -320,7 +320,7 @@ class Worker:
                 await asyncio.gather(waiting, return_exceptions=True)
         if waiting.cancelled():
             return False
-        waiting.result()  # BrokerUnavailable
+        waiting.result()  # BrokerUnavailable, BrokerRefused
         return True
 
     async def _close_providers(self) -> None:

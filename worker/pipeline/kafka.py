@@ -5,15 +5,24 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 
-from worker.config import KafkaConfig
+from worker.config import ConfigError, KafkaConfig
 from worker.observability.logs import muted
 
 _CLIENT_LOGGER = "aiokafka"
@@ -27,15 +36,22 @@ class BrokerUnavailable(Exception):
     """No broker answered within the connect timeout; the message names the bootstrap servers."""
 
 
+class BrokerRefused(Exception):
+    """The broker turned the credentials down, or its certificate failed verification: trying again cannot
+    help, the configuration must change. The message names the broker and the reason."""
+
+
 async def wait_for_broker(config: KafkaConfig, timeout_s: float | None = None) -> None:
     """Return once a broker of `config.bootstrap_servers` answers a metadata request, trying again every
-    half second; BrokerUnavailable after `timeout_s` (default `kafka.connect_timeout_s`)."""
+    half second; BrokerUnavailable after `timeout_s` (default `kafka.connect_timeout_s`), BrokerRefused at
+    once when a broker refuses the credentials or its certificate fails verification."""
     timeout_s = config.connect_timeout_s if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
+    security = _security(config)  # one TLS context for every attempt: loading the CAs takes tens of ms
     last: Exception | None = None
     while True:
         left = deadline - time.monotonic()
-        client = AIOKafkaClient(**_common(config), request_timeout_ms=max(1000, int(min(left, 10) * 1000)))
+        client = AIOKafkaClient(**_common(config, security), request_timeout_ms=max(1000, int(min(left, 10) * 1000)))
         try:
             # The client's own errors while it tries are expected: BrokerUnavailable says it all, once.
             with muted(_CLIENT_LOGGER):
@@ -46,6 +62,8 @@ async def wait_for_broker(config: KafkaConfig, timeout_s: float | None = None) -
             last = exc
         finally:
             await client.close()
+        if config.security_protocol != "PLAINTEXT":
+            await _raise_refusal(config, security, client.hosts, deadline)
         if time.monotonic() + 0.5 >= deadline:
             # A refused connection says nothing the first part does not; anything else (TLS, auth) is the clue.
             detail = "" if isinstance(last, KafkaConnectionError) or not str(last) else f": {last}"
@@ -55,21 +73,87 @@ async def wait_for_broker(config: KafkaConfig, timeout_s: float | None = None) -
         await asyncio.sleep(0.5)
 
 
-def _common(config: KafkaConfig) -> dict[str, Any]:
-    options: dict[str, Any] = {
+async def _raise_refusal(
+    config: KafkaConfig, security: dict[str, Any], hosts: list[tuple[str, int, Any]], deadline: float
+) -> None:
+    """BrokerRefused when a bootstrap host turns this client away for good. The client's bootstrap keeps
+    only "unable to bootstrap", so one connection to each host (TLS handshake, SASL authentication) tells why."""
+    for host, port, _ in hosts:
+        try:
+            with muted(_CLIENT_LOGGER):
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    connection = await create_conn(host, port, client_id=config.client_id, **security)
+            connection.close()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            reason = refusal(exc, config)
+            if reason:
+                raise BrokerRefused(f"the Kafka broker at {host}:{port}: {reason}") from None
+
+
+def refusal(exc: BaseException, config: KafkaConfig) -> str | None:
+    """Why `exc`, raised while connecting, means the broker will never take this client as configured (the
+    reason, naming the settings to check); None for a failure that may pass (a broker not up yet)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = f"kafka.ssl_cafile {config.ssl_cafile}" if config.ssl_cafile else "no kafka.ssl_cafile"
+        return f"certificate verify failed: {exc.verify_message} (trusted: the system's CAs and {trusted})"
+    if isinstance(exc, (SaslAuthenticationFailed, AuthenticationFailedError)):
+        user = os.environ.get(config.sasl_username_env, "")
+        return (
+            f"authentication failed for user {user!r} with {config.sasl_mechanism or 'PLAIN'} (user and password "
+            f"from ${config.sasl_username_env} and ${config.sasl_password_env}): {exc}"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return f"SASL mechanism not enabled on this listener (kafka.sasl_mechanism): {exc}"
+    return None
+
+
+def _common(config: KafkaConfig, security: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The options every client takes: where the brokers are, who this client is, and `security` (default: the
+    configuration's, see `_security`)."""
+    return {
         "bootstrap_servers": config.bootstrap_servers,
         "client_id": config.client_id,
-        "security_protocol": config.security_protocol,
-    }
+    } | (_security(config) if security is None else security)
+
+
+def _security(config: KafkaConfig) -> dict[str, Any]:
+    """The security protocol and what it needs: the SASL mechanism and credentials, the TLS context."""
+    options: dict[str, Any] = {"security_protocol": config.security_protocol}
     if config.security_protocol.startswith("SASL"):
         options["sasl_mechanism"] = config.sasl_mechanism or "PLAIN"
         options["sasl_plain_username"] = os.environ.get(config.sasl_username_env, "")
         options["sasl_plain_password"] = os.environ.get(config.sasl_password_env, "")
     if config.security_protocol.endswith("SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context()
+        options["ssl_context"] = tls_context(config)
     return options
+
+
+def tls_context(config: KafkaConfig) -> ssl.SSLContext:
+    """The TLS client context of the Kafka clients: the broker's certificate verified against the system's CAs
+    and `kafka.ssl_cafile`'s, its host name checked unless `kafka.ssl_check_hostname` is false, and the client
+    certificate of `kafka.ssl_certfile` when set. ConfigError naming the key whose file cannot be loaded."""
+    context = ssl.create_default_context()
+    context.check_hostname = config.ssl_check_hostname
+    if config.ssl_cafile:
+        where = {"capath": config.ssl_cafile} if os.path.isdir(config.ssl_cafile) else {"cafile": config.ssl_cafile}
+        try:
+            context.load_verify_locations(**where)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"kafka.ssl_cafile {config.ssl_cafile!r} cannot be loaded: {exc}") from None
+    if config.ssl_keyfile and not config.ssl_certfile:
+        raise ConfigError("kafka.ssl_keyfile is set but kafka.ssl_certfile is not: the key needs its certificate")
+    if config.ssl_certfile:
+        # A password, even empty, keeps OpenSSL from prompting on the terminal for an encrypted key.
+        password = os.environ.get(config.ssl_key_password_env, "")
+        try:
+            context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile or None, password=password)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"kafka.ssl_certfile {config.ssl_certfile!r}"
+                f"{f' with kafka.ssl_keyfile {config.ssl_keyfile!r}' if config.ssl_keyfile else ''} cannot be "
+                f"loaded (an encrypted key takes its password from ${config.ssl_key_password_env}): {exc}"
+            ) from None
+    return context
 
 
 async def topic_partitions(config: KafkaConfig, topics: Iterable[str]) -> dict[str, list[int]]:
