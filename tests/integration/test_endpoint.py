@@ -17,6 +17,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -165,26 +166,21 @@ def dashboard_expressions(dashboard: dict) -> list[str]:
     return exprs
 
 
-PROMQL_WORDS = {
-    # Functions, aggregations and keywords of PromQL: what is left are metric names.
-    *"sum min max avg count stddev stdvar topk bottomk quantile count_values group by without on ignoring".split(),
-    *"group_left group_right bool and or unless offset rate irate increase delta idelta deriv".split(),
-    *"histogram_quantile clamp_min clamp_max abs ceil floor round vector scalar time label_values".split(),
-    *"label_replace label_join sort sort_desc avg_over_time max_over_time min_over_time sum_over_time".split(),
-    *"last_over_time absent changes resets inf nan".split(),
-}
+# Grafana's interval variables, as a duration PromQL parses.
+GRAFANA_INTERVALS = re.compile(r"\$(?:__rate_interval|__interval|__range)\b")
 
 
 def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects: identifiers outside strings, label matchers, grouping
-    clauses, ranges and Grafana's $variables, which are not PromQL words."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values and strings
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges and subqueries
-    expr = re.sub(r"\$\{?\w+\}?", "", expr)  # Grafana variables
-    names = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
-    return {n for n in names if n.lower() not in PROMQL_WORDS and not re.fullmatch(r"\d.*|e\d+", n)}
+    """The metric names an expression of the dashboard selects, from its PromQL syntax tree (promql-parser)."""
+    names: set[str] = set()
+
+    def visit(node) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            assert node.name, f"a selector without a metric name in {expr!r}"
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(GRAFANA_INTERVALS.sub("5m", expr)), visit)
+    return names
 
 
 def test_every_metric_the_dashboard_queries_is_in_the_workers_metrics(scraped_run, report):
