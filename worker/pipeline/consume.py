@@ -250,6 +250,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain within the grace period, commit and leave; the HTTP endpoint
         (`worker.http_port`) answers meanwhile, from before the broker does."""
+        tune_gc()
         if self.endpoint is None:
             await self._run(stop)
             return
@@ -261,7 +262,6 @@ class Worker:
 
     async def _run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        tune_gc()
         topics = self.config.kafka.topics
         if not await self._broker_answers(stop):
             await self._close_providers()
