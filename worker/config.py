@@ -123,6 +123,10 @@ class WorkerConfig(Struct, forbid_unknown_fields=True):
     dedupe_window_s: Annotated[int, Meta(ge=0)] = 86400
     # The most finished ids a replica remembers (the oldest forgotten first); a forgotten id runs again.
     dedupe_max_ids: PosInt = 1_000_000
+    # The HTTP endpoint (worker/observability/endpoint.py): /metrics (Prometheus text), /healthz and
+    # /readyz on this port while the worker runs; 0 turns it off. On every interface unless http_host names one.
+    http_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    http_host: str = ""
 
 
 # The provider kinds whose batch API is used unless a provider's `batch_api` says otherwise.

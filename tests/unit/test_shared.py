@@ -115,6 +115,25 @@ def test_an_unreachable_redis_fails_the_start_naming_its_address():
         asyncio.run(scenario())
 
 
+def test_readiness_says_why_redis_is_unreachable_and_nothing_when_it_answers(redis_url):
+    """What /readyz reports of the shared rate limiter: nothing with local limits or a Redis that answers,
+    the address and the error with one that does not."""
+
+    async def unreachable(backend: str) -> str | None:
+        limits = RateLimits(load_config(env={"LLM_ROUTER__RATE_LIMITS__BACKEND": backend}))
+        try:
+            return await limits.unreachable()
+        finally:
+            await limits.close()
+
+    async def scenario():
+        return [await unreachable(b) for b in ("local", redis_url, "redis://127.0.0.1:1/0")]
+
+    local, answering, closed = asyncio.run(scenario())
+    assert local is None and answering is None
+    assert closed is not None and closed.startswith("rate_limits.backend redis://127.0.0.1:1/0: cannot reach Redis")
+
+
 def test_the_backend_must_be_local_or_a_redis_url():
     with pytest.raises(ConfigError, match='backend must be "local" or a redis'):
         load_config(env={"LLM_ROUTER__RATE_LIMITS__BACKEND": "memcached://x"})

@@ -447,7 +447,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await replica.run(stop)
 
-    telemetry = _telemetry(config)
+    telemetry = _telemetry(config, prometheus=config.worker.http_port > 0)
     try:
         runtime.run(run(), config.worker.event_loop)
     finally:
@@ -455,11 +455,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _telemetry(config: Config):
+def _telemetry(config: Config, prometheus: bool = False):
     from worker.observability.telemetry import telemetry_from_env
 
     try:
-        return telemetry_from_env(process_parent=config.telemetry.process_parent)
+        return telemetry_from_env(process_parent=config.telemetry.process_parent, prometheus=prometheus)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -11,6 +11,9 @@ Configured from the standard environment variables, read once at start:
 - `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (e.g. `parentbased_traceidratio`, `0.01`),
   `OTEL_SERVICE_NAME` (default `llm-router`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_PROPAGATORS`,
   `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_BSP_*`: as the SDK reads them.
+- `worker.http_port` (not an `OTEL_*` variable): the worker's metrics are also recorded for its HTTP
+  endpoint's /metrics, in Prometheus text format (worker/observability/prometheus.py), with or
+  without an OTLP exporter.
 - `OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true` puts prompts and answers on the attempt
   spans (`gen_ai.input.messages`, `gen_ai.output.messages`); off by default, and API keys never.
 
@@ -59,6 +62,7 @@ class Telemetry:
         process_parent: str = "producer",
         shutdown: Sequence[Any] = (),
         distributions: Distributions | None = None,
+        exposition: Callable[[], bytes] | None = None,
     ) -> None:
         self.tracer_provider = tracer_provider or NoOpTracerProvider()
         self.meter_provider = meter_provider or NoOpMeterProvider()
@@ -72,6 +76,9 @@ class Telemetry:
         # The histograms, summed by the worker (worker/observability/metrics.py): they reach the exporters wrapped in
         # a ReportedMetricExporter given these same distributions, as telemetry_from_env sets them up.
         self.distributions = distributions if distributions is not None else Distributions(SCOPE)
+        # The metrics in Prometheus text format, collected at each call (the HTTP endpoint's /metrics); None
+        # unless telemetry_from_env was asked for it.
+        self.exposition = exposition
 
     def process_context(self, headers: Sequence[tuple[str, bytes]] | None) -> tuple[Context | None, list[Link]]:
         """The parent and links of a job's process span: the producer's context from the job's headers."""
@@ -145,22 +152,28 @@ def not_sent(span, exc: BaseException) -> None:
 
 
 def telemetry_from_env(
-    env: Mapping[str, str] | None = None, process_parent: str = "producer", service_name: str = "llm-router"
+    env: Mapping[str, str] | None = None,
+    process_parent: str = "producer",
+    service_name: str = "llm-router",
+    prometheus: bool = False,
 ) -> Telemetry:
-    """The telemetry the `OTEL_*` environment asks for (see the module's docstring); OFF when it asks for none."""
+    """The telemetry the `OTEL_*` environment asks for (see the module's docstring); OFF when it asks for none.
+    With `prometheus` (the worker's HTTP endpoint is on), metrics are recorded whatever the exporters, and
+    `exposition` gives them in Prometheus text format."""
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return OFF
     capture = env.get(CAPTURE_CONTENT_ENV, "").strip().lower() == "true"
     traces = _exporters(env, "TRACES")
     metrics = _exporters(env, "METRICS")
-    if not traces and not metrics:
+    if not traces and not metrics and not prometheus:
         return Telemetry(capture_content=capture, process_parent=process_parent)
 
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
     resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or service_name})
     tracer_provider = meter_provider = None
+    exposition = None
     distributions = Distributions(SCOPE)
     if traces:
         from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
@@ -173,13 +186,13 @@ def telemetry_from_env(
             tracer_provider.add_span_processor(
                 BatchSpanProcessor(ReportedSpanExporter(_exporter("TRACES", name, env), name))
             )
-    if metrics:
+    if metrics or prometheus:
         from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 
         # The wrapper and the exporter it wraps must agree on the temporality the reader asks for.
         temporality = metric_temporality(env)
-        readers = [
+        readers: list[MetricReader] = [
             PeriodicExportingMetricReader(
                 ReportedMetricExporter(
                     _exporter("METRICS", name, env, preferred_temporality=temporality),
@@ -190,9 +203,18 @@ def telemetry_from_env(
             )
             for name in metrics
         ]
+        if prometheus:
+            from worker.observability.prometheus import PrometheusExposition
+
+            reader = PrometheusExposition(distributions)
+            readers.append(reader)
+            exposition = reader.text
         meter_provider = SdkMeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     _quiet_sdk_logs()
-    log.info("telemetry on", extra={"traces": traces, "metrics": metrics, "capture_content": capture})
+    log.info(
+        "telemetry on",
+        extra={"traces": traces, "metrics": metrics, "prometheus": prometheus, "capture_content": capture},
+    )
     return Telemetry(
         tracer_provider,
         meter_provider,
@@ -200,6 +222,7 @@ def telemetry_from_env(
         process_parent,
         [p for p in (tracer_provider, meter_provider) if p is not None],
         distributions,
+        exposition,
     )
 
 

@@ -30,7 +30,9 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from worker.config import Config, ConfigError
 from worker.execution.runner import JobOutcome, JobRunner, Parked
 from worker.messages import Job, Result
+from worker.observability.endpoint import Endpoint
 from worker.observability.logs import get_logger
+from worker.observability.prometheus import CONTENT_TYPE
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import evidence, state
 from worker.pipeline.batches import BatchDesk
@@ -125,6 +127,12 @@ class Worker:
         self.batches = BatchDesk(config, self.runner, apis, self.learning_producer) if apis else None
         self._sharing = False  # evidence is sent and taken (the evidence topic exists)
         self.broker = BrokerWatch(self.consumer.topics, config.kafka.bootstrap_servers)
+        self._joined = False  # the group assigned this member its partitions (none, maybe) at least once
+        self.endpoint: Endpoint | None = None  # /metrics, /healthz, /readyz: on with worker.http_port
+        if config.worker.http_port:
+            self.endpoint = Endpoint(
+                config.worker.http_host, config.worker.http_port, self.readiness, telemetry.exposition, CONTENT_TYPE
+            )
         self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
         if config.worker.dedupe_window_s > 0:
             isolation = "read_committed" if config.worker.delivery == "exactly_once" else "read_uncommitted"
@@ -135,6 +143,15 @@ class Worker:
     def serving(self) -> bool:
         """Whether the worker takes jobs: some provider can take one (else its partitions are paused)."""
         return self._no_provider_since is None
+
+    async def readiness(self) -> str | None:
+        """Why the worker is not ready (None when it is): it joined the group, the broker answers, and
+        Redis does when the rate limits are shared through it."""
+        if not self._joined:
+            return "the consumer group is not joined yet"
+        if not self.broker.connected:
+            return f"the broker ({self.config.kafka.bootstrap_servers}) does not answer"
+        return await self.runner.limits.unreachable()
 
     def _observe(self) -> None:
         """Gauges read when the metric reader collects: in flight, lag, the rate-limit gates, learned rates."""
@@ -231,9 +248,20 @@ class Worker:
         return out
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then drain within the grace period, commit and leave."""
-        self._stop = stop
+        """Consume until `stop` is set, then drain within the grace period, commit and leave; the HTTP endpoint
+        (`worker.http_port`) answers meanwhile, from before the broker does."""
         tune_gc()
+        if self.endpoint is None:
+            await self._run(stop)
+            return
+        await self.endpoint.start()
+        try:
+            await self._run(stop)
+        finally:
+            await self.endpoint.close()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         topics = self.config.kafka.topics
         if not await self._broker_answers(stop):
             await self._close_providers()
@@ -751,6 +779,7 @@ class Worker:
 
     def assigned(self, partitions: set[TopicPartition]) -> None:
         """New partitions: paused like the others while the worker is at capacity; the rate-limit share follows."""
+        self._joined = True
         if self._paused and partitions:
             self.consumer.pause(*partitions)
         total = len(self.consumer.partitions_for_topic(self.config.kafka.topics.jobs) or ())

@@ -44,6 +44,16 @@ class RateLimits:
         if self._shared is not None:
             await self._shared.check()
 
+    async def unreachable(self) -> str | None:
+        """With the Redis backend, why Redis does not answer now (None when it does, or there is none)."""
+        if self._shared is None:
+            return None
+        try:
+            await self._shared.check()
+        except ConnectionError as exc:
+            return str(exc)
+        return None
+
     async def close(self) -> None:
         if self._shared is not None:
             await self._shared.close()
