@@ -57,7 +57,9 @@ def test_without_budgets_nothing_is_budgeted():
 
 
 def test_a_negative_budget_fails_with_its_path():
-    with pytest.raises(ConfigError, match="LLM_ROUTER__TENANTS__T1__BUDGET_USD_PER_DAY.*tenants.t1.budget_usd_per_day"):
+    with pytest.raises(
+        ConfigError, match=r"LLM_ROUTER__TENANTS__T1__BUDGET_USD_PER_DAY: tenants\.t1\.budget_usd_per_day"
+    ):
         load_config(env={"LLM_ROUTER__TENANTS__T1__BUDGET_USD_PER_DAY": "-1"})
 
 

@@ -17,6 +17,9 @@ from worker.config import Config
 from worker.messages import CostEvent
 
 BUDGET_EXCEEDED = "budget_exceeded"  # the error kind of a job refused for its tenant's budget
+# A day's cost events are read from this long before its midnight to this long after the next: a record's
+# timestamp is its send, a little after the event's `ts` (the event's `ts` decides its day).
+DAY_SLACK_S = 300
 
 
 def utc_day(moment: datetime) -> date:

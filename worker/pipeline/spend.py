@@ -22,14 +22,12 @@ from aiokafka import TopicPartition
 from worker.config import KafkaConfig
 from worker.messages import CostEvent
 from worker.observability.logs import get_logger
-from worker.pipeline.budgets import Refusal, SpendLedger, today
+from worker.pipeline.budgets import DAY_SLACK_S, Refusal, SpendLedger, today
 from worker.pipeline.kafka import make_consumer, topic_partitions
 from worker.pipeline.offsets import read_to_end
 
 log = get_logger("spend")
 
-# The read starts this long before midnight: a record's timestamp is its send, a little after the event's `ts`.
-START_SLACK_S = 300
 # The longest jobs of budgeted tenants wait for the first read of the day's spend; then they run on what is read.
 LOAD_LIMIT_S = 300.0
 
@@ -77,7 +75,7 @@ class SpendTail:
         day = today()
         self.ledger.roll(day)
         ends = await self._consumer.end_offsets(partitions)
-        since = day_start_ms(datetime.now(UTC)) - START_SLACK_S * 1000
+        since = day_start_ms(datetime.now(UTC)) - DAY_SLACK_S * 1000
         starts = await self._consumer.offsets_for_times(dict.fromkeys(partitions, since))
         for tp in partitions:
             start = starts.get(tp)
