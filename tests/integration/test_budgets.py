@@ -1,6 +1,7 @@
 """Tenant budgets across three replicas: a tenant with a $0.01 budget gets `budget_exceeded` results once its
 spend (its cost events, read by every replica from the costs topic) reaches it, overshooting by at most its jobs
-in flight; another tenant runs on; the spend survives a restart of every replica; `llm-router spend` prints it."""
+in flight; another tenant runs on; the spend survives a restart of every replica; `llm-router spend` prints it.
+On one replica: the overshoot within its own jobs in flight, and the refusals and spend in its metrics."""
 
 import asyncio
 import re
@@ -9,8 +10,15 @@ import sys
 from collections import defaultdict
 
 import orjson
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from tests.integration.helpers import REPO, Outputs, Setup, collect, job_bytes, make_topics, produce, provider_latency
+from tests.metric_capture import Captured, points_by_name
+from worker.cli.runs import running_worker
+from worker.observability.metrics import Distributions
+from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry
 
 REPLICAS = 3
 MAX_IN_FLIGHT = 4
@@ -123,4 +131,51 @@ def test_a_tenant_over_its_budget_is_refused_across_replicas_and_restarts(bootst
         f"{LATENCY_MS} ms): spent ${t1_spent:.6f} in {t1_jobs_run} jobs, overshoot ${overshoot:.6f} = "
         f"{overshoot / highest:.1f} jobs of ${highest:.6f} (bound {REPLICAS * MAX_IN_FLIGHT} jobs, ${bound:.6f}); "
         f"refused {len(refused)} (of them {len(restarted)} after the restart, at once)"
+    )
+
+
+def test_one_replica_overshoots_by_its_jobs_in_flight_at_most_and_meters_its_refusals(bootstrap, report):
+    distributions = Distributions(SCOPE)
+    captured = Captured()
+    reader = PeriodicExportingMetricReader(
+        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
+    )
+    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
+    budget, in_flight = 0.002, 2
+    setup = Setup(
+        bootstrap,
+        LLM_ROUTER__TENANTS__T1__BUDGET_USD_PER_DAY=budget,
+        LLM_ROUTER__TENANT_DEFAULTS__BUDGET_USD_PER_DAY=1.0,
+        LLM_ROUTER__WORKER__MAX_IN_FLIGHT=in_flight,
+        **provider_latency(50),
+    )
+    tenants = ["t1", "t2", None]
+    sent = [(f"s{i}".encode(), job_bytes(f"s{i}", PROMPT, model="gpt-4o", tenant=tenants[i % 3])) for i in range(60)]
+
+    async def scenario():
+        await make_topics(setup)
+        async with running_worker(setup.config, telemetry=telemetry):
+            await produce(setup, sent)
+            outputs = await collect(setup, lambda o: len(o.results) == len(sent), timeout_s=90, settle_s=1)
+            reader.force_flush()  # gauges are read while the worker runs
+        return outputs, points_by_name(captured.data)
+
+    outputs, points = asyncio.run(scenario())
+    refused = [r for r in outputs.results if r.error is not None and r.error.kind == "budget_exceeded"]
+    assert refused and all(r.tenant == "t1" for r in refused), "t2 and the jobs without a tenant are within 1.0"
+    assert len([r for r in outputs.results if r.status == "ok"]) == len(sent) - len(refused)
+    spent = {t: sum(e.cost_usd for e in outputs.costs if e.tenant == t) for t in tenants}
+    highest = max(e.cost_usd for e in outputs.costs)  # one attempt a job
+    overshoot = spent["t1"] - budget
+    assert 0 <= overshoot <= in_flight * highest, (overshoot, in_flight * highest)
+    assert [(dict(p.attributes), p.value) for p in points["llm_router.budget_exceeded"]] == [
+        ({"llm_router.tenant": "t1"}, len(refused))
+    ]
+    gauge = {p.attributes.get("llm_router.tenant", ""): p.value for p in points["llm_router.tenant.spend"]}
+    assert gauge == pytest.approx({"t1": spent["t1"], "t2": spent["t2"], "": spent[None]}), (
+        "own events counted at once, not again when read back"
+    )
+    report(
+        f"tenant budget ${budget} on one replica (max_in_flight {in_flight}): overshoot ${overshoot:.6f} = "
+        f"{overshoot / highest:.1f} jobs (bound {in_flight}); refused {len(refused)}"
     )
