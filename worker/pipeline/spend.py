@@ -93,6 +93,8 @@ class SpendTail:
         """Count the cost events as they come, until cancelled; the days roll at UTC midnight."""
         day = today()
         try:
+            if not self._loaded.is_set():  # partitions with nothing of the day to read are read already
+                await self._check_loaded({})
             while True:
                 batch = await self._consumer.getmany(timeout_ms=1000)
                 if (now := today()) != day:
