@@ -313,6 +313,21 @@ class TelemetryConfig(Struct, forbid_unknown_fields=True):
     process_parent: Literal["producer", "link"] = "producer"
 
 
+class TenantConfig(Struct, forbid_unknown_fields=True):
+    """A tenant's settings (`[tenants.NAME]`, NAME the `tenant` its jobs carry)."""
+
+    # USD its jobs may spend a UTC day, summed from their cost events across every replica; once reached,
+    # its jobs fail with budget_exceeded. 0: no budget (a tenant named here is exempt from tenant_defaults).
+    budget_usd_per_day: NonNegFloat = 0.0
+
+
+class TenantDefaults(Struct, forbid_unknown_fields=True):
+    """What a tenant not named in `[tenants]` gets (jobs without a tenant count as the tenant "")."""
+
+    # Its budget: USD a UTC day; 0: none.
+    budget_usd_per_day: NonNegFloat = 0.0
+
+
 class Config(Struct, forbid_unknown_fields=True):
     providers: dict[str, ProviderConfig]
     models: dict[str, ModelConfig]
@@ -324,6 +339,8 @@ class Config(Struct, forbid_unknown_fields=True):
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
+    tenants: dict[str, TenantConfig] = {}
+    tenant_defaults: TenantDefaults = msgspec.field(default_factory=TenantDefaults)
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

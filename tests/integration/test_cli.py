@@ -214,7 +214,14 @@ def test_feedback_sends_one_message_keyed_by_the_job_id_and_prints_it(bootstrap)
 
 def test_a_missing_topic_is_one_line_and_exit_1(bootstrap):
     setup = Setup(bootstrap)
-    for command in (["results", "x"], ["results", "--summary"], ["costs"], ["dlq"], ["feedback", "x", "--correct"]):
+    for command in (
+        ["results", "x"],
+        ["results", "--summary"],
+        ["costs"],
+        ["spend"],
+        ["dlq"],
+        ["feedback", "x", "--correct"],
+    ):
         out = cli(setup, *command, "--timeout", "20")
         assert out.returncode == 1, command
         assert len(out.stderr.decode().splitlines()) == 1 and "does not exist" in out.stderr.decode(), command
@@ -236,6 +243,7 @@ STARTUP_SLACK_S = 5.0
         ["results", "some-id", "--follow"],
         ["results", "--summary"],
         ["costs", "--by", "task"],
+        ["spend", "--day", "2027-03-14"],
         ["dlq"],
         ["feedback", "j", "--wrong"],
         ["topics", "list"],

@@ -14,7 +14,16 @@ import pytest
 import worker
 from worker.cli.commands import _parser, encode_job, parse_args, parse_job_line
 from worker.cli.config_cmd import is_secret_key, missing_keys, redact, to_toml
-from worker.cli.tables import escape, format_result, percentile, sum_costs, summarize_results, table
+from worker.cli.tables import (
+    escape,
+    format_result,
+    percentile,
+    spend_lines,
+    sum_costs,
+    sum_spend,
+    summarize_results,
+    table,
+)
 from worker.config import ConfigError, load_config
 from worker.messages import Attempt, CostEvent, ErrorInfo, Job, Result, Usage
 
@@ -58,6 +67,7 @@ def test_format_result_shows_the_output_or_the_error():
         ["produce"],
         ["results"],
         ["costs"],
+        ["spend"],
         ["dlq"],
         ["feedback"],
         ["topics", "create"],
@@ -234,6 +244,63 @@ def test_costs_are_summed_per_group_with_distinct_jobs_and_a_total():
     assert [(row["model"], row["jobs"]) for row in by_model] == [("m2", 1), ("m1", 2)]
 
 
+def test_spend_is_summed_by_tenant_and_model_beside_each_tenants_budget():
+    now = datetime.now(UTC)
+
+    def event(job_id: str, model: str, tenant: str | None, cost: float, attempt: int = 1) -> CostEvent:
+        return CostEvent(
+            job_id=job_id,
+            attempt=attempt,
+            provider="p",
+            model=model,
+            input_tokens=10,
+            output_tokens=5,
+            cost_usd=cost,
+            outcome="ok",
+            ts=now,
+            tenant=tenant,
+            via="sync",
+        )
+
+    events = [
+        event("a", "m1", "t1", 0.25),
+        event("a", "m2", "t1", 0.5, attempt=2),
+        event("b", "m1", "t1", 0.25),
+        event("c", "m1", None, 2.0),
+    ]
+    budgets = {"t1": 1.0}
+    tenants = sum_spend(events, lambda tenant: budgets.get(tenant, 0.0))
+    assert tenants == [
+        {
+            "tenant": "",
+            "cost_usd": 2.0,
+            "budget_usd": None,
+            "over_budget": False,
+            "models": {"m1": {"jobs": 1, "attempts": 1, "cost_usd": 2.0}},
+        },
+        {
+            "tenant": "t1",
+            "cost_usd": 1.0,
+            "budget_usd": 1.0,
+            "over_budget": True,
+            "models": {
+                "m1": {"jobs": 2, "attempts": 2, "cost_usd": 0.5},
+                "m2": {"jobs": 1, "attempts": 1, "cost_usd": 0.5},
+            },
+        },
+    ]
+    lines = spend_lines(tenants)
+    assert lines[0].split() == ["tenant", "model", "jobs", "attempts", "cost_usd", "budget_usd"]
+    assert [line.split() for line in lines[1:]] == [
+        ["-", "m1", "1", "1", "2.000000", "-"],
+        ["-", "(all", "models)", "-", "-", "2.000000", "-"],
+        ["t1", "m1", "2", "2", "0.500000", "-"],
+        ["t1", "m2", "1", "1", "0.500000", "-"],
+        ["t1", "(all", "models)", "-", "-", "1.000000", "1.000000", "(reached)"],
+        ["total", "-", "-", "-", "3.000000", "-"],
+    ]
+
+
 def test_a_job_over_max_job_bytes_is_refused_with_its_size():
     job = Job(id="j", prompt="x" * 100)
     size = len(msgspec.json.encode(job))
@@ -262,6 +329,7 @@ def test_config_and_log_level_are_taken_before_or_after_the_command():
         (["--log-level", "loud", "results"], "argument --log-level: invalid choice: 'LOUD'"),
         (["results", "--timeout", "0"], "argument --timeout: must be more than 0 seconds"),
         (["costs", "--by", "colour"], "argument --by: invalid choice: 'colour'"),
+        (["spend", "--day", "14/03/2027"], "argument --day: not a day (YYYY-MM-DD): '14/03/2027'"),
         (["produce", "/no/such/file.jsonl"], "llm-router: /no/such/file.jsonl: No such file or directory"),
         (["eval", "/no/such/workload.jsonl"], "llm-router: /no/such/workload.jsonl: No such file or directory"),
         (["results", "--summary", "some-id"], "llm-router: results: --summary reads the whole topic"),

@@ -10,6 +10,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from typing import IO, NoReturn
 
 import msgspec
@@ -26,6 +27,7 @@ from worker.cli.inspect import (
     cmd_costs,
     cmd_dlq,
     cmd_results,
+    cmd_spend,
     cmd_topics_list,
     started,
     timeout_of,
@@ -101,6 +103,13 @@ def _positive_seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
     return value
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
 
 
 def _grade(text: str) -> float:
@@ -217,6 +226,19 @@ def _parser() -> argparse.ArgumentParser:
     costs.add_argument("--by", choices=COST_GROUPS, default="model", help="the group (default model)")
     costs.add_argument("--json", action="store_true", help="one JSON object")
     costs.set_defaults(func=cmd_costs)
+
+    spend = commands.add_parser(
+        "spend",
+        parents=[talks_to_broker],
+        help="a UTC day's spend by tenant and model, beside each tenant's budget",
+        description="Read the costs topic's records of one UTC day (from offsets_for_times of its start to that of "
+        "the next day's) and print the cost by tenant and model, each tenant's total beside its budget "
+        "([tenants.NAME] or [tenant_defaults] budget_usd_per_day; `(reached)` once its spend reached it). Jobs "
+        'without a tenant are the tenant `-` ("" in JSON).',
+    )
+    spend.add_argument("--day", type=_day, default=None, help="the UTC day, YYYY-MM-DD (default: today)")
+    spend.add_argument("--json", action="store_true", help="one JSON object a line per tenant")
+    spend.set_defaults(func=cmd_spend)
 
     dlq = commands.add_parser(
         "dlq",

@@ -1,4 +1,5 @@
-"""The commands that read the topics: `results` (follow, find by id, summary), `costs`, `dlq` and `topics list`.
+"""The commands that read the topics: `results` (follow, find by id, summary), `costs`, `spend`, `dlq` and
+`topics list`.
 
 Each one waits at most `--timeout` seconds for a broker (BrokerUnavailable: one line, exit 1), then reads a topic
 from its beginning to the end offsets it had at start, so that its answer is of a fixed moment.
@@ -13,6 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -24,13 +26,16 @@ from worker.cli.tables import (
     escape,
     format_dead_letter,
     format_result,
+    spend_lines,
     sum_costs,
+    sum_spend,
     summarize_results,
     summary_lines,
     table,
 )
 from worker.config import Config, KafkaConfig, load_config
 from worker.messages import CostEvent, DeadLetter, Result
+from worker.pipeline.budgets import DAY_SLACK_S, Budgets, utc_day
 from worker.pipeline.kafka import BrokerUnavailable, make_consumer, topic_partitions, wait_for_broker
 
 
@@ -282,6 +287,64 @@ async def _costs(config: Config, timeout_s: float, by: str, as_json: bool) -> in
     for line in table(columns, [[row[c] for c in columns] for row in [*rows, total]]):
         _print(line)
     return 0
+
+
+def cmd_spend(args: argparse.Namespace) -> int:
+    """`spend [--day YYYY-MM-DD]`: a UTC day's spend by tenant and model, each tenant beside its budget."""
+    config = load(args)
+    day = args.day or datetime.now(UTC).date()
+    return runtime.run(_spend(config, timeout_of(args, config), day, args.json), config.worker.event_loop)
+
+
+async def _spend(config: Config, timeout_s: float, day: date, as_json: bool) -> int:
+    decoder = msgspec.json.Decoder(CostEvent)
+    events: list[CostEvent] = []
+    async with started(_reader(config.kafka), config.kafka, timeout_s) as consumer:
+        ends = await assign_day(consumer, config.kafka, config.kafka.topics.costs, day, timeout_s)
+        async for record in read_to_end(consumer, ends, timeout_s):
+            event = _decode(decoder, record.value)
+            if event is not None and utc_day(event.ts) == day:
+                events.append(event)
+    tenants = sum_spend(events, Budgets(config).of)
+    if as_json:
+        for row in tenants:
+            _print(orjson.dumps({"day": day.isoformat(), **row}).decode())
+        return 0
+    _print(f"spend of {day.isoformat()} (UTC)")
+    for line in spend_lines(tenants):
+        _print(line)
+    return 0
+
+
+async def assign_day(
+    consumer: AIOKafkaConsumer, kafka: KafkaConfig, topic: str, day: date, timeout_s: float
+) -> dict[TopicPartition, int]:
+    """Assign every partition of `topic` at the first record of the UTC `day` (`offsets_for_times`); the offset
+    each one's records of the day end before. Both bounds are DAY_SLACK_S wide (an event's `ts` is taken before
+    its record is sent): the reader keeps the events whose `ts` is of the day. TopicMissing without the topic."""
+    found = await topic_partitions(kafka, [topic])
+    if topic not in found:
+        raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
+    partitions = [TopicPartition(topic, p) for p in found[topic]]
+    ends = await end_offsets(consumer, partitions, timeout_s)
+    consumer.assign(partitions)  # anew: the probe's fetched records and positions are dropped
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    slack = timedelta(seconds=DAY_SLACK_S)
+    starts = await consumer.offsets_for_times(dict.fromkeys(partitions, _ms(midnight - slack)))
+    nexts = await consumer.offsets_for_times(dict.fromkeys(partitions, _ms(midnight + timedelta(days=1) + slack)))
+    bounds = {}
+    for tp in partitions:
+        start, after = starts.get(tp), nexts.get(tp)
+        # No record from then on: nothing of the day (start), or the day runs to the end (after). A broker that
+        # answers with no timestamp (Tansu) says nothing: from the beginning, to the end.
+        first = ends[tp] if start is None else start.offset if start.timestamp >= 0 else 0
+        bounds[tp] = ends[tp] if after is None or after.timestamp < 0 else min(after.offset, ends[tp])
+        consumer.seek(tp, min(first, bounds[tp]))
+    return bounds
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ Pure functions of the messages; the commands that read them from Kafka are in wo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from worker.messages import CostEvent, DeadLetter, Result
@@ -146,3 +146,48 @@ def _add_cost(row: dict[str, Any], event: CostEvent) -> None:
     row["cost_usd"] += event.cost_usd
     row["input_tokens"] += event.input_tokens
     row["output_tokens"] += event.output_tokens
+
+
+def sum_spend(events: Iterable[CostEvent], budget_of: Callable[[str], float]) -> list[dict[str, Any]]:
+    """Per tenant ("" for jobs without one), dearest first: its cost, its budget (None: none), whether its spend
+    reached it, and per model (dearest first) its distinct jobs, attempts and cost."""
+    tenants: dict[str, dict[str, dict[str, Any]]] = {}
+    jobs: dict[tuple[str, str], set[str]] = {}
+    for event in events:
+        tenant = event.tenant or ""
+        row = tenants.setdefault(tenant, {}).setdefault(event.model, {"jobs": 0, "attempts": 0, "cost_usd": 0.0})
+        row["attempts"] += 1
+        row["cost_usd"] += event.cost_usd
+        jobs.setdefault((tenant, event.model), set()).add(event.job_id)
+    out = []
+    for tenant, models in tenants.items():
+        for model, row in models.items():
+            row["jobs"] = len(jobs[(tenant, model)])
+        cost = sum(row["cost_usd"] for row in models.values())
+        budget = budget_of(tenant) or None
+        out.append(
+            {
+                "tenant": tenant,
+                "cost_usd": cost,
+                "budget_usd": budget,
+                "over_budget": budget is not None and cost >= budget,
+                "models": dict(sorted(models.items(), key=lambda kv: (-kv[1]["cost_usd"], kv[0]))),
+            }
+        )
+    return sorted(out, key=lambda row: (-row["cost_usd"], row["tenant"]))
+
+
+def spend_lines(tenants: list[dict[str, Any]]) -> list[str]:
+    """The human form of `sum_spend`: a row per tenant and model, each tenant's total beside its budget, and the
+    total of every tenant."""
+    rows: list[list[object]] = []
+    for row in tenants:
+        tenant = row["tenant"] or None  # jobs without a tenant: "-"
+        for model, sums in row["models"].items():
+            rows.append([tenant, model, sums["jobs"], sums["attempts"], sums["cost_usd"], None])
+        over = " (reached)" if row["over_budget"] else ""
+        budget = f"{row['budget_usd']:.6f}{over}" if row["budget_usd"] is not None else None
+        rows.append([tenant, "(all models)", None, None, row["cost_usd"], budget])
+    total = sum(row["cost_usd"] for row in tenants)
+    rows.append(["total", None, None, None, total, None])
+    return table(["tenant", "model", "jobs", "attempts", "cost_usd", "budget_usd"], rows)

@@ -231,6 +231,12 @@ class Metrics:
             "Jobs not run again: their id finished within the dedupe window (their first result published again)",
             (),
         )
+        self.budget_refusals = self._counter(
+            "llm_router.budget_exceeded",
+            "{job}",
+            "Jobs refused because their tenant's spend of the UTC day reached its budget, by tenant",
+            ("llm_router.tenant",),
+        )
         self.attempts = distributions.get(
             "llm_router.job.attempts", "{attempt}", "Attempts a job took", ("llm_router.task",), ATTEMPT_BUCKETS
         )
@@ -273,6 +279,10 @@ class Metrics:
 
     def duplicate(self) -> None:
         self.duplicates.add(1, ())
+
+    def budget_exceeded(self, tenant: str) -> None:
+        """A job of `tenant` refused for its budget (its result counts in `jobs` as failed)."""
+        self.budget_refusals.add(1, (tenant,))
 
     def _counter(self, name: str, unit: str, description: str, keys: tuple[str, ...]) -> Sums:
         sums = Sums(keys)

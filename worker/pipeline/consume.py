@@ -36,6 +36,7 @@ from worker.observability.prometheus import CONTENT_TYPE
 from worker.observability.telemetry import OFF, TRACE_HEADERS, Telemetry, inject, start_send_span
 from worker.pipeline import evidence, state
 from worker.pipeline.batches import BatchDesk
+from worker.pipeline.budgets import BUDGET_EXCEEDED, Budgets, Refusal, SpendLedger, today
 from worker.pipeline.connection import BrokerWatch, watch_client_logs
 from worker.pipeline.dedupe import FinishedRecords
 from worker.pipeline.evidence import EvidenceTail
@@ -46,6 +47,7 @@ from worker.pipeline.kafka import make_consumer, make_producer, wait_for_broker
 from worker.pipeline.offsets import OffsetTracker
 from worker.pipeline.outbox import Output
 from worker.pipeline.sinks import OutboxSink, Sink, TransactionalSink
+from worker.pipeline.spend import SpendTail
 from worker.providers import Providers, batch_apis, build_providers
 from worker.ratelimit.gates import GateStats
 from worker.ratelimit.limits import partition_share
@@ -66,6 +68,7 @@ class WorkerStats(msgspec.Struct):
     commits: int = 0
     duplicates: int = 0  # jobs not run again: their id had finished (their first result published again)
     parked: int = 0  # jobs handed to the batch desk (batches.py)
+    budget_exceeded: int = 0  # jobs refused: their tenant's spend of the day had reached its budget
 
 
 class Worker:
@@ -133,10 +136,13 @@ class Worker:
             self.endpoint = Endpoint(
                 config.worker.http_host, config.worker.http_port, self.readiness, telemetry.exposition, CONTENT_TYPE
             )
+        isolation = "read_committed" if config.worker.delivery == "exactly_once" else "read_uncommitted"
         self.dedupe: Deduplicator | None = None  # idempotence by job id (finished.py); off with a window of 0
         if config.worker.dedupe_window_s > 0:
-            isolation = "read_committed" if config.worker.delivery == "exactly_once" else "read_uncommitted"
             self.dedupe = Deduplicator(config.kafka, config.worker, isolation)
+        # Tenant budgets (budgets.py, spend.py): the day's spend from the costs topic; none without a budget.
+        budgets = Budgets(config)
+        self.spend = SpendTail(config.kafka, SpendLedger(budgets), isolation) if budgets.any else None
         self._observe()
 
     @property
@@ -174,6 +180,14 @@ class Worker:
             "1 while some provider can take jobs, 0 while the partitions are paused for want of one",
             lambda: [(1 if self.serving else 0, {})],
         )
+        if self.spend is not None:
+            ledger = self.spend.ledger
+            metrics.gauge(
+                "llm_router.tenant.spend",
+                "USD",
+                "Each budgeted tenant's spend of the UTC day, from the cost events this replica has counted",
+                lambda: [(spent, {"llm_router.tenant": tenant}) for tenant, spent in ledger.budgeted(today())],
+            )
         metrics.gauge(
             "llm_router.consumer.lag",
             "{message}",
@@ -275,6 +289,7 @@ class Worker:
         try:
             if self.dedupe is not None:
                 await self.dedupe.start()
+            spending = self.spend is not None and await self._start_spend(self.spend)
             self.consumer.subscribe([topics.jobs], listener=_Rebalance(self))
             await self.consumer.start()
             await self._warn_missing_topics()
@@ -290,6 +305,8 @@ class Worker:
                 background.append(asyncio.create_task(self._run_batches(self.batches)))
             if self._sharing:
                 background.append(asyncio.create_task(self.evidence.run()))
+            if spending and self.spend is not None:
+                background.append(asyncio.create_task(self._tail_spend(self.spend)))
             unwatch = watch_client_logs(self.broker)
             try:
                 await self._intake(stop)
@@ -305,6 +322,8 @@ class Worker:
             await self.evidence.close()
             if self.dedupe is not None:
                 await self.dedupe.close()
+            if self.spend is not None:
+                await self.spend.close()
             if self.learning_producer is not self.producer:
                 await self.learning_producer.stop()
             await self.sink.close()
@@ -374,6 +393,23 @@ class Worker:
             self._sharing = await self.evidence.start()
         except KafkaError as exc:
             log.warning("evidence not shared: this replica learns alone", extra={"error": repr(exc)})
+
+    async def _start_spend(self, spend: SpendTail) -> bool:
+        """Start reading the day's spend; False when it cannot be read (budgets then go by this replica's own
+        cost events)."""
+        try:
+            return await spend.start()
+        except KafkaError as exc:
+            log.warning(
+                "the day's spend not read: budgets count this replica's cost events only", extra={"error": repr(exc)}
+            )
+            return False
+
+    async def _tail_spend(self, spend: SpendTail) -> None:
+        try:
+            await spend.run()
+        except Exception:  # the broker failed it, or a bug: said; budgets go on with what was read
+            log.exception("the costs topic no longer read: budgets count this replica's cost events from now")
 
     async def _take_feedback(self) -> None:
         try:
@@ -602,6 +638,12 @@ class Worker:
             first = await self.dedupe.first_result(record.partition, decoded.id)
             if first is not None:
                 return self._repeated(decoded.id, first), None
+        if self.spend is not None:
+            refusal = await self.spend.refusal(decoded.tenant or "")
+            if refusal is not None:
+                if self.dedupe is not None:  # not listed as finished: produced again once the budget allows, it runs
+                    self.dedupe.abandoned(decoded.id)
+                return self._refused(decoded, refusal), None
         due = record.timestamp / 1000 + decoded.complete_within_s if decoded.complete_within_s else None
         try:
             outcome = await self.runner.run(decoded, due=due)
@@ -629,8 +671,24 @@ class Worker:
         )
         return JobOutcome(result=result, cost_events=[])
 
+    def _refused(self, job: Job, refusal: Refusal) -> list[Output]:
+        """A job of a tenant whose spend of the day reached its budget: a failed result, no attempt."""
+        self.stats.budget_exceeded += 1
+        self.stats.results_failed += 1
+        result = Result.failed(job_id=job.id, kind=BUDGET_EXCEEDED, message=refusal.message, tenant=job.tenant)
+        if self.telemetry.metering:
+            self.runner.metrics.job(result)
+            self.runner.metrics.budget_exceeded(refusal.tenant)
+        if self.telemetry.tracing:
+            span = trace.get_current_span()
+            span.set_attribute("error.type", BUDGET_EXCEEDED)
+            span.set_status(Status(StatusCode.ERROR, refusal.message))
+        return [(self._results_topic, job.id.encode(), self._encoder.encode(result), [])]
+
     def _job_outputs(self, outcome: JobOutcome) -> list[Output]:
         key = outcome.result.job_id.encode()
+        if self.spend is not None:  # counted now; the tail skips them when it reads them back
+            self.spend.ledger.add_own(outcome.cost_events)
         encode, costs = self._encoder.encode, self._costs_topic
         outputs: list[Output] = []
         for event in outcome.cost_events:
@@ -646,6 +704,8 @@ class Worker:
     def _parked_outputs(self, parked: Parked) -> list[Output]:
         """A job parked for a batch: the cost events of its attempts so far, and its record."""
         key = parked.job.job.id.encode()
+        if self.spend is not None:
+            self.spend.ledger.add_own(parked.cost_events)
         outputs: list[Output] = [(self._costs_topic, key, self._encoder.encode(e), []) for e in parked.cost_events]
         outputs.append((self.config.kafka.topics.batches, key, self._encoder.encode(parked.job), []))
         return outputs
