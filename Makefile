@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 KAFKA_DIR ?= $(CURDIR)/.kafka
 
-.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval eval-blind kafka kafka-stop schemas compose-check wheel-check lint clean
+.PHONY: venv install redis-server test test-unit test-integration test-reliability test-kafka demo bench bench-instructions eval eval-blind kafka kafka-stop schemas compose-check k8s-check k8s-schemas wheel-check lint clean
 
 # Quiet on stdout (progress goes to stderr): `make bench`'s stdout is JSON lines only, even on a fresh clone.
 $(STAMP): pyproject.toml
@@ -86,10 +86,19 @@ lint: $(STAMP)
 compose-check:
 	scripts/compose-check.sh
 
+## Validates deploy/k8s/ (kustomize build, then kubeconform -strict against deploy/k8s/schemas/, offline); builds
+## the pinned kustomize and kubeconform into .tools/ the first time (Go and the Go module proxy).
+k8s-check:
+	scripts/k8s-check.sh
+
+## Writes deploy/k8s/schemas/ from Kubernetes' OpenAPI document and KEDA's CRD (Go module proxy).
+k8s-schemas: $(STAMP)
+	$(BIN)/python scripts/k8s-schemas.py
+
 ## Builds the wheel, installs it with the demo extra into a fresh virtualenv and runs `llm-router demo`
 ## outside the repository (downloads the dependencies from PyPI).
 wheel-check:
 	PYTHON=$(PYTHON) scripts/wheel-check.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis $(KAFKA_DIR)
+	rm -rf $(VENV) .pytest_cache .hypothesis $(KAFKA_DIR) .tools
