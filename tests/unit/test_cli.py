@@ -207,25 +207,25 @@ def test_the_summary_counts_statuses_and_sums_every_attempts_cost_by_model():
     assert summary["latency_ms"] == {"p50": 10, "p99": 30}
 
 
+def event(job_id: str, model: str, tenant: str | None, cost: float, attempt: int = 1) -> CostEvent:
+    """A cost event of 10 input and 5 output tokens, now."""
+    return CostEvent(
+        job_id=job_id,
+        attempt=attempt,
+        provider="p",
+        model=model,
+        input_tokens=10,
+        output_tokens=5,
+        cost_usd=cost,
+        outcome="ok",
+        ts=datetime.now(UTC),
+        tenant=tenant,
+        task="qa",
+        via="sync",
+    )
+
+
 def test_costs_are_summed_per_group_with_distinct_jobs_and_a_total():
-    now = datetime.now(UTC)
-
-    def event(job_id: str, model: str, tenant: str | None, cost: float) -> CostEvent:
-        return CostEvent(
-            job_id=job_id,
-            attempt=1,
-            provider="p",
-            model=model,
-            input_tokens=10,
-            output_tokens=5,
-            cost_usd=cost,
-            outcome="ok",
-            ts=now,
-            tenant=tenant,
-            task="qa",
-            via="sync",
-        )
-
     events = [event("a", "m1", "acme", 1.0), event("a", "m2", "acme", 2.0), event("b", "m1", None, 0.5)]
     rows, total = sum_costs(events, "tenant")
     assert rows == [
@@ -245,23 +245,6 @@ def test_costs_are_summed_per_group_with_distinct_jobs_and_a_total():
 
 
 def test_spend_is_summed_by_tenant_and_model_beside_each_tenants_budget():
-    now = datetime.now(UTC)
-
-    def event(job_id: str, model: str, tenant: str | None, cost: float, attempt: int = 1) -> CostEvent:
-        return CostEvent(
-            job_id=job_id,
-            attempt=attempt,
-            provider="p",
-            model=model,
-            input_tokens=10,
-            output_tokens=5,
-            cost_usd=cost,
-            outcome="ok",
-            ts=now,
-            tenant=tenant,
-            via="sync",
-        )
-
     events = [
         event("a", "m1", "t1", 0.25),
         event("a", "m2", "t1", 0.5, attempt=2),

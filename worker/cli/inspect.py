@@ -113,13 +113,21 @@ async def assign_all(
 ) -> dict[TopicPartition, int]:
     """Assign every partition of `topic` from its beginning; their end offsets now. TopicMissing when there is
     no such topic."""
+    ends = await _assign(consumer, kafka, topic, timeout_s)
+    await consumer.seek_to_beginning(*ends)
+    return ends
+
+
+async def _assign(
+    consumer: AIOKafkaConsumer, kafka: KafkaConfig, topic: str, timeout_s: float
+) -> dict[TopicPartition, int]:
+    """Assign every partition of `topic`; their end offsets now. TopicMissing when there is no such topic."""
     found = await topic_partitions(kafka, [topic])
     if topic not in found:
         raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
     partitions = [TopicPartition(topic, p) for p in found[topic]]
     ends = await end_offsets(consumer, partitions, timeout_s)
     consumer.assign(partitions)  # anew: the probe's fetched records and positions are dropped
-    await consumer.seek_to_beginning(*partitions)
     return ends
 
 
@@ -322,12 +330,8 @@ async def assign_day(
     """Assign every partition of `topic` at the first record of the UTC `day` (`offsets_for_times`); the offset
     each one's records of the day end before. Both bounds are DAY_SLACK_S wide (an event's `ts` is taken before
     its record is sent): the reader keeps the events whose `ts` is of the day. TopicMissing without the topic."""
-    found = await topic_partitions(kafka, [topic])
-    if topic not in found:
-        raise TopicMissing(f"topic {topic} does not exist (llm-router topics create makes it)")
-    partitions = [TopicPartition(topic, p) for p in found[topic]]
-    ends = await end_offsets(consumer, partitions, timeout_s)
-    consumer.assign(partitions)  # anew: the probe's fetched records and positions are dropped
+    ends = await _assign(consumer, kafka, topic, timeout_s)
+    partitions = list(ends)
     midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
     slack = timedelta(seconds=DAY_SLACK_S)
     starts = await consumer.offsets_for_times(dict.fromkeys(partitions, _ms(midnight - slack)))
