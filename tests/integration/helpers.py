@@ -76,18 +76,23 @@ async def make_topics(setup: Setup, partitions: int = 4) -> None:
     await create_topics(setup.config.kafka, partitions)
 
 
+_TRANSACTIONS: dict[str, bool] = {}  # by bootstrap: asked once a session (Tansu leaves the question unanswered)
+
+
 async def broker_has_transactions(bootstrap: str) -> bool:
     """Whether the broker takes a transactional producer (Apache Kafka does; the embedded Tansu does not)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True
-    )
-    try:
-        await asyncio.wait_for(producer.start(), 30)
-        return True
-    except (TimeoutError, KafkaError):
-        return False
-    finally:
-        await producer.stop()
+    if bootstrap not in _TRANSACTIONS:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, transactional_id="llm-router-probe", enable_idempotence=True
+        )
+        try:
+            await asyncio.wait_for(producer.start(), 30)
+            _TRANSACTIONS[bootstrap] = True
+        except (TimeoutError, KafkaError):
+            _TRANSACTIONS[bootstrap] = False
+        finally:
+            await producer.stop()
+    return _TRANSACTIONS[bootstrap]
 
 
 def job_bytes(job_id: str, prompt: str = "What is the capital of France?", **fields: object) -> bytes:

@@ -25,6 +25,7 @@ from worker.cli import commands as cli
 from worker.cli.runs import running_worker
 from worker.observability.metrics import Distributions
 from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
+from worker.pipeline.consume import Worker
 from worker.pipeline.kafka import DeliveryError
 
 # The verifiable simple_qa chain is gemini then llama; the echo provider answers "[model] prompt",
@@ -171,9 +172,13 @@ def test_in_exactly_once_mode_each_output_has_a_send_span_ended_when_its_transac
                 isolation_level="read_committed",
             )
 
+    async def refused():  # the worker's run ends at start, without a job
+        await make_topics(setup)
+        await Worker(setup.config, telemetry=telemetry).run(asyncio.Event())
+
     if not asyncio.run(broker_has_transactions(bootstrap)):
         with pytest.raises(DeliveryError, match="exactly_once needs a broker with transactions"):
-            asyncio.run(scenario())
+            asyncio.run(refused())
         return
     outputs = asyncio.run(scenario())
     assert outputs.result_ids == set(ids) and outputs.duplicates() == 0

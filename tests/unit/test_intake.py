@@ -117,7 +117,9 @@ def test_ids_are_printable_text():
 def test_a_rejected_message_with_a_readable_id_gets_a_failed_result_with_the_same_reason():
     too_large = decode_job(b'{"id": "big", "prompt": "' + b"x" * LIMIT + b'"}', LIMIT)
     invalid = decode_job(b'{"id": "v", "prompt": "x", "temperature": 3}', LIMIT)
-    for rejection, kind in ((too_large, "too_large"), (invalid, "invalid_job")):
+    # A regex re.compile cannot take (OverflowError, not a validation error): rejected, and answered too.
+    hostile = decode_job(b'{"id": "r", "prompt": "x", "checks": {"regex": "a{99999999999}"}}', LIMIT)
+    for rejection, kind in ((too_large, "too_large"), (invalid, "invalid_job"), (hostile, "invalid_job")):
         assert isinstance(rejection, Rejection)
         result = rejected_result(rejection)
         assert result is not None and result.job_id == rejection.job_id and result.status == "failed"

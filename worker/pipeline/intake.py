@@ -45,11 +45,10 @@ def decode_job(value: bytes | None, max_bytes: int) -> Job | Rejection:
     except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
         return Rejection(kind="not_json", message=f"not JSON: invalid UTF-8: {exc}")
     except RecursionError:  # nested deeper than the parser, re.compile or the JSON Schema check can go
-        return Rejection(kind="invalid_job", message="not a valid job: nested too deeply")
-    except (
-        Exception
-    ) as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): a rejection, never a crash
-        return Rejection(kind="invalid_job", message=f"not a valid job: {type(exc).__name__}: {exc}")
+        return Rejection(kind="invalid_job", message="not a valid job: nested too deeply", job_id=_readable_id(value))
+    except Exception as exc:  # a field's own check failed otherwise (re.compile's OverflowError...): never a crash
+        message = f"not a valid job: {type(exc).__name__}: {exc}"
+        return Rejection(kind="invalid_job", message=message, job_id=_readable_id(value))
 
 
 def decode_feedback(value: bytes | None) -> Feedback | Rejection:

@@ -141,10 +141,12 @@ class TransactionalSink:
         return self.held
 
     async def start(self) -> None:
-        """Connect the producer; DeliveryError when the broker has no transactions."""
+        """Connect the producer; DeliveryError when the broker has no transactions (it refuses a transactional
+        producer, or leaves it unanswered for `kafka.connect_timeout_s`)."""
         try:
-            await self.producer.start()
-        except KafkaError as exc:
+            await asyncio.wait_for(self.producer.start(), self._config.connect_timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            await self.producer.stop()
             raise DeliveryError(
                 f"worker.delivery = exactly_once needs a broker with transactions (Apache Kafka); "
                 f"{self._config.bootstrap_servers} refused a transactional producer: {exc!r}"
