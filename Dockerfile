@@ -10,5 +10,7 @@ COPY schemas ./schemas
 # Without the `demo` extra: the image runs against a Kafka cluster, not the embedded broker.
 RUN pip install --no-cache-dir .
 ENV LLM_ROUTER_CONFIG=/app/config/router.toml
+# Not root: the worker writes no file (its state is on Kafka), and the Kubernetes pods run as this user too.
+USER 10001:10001
 ENTRYPOINT ["llm-router"]
 CMD ["worker"]
