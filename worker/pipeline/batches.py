@@ -169,6 +169,7 @@ class BatchDesk:
         new = [p for p in partitions if p not in self._partitions]
         for p in set(self._partitions) - partitions:
             del self._partitions[p]
+        log.info("batches partitions assigned", extra={"partitions": sorted(partitions)})
         if not new:
             return
         tps = [TopicPartition(self._topic, p) for p in new]
