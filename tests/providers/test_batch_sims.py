@@ -9,9 +9,10 @@ import anthropic
 import httpx
 import openai
 import pytest
-from google import genai
 from google.genai import types as genai_types
 from openai.types.chat import ChatCompletion
+
+from tests.providers.test_sdks import anthropic_client, gemini_client, openai_client
 
 GPT, CLAUDE, GEMINI = "gpt-4o", "claude-3-5-sonnet-20241022", "gemini-2.5-flash"
 # Graded questions: with a default accuracy of one half, some answered right and some wrong.
@@ -55,10 +56,6 @@ def batch_lines(sim, via="batch"):
 
 
 # OpenAI
-
-
-def openai_client(sim):
-    return openai.OpenAI(base_url=f"{sim.url}/v1", api_key="sk-sim", max_retries=0)
 
 
 def openai_body(prompt, model=GPT):
@@ -174,10 +171,6 @@ def test_openai_batches_past_the_limits_are_refused(timed_sim):
 # Anthropic
 
 
-def anthropic_client(sim):
-    return anthropic.Anthropic(base_url=sim.url, api_key="sk-ant-sim", max_retries=0)
-
-
 def anthropic_params(prompt):
     return {"model": CLAUDE, "max_tokens": 60, "messages": [{"role": "user", "content": prompt}]}
 
@@ -253,17 +246,6 @@ def test_anthropic_batches_past_the_limits_are_refused(timed_sim):
 
 
 # Gemini
-
-_clients = []
-
-
-def gemini_client(sim, api_version="v1beta"):
-    # Kept referenced: the SDK closes its HTTP client when the Client object is collected.
-    client = genai.Client(
-        api_key="gm-sim", http_options=genai_types.HttpOptions(base_url=sim.url, api_version=api_version)
-    )
-    _clients.append(client)
-    return client
 
 
 def gemini_batch(client, prompts):
