@@ -19,7 +19,8 @@ from worker.simulator.settings import load_simulator_config
 
 CHEAP = "gemini-2.5-flash"
 FEEDBACK_EVERY = 10  # a tenth of the jobs
-AFTER_DROP = 300
+AFTER_DROP = 300  # within this many jobs after the drop the model is no longer trusted alone
+WATCHED = 100  # jobs run after those, to see that it stays so
 BATCH = 25
 
 
@@ -80,7 +81,7 @@ def test_a_model_that_gets_worse_is_no_longer_trusted_alone_within_300_jobs(boot
                 with await asyncio.to_thread(urllib.request.urlopen, request) as response:
                     assert response.status == 200
                 after = []
-                for _ in range(AFTER_DROP // BATCH):
+                for _ in range((AFTER_DROP + WATCHED) // BATCH):
                     after += await batch(BATCH)
             return before, after
         finally:
@@ -95,4 +96,4 @@ def test_a_model_that_gets_worse_is_no_longer_trusted_alone_within_300_jobs(boot
         f"drift: {CHEAP} simple_qa 0.9 -> 0.2 after {len(before)} jobs, feedback on 1 in {FEEDBACK_EVERY}: answered "
         f"alone by it {len(trusted)} of the next {len(after)} jobs, the last one the {last}th"
     )
-    assert last <= AFTER_DROP and not any(map(alone, after[-100:])), "the plans stopped trusting it alone"
+    assert last <= AFTER_DROP, "the plans stopped trusting it alone within AFTER_DROP jobs, and for the WATCHED after"
