@@ -244,8 +244,7 @@ class FeedbackLoop:
             batch = await self._reader.getmany(timeout_ms=200)
             for tp, records in batch.items():
                 for record in records:
-                    if not self.index.put_record(tp.partition, record.key, record.value):
-                        log.warning("unreadable route skipped", extra={"partition": tp.partition})
+                    self.index.put_record(tp.partition, record.key, record.value)
             # The position, not the last record's offset: a transaction's markers take offsets too.
             for tp in self._reader.assignment():
                 self._read_to[tp.partition] = await self._reader.position(tp)

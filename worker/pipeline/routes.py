@@ -8,7 +8,6 @@ record of each job id (a route marked `feedback` once its feedback was learned f
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 
 import msgspec
@@ -16,6 +15,7 @@ import msgspec
 from worker.messages import Route
 
 _decoder = msgspec.json.Decoder(Route)
+_encoder = msgspec.json.Encoder()
 
 
 def routes_partitions(feedback: Iterable[int], feedback_count: int, routes_count: int) -> set[int]:
@@ -27,10 +27,13 @@ def routes_partitions(feedback: Iterable[int], feedback_count: int, routes_count
 
 
 class RouteIndex:
-    """Job id -> its latest route, per routes partition held."""
+    """Job id -> its latest route, per routes partition held.
+
+    A route is kept as its record's bytes and decoded only when feedback asks for it: every answered job's
+    route is read, few get feedback."""
 
     def __init__(self) -> None:
-        self._routes: dict[int, dict[str, Route]] = {}
+        self._routes: dict[int, dict[bytes, bytes]] = {}
 
     def __len__(self) -> int:
         return sum(len(routes) for routes in self._routes.values())
@@ -49,32 +52,41 @@ class RouteIndex:
         for partition in partitions:
             self._routes.pop(partition, None)
 
-    def put_record(self, partition: int, key: bytes | None, value: bytes | None) -> bool:
-        """A record of the routes topic read from `partition`: its route replaces the job's earlier one, a
-        tombstone (no value) forgets the job. False when the record is not a route (nothing changes)."""
+    def put_record(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """A record of the routes topic (keyed by job id) read from `partition`: it replaces the job's earlier
+        route, a tombstone (no value) forgets the job. A record without a key is decoded for its job id, and
+        skipped when it is not a route."""
         routes = self._routes.get(partition)
         if routes is None:
-            return True  # a partition no longer held: nothing to keep
+            return  # a partition no longer held: nothing to keep
+        if key is None:
+            route = _decode(value)
+            if route is None:
+                return
+            key = route.job_id.encode()
         if value is None:
-            if key is not None:
-                routes.pop(key.decode("utf-8", "replace"), None)
-            return True
-        try:
-            route = _decoder.decode(value)
-        except msgspec.DecodeError:
-            return False
-        # Task types and models repeat: one copy of each name, a quarter of a route's memory.
-        route.task, route.model = sys.intern(route.task), sys.intern(route.model)
-        routes[route.job_id] = route
-        return True
+            routes.pop(key, None)
+        else:
+            routes[key] = value
 
     def put(self, partition: int, route: Route) -> None:
         """Keep `route` (one this replica produced) as the job's latest."""
         routes = self._routes.get(partition)
         if routes is not None:
-            routes[route.job_id] = route
+            routes[route.job_id.encode()] = _encoder.encode(route)
 
     def get(self, partition: int, job_id: str) -> Route | None:
-        """The job's latest route on `partition`, or None."""
+        """The job's latest route on `partition`, or None (also when its record is not a route: a job whose
+        route cannot be read is as unknown as one never routed)."""
         routes = self._routes.get(partition)
-        return None if routes is None else routes.get(job_id)
+        value = None if routes is None else routes.get(job_id.encode())
+        return _decode(value)
+
+
+def _decode(value: bytes | None) -> Route | None:
+    if value is None:
+        return None
+    try:
+        return _decoder.decode(value)
+    except msgspec.DecodeError:
+        return None
