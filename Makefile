@@ -18,20 +18,24 @@ $(STAMP): pyproject.toml
 
 venv install: $(STAMP)
 
+## The suites below run in pytest-xdist worker processes, each with its own embedded broker and Redis; loadgroup keeps
+## the tests of one `xdist_group` on one worker, one after another. `make test PARALLEL=` runs them in one process.
+PARALLEL ?= -n 4 --dist loadgroup
+
 ## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS), but
 ## the `apache_kafka` ones, which restart their broker (`make test-kafka` runs them).
 test: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not apache_kafka"
 
 test-unit: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not integration"
 
 test-integration: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "integration and not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "integration and not apache_kafka"
 
 ## The reliability suite alone: on the embedded broker, then on Apache Kafka.
 test-reliability: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "reliability and not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "reliability and not apache_kafka"
 	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m reliability
 
 ## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars (not the
