@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 
 venv install: $(STAMP)
 
-## The suites below run in pytest-xdist worker processes, each with its own embedded broker and Redis; loadgroup keeps
-## the tests of one `xdist_group` on one worker, one after another. `make test PARALLEL=` runs them in one process.
-PARALLEL ?= -n 4 --dist loadgroup
+## test, test-unit, test-integration and test-reliability run in 3 pytest-xdist worker processes, each with its own
+## embedded broker and Redis; loadgroup runs the tests of the `xdist_group` "heavy" (rate limits measured, several
+## replicas killed) on one worker, one after another, from the start. `make test PARALLEL=` runs in one process.
+## test-kafka stays serial: it has one Apache Kafka broker, which some of its tests restart.
+PARALLEL ?= -n 3 --dist loadgroup
 
 ## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS), but
 ## the `apache_kafka` ones, which restart their broker (`make test-kafka` runs them).

@@ -166,7 +166,7 @@ def test_a_window_of_zero_turns_deduplication_off(bootstrap):
 JOBS = 1000
 
 
-@pytest.mark.xdist_group("replicas")  # several worker processes, kills or outages: one such test at a time
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_1000_jobs_produced_twice_across_3_replicas_and_a_restart_run_once(bootstrap, replicas, report):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=200, **provider_latency(100))
     ids = [f"a{i:04d}" for i in range(JOBS)]
