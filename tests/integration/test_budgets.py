@@ -51,6 +51,7 @@ def jobs(prefix: str, tenant_of: dict[str, str], count: int, start: int = 0) -> 
     return messages
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_a_tenant_over_its_budget_is_refused_across_replicas_and_restarts(bootstrap, replicas, report):
     setup = Setup(
         bootstrap,

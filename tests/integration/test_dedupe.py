@@ -7,6 +7,7 @@ import time
 from collections import Counter, defaultdict
 
 import msgspec
+import pytest
 
 from tests.integration.helpers import (
     Outputs,
@@ -165,6 +166,7 @@ def test_a_window_of_zero_turns_deduplication_off(bootstrap):
 JOBS = 1000
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_1000_jobs_produced_twice_across_3_replicas_and_a_restart_run_once(bootstrap, replicas, report):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__COMMIT_INTERVAL_MS=200, **provider_latency(100))
     ids = [f"a{i:04d}" for i in range(JOBS)]

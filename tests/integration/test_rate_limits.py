@@ -15,8 +15,9 @@ from worker.cli.runs import running_worker
 from worker.providers import build_providers
 from worker.simulator.settings import dump_simulator_config, load_simulator_config
 
-# What is measured here is the gates against the simulator's limits; Kafka only carries the jobs.
-pytestmark = pytest.mark.one_broker
+# What is measured here is the gates against the simulator's limits; Kafka only carries the jobs. Each test drives a
+# simulator at its limit and counts 429s: under pytest-xdist, one heavy test at a time (the group on one worker).
+pytestmark = [pytest.mark.one_broker, pytest.mark.xdist_group("heavy")]
 
 KEYS = {"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": "k", "GEMINI_API_KEY": "k", "LLAMA_API_KEY": "k"}
 RPM = 1200  # 20 a second

@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from tests.integration.helpers import (
     Outputs,
     Setup,
@@ -19,6 +21,7 @@ COMMIT_INTERVAL_MS = 100
 LATENCY_MS = 200
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap, replicas, report):
     setup = Setup(
         bootstrap,
@@ -59,6 +62,7 @@ def test_sigkill_of_a_replica_loses_no_job_and_duplicates_stay_bounded(bootstrap
     assert all(r.status == "ok" for r in outputs.results)
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_a_replica_joining_takes_partitions_after_the_owner_drains_and_commits(bootstrap, replicas, report):
     setup = Setup(bootstrap, LLM_ROUTER__WORKER__SHUTDOWN_GRACE_S=30, **provider_latency(6000))
     ids = [f"r{i}" for i in range(400)]

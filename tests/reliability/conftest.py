@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-_SUMMARY: list[str] = []
+from tests.conftest import section_writer
 
 
 def pytest_collection_modifyitems(items):
@@ -15,13 +15,6 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture
-def summary():
+def summary(request):
     """A line for the suite's summary (jobs, kills, duplicates, lost), printed at the end of the run."""
-    return _SUMMARY.append
-
-
-def pytest_terminal_summary(terminalreporter):
-    if _SUMMARY:
-        terminalreporter.section("reliability summary")
-        for line in _SUMMARY:
-            terminalreporter.write_line(line)
+    return section_writer(request.node, "reliability summary")

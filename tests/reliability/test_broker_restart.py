@@ -54,6 +54,7 @@ def assert_survived(worker: WorkerProcess) -> None:
     assert not crashes(worker), f"the worker logged crashes: {crashes(worker)[:3]}"
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_after_a_broker_restart_the_same_worker_process_reconnects_by_itself_and_every_job_gets_its_result(
     bootstrap, tmp_path, replicas, report, summary
 ):

@@ -5,6 +5,8 @@ import asyncio
 import math
 import random
 
+import pytest
+
 from tests.integration.helpers import (
     Outputs,
     Setup,
@@ -40,6 +42,7 @@ def kill_points(rng: random.Random, jobs: int, kills: int, start: float = 0.05, 
     return [int(jobs * (start + width * k + rng.uniform(0, width * 0.7))) for k in range(kills)]
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_replicas_killed_at_random_points_lose_no_job_and_duplicate_at_most_their_uncommitted_work(
     bootstrap, replicas, report, summary
 ):

@@ -94,6 +94,7 @@ class ApacheKafkaOutage:
             kafka_sh("start", "--dir", self.dir, "--port", self.port)
 
 
+@pytest.mark.xdist_group("heavy")  # several worker processes, kills or outages: one heavy test at a time
 def test_a_broker_killed_for_30_s_with_500_jobs_in_flight_costs_a_few_lines_no_job_and_sigterm_exits_0(
     bootstrap, tmp_path, replicas, report, summary
 ):
