@@ -14,9 +14,11 @@ from pathlib import Path
 
 import msgspec
 import orjson
+import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from worker.broker import BrokerError, EmbeddedBroker, free_port
 from worker.cli import runs
 from worker.config import Config, Topics, load_config
 from worker.messages import CostEvent, DeadLetter, Job, Result
@@ -309,3 +311,33 @@ class Replicas:
         """Stop every replica still running (SIGTERM, SIGKILL after 30 s); calling it again is harmless."""
         for replica in self.started:
             replica.stop()
+
+
+class ReplaceableBroker:
+    """A broker of the test's own (the embedded Tansu, in memory), started; `replace` starts an empty one on its
+    port, as a broker that lost everything would come back."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.first = EmbeddedBroker(port=self.port, log_path=tmp_path / "tansu-first.log")
+        self.second = EmbeddedBroker(port=self.port, log_path=tmp_path / "tansu-second.log")
+        try:
+            self.first.start()
+        except BrokerError as exc:
+            pytest.fail(f"the test's own embedded broker (Tansu) did not start: {exc}", pytrace=False)
+        self.bootstrap_servers = self.first.bootstrap_servers
+
+    def stop(self) -> None:
+        """The first broker gone, and everything it held."""
+        self.first.stop()
+
+    def replace(self) -> None:
+        """An empty broker on the same port."""
+        try:
+            self.second.start()
+        except BrokerError as exc:
+            raise AssertionError(f"a new embedded broker did not start on the same port {self.port}: {exc}") from None
+
+    def close(self) -> None:
+        self.first.stop()
+        self.second.stop()

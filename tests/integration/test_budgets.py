@@ -11,14 +11,10 @@ from collections import defaultdict
 
 import orjson
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
 from tests.integration.helpers import REPO, Outputs, Setup, collect, job_bytes, make_topics, produce, provider_latency
-from tests.metric_capture import Captured, points_by_name
+from tests.metric_capture import captured_telemetry, points_by_name
 from worker.cli.runs import running_worker
-from worker.observability.metrics import Distributions
-from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry
 
 REPLICAS = 3
 MAX_IN_FLIGHT = 4
@@ -136,12 +132,7 @@ def test_a_tenant_over_its_budget_is_refused_across_replicas_and_restarts(bootst
 
 
 def test_one_replica_overshoots_by_its_jobs_in_flight_at_most_and_meters_its_refusals(bootstrap, report):
-    distributions = Distributions(SCOPE)
-    captured = Captured()
-    reader = PeriodicExportingMetricReader(
-        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
-    )
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
+    telemetry, captured, reader = captured_telemetry()
     budget, in_flight = 0.002, 2
     setup = Setup(
         bootstrap,

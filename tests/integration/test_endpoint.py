@@ -21,8 +21,18 @@ import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.helpers import REPO, Outputs, Setup, WorkerProcess, collect, job_bytes, make_topics, produce
-from worker.broker import BrokerError, EmbeddedBroker, free_port
+from tests.integration.helpers import (
+    REPO,
+    Outputs,
+    ReplaceableBroker,
+    Setup,
+    WorkerProcess,
+    collect,
+    job_bytes,
+    make_topics,
+    produce,
+)
+from worker.broker import free_port
 
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "llm-router.json"
 JOBS = 120
@@ -196,26 +206,20 @@ def test_every_metric_the_dashboard_queries_is_in_the_workers_metrics(scraped_ru
 
 @pytest.mark.one_broker
 def test_readyz_turns_503_within_10_s_of_losing_the_broker_and_200_after_it_returns(tmp_path, report):
-    broker_port, port = free_port(), free_port()
-    first = EmbeddedBroker(port=broker_port, log_path=tmp_path / "tansu-first.log")
-    second = EmbeddedBroker(port=broker_port, log_path=tmp_path / "tansu-second.log")
-    try:
-        first.start()
-    except BrokerError as exc:
-        pytest.fail(f"the test's own embedded broker (Tansu) did not start: {exc}", pytrace=False)
-    setup = endpoint_setup(first.bootstrap_servers, port)
+    broker, port = ReplaceableBroker(tmp_path), free_port()
+    setup = endpoint_setup(broker.bootstrap_servers, port)
     worker = WorkerProcess(setup, tmp_path, "worker")
 
     async def scenario() -> dict:
         facts: dict = {}
         await make_topics(setup)
         facts["ready_s"], _ = await wait_status(port, "/readyz", lambda s: s == 200, READY_WITHIN_S, worker)
-        first.stop()
+        broker.stop()
         facts["not_ready_s"], facts["reason"] = await wait_status(
             port, "/readyz", lambda s: s != 200, NOT_READY_WITHIN_S, worker
         )
         facts["healthz_while_lost"] = await asyncio.to_thread(get, port, "/healthz")
-        await asyncio.to_thread(second.start)
+        await asyncio.to_thread(broker.replace)
         await make_topics(setup)  # the new broker is empty
         facts["ready_again_s"], _ = await wait_status(port, "/readyz", lambda s: s == 200, READY_WITHIN_S, worker)
         return facts
@@ -224,8 +228,7 @@ def test_readyz_turns_503_within_10_s_of_losing_the_broker_and_200_after_it_retu
         facts = asyncio.run(scenario())
     finally:
         worker.stop()
-        first.stop()
-        second.stop()
+        broker.close()
     assert facts["reason"].startswith("not ready: the broker"), facts["reason"]
     assert facts["healthz_while_lost"] == (200, "ok\n"), "the process and its loop still answer"
     report(

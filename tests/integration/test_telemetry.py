@@ -11,20 +11,17 @@ import time
 import httpx
 import orjson
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from tests.integration.helpers import REPO, Setup, broker_has_transactions, collect, job_bytes, make_topics, produce
-from tests.metric_capture import Captured, points_by_name
+from tests.metric_capture import captured_telemetry, points_by_name
 from worker.broker import free_port, wait_for_port
 from worker.cli import commands as cli
 from worker.cli.runs import running_worker
-from worker.observability.metrics import Distributions
-from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry, telemetry_from_env
+from worker.observability.telemetry import Telemetry, telemetry_from_env
 from worker.pipeline.consume import Worker
 from worker.pipeline.kafka import DeliveryError
 
@@ -219,13 +216,7 @@ def test_content_capture_puts_prompts_and_answers_on_attempt_spans_only_when_swi
 
 
 def test_token_and_cost_metrics_equal_the_sums_of_the_cost_events(bootstrap, report):
-    # Read as an exporter gets them (telemetry_from_env's wrapper adds the worker's own histograms).
-    distributions = Distributions(SCOPE)
-    captured = Captured()
-    reader = PeriodicExportingMetricReader(
-        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
-    )
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
+    telemetry, captured, reader = captured_telemetry()
     setup = Setup(
         bootstrap,
         LLM_ROUTER__MODELS__GPT_4O__REQUESTS_PER_MINUTE=100_000,

@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.helpers import (
     Outputs,
+    ReplaceableBroker,
     Replicas,
     Setup,
     WorkerProcess,
@@ -34,7 +35,6 @@ from tests.reliability.helpers import (
     wait_committed,
     wait_progress,
 )
-from worker.broker import BrokerError, EmbeddedBroker, free_port
 
 OUTAGE_S = 4
 PROGRESS_AT_STOP = 300  # jobs committed when the broker stops
@@ -119,14 +119,8 @@ def restart_apache_kafka(bootstrap: str, kafka_dir: str, replicas: Replicas, rep
 
 
 def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
-    port = free_port()
-    first = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-first.log")
-    second = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-second.log")
-    try:
-        first.start()
-    except BrokerError as exc:
-        pytest.fail(f"the test's own embedded broker (Tansu) did not start: {exc}", pytrace=False)
-    setup = Setup(first.bootstrap_servers, **SLOW)
+    broker = ReplaceableBroker(tmp_path)
+    setup = Setup(broker.bootstrap_servers, **SLOW)
     before_ids = [f"before-{i:05d}" for i in range(3000)]
     after_ids = [f"after-{i:05d}" for i in range(500)]
     worker = replicas.start(setup, "worker")
@@ -137,7 +131,7 @@ def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
         await worker.wait_assigned()
         ends_before = await produce(setup, [(i.encode(), job_bytes(i)) for i in before_ids])
         facts["committed_at_stop"] = await wait_progress(setup, list(ends_before), PROGRESS_AT_STOP, timeout_s=60)
-        first.stop()  # everything it held is gone: topics, jobs, the group and its offsets
+        broker.stop()  # everything it held is gone: topics, jobs, the group and its offsets
         await asyncio.sleep(OUTAGE_S)
         assert worker.process.poll() is None, (
             f"the worker exited while the broker was down: {worker.log_path.read_text()[-3000:]}"
@@ -150,10 +144,7 @@ def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
         # refuses such a produce (UNKNOWN_TOPIC_OR_PARTITION) and the client retries.
         worker.signal(signal.SIGSTOP)
         try:
-            try:
-                second.start()
-            except BrokerError as exc:
-                raise AssertionError(f"a new embedded broker did not start on the same port {port}: {exc}") from None
+            broker.replace()
             await make_topics(setup, partitions=4)
         finally:
             worker.signal(signal.SIGCONT)
@@ -167,8 +158,7 @@ def replace_tansu(tmp_path, replicas: Replicas, report, summary) -> None:
         assert_survived(worker)
     finally:
         worker.stop()
-        first.stop()
-        second.stop()
+        broker.close()
     missing = set(after_ids) - outputs.result_ids
     after = [r for r in outputs.results if r.job_id.startswith("after-")]
     summary(

@@ -18,6 +18,7 @@ import pytest
 
 from tests.integration.helpers import (
     REPO,
+    ReplaceableBroker,
     Setup,
     WorkerProcess,
     collect,
@@ -27,7 +28,7 @@ from tests.integration.helpers import (
     provider_latency,
 )
 from tests.reliability.helpers import all_or_stalled, apache_kafka_dir, crashes, kafka_sh
-from worker.broker import BrokerError, EmbeddedBroker, free_port
+from worker.broker import free_port
 from worker.simulator.server import SimulatorServer
 from worker.simulator.settings import ErrorMix, load_simulator_config
 
@@ -40,36 +41,22 @@ def own_lines(worker: WorkerProcess, start: int = 0, end: int | None = None) -> 
     return [e for e in worker.events()[start:end] if str(e.get("logger", "")).startswith("llm_router")]
 
 
-class TansuOutage:
+class TansuOutage(ReplaceableBroker):
     """A broker of the test's own (the embedded Tansu, in memory): killed, then an empty one on the same port,
     its topics made again."""
 
-    def __init__(self, tmp_path) -> None:
-        self.port = free_port()
-        self.first = EmbeddedBroker(port=self.port, log_path=tmp_path / "tansu-first.log")
-        self.second = EmbeddedBroker(port=self.port, log_path=tmp_path / "tansu-second.log")
-        try:
-            self.first.start()
-        except BrokerError as exc:
-            pytest.fail(f"the test's own embedded broker (Tansu) did not start: {exc}", pytrace=False)
-        self.bootstrap_servers = self.first.bootstrap_servers
-
     async def kill(self) -> None:
-        self.first.stop()  # everything it held is gone; the worker holds its jobs
+        self.stop()  # everything it held is gone; the worker holds its jobs
 
     async def revive(self, setup: Setup, worker: WorkerProcess) -> None:
         # Held while the new, empty broker starts and the topics are made again: Tansu would take the held
         # outputs for topics it does not have yet, and lose them when they are created (test_broker_restart.py).
         worker.signal(signal.SIGSTOP)
         try:
-            self.second.start()
+            self.replace()
             await make_topics(setup, partitions=4)
         finally:
             worker.signal(signal.SIGCONT)
-
-    def close(self) -> None:
-        self.first.stop()
-        self.second.stop()
 
 
 class ApacheKafkaOutage:

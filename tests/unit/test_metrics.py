@@ -5,9 +5,9 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, PeriodicExportingMetricReader
 
-from tests.metric_capture import Captured, points_by_name
+from tests.metric_capture import Captured, captured_telemetry, points_by_name
 from worker.observability.metrics import CARDINALITY_LIMIT, DURATION_BUCKETS, Distributions, Sums
-from worker.observability.telemetry import SCOPE, ReportedMetricExporter, Telemetry
+from worker.observability.telemetry import SCOPE, ReportedMetricExporter
 
 # On the bounds, between them, below the first and past the last; two attribute sets, one with an empty value.
 VALUES = [0.0, 0.01, 0.015, 0.02, 0.64, 0.641, 1.28, 3.0, 81.92, 100.0, 0.005, 0.32, 0.32]
@@ -35,12 +35,7 @@ def test_a_histogram_summed_by_the_worker_equals_the_sdks_and_goes_out_with_the_
         .create_histogram("d", unit="s", explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
     )
     # The worker's, beside a counter of the SDK's, exported through the exporter wrapper telemetry_from_env uses.
-    distributions = Distributions(SCOPE)
-    captured = Captured()
-    reader = PeriodicExportingMetricReader(
-        ReportedMetricExporter(captured, "test", distributions), export_interval_millis=3_600_000
-    )
-    telemetry = Telemetry(meter_provider=MeterProvider(metric_readers=[reader]), distributions=distributions)
+    telemetry, captured, reader = captured_telemetry()
     telemetry.meter.create_counter("c").add(1)
     ours = telemetry.distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS)
     assert telemetry.distributions.get("d", "s", "a duration", KEYS, DURATION_BUCKETS) is ours, (
